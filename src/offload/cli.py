@@ -1,0 +1,219 @@
+"""The ``offload`` command: run, check, demo, version. The only place that calls ``sys.exit``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import socket
+import ssl
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import version
+from pathlib import Path
+
+from offload import __version__
+from offload.config.loader import load_file
+from offload.config.quick import QuickOptions, flag_for, quick_config
+from offload.config.units import format_duration
+from offload.demo.pki import demo_files
+from offload.errors import ConfigError, OffloadError
+from offload.observe.log import LogSetup
+from offload.server.prepare import Prepared, prepare
+from offload.server.supervisor import Supervisor
+
+NOT_YET = {
+    "admin": "--admin: the admin API is not available yet",
+    "client_ca": "--client-ca: client-certificate authentication is not available yet",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="offload", description="offload: a TLS offloading proxy.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the proxy (from a config file or from flags)",
+                              description="Run from a TOML file (-c) or from the quick-mode flags.")
+    run.add_argument("-c", "--config", help="TOML configuration file")
+    quick = run.add_argument_group("quick mode (no config file)")
+    quick.add_argument("--listen", metavar="HOST:PORT", help="address to accept TLS on")
+    quick.add_argument("--cert", action="append", default=[], metavar="FILE",
+                       help="PEM bundle (chain + key), certificate chain, or directory of "
+                            "bundles; repeat for more certificates")
+    quick.add_argument("--key", action="append", default=[], metavar="FILE",
+                       help="key for the --cert of the same position, when not in the bundle")
+    quick.add_argument("--backend", action="append", default=[], metavar="HOST:PORT",
+                       help="backend server; repeat for more (round robin, failover)")
+    quick.add_argument("--mode", choices=("tcp", "http"), default="tcp",
+                       help="tcp: relay decrypted bytes (default for now); http: not available yet")
+    quick.add_argument("--workers", type=int, metavar="N", help="worker processes (default: CPUs)")
+    quick.add_argument("--proxy-protocol", choices=("v1", "v2"),
+                       help="send a PROXY protocol header to the backend")
+    quick.add_argument("--tls-policy", choices=("modern", "intermediate", "legacy"),
+                       help="modern: TLS 1.3 only; intermediate: TLS 1.2+ (default)")
+    quick.add_argument("--admin", metavar="HOST:PORT", help="admin API address (not available yet)")
+    quick.add_argument("--upstream-timeout", metavar="DURATION",
+                       help="how long a backend may stay silent, e.g. 60s")
+    quick.add_argument("--client-ca", metavar="FILE",
+                       help="require client certificates from this CA (not available yet)")
+    quick.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+
+    check = commands.add_parser("check", help="validate a configuration without running it")
+    check.add_argument("-c", "--config", required=True, help="TOML configuration file")
+
+    demo = commands.add_parser(
+        "demo", help="run a local demo: generated certificate, built-in backend",
+        description="Generate a local CA and a localhost certificate (once), start a small "
+                    "built-in backend and offload in front of it on https://localhost:8443/.")
+    demo.add_argument("--listen", default="127.0.0.1:8443", metavar="HOST:PORT")
+    demo.add_argument("--data-dir", metavar="DIR",
+                      help="where the demo CA and certificate live (default: "
+                           "$XDG_DATA_HOME/offload/demo or ~/.local/share/offload/demo)")
+    demo.add_argument("--workers", type=int, default=1, metavar="N")
+
+    commands.add_parser("version", help="print the version")
+    return parser
+
+
+def _quick_options(args: argparse.Namespace) -> QuickOptions:
+    missing = [flag for flag, value in (("--listen", args.listen), ("--cert", args.cert),
+                                        ("--backend", args.backend)) if not value]
+    if missing:
+        raise UsageError("quick mode needs " + ", ".join(missing)
+                         + " (or give a configuration file with -c FILE)")
+    return QuickOptions(
+        listen=args.listen, certs=tuple(args.cert), keys=tuple(args.key),
+        backends=tuple(args.backend), mode=args.mode, workers=args.workers,
+        proxy_protocol=args.proxy_protocol, tls_policy=args.tls_policy,
+        upstream_timeout=args.upstream_timeout, log_level=args.log_level,
+    )
+
+
+class UsageError(OffloadError):
+    """The command line itself is wrong (exit status 2)."""
+
+
+def _loader(args: argparse.Namespace) -> Callable[[], Prepared]:
+    """A function that loads and prepares the configuration (called again on SIGHUP)."""
+    quick_flags = [args.listen, args.cert, args.key, args.backend, args.workers,
+                   args.proxy_protocol, args.tls_policy, args.upstream_timeout]
+    for name, message in NOT_YET.items():
+        if getattr(args, name):
+            raise UsageError(message)
+    if args.config:
+        if any(quick_flags):
+            raise UsageError("give either -c FILE or the quick-mode flags, not both")
+        path = args.config
+        return lambda: prepare(load_file(path), path)
+    options = _quick_options(args)
+    return lambda: prepare(quick_config(options), "command line", rename=flag_for)
+
+
+def _run(args: argparse.Namespace) -> int:
+    load = _loader(args)
+    prepared = load()
+    settings = prepared.config.global_
+    logs = LogSetup()
+    logs.configure(settings.log_level, settings.log_format)
+    return Supervisor(prepared, load, logs).run()
+
+
+def _check(args: argparse.Namespace) -> int:
+    prepared = prepare(load_file(args.config), args.config)
+    print(summary(prepared))
+    return 0
+
+
+def summary(prepared: Prepared) -> str:
+    """The one-screen summary ``offload check`` prints."""
+    config = prepared.config
+    settings = config.global_
+    now = dt.datetime.now(dt.UTC)
+    lines = [
+        f"{prepared.source}: configuration is valid",
+        f"  global: {settings.workers} worker(s), up to {settings.max_connections} connections "
+        f"each, drain {format_duration(settings.drain_timeout)}",
+    ]
+    for frontend in prepared.frontends:
+        fc = frontend.config
+        binds = ", ".join(str(address) for address in fc.bind)
+        lines.append(f"  frontend \"{fc.name}\": {binds} ({fc.mode}, tls_policy {fc.tls_policy}) "
+                     f"-> backend \"{fc.backend}\"")
+        for certificate in frontend.certificates:
+            lines.append(f"    certificate {certificate.describe()} "
+                         f"({certificate.days_left(now)} days left)")
+    for backend in config.backends:
+        servers = ", ".join(f"{server.label}" + ("" if server.label == str(server) else f"={server}")
+                            for server in prepared.servers[backend.name])
+        proxy = "" if backend.proxy_protocol == "none" else f", PROXY {backend.proxy_protocol}"
+        lines.append(f"  backend \"{backend.name}\" ({backend.balance}, connect "
+                     f"{format_duration(backend.connect_timeout)}{proxy}): {servers}")
+    lines.extend(f"  warning: {warning}" for warning in prepared.warnings)
+    return "\n".join(lines)
+
+
+def _data_dir(option: str | None) -> Path:
+    if option:
+        return Path(option)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "offload" / "demo"
+
+
+def _demo(args: argparse.Namespace) -> int:
+    files = demo_files(_data_dir(args.data_dir))
+    backend_socket = socket.create_server(("127.0.0.1", 0))
+    port = backend_socket.getsockname()[1]
+    options = QuickOptions(listen=args.listen, certs=(str(files.bundle),),
+                           backends=(f"127.0.0.1:{port}",), proxy_protocol="v2",
+                           workers=args.workers, extra_global={"log_format": "text"})
+    prepared = prepare(quick_config(options), "demo", rename=flag_for)
+    host_port = args.listen.rpartition(":")
+    url_host = "localhost" if host_port[0] in ("127.0.0.1", "localhost", "[::1]") else host_port[0]
+    url = f"https://{url_host}:{host_port[2]}/"
+
+    def announce() -> None:
+        print(f"\noffload demo is running: TLS on {args.listen}, plain HTTP to the built-in "
+              f"backend on 127.0.0.1:{port}.\nTry it:\n\n    curl --cacert {files.ca} {url}\n\n"
+              "Stop it with Ctrl-C.\n", flush=True)
+
+    backend = subprocess.Popen(
+        [sys.executable, "-m", "offload.demo.backend", "--fd", str(backend_socket.fileno())],
+        pass_fds=(backend_socket.fileno(),))
+    backend_socket.close()
+    logs = LogSetup()
+    logs.configure("info", "text")
+    try:
+        return Supervisor(prepared, lambda: prepared, logs, on_ready=announce).run()
+    finally:
+        backend.terminate()
+        backend.wait()
+
+
+def _version() -> int:
+    print(f"offload {__version__} (Python {sys.version.split()[0]}, {ssl.OPENSSL_VERSION}, "
+          f"uvloop {version('uvloop')})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``offload`` command."""
+    args = _parser().parse_args(argv)
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {
+        "run": _run, "check": _check, "demo": _demo, "version": lambda _: _version(),
+    }
+    try:
+        code = handlers[args.command](args)
+    except ConfigError as error:
+        print(f"offload: {error.render()}", file=sys.stderr)
+        code = 1
+    except UsageError as error:
+        print(f"offload: {error}", file=sys.stderr)
+        code = 2
+    except OffloadError as error:
+        print(f"offload: {error}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

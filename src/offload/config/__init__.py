@@ -1,0 +1,1 @@
+"""Configuration: typed models, TOML loading, quick-mode flags, units."""

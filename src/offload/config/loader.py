@@ -1,0 +1,210 @@
+"""Turn a TOML file (or the quick-mode flags, as a dict) into a validated :class:`Config`.
+
+Every problem is collected, not just the first, and each names the key path
+(``frontends[0].certificates[1]``), what is wrong and how to fix it. Unknown keys get a
+"did you mean" hint. ``defaults`` is validated on its own first, so a bad default is reported
+once, where it was written, and then merged into every frontend and backend that lacks the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from offload.config.model import (
+    BACKEND_DEFAULT_KEYS,
+    FRONTEND_DEFAULT_KEYS,
+    BackendConfig,
+    CertificateRef,
+    Config,
+    DefaultsConfig,
+    FrontendConfig,
+    GlobalConfig,
+    ServerConfig,
+)
+from offload.errors import ConfigError, Issue
+
+Loc = tuple[int | str, ...]
+
+# Which model describes the table found under each key, to suggest the right spelling.
+_SECTION_MODELS: dict[str, type[BaseModel]] = {
+    "global": GlobalConfig,
+    "defaults": DefaultsConfig,
+    "frontends": FrontendConfig,
+    "certificates": CertificateRef,
+    "backends": BackendConfig,
+    "servers": ServerConfig,
+}
+
+_FIXES = {
+    "missing": "add this key",
+    "extra_forbidden": "remove this key",
+    "too_short": "give at least one entry",
+    "bool_type": "write true or false, without quotes",
+    "int_type": "write a whole number, without quotes",
+    "int_parsing": "write a whole number, without quotes",
+    "string_type": "write a quoted string",
+}
+
+
+def path_of(loc: Loc) -> str:
+    """Render a pydantic location as a key path: ``frontends[0].certificates[1]``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def _known_keys(model: type[BaseModel]) -> list[str]:
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def _did_you_mean(loc: Loc) -> str:
+    """Suggest the closest valid key for an unknown key at ``loc``."""
+    key = str(loc[-1])
+    section = next((part for part in reversed(loc[:-1]) if isinstance(part, str)), None)
+    model = _SECTION_MODELS.get(section, Config) if section else Config
+    known = _known_keys(model)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean \"{close[0]}\"?"
+    return "valid keys here: " + ", ".join(known)
+
+
+def issues_from_validation(
+    error: ValidationError, prefix: Loc = (), rename: Callable[[str], str] | None = None
+) -> list[Issue]:
+    """Translate pydantic's errors into :class:`Issue` objects with paths and fixes."""
+    issues = []
+    for detail in error.errors(include_url=False):
+        loc: Loc = prefix + tuple(detail["loc"])
+        kind = detail["type"]
+        where = path_of(loc)
+        if rename is not None:
+            where = rename(where)
+        if kind == "extra_forbidden":
+            issues.append(Issue(where, "unknown key", _did_you_mean(loc)))
+            continue
+        message = str(detail["msg"]).removeprefix("Value error, ")
+        if kind == "missing":
+            message = "required key is missing"
+        fix = _FIXES.get(kind, "")
+        if kind == "literal_error":
+            fix = "use one of the values listed"
+        issues.append(Issue(where, message, fix))
+    return issues
+
+
+def _merge_defaults(
+    raw: dict[str, Any], defaults: DefaultsConfig, raw_defaults: Mapping[str, Any]
+) -> None:
+    """Copy each default that a frontend or backend does not set itself, in place."""
+    present = {key for key, value in defaults.model_dump().items() if value is not None}
+    for section, keys in (("frontends", FRONTEND_DEFAULT_KEYS), ("backends", BACKEND_DEFAULT_KEYS)):
+        entries = raw.get(section)
+        if not isinstance(entries, list):
+            continue
+        for entry in entries:
+            if isinstance(entry, dict):
+                for key in keys:
+                    if key in present and key not in entry:
+                        entry[key] = raw_defaults[key]
+
+
+def _cross_check(config: Config) -> list[Issue]:
+    """Checks that span sections: references, unique names, unique listen addresses."""
+    issues: list[Issue] = []
+    backend_names = [backend.name for backend in config.backends]
+    for index, name in enumerate(backend_names):
+        if name in backend_names[:index]:
+            issues.append(Issue(f"backends[{index}].name", f"backend \"{name}\" is defined twice",
+                                "give every backend its own name"))
+    for b_index, backend in enumerate(config.backends):
+        labels = [server.label for server in backend.servers]
+        for s_index, label in enumerate(labels):
+            if label in labels[:s_index]:
+                issues.append(Issue(f"backends[{b_index}].servers[{s_index}]",
+                                    f"server \"{label}\" appears twice in this backend",
+                                    "give each server its own name or address"))
+    seen_frontends: list[str] = []
+    seen_binds: dict[str, str] = {}
+    for index, frontend in enumerate(config.frontends):
+        where = f"frontends[{index}]"
+        if frontend.name in seen_frontends:
+            issues.append(Issue(f"{where}.name", f"frontend \"{frontend.name}\" is defined twice",
+                                "give every frontend its own name"))
+        seen_frontends.append(frontend.name)
+        if frontend.backend not in backend_names:
+            hint = difflib.get_close_matches(frontend.backend, backend_names, n=1)
+            fix = (f"did you mean \"{hint[0]}\"?" if hint
+                   else "name one of: " + ", ".join(backend_names))
+            issues.append(Issue(f"{where}.backend", f"no backend is called \"{frontend.backend}\"", fix))
+        for b_index, address in enumerate(frontend.bind):
+            key = str(address)
+            if key in seen_binds:
+                issues.append(Issue(f"{where}.bind[{b_index}]",
+                                    f"{key} is already bound by {seen_binds[key]}",
+                                    "listen on each address from one frontend only"))
+            seen_binds[key] = f"{where}.bind[{b_index}]"
+    return issues
+
+
+def validate(raw: dict[str, Any], source: str, rename: Callable[[str], str] | None = None) -> Config:
+    """Validate a raw mapping (from TOML or flags) into a :class:`Config`, or raise ConfigError."""
+    raw = _deep_copy(raw)
+    issues: list[Issue] = []
+    raw_defaults = raw.get("defaults", {})
+    if isinstance(raw_defaults, dict):
+        try:
+            defaults = DefaultsConfig.model_validate(raw_defaults)
+        except ValidationError as error:
+            issues.extend(issues_from_validation(error, ("defaults",), rename))
+        else:
+            _merge_defaults(raw, defaults, raw_defaults)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as error:
+        issues.extend(
+            issue for issue in issues_from_validation(error, (), rename)
+            if not issue.where.startswith("defaults")
+        )
+        raise ConfigError(source, issues) from None
+    issues.extend(_cross_check(config))
+    if issues:
+        raise ConfigError(source, issues)
+    return config
+
+
+def load_file(path: str | Path) -> Config:
+    """Read and validate a TOML configuration file."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(source, [Issue("", f"cannot read the file: {error.strerror}",
+                                         "check the path and its permissions")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(source, [Issue("", "the file is not UTF-8 text",
+                                         "save the configuration as UTF-8")]) from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(source, [Issue("", f"not valid TOML: {error}",
+                                         "fix the syntax at the position shown")]) from None
+    return validate(raw, source)
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _deep_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(item) for item in value]
+    return value

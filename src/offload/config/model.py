@@ -1,0 +1,199 @@
+"""The configuration as typed, frozen models (HAProxy's vocabulary: global, defaults, frontends,
+backends, servers).
+
+Built once by :mod:`offload.config.loader`; the running code reads these objects and never a raw
+dict. Every key is documented in ``docs/config.md``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator
+
+from offload.config.units import HostPort, parse_duration, parse_hostport, parse_size
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+"""Seconds, written with a unit in the file (``"10s"``)."""
+Size = Annotated[int, BeforeValidator(parse_size)]
+"""Bytes, written with a unit in the file (``"64KiB"``)."""
+
+Mode = Literal["tcp", "http"]
+TlsPolicyName = Literal["modern", "intermediate", "legacy"]
+ProxyProtocolVersion = Literal["none", "v1", "v2"]
+BalanceAlgorithm = Literal["roundrobin"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+@dataclass(frozen=True)
+class UnixAddress:
+    """A backend reached over a Unix domain socket (``unix:/run/app.sock``)."""
+
+    path: str
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}"
+
+
+ServerAddress = HostPort | UnixAddress
+
+
+def _listen_address(value: object) -> HostPort:
+    if isinstance(value, HostPort):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not an address; write \"host:port\", like \"0.0.0.0:443\"")
+    return parse_hostport(value, wildcard_ok=True)
+
+
+def _server_address(value: object) -> ServerAddress:
+    if isinstance(value, HostPort | UnixAddress):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not an address; write \"host:port\" or \"unix:/path\"")
+    if value.startswith("unix:"):
+        path = value[len("unix:") :]
+        if not path.startswith("/"):
+            raise ValueError(f"{value!r}: a unix socket path must be absolute (\"unix:/run/app.sock\")")
+        return UnixAddress(path)
+    return parse_hostport(value)
+
+
+def _one_or_many(value: object) -> object:
+    """Let a single value stand where a list is expected (``bind = "0.0.0.0:443"``)."""
+    return [value] if isinstance(value, str | dict) else value
+
+
+def _table_from_string(key: str) -> Any:
+    """Let ``"path"`` stand for ``{key = "path"}`` (``certificates = ["site.pem"]``)."""
+
+    def convert(value: object) -> object:
+        return {key: value} if isinstance(value, str) else value
+
+    return BeforeValidator(convert)
+
+
+ListenAddress = Annotated[HostPort, PlainValidator(_listen_address)]
+BackendServerAddress = Annotated[ServerAddress, PlainValidator(_server_address)]
+
+
+def default_workers() -> int:
+    """One worker per CPU this process may run on."""
+    return len(os.sched_getaffinity(0)) or 1
+
+
+class Model(BaseModel):
+    """Frozen, and strict about unknown keys: a misspelled key is an error, never ignored."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class GlobalConfig(Model):
+    """Process-wide settings."""
+
+    workers: int = Field(default_factory=default_workers, ge=1, le=1024)
+    user: str | None = None
+    group: str | None = None
+    max_connections: int = Field(default=10_000, ge=1)
+    drain_timeout: Duration = Field(default=30.0, gt=0)
+    reuseport: bool = True
+    log_level: LogLevel = "info"
+    log_format: Literal["json", "text"] = "json"
+    tune_malloc: bool = True
+
+
+class CertificateRef(Model):
+    """A PEM bundle (chain and key), a chain with a separate key, or a directory of bundles."""
+
+    cert: str = Field(min_length=1)
+    key: str | None = None
+
+
+class FrontendConfig(Model):
+    """Where offload accepts TLS, with which certificates and policy, and where it sends traffic."""
+
+    name: str = Field(min_length=1)
+    bind: Annotated[tuple[ListenAddress, ...], BeforeValidator(_one_or_many)] = Field(min_length=1)
+    backend: str = Field(min_length=1)
+    certificates: tuple[Annotated[CertificateRef, _table_from_string("cert")], ...] = Field(
+        min_length=1
+    )
+    mode: Mode = "tcp"
+    tls_policy: TlsPolicyName = "intermediate"
+    alpn: tuple[Annotated[str, Field(min_length=1, max_length=255)], ...] = ()
+    handshake_timeout: Duration = Field(default=10.0, gt=0)
+    idle_timeout: Duration = Field(default=300.0, gt=0)
+    backlog: int = Field(default=1024, ge=1)
+
+
+class ServerConfig(Model):
+    """One backend server."""
+
+    address: BackendServerAddress
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        """The name to show in logs: the configured name, else the address."""
+        return self.name or str(self.address)
+
+
+class BackendConfig(Model):
+    """A group of servers and how offload connects to them."""
+
+    name: str = Field(min_length=1)
+    servers: tuple[Annotated[ServerConfig, _table_from_string("address")], ...] = Field(min_length=1)
+    balance: BalanceAlgorithm = "roundrobin"
+    connect_timeout: Duration = Field(default=5.0, gt=0)
+    server_timeout: Duration = Field(default=60.0, gt=0)
+    proxy_protocol: ProxyProtocolVersion = "none"
+
+
+class DefaultsConfig(Model):
+    """Values every frontend and backend takes unless it sets its own (HAProxy's ``defaults``)."""
+
+    mode: Mode | None = None
+    tls_policy: TlsPolicyName | None = None
+    alpn: tuple[str, ...] | None = None
+    handshake_timeout: Duration | None = None
+    idle_timeout: Duration | None = None
+    balance: BalanceAlgorithm | None = None
+    connect_timeout: Duration | None = None
+    server_timeout: Duration | None = None
+    proxy_protocol: ProxyProtocolVersion | None = None
+
+
+FRONTEND_DEFAULT_KEYS = ("mode", "tls_policy", "alpn", "handshake_timeout", "idle_timeout")
+BACKEND_DEFAULT_KEYS = ("balance", "connect_timeout", "server_timeout", "proxy_protocol")
+
+
+class Config(Model):
+    """The whole configuration."""
+
+    global_: GlobalConfig = Field(default_factory=GlobalConfig, alias="global")
+    defaults: DefaultsConfig = Field(default_factory=DefaultsConfig)
+    frontends: tuple[FrontendConfig, ...] = Field(min_length=1)
+    backends: tuple[BackendConfig, ...] = Field(min_length=1)
+
+    def backend(self, name: str) -> BackendConfig:
+        """The backend called ``name`` (the loader has checked that it exists)."""
+        for backend in self.backends:
+            if backend.name == name:
+                return backend
+        raise KeyError(name)
+
+
+__all__ = [
+    "BackendConfig",
+    "CertificateRef",
+    "Config",
+    "DefaultsConfig",
+    "Duration",
+    "FrontendConfig",
+    "GlobalConfig",
+    "ServerConfig",
+    "Size",
+    "UnixAddress",
+]

@@ -1,0 +1,95 @@
+"""Quick mode: a whole configuration from command-line flags, like ``hitch --frontend --backend``.
+
+The flags become the same raw mapping a TOML file would give, and go through the same
+validation; errors name the flag instead of the key path.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from offload.config.loader import validate
+from offload.config.model import Config
+from offload.errors import ConfigError, Issue
+
+QUICK_NAME = "quick"
+
+# Key paths of the generated config and the flag that set them, most specific first.
+_FLAG_OF_PATH = (
+    (r"frontends\[0\]\.bind(\[\d+\])?", "--listen"),
+    (r"frontends\[0\]\.certificates\[(\d+)\]\.key", "--key"),
+    (r"frontends\[0\]\.certificates(\[\d+\])?(\.cert)?", "--cert"),
+    (r"frontends\[0\]\.mode", "--mode"),
+    (r"frontends\[0\]\.tls_policy", "--tls-policy"),
+    (r"backends\[0\]\.servers(\[\d+\])?(\.address)?", "--backend"),
+    (r"backends\[0\]\.proxy_protocol", "--proxy-protocol"),
+    (r"backends\[0\]\.server_timeout", "--upstream-timeout"),
+    (r"global\.workers", "--workers"),
+)
+
+
+@dataclass(frozen=True)
+class QuickOptions:
+    """The quick-mode flags, as parsed by the CLI."""
+
+    listen: str
+    certs: tuple[str, ...]
+    backends: tuple[str, ...]
+    keys: tuple[str, ...] = ()
+    mode: str = "tcp"
+    workers: int | None = None
+    proxy_protocol: str | None = None
+    tls_policy: str | None = None
+    upstream_timeout: str | None = None
+    log_level: str | None = None
+    extra_global: dict[str, Any] = field(default_factory=dict)
+
+
+def flag_for(path: str) -> str:
+    """Name the flag behind a key path of the generated config."""
+    for pattern, flag in _FLAG_OF_PATH:
+        if re.fullmatch(pattern, path):
+            return flag
+    return path
+
+
+def raw_config(options: QuickOptions) -> dict[str, Any]:
+    """The configuration mapping that the flags describe."""
+    certificates: list[dict[str, str]] = []
+    for index, cert in enumerate(options.certs):
+        entry = {"cert": cert}
+        if index < len(options.keys):
+            entry["key"] = options.keys[index]
+        certificates.append(entry)
+    frontend: dict[str, Any] = {
+        "name": QUICK_NAME,
+        "bind": [options.listen],
+        "backend": QUICK_NAME,
+        "certificates": certificates,
+        "mode": options.mode,
+    }
+    backend: dict[str, Any] = {"name": QUICK_NAME, "servers": list(options.backends)}
+    global_: dict[str, Any] = dict(options.extra_global)
+    if options.tls_policy is not None:
+        frontend["tls_policy"] = options.tls_policy
+    if options.proxy_protocol is not None:
+        backend["proxy_protocol"] = options.proxy_protocol
+    if options.upstream_timeout is not None:
+        backend["server_timeout"] = options.upstream_timeout
+    if options.workers is not None:
+        global_["workers"] = options.workers
+    if options.log_level is not None:
+        global_["log_level"] = options.log_level
+    return {"global": global_, "frontends": [frontend], "backends": [backend]}
+
+
+def quick_config(options: QuickOptions) -> Config:
+    """Validate the quick-mode flags into a :class:`Config`."""
+    if len(options.keys) > len(options.certs):
+        raise ConfigError("command line", [Issue(
+            "--key", "more --key than --cert flags",
+            "give each --key right after the --cert it belongs to",
+        )])
+    return validate(raw_config(options), "command line", rename=flag_for)

@@ -1,0 +1,103 @@
+"""Durations, sizes and addresses as operators write them (``"10s"``, ``"64KiB"``, ``"[::1]:443"``).
+
+Bare numbers are refused for durations: HAProxy reads them as milliseconds, nginx as seconds,
+and a config that means one and gets the other is a classic outage.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1024, "kib": 1024, "kb": 1000,
+    "m": 1024**2, "mib": 1024**2, "mb": 1000**2,
+    "g": 1024**3, "gib": 1024**3, "gb": 1000**3,
+}
+_SIZE_RE = re.compile(r"(\d+)\s*([a-zA-Z]*)")
+
+
+def parse_duration(value: object) -> float:
+    """Return seconds for ``"500ms"``, ``"10s"``, ``"1m30s"``, ``"2h"``, ``"1d"``."""
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ValueError(
+            f"a duration needs a unit, like \"10s\" or \"500ms\" (got {value!r})"
+        )
+    text = value.strip().lower()
+    pos, total = 0, 0.0
+    for match in _DURATION_RE.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise ValueError(
+            f"{value!r} is not a duration; write a number with a unit: ms, s, m, h, d "
+            "(\"10s\", \"500ms\", \"1m30s\")"
+        )
+    return total
+
+
+def parse_size(value: object) -> int:
+    """Return bytes for ``"64KiB"``, ``"1MiB"``, ``"10MB"`` or a plain integer of bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a size")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a size; write \"64KiB\", \"1MiB\" or a number of bytes")
+    match = _SIZE_RE.fullmatch(value.strip())
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _SIZE_UNITS:
+        raise ValueError(
+            f"{value!r} is not a size; write a number with a unit: B, KiB, MiB, GiB (or KB, MB, GB)"
+        )
+    return int(match.group(1)) * _SIZE_UNITS[unit]
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact way to write a duration back (for summaries)."""
+    ms = round(seconds * 1000)
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms % size == 0 and ms >= size:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+@dataclass(frozen=True)
+class HostPort:
+    """A host (name, IPv4 or IPv6 literal without brackets) and a TCP port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_hostport(value: str, *, wildcard_ok: bool = False) -> HostPort:
+    """Parse ``host:port``, ``[v6]:port``; with ``wildcard_ok``, ``*:port`` and ``:port`` too."""
+    text = value.strip()
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or not text[end + 1 :].startswith(":"):
+            raise ValueError(f"{value!r}: write an IPv6 address as \"[::1]:443\"")
+        host, port_text = text[1:end], text[end + 2 :]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"{value!r} has no port; write \"host:port\", like \"127.0.0.1:8080\"")
+        if ":" in host:
+            raise ValueError(f"{value!r}: put an IPv6 address in brackets, like \"[::1]:443\"")
+    if host in ("", "*"):
+        if not wildcard_ok:
+            raise ValueError(f"{value!r} has no host; write \"host:port\"")
+        host = "0.0.0.0"
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{value!r}: the port must be a number from 1 to 65535")
+    return HostPort(host, int(port_text))

@@ -1,0 +1,1 @@
+"""The demo: a local CA, a localhost certificate and a small built-in backend."""

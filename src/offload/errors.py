@@ -1,0 +1,70 @@
+"""The one error hierarchy of offload.
+
+Library and OS exceptions are translated into these at one boundary each (config loading,
+certificate loading, socket binding), so the CLI can print a clear message and the running
+code can decide what to do (for example whether a retry on another server is safe).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class OffloadError(Exception):
+    """Base of every error offload raises on purpose."""
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One problem found in a configuration: where, what, and how to fix it."""
+
+    where: str
+    """The key path (``frontends[0].certificates[1]``) or command-line flag."""
+    what: str
+    fix: str = ""
+
+    def render(self) -> str:
+        text = f"{self.where}: {self.what}" if self.where else self.what
+        if self.fix:
+            text += f"\n    fix: {self.fix}"
+        return text
+
+
+class ConfigError(OffloadError):
+    """The configuration (file or flags) cannot be used; carries every issue found."""
+
+    def __init__(self, source: str, issues: list[Issue]) -> None:
+        self.source = source
+        self.issues = issues
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        count = len(self.issues)
+        head = f"{self.source}: {count} error{'s' if count != 1 else ''}"
+        return "\n".join([head, *("  " + issue.render().replace("\n", "\n  ") for issue in self.issues)])
+
+
+class CertificateError(OffloadError):
+    """A certificate or key file cannot be served; the message names the file and the reason."""
+
+    def __init__(self, path: str, reason: str, fix: str = "") -> None:
+        self.path = path
+        self.reason = reason
+        self.fix = fix
+        super().__init__(f"{path}: {reason}")
+
+
+class ProtocolError(OffloadError):
+    """A peer broke a protocol's rules; ``status`` is the HTTP status to answer with, if any."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class UpstreamError(OffloadError):
+    """A backend could not be used; ``retryable`` says whether another server may be tried."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        self.retryable = retryable
+        super().__init__(message)

@@ -1,0 +1,1 @@
+"""TCP mode: TLS-terminated byte relay to a backend."""

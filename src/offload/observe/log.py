@@ -1,0 +1,96 @@
+"""Structured logging: one JSON object per line (or plain text), never blocking the event loop.
+
+Workers log through a queue drained by a thread, so a slow stderr or log file stalls the thread,
+not the event loop. The supervisor logs directly: it forks, and a fork must not happen while
+another thread holds a lock. Structured fields go in ``extra={"fields": {...}}``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import logging.handlers
+import queue
+import sys
+from typing import Any, TextIO
+
+LOGGER = "offload"
+
+
+def fields(**values: Any) -> dict[str, dict[str, Any]]:
+    """``extra=`` argument carrying structured fields: ``log.info("x", extra=fields(a=1))``."""
+    return {"fields": values}
+
+
+class JsonFormatter(logging.Formatter):
+    """``{"time": ..., "level": ..., "pid": ..., "msg": ..., **fields}``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(
+                timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "pid": record.process,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict):
+            entry.update(extra)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, separators=(",", ":"))
+
+
+class TextFormatter(logging.Formatter):
+    """``2026-01-01T00:00:00Z info [pid] msg key=value ...``, for people at a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = dt.datetime.fromtimestamp(record.created, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        text = f"{stamp} {record.levelname.lower():7} [{record.process}] {record.getMessage()}"
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict) and extra:
+            text += " " + " ".join(f"{key}={value}" for key, value in extra.items())
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+class LogSetup:
+    """The logging configuration of one process; ``stop()`` flushes the queue thread."""
+
+    def __init__(self) -> None:
+        self._listener: logging.handlers.QueueListener | None = None
+
+    def configure(self, level: str = "info", fmt: str = "json", *, threaded: bool = False,
+                  stream: TextIO | None = None) -> None:
+        """Send offload's logs to ``stream`` (stderr) at ``level``, replacing any handlers."""
+        self.stop()
+        logger = logging.getLogger(LOGGER)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        output = logging.StreamHandler(stream or sys.stderr)
+        output.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+        if threaded:
+            pipe: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+            self._listener = logging.handlers.QueueListener(pipe, output)
+            self._listener.start()
+            logger.addHandler(logging.handlers.QueueHandler(pipe))
+        else:
+            logger.addHandler(output)
+        logger.setLevel(level.upper())
+        logger.propagate = False
+        logging.raiseExceptions = False
+
+    def stop(self) -> None:
+        """Write out what is queued and stop the writer thread."""
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
+
+    def after_fork(self, level: str, fmt: str) -> None:
+        """In a new worker: drop the parent's handlers and log through a queue thread."""
+        self._listener = None
+        self.configure(level, fmt, threaded=True)
+

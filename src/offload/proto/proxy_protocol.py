@@ -1,0 +1,193 @@
+"""PROXY protocol v1 (text) and v2 (binary) headers, per HAProxy's proxy-protocol.txt.
+
+offload sends one of these first on each backend connection so that the backend learns the
+client's address; v2 also carries what the TLS handshake established (TLVs: ALPN, authority =
+SNI, and the SSL TLV with version and cipher). The parser exists for tests and for accepting the
+header from an L4 balancer in front; both directions are sans-IO.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass, field
+
+from offload.errors import ProtocolError
+
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+V1_MAX_LENGTH = 107
+
+# TLV types (section 2.2)
+PP2_TYPE_ALPN = 0x01
+PP2_TYPE_AUTHORITY = 0x02
+PP2_TYPE_SSL = 0x20
+PP2_SUBTYPE_SSL_VERSION = 0x21
+PP2_SUBTYPE_SSL_CN = 0x22
+PP2_SUBTYPE_SSL_CIPHER = 0x23
+PP2_SUBTYPE_SSL_SIG_ALG = 0x24
+PP2_SUBTYPE_SSL_KEY_ALG = 0x25
+PP2_CLIENT_SSL = 0x01
+
+_AF_INET, _AF_INET6, _AF_UNSPEC = 0x1, 0x2, 0x0
+_STREAM = 0x1
+
+
+@dataclass(frozen=True)
+class TlsFacts:
+    """What the TLS handshake established, as sent in the v2 SSL TLV."""
+
+    version: str | None = None
+    cipher: str | None = None
+    sni: str | None = None
+    alpn: str | None = None
+
+
+@dataclass(frozen=True)
+class ProxyHeader:
+    """A decoded PROXY header. ``source``/``destination`` are None for ``UNKNOWN``/LOCAL."""
+
+    source: tuple[str, int] | None
+    destination: tuple[str, int] | None
+    tlvs: dict[int, bytes] = field(default_factory=dict)
+    ssl_tlvs: dict[int, bytes] = field(default_factory=dict)
+
+
+def _family(source: str, destination: str) -> int | None:
+    try:
+        src, dst = ipaddress.ip_address(source), ipaddress.ip_address(destination)
+    except ValueError:
+        return None
+    if src.version != dst.version:
+        return None
+    return 4 if src.version == 4 else 6
+
+
+def encode_v1(source: tuple[str, int], destination: tuple[str, int]) -> bytes:
+    """``PROXY TCP4 src dst sport dport\\r\\n`` (or ``PROXY UNKNOWN`` for non-IP peers)."""
+    family = _family(source[0], destination[0])
+    if family is None:
+        return b"PROXY UNKNOWN\r\n"
+    return (f"PROXY TCP{family} {source[0]} {destination[0]} {source[1]} {destination[1]}\r\n"
+            .encode("ascii"))
+
+
+def _tlv(kind: int, value: bytes) -> bytes:
+    return struct.pack("!BH", kind, len(value)) + value
+
+
+def encode_v2(source: tuple[str, int], destination: tuple[str, int],
+              tls: TlsFacts | None = None) -> bytes:
+    """The binary v2 header for a proxied TCP connection, with TLS TLVs when given."""
+    family = _family(source[0], destination[0])
+    if family == 4:
+        address = (ipaddress.IPv4Address(source[0]).packed + ipaddress.IPv4Address(destination[0]).packed
+                   + struct.pack("!HH", source[1], destination[1]))
+        fam_byte = (_AF_INET << 4) | _STREAM
+    elif family == 6:
+        address = (ipaddress.IPv6Address(source[0]).packed + ipaddress.IPv6Address(destination[0]).packed
+                   + struct.pack("!HH", source[1], destination[1]))
+        fam_byte = (_AF_INET6 << 4) | _STREAM
+    else:
+        address, fam_byte = b"", (_AF_UNSPEC << 4)
+    tlvs = b""
+    if tls is not None:
+        if tls.alpn:
+            tlvs += _tlv(PP2_TYPE_ALPN, tls.alpn.encode("ascii"))
+        if tls.sni:
+            tlvs += _tlv(PP2_TYPE_AUTHORITY, tls.sni.encode("idna"))
+        sub = b""
+        if tls.version:
+            sub += _tlv(PP2_SUBTYPE_SSL_VERSION, tls.version.encode("ascii"))
+        if tls.cipher:
+            sub += _tlv(PP2_SUBTYPE_SSL_CIPHER, tls.cipher.encode("ascii"))
+        # client byte: connection used SSL; verify: 0 = success (no client cert was required)
+        tlvs += _tlv(PP2_TYPE_SSL, struct.pack("!BI", PP2_CLIENT_SSL, 0) + sub)
+    body = address + tlvs
+    command = 0x21  # version 2, PROXY
+    return V2_SIGNATURE + struct.pack("!BBH", command, fam_byte, len(body)) + body
+
+
+def _parse_tlvs(data: bytes) -> dict[int, bytes]:
+    tlvs: dict[int, bytes] = {}
+    pos = 0
+    while pos < len(data):
+        if pos + 3 > len(data):
+            raise ProtocolError("PROXY v2: truncated TLV")
+        kind, length = struct.unpack_from("!BH", data, pos)
+        pos += 3
+        if pos + length > len(data):
+            raise ProtocolError("PROXY v2: TLV longer than the header")
+        tlvs[kind] = data[pos : pos + length]
+        pos += length
+    return tlvs
+
+
+def _parse_v1(line: bytes) -> ProxyHeader:
+    parts = line[:-2].decode("ascii", "strict").split(" ")
+    if parts[:2] == ["PROXY", "UNKNOWN"]:
+        return ProxyHeader(None, None)
+    if len(parts) != 6 or parts[0] != "PROXY" or parts[1] not in ("TCP4", "TCP6"):
+        raise ProtocolError("PROXY v1: malformed header")
+    _, proto, src, dst, sport, dport = parts
+    try:
+        version = 4 if proto == "TCP4" else 6
+        if (ipaddress.ip_address(src).version != version
+                or ipaddress.ip_address(dst).version != version):
+            raise ValueError
+        ports = int(sport), int(dport)
+    except ValueError:
+        raise ProtocolError("PROXY v1: bad address or port") from None
+    if not all(text.isdigit() and 0 <= int(text) <= 65535 for text in (sport, dport)):
+        raise ProtocolError("PROXY v1: bad port")
+    return ProxyHeader((src, ports[0]), (dst, ports[1]))
+
+
+def _parse_v2(data: bytes) -> tuple[ProxyHeader, int] | None:
+    if len(data) < 16:
+        return None
+    command, fam_byte, length = struct.unpack_from("!BBH", data, 12)
+    if command >> 4 != 2 or command & 0xF not in (0, 1):
+        raise ProtocolError("PROXY v2: bad version or command")
+    if len(data) < 16 + length:
+        return None
+    body, used = data[16 : 16 + length], 16 + length
+    family = fam_byte >> 4
+    if command & 0xF == 0 or family == _AF_UNSPEC:  # LOCAL, or a non-IP client
+        return ProxyHeader(None, None), used
+    size = {_AF_INET: 4, _AF_INET6: 16}.get(family)
+    if size is None or fam_byte & 0xF != _STREAM or length < 2 * size + 4:
+        raise ProtocolError("PROXY v2: unsupported address family or short address block")
+    src = str(ipaddress.ip_address(body[:size]))
+    dst = str(ipaddress.ip_address(body[size : 2 * size]))
+    sport, dport = struct.unpack_from("!HH", body, 2 * size)
+    tlvs = _parse_tlvs(body[2 * size + 4 :])
+    ssl_tlvs = {}
+    if PP2_TYPE_SSL in tlvs:
+        if len(tlvs[PP2_TYPE_SSL]) < 5:
+            raise ProtocolError("PROXY v2: SSL TLV too short")
+        ssl_tlvs = _parse_tlvs(tlvs[PP2_TYPE_SSL][5:])
+    return ProxyHeader((src, sport), (dst, dport), tlvs, ssl_tlvs), used
+
+
+def parse(data: bytes) -> tuple[ProxyHeader, int] | None:
+    """Parse a header at the start of ``data``: (header, bytes used), or None if incomplete.
+
+    Raises :class:`ProtocolError` for anything that is not a valid header.
+    """
+    if not data:
+        return None
+    if data[:1] == b"\r":
+        if not V2_SIGNATURE.startswith(data[:12]):
+            raise ProtocolError("not a PROXY protocol header")
+        return _parse_v2(data)
+    if not b"PROXY ".startswith(data[:6]):
+        raise ProtocolError("not a PROXY protocol header")
+    end = data.find(b"\r\n", 0, V1_MAX_LENGTH)
+    if end < 0:
+        if len(data) >= V1_MAX_LENGTH:
+            raise ProtocolError("PROXY v1: header longer than 107 bytes")
+        return None
+    try:
+        return _parse_v1(data[: end + 2]), end + 2
+    except UnicodeDecodeError:
+        raise ProtocolError("PROXY v1: header is not ASCII") from None

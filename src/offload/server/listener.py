@@ -1,0 +1,149 @@
+"""One frontend inside one worker: accept on its sockets, run TLS, hand streams to the mode.
+
+Also the worker's connection registry: it counts open connections across frontends, pauses
+accepting at ``global.max_connections`` (the kernel queue holds new clients meanwhile, instead
+of the worker running out of memory or file descriptors) and tells the drain when it is empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+
+from offload.l4.relay import TcpRelay
+from offload.observe.log import fields
+from offload.observe.stats import Counters
+from offload.server.prepare import PreparedFrontend
+from offload.tls.stream import TLSServerStream
+from offload.upstream.backend import Backend
+
+_log = logging.getLogger("offload.listener")
+
+RESUME_ACCEPT_RATIO = 0.9
+"""Accepting resumes once open connections fall below this share of the maximum."""
+
+
+class ConnectionRegistry:
+    """The open connections of a worker, with the accept-pausing limit."""
+
+    def __init__(self, max_connections: int) -> None:
+        self.max_connections = max_connections
+        self.streams: set[TLSServerStream] = set()
+        self.listeners: list[Listener] = []
+        self._paused = False
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    def add(self, stream: TLSServerStream) -> None:
+        self.streams.add(stream)
+        self._empty.clear()
+        if len(self.streams) >= self.max_connections and not self._paused:
+            self._paused = True
+            _log.warning("connection limit reached, pausing accepts",
+                         extra=fields(max_connections=self.max_connections))
+            for listener in self.listeners:
+                listener.pause_accepting()
+
+    def discard(self, stream: TLSServerStream) -> None:
+        self.streams.discard(stream)
+        if not self.streams:
+            self._empty.set()
+        if self._paused and len(self.streams) < self.max_connections * RESUME_ACCEPT_RATIO:
+            self._paused = False
+            _log.info("accepting again", extra=fields(open_connections=len(self.streams)))
+            for listener in self.listeners:
+                listener.resume_accepting()
+
+    async def wait_empty(self) -> None:
+        await self._empty.wait()
+
+    def close_all(self) -> None:
+        for stream in list(self.streams):
+            stream.close()
+
+
+class Listener:
+    """A frontend in a worker: its listening sockets and what each accepted stream becomes."""
+
+    def __init__(self, frontend: PreparedFrontend, backend: Backend,
+                 sockets: list[socket.socket], registry: ConnectionRegistry,
+                 counters: Counters) -> None:
+        self.frontend = frontend
+        self.name = frontend.config.name
+        self._backend = backend
+        self._sockets = sockets
+        self._registry = registry
+        self._counters = counters
+        self._context = frontend.sni.base
+        self._handshake_timeout = frontend.config.handshake_timeout
+        self._servers: list[asyncio.Server] = []
+        self._accepting = False
+        self._draining = False
+        self._resuming: asyncio.Task[None] | None = None
+        registry.listeners.append(self)
+
+    def _new_stream(self) -> TLSServerStream:
+        return TLSServerStream(self, self._context, self._handshake_timeout)
+
+    async def start(self) -> None:
+        """Start accepting on every socket of this frontend."""
+        loop = asyncio.get_running_loop()
+        for sock in self._sockets:
+            # Give the loop a duplicate: closing a server closes its socket, and we keep ours
+            # to resume accepting after a pause.
+            server = await loop.create_server(self._new_stream, sock=sock.dup(),
+                                              backlog=self.frontend.config.backlog)
+            self._servers.append(server)
+        self._accepting = True
+
+    def pause_accepting(self) -> None:
+        if self._accepting:
+            self._accepting = False
+            for server in self._servers:
+                server.close()
+            self._servers.clear()
+
+    def resume_accepting(self) -> None:
+        if not self._accepting and not self._draining and self._resuming is None:
+            self._resuming = asyncio.get_running_loop().create_task(self.start())
+            self._resuming.add_done_callback(self._resumed)
+
+    def _resumed(self, task: asyncio.Task[None]) -> None:
+        self._resuming = None
+        with contextlib.suppress(asyncio.CancelledError):
+            error = task.exception()
+            if error is not None:
+                _log.error("cannot resume accepting: %s", error)
+
+    def stop_accepting(self) -> None:
+        """For the drain: stop for good and let go of the sockets."""
+        self._draining = True
+        self.pause_accepting()
+        for sock in self._sockets:
+            sock.close()
+
+    # ------------------------------------------------------------ StreamOwner
+
+    def stream_accepted(self, stream: TLSServerStream) -> None:
+        self._counters.inc("accepted", self.name)
+        self._registry.add(stream)
+
+    def stream_opened(self, stream: TLSServerStream) -> asyncio.Protocol:
+        self._counters.inc("handshake", self.name, "resumed" if stream.resumed else "full")
+        return TcpRelay(stream, self._backend, self._idle_timeout(), self._counters)
+
+    def _idle_timeout(self) -> float:
+        return min(self.frontend.config.idle_timeout, self._backend.config.server_timeout)
+
+    def stream_failed(self, stream: TLSServerStream, reason: str, detail: str) -> None:
+        self._counters.inc("handshake_failed", self.name, reason)
+        if _log.isEnabledFor(logging.DEBUG):
+            peer = stream.get_extra_info("peername") or ("", 0)
+            _log.debug("handshake failed", extra=fields(
+                frontend=self.name, client=f"{peer[0]}:{peer[1]}", reason=reason, detail=detail))
+
+    def stream_closed(self, stream: TLSServerStream) -> None:
+        self._registry.discard(stream)
+

@@ -1,0 +1,89 @@
+"""Everything the workers need that can fail, done once in the supervisor before any fork.
+
+Loading certificates, building the TLS contexts (whose session-ticket keys the workers then
+share) and resolving backend names happen here, so that ``offload check`` sees exactly the
+errors ``offload run`` would, and a bad reload leaves the running configuration untouched.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from offload.config.model import Config, FrontendConfig
+from offload.errors import CertificateError, ConfigError, Issue
+from offload.tls.certs import LoadedCertificate, load_source
+from offload.tls.policy import POLICIES, server_context
+from offload.tls.sni import CertificateIndex, SniContexts
+from offload.upstream.servers import Server, resolve_backend
+
+AVAILABLE_MODES = ("tcp",)
+
+
+@dataclass(frozen=True)
+class PreparedFrontend:
+    """A frontend with its certificates loaded and its TLS contexts built."""
+
+    config: FrontendConfig
+    certificates: tuple[LoadedCertificate, ...]
+    sni: SniContexts
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A configuration ready to run: checked, certificates loaded, names resolved."""
+
+    config: Config
+    source: str
+    frontends: tuple[PreparedFrontend, ...]
+    servers: dict[str, tuple[Server, ...]]
+    warnings: tuple[str, ...]
+
+
+def _load_certificates(frontend: FrontendConfig, where: str, now: dt.datetime,
+                       issues: list[Issue], warnings: list[str]) -> list[LoadedCertificate]:
+    loaded: list[LoadedCertificate] = []
+    for index, ref in enumerate(frontend.certificates):
+        try:
+            certificates = load_source(ref.cert, ref.key, now)
+        except CertificateError as error:
+            issues.append(Issue(f"{where}.certificates[{index}]", str(error), error.fix))
+            continue
+        for certificate in certificates:
+            warnings.extend(f"{certificate.source}: {text}" for text in certificate.warnings)
+        loaded.extend(certificates)
+    return loaded
+
+
+def prepare(config: Config, source: str, rename: Callable[[str], str] | None = None,
+            now: dt.datetime | None = None) -> Prepared:
+    """Load and check everything ``config`` names; raise ConfigError listing every problem."""
+    now = now or dt.datetime.now(dt.UTC)
+    issues: list[Issue] = []
+    warnings: list[str] = []
+    frontends: list[PreparedFrontend] = []
+    for index, frontend in enumerate(config.frontends):
+        where = f"frontends[{index}]"
+        if frontend.mode not in AVAILABLE_MODES:
+            issues.append(Issue(f"{where}.mode", f"mode \"{frontend.mode}\" is not available yet",
+                                "use mode = \"tcp\" for now"))
+        policy = POLICIES[frontend.tls_policy]
+        if policy.warning:
+            warnings.append(f"{where} ({frontend.name}): {policy.warning}")
+        certificates = _load_certificates(frontend, where, now, issues, warnings)
+        if certificates and not issues:
+            sni = SniContexts(CertificateIndex(certificates),
+                              functools.partial(server_context, frontend.tls_policy, frontend.alpn))
+            frontends.append(PreparedFrontend(frontend, tuple(certificates), sni))
+    servers: dict[str, tuple[Server, ...]] = {}
+    for index, backend in enumerate(config.backends):
+        resolved, problems = resolve_backend(backend, f"backends[{index}]")
+        servers[backend.name] = resolved
+        issues.extend(problems)
+    if issues:
+        if rename is not None:
+            issues = [Issue(rename(issue.where), issue.what, issue.fix) for issue in issues]
+        raise ConfigError(source, issues)
+    return Prepared(config, source, tuple(frontends), servers, tuple(warnings))

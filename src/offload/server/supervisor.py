@@ -1,0 +1,372 @@
+"""The supervisor: binds the sockets, forks the workers, restarts them, reloads and stops.
+
+Theory of operation. The supervisor never runs an event loop or a thread (it forks); it waits
+on a selector for three kinds of events: signals (through ``signal.set_wakeup_fd``), a worker's
+"ready" byte on its pipe, and deadlines (restart backoff, reload start, drain kill).
+
+    event                         action
+    start                         bind sockets, fork generation 1; if any of its workers dies
+                                  before it is ready, stop everything and exit 1
+    worker dies unexpectedly      fork a new one for its slot after a backoff (0.1 s doubling
+                                  to 10 s; reset once a worker has lived 30 s)
+    SIGHUP                        load and prepare the configuration again; on error log it and
+                                  keep running; else bind new addresses and fork generation N+1;
+                                  once all of it is ready, SIGTERM (drain) generation N; if it
+                                  fails to start, kill it and keep generation N
+    SIGTERM / SIGINT              SIGTERM every worker (they drain), SIGKILL what is left after
+                                  drain_timeout + 5 s, then exit 0; a second signal kills at once
+
+Workers hold the read end of a "lifeline" pipe: if the supervisor dies, they see EOF and drain.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from offload.config.units import HostPort
+from offload.errors import OffloadError
+from offload.observe.log import LogSetup, fields
+from offload.server.prepare import Prepared
+from offload.server.sockets import SocketSet
+from offload.server.worker import READY, WorkerSpec, run_worker
+
+_log = logging.getLogger("offload.supervisor")
+
+START_TIMEOUT = 30.0
+KILL_GRACE = 5.0
+BACKOFF_FIRST, BACKOFF_MAX, STABLE_AFTER = 0.1, 10.0, 30.0
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+
+
+@dataclass
+class WorkerProcess:
+    """The supervisor's record of one worker."""
+
+    pid: int
+    slot: int
+    generation: int
+    ready_fd: int
+    started: float
+    ready: bool = False
+    draining: bool = False
+    kill_at: float | None = None
+
+
+@dataclass
+class Generation:
+    """A set of workers started together from one prepared configuration."""
+
+    number: int
+    prepared: Prepared
+    deadline: float
+    fresh_addresses: list[HostPort] = field(default_factory=list)
+
+
+def _addresses(prepared: Prepared) -> list[tuple[HostPort, int]]:
+    return [(address, frontend.backlog) for frontend in prepared.config.frontends
+            for address in frontend.bind]
+
+
+class Supervisor:
+    """Runs an instance until it is told to stop; :meth:`run` returns the exit status."""
+
+    def __init__(self, prepared: Prepared, reload: Callable[[], Prepared], logs: LogSetup,
+                 *, on_ready: Callable[[], None] | None = None) -> None:
+        self._current = prepared
+        self._reload_config = reload
+        self._logs = logs
+        self._on_ready = on_ready
+        self._sockets = SocketSet(reuseport=prepared.config.global_.reuseport)
+        self._selector = selectors.DefaultSelector()
+        self._workers: dict[int, WorkerProcess] = {}
+        self._restarts: dict[int, float] = {}
+        self._failures: dict[int, int] = {}
+        self._starting: Generation | None = None
+        self._generation = 0
+        self._started = False
+        self._stopping = False
+        self._exit_code = 0
+        self._signal_r = self._signal_w = self._lifeline_r = self._lifeline_w = -1
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self) -> int:
+        """Bind, fork, supervise; returns 0 after a clean stop, 1 if the start failed."""
+        prepared = self._current
+        try:
+            self._sockets.ensure(_addresses(prepared), prepared.config.global_.workers)
+        except OSError as error:
+            _log.error("cannot start: %s", error.strerror)
+            return 1
+        self._install_signals()
+        self._lifeline_r, self._lifeline_w = os.pipe()
+        os.set_inheritable(self._lifeline_r, False)
+        self._start_generation(prepared, [])
+        try:
+            while not (self._stopping and not self._workers):
+                timeout = self._next_deadline()
+                for key, _ in self._selector.select(timeout):
+                    key.data()
+                self._on_time()
+        finally:
+            self._cleanup()
+        return self._exit_code
+
+    def _install_signals(self) -> None:
+        self._signal_r, self._signal_w = os.pipe()
+        os.set_blocking(self._signal_w, False)
+        os.set_blocking(self._signal_r, False)
+        signal.set_wakeup_fd(self._signal_w, warn_on_full_buffer=False)
+        for signum in _SIGNALS:
+            signal.signal(signum, _note_signal)
+        self._selector.register(self._signal_r, selectors.EVENT_READ, self._on_signals)
+
+    def _cleanup(self) -> None:
+        signal.set_wakeup_fd(-1)
+        for signum in _SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        self._selector.close()
+        self._sockets.close()
+        for fd in (self._signal_r, self._signal_w, self._lifeline_r, self._lifeline_w):
+            if fd >= 0:
+                os.close(fd)
+
+    def _next_deadline(self) -> float | None:
+        deadlines = list(self._restarts.values())
+        deadlines += [w.kill_at for w in self._workers.values() if w.kill_at is not None]
+        if self._starting is not None:
+            deadlines.append(self._starting.deadline)
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _on_time(self) -> None:
+        now = time.monotonic()
+        for slot, due in list(self._restarts.items()):
+            if due <= now:
+                del self._restarts[slot]
+                self._spawn(slot, self._generation, self._current)
+        for worker in self._workers.values():
+            if worker.kill_at is not None and worker.kill_at <= now:
+                worker.kill_at = None
+                _log.warning("worker did not stop in time; killing it",
+                             extra=fields(pid=worker.pid, slot=worker.slot))
+                _kill(worker.pid, signal.SIGKILL)
+        if self._starting is not None and self._starting.deadline <= now:
+            self._abandon_generation("its workers did not become ready in time")
+
+    # ------------------------------------------------------------------ events
+
+    def _on_signals(self) -> None:
+        try:
+            data = os.read(self._signal_r, 64)
+        except BlockingIOError:
+            return
+        for signum in data:
+            if signum == signal.SIGCHLD:
+                self._reap()
+            elif signum == signal.SIGHUP:
+                self._reload()
+            elif signum in (signal.SIGTERM, signal.SIGINT):
+                self._shutdown(signal.Signals(signum).name)
+
+    def _on_ready_pipe(self, worker: WorkerProcess) -> None:
+        data = os.read(worker.ready_fd, 16)
+        if not data:
+            self._forget_pipe(worker)
+            return
+        if READY in data and not worker.ready:
+            worker.ready = True
+            self._check_generation()
+
+    def _reap(self) -> None:
+        for pid in list(self._workers):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done:
+                self._worker_exited(self._workers.pop(pid), os.waitstatus_to_exitcode(status))
+
+    def _worker_exited(self, worker: WorkerProcess, code: int) -> None:
+        self._forget_pipe(worker)
+        info = fields(pid=worker.pid, slot=worker.slot, generation=worker.generation,
+                      exit_code=code)
+        if worker.draining or self._stopping:
+            _log.info("worker exited", extra=info)
+            return
+        starting = self._starting
+        if starting is not None and worker.generation == starting.number and not worker.ready:
+            _log.error("worker exited while starting", extra=info)
+            self._abandon_generation(f"a new worker exited with status {code}")
+            return
+        lived = time.monotonic() - worker.started
+        failures = 0 if lived >= STABLE_AFTER else self._failures.get(worker.slot, 0) + 1
+        self._failures[worker.slot] = failures
+        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, failures - 1))
+        _log.warning("worker died; restarting it", extra={
+            "fields": {**info["fields"], "restart_in_s": round(delay, 2)}})
+        self._restarts[worker.slot] = time.monotonic() + delay
+
+    def _reload(self) -> None:
+        if self._stopping:
+            return
+        if self._starting is not None:
+            _log.warning("a reload is already in progress; ignoring SIGHUP")
+            return
+        _log.info("reloading the configuration")
+        try:
+            prepared = self._reload_config()
+        except OffloadError as error:
+            _log.error("reload refused, the running configuration stays: %s", error)
+            return
+        try:
+            fresh = self._sockets.ensure(_addresses(prepared), prepared.config.global_.workers)
+        except OSError as error:
+            _log.error("reload refused, the running configuration stays: %s", error.strerror)
+            return
+        self._start_generation(prepared, fresh)
+
+    def _shutdown(self, why: str) -> None:
+        now = time.monotonic()
+        if self._stopping:
+            _log.warning("second stop signal: killing the workers now")
+            for worker in self._workers.values():
+                _kill(worker.pid, signal.SIGKILL)
+            return
+        _log.info("stopping: draining the workers", extra=fields(signal=why))
+        self._stopping = True
+        self._restarts.clear()
+        self._starting = None
+        deadline = now + self._current.config.global_.drain_timeout + KILL_GRACE
+        for worker in self._workers.values():
+            if not worker.draining:
+                self._drain(worker, deadline)
+
+    # ------------------------------------------------------------------ generations
+
+    def _start_generation(self, prepared: Prepared, fresh: list[HostPort]) -> None:
+        number = self._generation + 1
+        self._starting = Generation(number, prepared, time.monotonic() + START_TIMEOUT, fresh)
+        for certificate in (c for f in prepared.frontends for c in f.certificates):
+            _log.info("certificate loaded", extra=fields(
+                names=list(certificate.names), key=f"{certificate.key_type} {certificate.key_bits}",
+                not_after=certificate.not_after.isoformat(), source=certificate.source))
+        for warning in prepared.warnings:
+            _log.warning(warning)
+        for slot in range(prepared.config.global_.workers):
+            self._spawn(slot, number, prepared)
+
+    def _check_generation(self) -> None:
+        starting = self._starting
+        if starting is None:
+            return
+        members = [w for w in self._workers.values() if w.generation == starting.number]
+        if len(members) < starting.prepared.config.global_.workers or not all(
+                w.ready for w in members):
+            return
+        self._starting = None
+        previous, self._current = self._current, starting.prepared
+        self._generation = starting.number
+        deadline = time.monotonic() + previous.config.global_.drain_timeout + KILL_GRACE
+        for worker in self._workers.values():
+            if worker.generation < starting.number and not worker.draining:
+                self._drain(worker, deadline)
+        self._restarts.clear()
+        self._sockets.retain([a for a, _ in _addresses(self._current)],
+                             self._current.config.global_.workers)
+        listening = sorted({str(a) for a, _ in _addresses(self._current)})
+        if self._started:
+            _log.info("reload complete", extra=fields(generation=self._generation,
+                                                      listening=listening))
+        else:
+            self._started = True
+            _log.info("offload ready", extra=fields(
+                listening=listening, workers=len(members), pid=os.getpid()))
+            if self._on_ready is not None:
+                self._on_ready()
+
+    def _abandon_generation(self, why: str) -> None:
+        starting = self._starting
+        if starting is None:
+            return
+        self._starting = None
+        for worker in list(self._workers.values()):
+            if worker.generation == starting.number:
+                worker.draining = True
+                _kill(worker.pid, signal.SIGKILL)
+        if not self._started:
+            _log.error("offload could not start: %s", why)
+            self._stopping = True
+            self._exit_code = 1
+            return
+        _log.error("reload failed, the running configuration stays: %s", why)
+        self._sockets.retain([a for a, _ in _addresses(self._current)],
+                             self._current.config.global_.workers)
+
+    # ------------------------------------------------------------------ processes
+
+    def _drain(self, worker: WorkerProcess, kill_at: float) -> None:
+        worker.draining = True
+        worker.kill_at = kill_at
+        _kill(worker.pid, signal.SIGTERM)
+
+    def _forget_pipe(self, worker: WorkerProcess) -> None:
+        if worker.ready_fd >= 0:
+            self._selector.unregister(worker.ready_fd)
+            os.close(worker.ready_fd)
+            worker.ready_fd = -1
+
+    def _spawn(self, slot: int, generation: int, prepared: Prepared) -> None:
+        ready_r, ready_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            self._become_worker(slot, generation, prepared, ready_r, ready_w)
+        os.close(ready_w)
+        worker = WorkerProcess(pid, slot, generation, ready_r, time.monotonic())
+        self._workers[pid] = worker
+        self._selector.register(ready_r, selectors.EVENT_READ,
+                                lambda: self._on_ready_pipe(worker))
+        _log.info("worker started", extra=fields(pid=pid, slot=slot, generation=generation))
+
+    def _become_worker(self, slot: int, generation: int, prepared: Prepared,
+                       ready_r: int, ready_w: int) -> None:
+        """In the child: shed the supervisor's state, then run the worker; never returns."""
+        code = 70
+        try:
+            signal.set_wakeup_fd(-1)
+            for signum in _SIGNALS:
+                signal.signal(signum, signal.SIG_DFL)
+            own = self._sockets.for_slot(slot)
+            for sock in self._sockets.all():
+                if all(sock is not mine for mine in own.values()):
+                    sock.close()
+            for fd in [ready_r, self._signal_r, self._signal_w, self._lifeline_w,
+                       *(w.ready_fd for w in self._workers.values() if w.ready_fd >= 0)]:
+                os.close(fd)
+            self._selector.close()
+            code = run_worker(WorkerSpec(prepared, slot, generation, own, ready_w,
+                                         self._lifeline_r), self._logs)
+        except BaseException:  # a worker must never return into the supervisor
+            traceback.print_exc(file=sys.stderr)
+        finally:
+            os._exit(code)
+
+
+def _note_signal(signum: int, frame: object) -> None:
+    """Signal handler: nothing to do, the wakeup fd carries the signal to the main loop."""
+
+
+def _kill(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,153 @@
+"""A worker process: one uvloop event loop serving every frontend on its slot's sockets.
+
+A worker is forked by the supervisor with the configuration already prepared (certificates
+loaded, TLS contexts built). SIGTERM, or the supervisor's death (the lifeline pipe reaches EOF),
+starts the drain: stop accepting, let open connections finish up to ``global.drain_timeout``,
+then close what is left and exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import grp
+import logging
+import os
+import pwd
+import signal
+import socket
+from dataclasses import dataclass
+
+import uvloop
+
+from offload.config.units import HostPort
+from offload.errors import OffloadError
+from offload.observe.log import LogSetup, fields
+from offload.observe.stats import Counters
+from offload.server.listener import ConnectionRegistry, Listener
+from offload.server.prepare import Prepared
+from offload.upstream.backend import Backend
+
+_log = logging.getLogger("offload.worker")
+
+READY = b"R"
+FINAL_CLOSE_GRACE = 2.0
+"""Seconds given to connections closed at the drain deadline to flush their last bytes."""
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker is told when it is forked."""
+
+    prepared: Prepared
+    slot: int
+    generation: int
+    sockets: dict[HostPort, socket.socket]
+    ready_fd: int
+    lifeline_fd: int
+
+
+def tune_malloc() -> None:
+    """Keep glibc from mmap-ing and unmapping every large read buffer (a measured 2x on bulk
+    transfers: both thresholds must move together, or small requests get slower)."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    libc = ctypes.CDLL(name)
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None:
+        return
+    mallopt(_M_MMAP_THRESHOLD, 4 * 1024 * 1024)
+    mallopt(_M_TRIM_THRESHOLD, 32 * 1024 * 1024)
+
+
+def drop_privileges(user: str | None, group: str | None) -> None:
+    """Switch to ``user``/``group`` (the supervisor keeps root to bind ports and read keys)."""
+    if user is None and group is None:
+        return
+    if os.geteuid() != 0:
+        raise OffloadError("global.user and global.group need offload to be started as root")
+    entry = pwd.getpwnam(user) if user is not None else None
+    gid = grp.getgrnam(group).gr_gid if group is not None else (entry.pw_gid if entry else None)
+    os.setgroups([])
+    if gid is not None:
+        os.setgid(gid)
+    if entry is not None:
+        os.setuid(entry.pw_uid)
+
+
+def run_worker(spec: WorkerSpec, logs: LogSetup) -> int:
+    """The body of a worker process; returns its exit status."""
+    settings = spec.prepared.config.global_
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    logs.after_fork(settings.log_level, settings.log_format)
+    try:
+        if settings.tune_malloc:
+            tune_malloc()
+        drop_privileges(settings.user, settings.group)
+        loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            return loop.run_until_complete(_serve(spec))
+        finally:
+            loop.close()
+    except OffloadError as error:
+        _log.error("worker cannot start: %s", error)
+        return 78
+    finally:
+        logs.stop()
+
+
+async def _serve(spec: WorkerSpec) -> int:
+    loop = asyncio.get_running_loop()
+    prepared, settings = spec.prepared, spec.prepared.config.global_
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+
+    def lifeline() -> None:
+        if not os.read(spec.lifeline_fd, 1):
+            loop.remove_reader(spec.lifeline_fd)
+            _log.warning("the supervisor is gone; draining")
+            stop.set()
+
+    loop.add_reader(spec.lifeline_fd, lifeline)
+    counters = Counters()
+    registry = ConnectionRegistry(settings.max_connections)
+    backends = {
+        backend.name: Backend(backend, prepared.servers[backend.name], counters)
+        for backend in prepared.config.backends
+    }
+    listeners = [
+        Listener(frontend, backends[frontend.config.backend],
+                 [spec.sockets[address] for address in frontend.config.bind], registry, counters)
+        for frontend in prepared.frontends
+    ]
+    for listener in listeners:
+        await listener.start()
+    os.write(spec.ready_fd, READY)
+    os.close(spec.ready_fd)
+    _log.info("worker ready", extra=fields(slot=spec.slot, generation=spec.generation))
+    await stop.wait()
+
+    _log.info("worker draining", extra=fields(
+        slot=spec.slot, generation=spec.generation, open_connections=len(registry.streams)))
+    for listener in listeners:
+        listener.stop_accepting()
+    try:
+        async with asyncio.timeout(settings.drain_timeout):
+            await registry.wait_empty()
+    except TimeoutError:
+        _log.warning("drain deadline reached, closing connections",
+                     extra=fields(open_connections=len(registry.streams)))
+        registry.close_all()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(FINAL_CLOSE_GRACE):
+                await registry.wait_empty()
+    _log.info("worker stopped", extra=fields(slot=spec.slot, generation=spec.generation))
+    return 0

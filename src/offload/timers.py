@@ -1,0 +1,43 @@
+"""Timers for the data path that cost almost nothing per byte moved.
+
+Resetting an event-loop timer on every read would cost a heap operation per chunk; instead the
+connection records when it was last active and the timer, when it fires, re-arms itself for the
+remaining time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+
+class IdleTimer:
+    """Calls ``on_idle`` once no ``touch()`` happened for ``timeout`` seconds."""
+
+    __slots__ = ("_callback", "_handle", "_loop", "_timeout", "last")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float,
+                 on_idle: Callable[[], None]) -> None:
+        self._loop = loop
+        self._timeout = timeout
+        self._callback = on_idle
+        self.last = loop.time()
+        self._handle: asyncio.TimerHandle | None = loop.call_at(self.last + timeout, self._check)
+
+    def touch(self) -> None:
+        """Record activity now."""
+        self.last = self._loop.time()
+
+    def _check(self) -> None:
+        due = self.last + self._timeout
+        if self._loop.time() >= due:
+            self._handle = None
+            self._callback()
+        else:
+            self._handle = self._loop.call_at(due, self._check)
+
+    def cancel(self) -> None:
+        """Stop the timer for good."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None

@@ -1,0 +1,1 @@
+"""TLS: policies, certificate loading, SNI selection and the TLS stream."""

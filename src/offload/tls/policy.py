@@ -1,0 +1,85 @@
+"""TLS policies: protocol versions, cipher suites and options for every server context.
+
+``intermediate`` (the default) follows Mozilla's intermediate profile minus the DHE suites
+(ECDHE and AEAD only); ``modern`` is TLS 1.3 only; ``legacy`` also allows TLS 1.0/1.1 with CBC
+suites for old clients and is announced with a warning at start. Every policy disables TLS
+compression and client-initiated renegotiation and turns session resumption on.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+
+INTERMEDIATE_TLS12_CIPHERS = ":".join((
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+))
+
+LEGACY_EXTRA_CIPHERS = ":".join((
+    "ECDHE-ECDSA-AES128-SHA256",
+    "ECDHE-RSA-AES128-SHA256",
+    "ECDHE-ECDSA-AES128-SHA",
+    "ECDHE-RSA-AES128-SHA",
+    "ECDHE-ECDSA-AES256-SHA384",
+    "ECDHE-RSA-AES256-SHA384",
+    "ECDHE-ECDSA-AES256-SHA",
+    "ECDHE-RSA-AES256-SHA",
+    "AES128-GCM-SHA256",
+    "AES256-GCM-SHA384",
+    "AES128-SHA",
+    "AES256-SHA",
+))
+
+
+@dataclass(frozen=True)
+class TlsPolicy:
+    """What one policy name stands for."""
+
+    name: str
+    minimum: ssl.TLSVersion
+    ciphers: str
+    server_preference: bool
+    warning: str = ""
+
+
+POLICIES = {
+    "modern": TlsPolicy("modern", ssl.TLSVersion.TLSv1_3, INTERMEDIATE_TLS12_CIPHERS, False),
+    "intermediate": TlsPolicy(
+        "intermediate", ssl.TLSVersion.TLSv1_2, INTERMEDIATE_TLS12_CIPHERS, True
+    ),
+    "legacy": TlsPolicy(
+        "legacy",
+        ssl.TLSVersion.TLSv1,
+        # OpenSSL 3 needs security level 0 to sign TLS 1.0/1.1 handshakes with SHA-1.
+        f"{INTERMEDIATE_TLS12_CIPHERS}:{LEGACY_EXTRA_CIPHERS}:@SECLEVEL=0",
+        True,
+        warning="tls_policy \"legacy\" allows TLS 1.0 and 1.1 and CBC cipher suites; "
+        "use it only for clients that cannot do TLS 1.2",
+    ),
+}
+
+
+def server_context(policy_name: str, alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
+    """A server-side context with the policy applied and no certificate loaded yet."""
+    policy = POLICIES[policy_name]
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = policy.minimum
+    context.maximum_version = ssl.TLSVersion.MAXIMUM_SUPPORTED
+    context.set_ciphers(policy.ciphers)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_SINGLE_ECDH_USE
+    if policy.server_preference:
+        context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    else:
+        context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    context.options &= ~ssl.OP_NO_TICKET
+    # One TLS 1.3 ticket per handshake: clients keep one anyway, and each costs CPU.
+    context.num_tickets = 1
+    context.verify_mode = ssl.CERT_NONE
+    if alpn:
+        context.set_alpn_protocols(list(alpn))
+    return context

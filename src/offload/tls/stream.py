@@ -1,0 +1,405 @@
+"""Server-side TLS on memory BIOs over a plain TCP transport.
+
+Theory of operation. The event loop's TCP transport hands us ciphertext (``data_received``);
+we feed it to OpenSSL through a ``MemoryBIO`` and an ``SSLObject`` and pass the plaintext to an
+application protocol (the frontend: TCP relay or HTTP). The application writes plaintext to us
+as if we were its transport; we encrypt and write the records to the TCP transport at once, so
+the only write buffer is the TCP transport's and its watermarks drive ``pause_writing``.
+
+Why not the event loop's own TLS transport: it cannot half-close. Once the client sends
+close_notify (or FIN), asyncio's and uvloop's SSL transports stop accepting writes, which would
+drop the rest of a response; and they cannot send close_notify while still reading. They also
+never tell the application why a handshake failed. Here:
+
+    state       event                       action
+    HANDSHAKE   bytes                       continue the handshake; on success -> OPEN and the
+                                            owner creates the application protocol
+    HANDSHAKE   error / EOF / timeout       count the reason, send OpenSSL's alert, close
+    OPEN        bytes                       decrypt and deliver, unless the app paused reading
+    OPEN        close_notify or FIN         app.eof_received(); we can still write
+    OPEN        app.write_eof()             send close_notify; we can still read
+    OPEN        both directions closed      close the TCP connection
+    any         app.close()                 close_notify (if OPEN), flush, close
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from typing import Any, Protocol, cast
+
+from offload.tls.sni import SNI_ATTRIBUTE, SNI_MATCHED_ATTRIBUTE
+
+READ_CHUNK = 16 * 1024
+"""Bytes asked of one ``SSLObject.read``: one TLS record's worth of plaintext."""
+
+HANDSHAKE, OPEN, CLOSING, CLOSED = range(4)
+
+_BAD_HELLO = frozenset({
+    "WRONG_VERSION_NUMBER", "HTTP_REQUEST", "HTTPS_PROXY_REQUEST", "PACKET_LENGTH_TOO_LONG",
+    "RECORD_LENGTH_MISMATCH", "UNEXPECTED_MESSAGE", "UNEXPECTED_RECORD", "BAD_PACKET_LENGTH",
+    "LENGTH_MISMATCH", "BAD_EXTENSION", "PARSE_TLSEXT", "CLIENTHELLO_TLSEXT",
+    "BAD_LENGTH", "WRONG_SSL_VERSION", "DECODE_ERROR",
+})
+_NO_SHARED = frozenset({
+    "NO_SHARED_CIPHER", "NO_SHARED_GROUPS", "NO_SUITABLE_SIGNATURE_ALGORITHM",
+    "NO_SHARED_SIGNATURE_ALGORITHMS", "NO_APPLICATION_PROTOCOL",
+})
+_VERSION = frozenset({
+    "UNSUPPORTED_PROTOCOL", "VERSION_TOO_LOW", "NO_PROTOCOLS_AVAILABLE",
+    "INAPPROPRIATE_FALLBACK", "TLSV1_ALERT_PROTOCOL_VERSION",
+})
+
+
+def classify_handshake_error(error: BaseException) -> str:
+    """A short, low-cardinality reason for a failed handshake (for counters and logs)."""
+    reason = getattr(error, "reason", None) or ""
+    if isinstance(error, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+        return "client_closed"
+    if reason in _VERSION:
+        return "protocol_version"
+    if reason in _NO_SHARED:
+        return "no_shared_cipher"
+    if reason.startswith(("TLSV1_ALERT_", "SSLV3_ALERT_", "TLSV13_ALERT_")):
+        return "client_alert"
+    if reason in _BAD_HELLO:
+        return "bad_client_hello"
+    return "tls_error"
+
+
+class StreamOwner(Protocol):
+    """What a listener provides to each stream: the application and the bookkeeping."""
+
+    def stream_accepted(self, stream: TLSServerStream) -> None: ...
+    def stream_opened(self, stream: TLSServerStream) -> asyncio.Protocol: ...
+    def stream_failed(self, stream: TLSServerStream, reason: str, detail: str) -> None: ...
+    def stream_closed(self, stream: TLSServerStream) -> None: ...
+
+
+class TLSServerStream(asyncio.Protocol, asyncio.Transport):
+    """A TLS server connection: a Protocol for the TCP transport, a Transport for the app."""
+
+    __slots__ = (
+        "_app", "_held", "_incoming", "_loop", "_outgoing", "_owner", "_peer_eof",
+        "_reading_paused", "_ssl", "_state", "_tcp", "_timer", "_write_eof",
+        "accepted_at", "handshake_seconds", "handshake_timeout",
+    )
+
+    def __init__(self, owner: StreamOwner, context: ssl.SSLContext,
+                 handshake_timeout: float) -> None:
+        super().__init__()
+        self._owner = owner
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._state = HANDSHAKE
+        self._app: asyncio.Protocol | None = None
+        self._tcp: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
+        self._reading_paused = False
+        self._peer_eof = False
+        self._write_eof = False
+        self._held = b""
+        self.handshake_timeout = handshake_timeout
+        self.accepted_at = 0.0
+        self.handshake_seconds = 0.0
+
+    # ----------------------------------------------------------------- TCP side (Protocol)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._tcp = cast(asyncio.Transport, transport)
+        self.accepted_at = time.monotonic()
+        self._timer = self._loop.call_later(self.handshake_timeout, self._handshake_timed_out)
+        self._owner.stream_accepted(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._incoming.write(data)
+        if self._state == OPEN:
+            if not self._reading_paused:
+                self._read()
+        elif self._state == HANDSHAKE:
+            self._handshake()
+
+    def eof_received(self) -> bool:
+        if self._state == HANDSHAKE:
+            self._fail("client_closed", "connection closed during the handshake")
+            return False
+        if self._state != OPEN:
+            return False
+        if not self._peer_eof:
+            self._peer_eof = True
+            if self._app is not None:
+                self._app.eof_received()
+        return not self._write_eof
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        was = self._state
+        self._state = CLOSED
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if was == HANDSHAKE:
+            self._owner.stream_failed(self, "client_closed",
+                                      f"connection lost during the handshake: {exc}")
+        if self._app is not None:
+            app, self._app = self._app, None
+            app.connection_lost(exc)
+        self._owner.stream_closed(self)
+
+    def pause_writing(self) -> None:
+        if self._app is not None:
+            self._app.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._app is not None:
+            self._app.resume_writing()
+
+    # ----------------------------------------------------------------- TLS work
+
+    def _flush(self) -> None:
+        if self._outgoing.pending and self._tcp is not None:
+            self._tcp.write(self._outgoing.read())
+
+    def _handshake(self) -> None:
+        try:
+            self._ssl.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return
+        except (ssl.SSLError, ssl.CertificateError) as error:
+            self._flush()
+            self._fail(classify_handshake_error(error), str(error))
+            return
+        self._flush()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.handshake_seconds = time.monotonic() - self.accepted_at
+        self._state = OPEN
+        self._app = self._owner.stream_opened(self)
+        self._app.connection_made(self)
+        if self._state == OPEN and not self._reading_paused and (
+                self._incoming.pending or self._ssl.pending()):
+            self._read()
+
+    def _handshake_timed_out(self) -> None:
+        self._timer = None
+        if self._state == HANDSHAKE:
+            self._fail("timeout", f"no handshake within {self.handshake_timeout:g}s", abort=True)
+
+    def _fail(self, reason: str, detail: str, *, abort: bool = False) -> None:
+        self._state = CLOSING
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._owner.stream_failed(self, reason, detail)
+        if self._tcp is not None:
+            if abort:
+                self._tcp.abort()
+            else:
+                self._tcp.close()
+
+    def _decrypt(self) -> tuple[bytes, bool]:
+        """Decrypt what the incoming BIO holds; returns (plaintext, close_notify seen)."""
+        read = self._ssl.read
+        incoming = self._incoming
+        chunks: list[bytes] = []
+        eof = False
+        try:
+            while True:
+                chunk = read(READ_CHUNK)
+                if not chunk:
+                    eof = True
+                    break
+                chunks.append(chunk)
+                if not incoming.pending and not self._ssl.pending():
+                    break
+        except ssl.SSLWantReadError:
+            pass
+        if self._outgoing.pending:
+            self._flush()  # post-handshake messages: key update replies, alerts
+        if len(chunks) == 1:
+            return chunks[0], eof
+        return b"".join(chunks), eof
+
+    def _read(self) -> None:
+        try:
+            data, eof = self._decrypt()
+        except ssl.SSLError as error:
+            self._flush()
+            self._protocol_error(error)
+            return
+        if self._held:
+            data, self._held = self._held + data, b""
+        app = self._app
+        if data and app is not None:
+            app.data_received(data)
+        if eof and not self._peer_eof and self._state == OPEN:
+            self._peer_eof = True
+            if app is not None:
+                app.eof_received()
+            if self._write_eof and self._tcp is not None:
+                self._tcp.close()
+
+    def _protocol_error(self, error: ssl.SSLError) -> None:
+        """A broken record after the handshake: the stream cannot continue."""
+        self._state = CLOSING
+        if self._tcp is not None:
+            self._tcp.close()
+
+    def _send_close_notify(self) -> None:
+        try:
+            self._ssl.unwrap()
+        except ssl.SSLError:
+            pass  # WantRead: our close_notify is written, the peer's has not come yet
+        self._flush()
+
+    # ----------------------------------------------------------------- app side (Transport)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._state != OPEN or self._write_eof:
+            return
+        view = memoryview(data)
+        write = self._ssl.write
+        while view:
+            sent = write(view)
+            view = view[sent:]
+        tcp = self._tcp
+        if tcp is not None:
+            tcp.write(self._outgoing.read())
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(list_of_data))
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        """Send close_notify; reading goes on until the peer closes too (TLS 1.3 half-close)."""
+        if self._state != OPEN or self._write_eof:
+            return
+        if self._incoming.pending:
+            # Decrypt complete records first: the shutdown call would discard them.
+            try:
+                data, eof = self._decrypt()
+            except ssl.SSLError as error:
+                self._protocol_error(error)
+                return
+            self._held += data
+            if not self._reading_paused:
+                self._loop.call_soon(self._deliver_held, eof)
+            elif eof:
+                self._peer_eof = True
+        self._write_eof = True
+        self._send_close_notify()
+        if self._peer_eof and self._tcp is not None:
+            self._tcp.close()
+
+    def _deliver_held(self, eof: bool) -> None:
+        data, self._held = self._held, b""
+        if self._app is not None and self._state == OPEN:
+            if data:
+                self._app.data_received(data)
+            if eof and not self._peer_eof:
+                self._peer_eof = True
+                self._app.eof_received()
+                if self._tcp is not None:
+                    self._tcp.close()
+
+    def close(self, notify: bool = True) -> None:
+        """Close after sending what is buffered; ``notify=False`` skips close_notify, so the
+        client sees a truncated stream (used when the backend failed mid-stream)."""
+        if self._state >= CLOSING:
+            return
+        was_open = self._state == OPEN
+        self._state = CLOSING
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if was_open and notify and not self._write_eof:
+            self._write_eof = True
+            self._send_close_notify()
+        if self._tcp is not None:
+            self._tcp.close()
+
+    def abort(self) -> None:
+        self._state = max(self._state, CLOSING)
+        if self._tcp is not None:
+            self._tcp.abort()
+
+    def is_closing(self) -> bool:
+        return self._state >= CLOSING
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused:
+            self._reading_paused = True
+            if self._tcp is not None and self._state <= OPEN:
+                self._tcp.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self._reading_paused:
+            return
+        self._reading_paused = False
+        if self._state != OPEN or self._tcp is None:
+            return
+        if self._held or self._incoming.pending or self._ssl.pending():
+            self._loop.call_soon(self._resume_read)
+        self._tcp.resume_reading()
+
+    def _resume_read(self) -> None:
+        if self._state == OPEN and not self._reading_paused:
+            self._read()
+
+    def is_reading(self) -> bool:
+        return not self._reading_paused
+
+    def get_write_buffer_size(self) -> int:
+        return self._tcp.get_write_buffer_size() if self._tcp is not None else 0
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if self._tcp is not None:
+            self._tcp.set_write_buffer_limits(high, low)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "ssl_object":
+            return self._ssl
+        if self._tcp is None:
+            return default
+        return self._tcp.get_extra_info(name, default)
+
+    # ----------------------------------------------------------------- connection facts
+
+    @property
+    def peer_eof(self) -> bool:
+        """Whether the client has closed its sending side (close_notify or FIN)."""
+        return self._peer_eof
+
+    @property
+    def server_name(self) -> str | None:
+        """The SNI the client sent, if any."""
+        name: str | None = getattr(self._ssl, SNI_ATTRIBUTE, None)
+        return name
+
+    @property
+    def server_name_matched(self) -> bool:
+        """Whether a certificate matched the SNI (False: the default certificate was served)."""
+        return bool(getattr(self._ssl, SNI_MATCHED_ATTRIBUTE, False))
+
+    @property
+    def tls_version(self) -> str | None:
+        return self._ssl.version()
+
+    @property
+    def cipher(self) -> str | None:
+        cipher = self._ssl.cipher()
+        return cipher[0] if cipher else None
+
+    @property
+    def alpn(self) -> str | None:
+        return self._ssl.selected_alpn_protocol()
+
+    @property
+    def resumed(self) -> bool:
+        return bool(self._ssl.session_reused)

@@ -1,0 +1,1 @@
+"""Backends: servers, balancing, connections."""
