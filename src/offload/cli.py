@@ -106,7 +106,7 @@ def _loader(args: argparse.Namespace) -> Callable[[], Prepared]:
         if any(quick_flags):
             raise UsageError("give either -c FILE or the quick-mode flags, not both")
         path = args.config
-        return lambda: prepare(load_file(path), path)
+        return lambda: prepare(load_file(path), path, base_dir=Path(path).resolve().parent)
     options = _quick_options(args)
     return lambda: prepare(quick_config(options), "command line", rename=flag_for)
 
@@ -121,7 +121,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    prepared = prepare(load_file(args.config), args.config)
+    prepared = prepare(load_file(args.config), args.config,
+                       base_dir=Path(args.config).resolve().parent)
     print(summary(prepared))
     return 0
 

@@ -46,6 +46,7 @@ _FIXES = {
     "extra_forbidden": "remove this key",
     "too_short": "give at least one entry",
     "bool_type": "write true or false, without quotes",
+    "bool_parsing": "write true or false, without quotes",
     "int_type": "write a whole number, without quotes",
     "int_parsing": "write a whole number, without quotes",
     "string_type": "write a quoted string",
@@ -79,17 +80,19 @@ def _did_you_mean(loc: Loc) -> str:
     return "valid keys here: " + ", ".join(known)
 
 
-def issues_from_validation(
-    error: ValidationError, prefix: Loc = (), rename: Callable[[str], str] | None = None
-) -> list[Issue]:
+def issues_from_validation(error: ValidationError, prefix: Loc = ()) -> list[Issue]:
     """Translate pydantic's errors into :class:`Issue` objects with paths and fixes."""
     issues = []
-    for detail in error.errors(include_url=False):
+    details = error.errors(include_url=False)
+    item_errors = {tuple(d["loc"][:-1]) for d in details if len(d["loc"]) > 1}
+    item_errors |= {tuple(d["loc"][:i]) for d in details for i in range(len(d["loc"]))
+                    if isinstance(d["loc"][i], int)}
+    for detail in details:
         loc: Loc = prefix + tuple(detail["loc"])
         kind = detail["type"]
+        if kind == "too_short" and tuple(detail["loc"]) in item_errors:
+            continue  # every entry was invalid and is reported itself; "too short" would mislead
         where = path_of(loc)
-        if rename is not None:
-            where = rename(where)
         if kind == "extra_forbidden":
             issues.append(Issue(where, "unknown key", _did_you_mean(loc)))
             continue
@@ -158,27 +161,33 @@ def _cross_check(config: Config) -> list[Issue]:
 
 
 def validate(raw: dict[str, Any], source: str, rename: Callable[[str], str] | None = None) -> Config:
-    """Validate a raw mapping (from TOML or flags) into a :class:`Config`, or raise ConfigError."""
+    """Validate a raw mapping (from TOML or flags) into a :class:`Config`, or raise ConfigError.
+
+    ``rename`` turns key paths into what the user wrote (quick mode: the flags).
+    """
     raw = _deep_copy(raw)
     issues: list[Issue] = []
     raw_defaults = raw.get("defaults", {})
-    if isinstance(raw_defaults, dict):
+    defaults_checked = isinstance(raw_defaults, dict)
+    if defaults_checked:
         try:
             defaults = DefaultsConfig.model_validate(raw_defaults)
         except ValidationError as error:
-            issues.extend(issues_from_validation(error, ("defaults",), rename))
+            issues.extend(issues_from_validation(error, ("defaults",)))
         else:
             _merge_defaults(raw, defaults, raw_defaults)
+    config: Config | None = None
     try:
         config = Config.model_validate(raw)
     except ValidationError as error:
-        issues.extend(
-            issue for issue in issues_from_validation(error, (), rename)
-            if not issue.where.startswith("defaults")
-        )
-        raise ConfigError(source, issues) from None
-    issues.extend(_cross_check(config))
-    if issues:
+        # Errors inside a valid-table defaults were reported above, where they were written.
+        issues.extend(issue for issue in issues_from_validation(error)
+                      if not (defaults_checked and issue.where.startswith("defaults.")))
+    else:
+        issues.extend(_cross_check(config))
+    if issues or config is None:
+        if rename is not None:
+            issues = [Issue(rename(issue.where), issue.what, issue.fix) for issue in issues]
         raise ConfigError(source, issues)
     return config
 

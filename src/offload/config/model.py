@@ -11,12 +11,19 @@ import os
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, Strict
 
 from offload.config.units import HostPort, parse_duration, parse_hostport, parse_size
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 """Seconds, written with a unit in the file (``"10s"``)."""
+Timeout = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+"""A duration that must be longer than zero."""
+Count = Annotated[int, Strict(), Field(ge=1)]
+"""A whole number of at least 1, written without quotes."""
+Flag = Annotated[bool, Strict()]
+"""true or false, written without quotes."""
+AlpnName = Annotated[str, Field(min_length=1, max_length=255)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 """Bytes, written with a unit in the file (``"64KiB"``)."""
 
@@ -93,15 +100,15 @@ class Model(BaseModel):
 class GlobalConfig(Model):
     """Process-wide settings."""
 
-    workers: int = Field(default_factory=default_workers, ge=1, le=1024)
+    workers: Annotated[Count, Field(le=1024)] = Field(default_factory=default_workers)
     user: str | None = None
     group: str | None = None
-    max_connections: int = Field(default=10_000, ge=1)
-    drain_timeout: Duration = Field(default=30.0, gt=0)
-    reuseport: bool = True
+    max_connections: Count = 10_000
+    drain_timeout: Timeout = 30.0
+    reuseport: Flag = True
     log_level: LogLevel = "info"
     log_format: Literal["json", "text"] = "json"
-    tune_malloc: bool = True
+    tune_malloc: Flag = True
 
 
 class CertificateRef(Model):
@@ -122,10 +129,10 @@ class FrontendConfig(Model):
     )
     mode: Mode = "tcp"
     tls_policy: TlsPolicyName = "intermediate"
-    alpn: tuple[Annotated[str, Field(min_length=1, max_length=255)], ...] = ()
-    handshake_timeout: Duration = Field(default=10.0, gt=0)
-    idle_timeout: Duration = Field(default=300.0, gt=0)
-    backlog: int = Field(default=1024, ge=1)
+    alpn: tuple[AlpnName, ...] = ()
+    handshake_timeout: Timeout = 10.0
+    idle_timeout: Timeout = 300.0
+    backlog: Count = 1024
 
 
 class ServerConfig(Model):
@@ -146,8 +153,8 @@ class BackendConfig(Model):
     name: str = Field(min_length=1)
     servers: tuple[Annotated[ServerConfig, _table_from_string("address")], ...] = Field(min_length=1)
     balance: BalanceAlgorithm = "roundrobin"
-    connect_timeout: Duration = Field(default=5.0, gt=0)
-    server_timeout: Duration = Field(default=60.0, gt=0)
+    connect_timeout: Timeout = 5.0
+    server_timeout: Timeout = 60.0
     proxy_protocol: ProxyProtocolVersion = "none"
 
 
@@ -156,12 +163,12 @@ class DefaultsConfig(Model):
 
     mode: Mode | None = None
     tls_policy: TlsPolicyName | None = None
-    alpn: tuple[str, ...] | None = None
-    handshake_timeout: Duration | None = None
-    idle_timeout: Duration | None = None
+    alpn: tuple[AlpnName, ...] | None = None
+    handshake_timeout: Timeout | None = None
+    idle_timeout: Timeout | None = None
     balance: BalanceAlgorithm | None = None
-    connect_timeout: Duration | None = None
-    server_timeout: Duration | None = None
+    connect_timeout: Timeout | None = None
+    server_timeout: Timeout | None = None
     proxy_protocol: ProxyProtocolVersion | None = None
 
 

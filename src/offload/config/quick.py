@@ -27,6 +27,7 @@ _FLAG_OF_PATH = (
     (r"backends\[0\]\.proxy_protocol", "--proxy-protocol"),
     (r"backends\[0\]\.server_timeout", "--upstream-timeout"),
     (r"global\.workers", "--workers"),
+    (r"global\.log_level", "--log-level"),
 )
 
 
@@ -90,6 +91,7 @@ def quick_config(options: QuickOptions) -> Config:
     if len(options.keys) > len(options.certs):
         raise ConfigError("command line", [Issue(
             "--key", "more --key than --cert flags",
-            "give each --key right after the --cert it belongs to",
+            "--key flags pair with --cert flags in order: the first --key belongs to the "
+            "first --cert; give bundles (chain and key in one file) for the others",
         )])
     return validate(raw_config(options), "command line", rename=flag_for)

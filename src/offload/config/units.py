@@ -10,14 +10,14 @@ import re
 from dataclasses import dataclass
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
 _SIZE_UNITS = {
     "": 1, "b": 1,
     "k": 1024, "kib": 1024, "kb": 1000,
     "m": 1024**2, "mib": 1024**2, "mb": 1000**2,
     "g": 1024**3, "gib": 1024**3, "gb": 1000**3,
 }
-_SIZE_RE = re.compile(r"(\d+)\s*([a-zA-Z]*)")
+_SIZE_RE = re.compile(r"([0-9]+)\s*([a-zA-Z]*)")
 
 
 def parse_duration(value: object) -> float:
@@ -88,6 +88,8 @@ def parse_hostport(value: str, *, wildcard_ok: bool = False) -> HostPort:
         if end < 0 or not text[end + 1 :].startswith(":"):
             raise ValueError(f"{value!r}: write an IPv6 address as \"[::1]:443\"")
         host, port_text = text[1:end], text[end + 2 :]
+        if ":" not in host:
+            raise ValueError(f"{value!r}: brackets are for IPv6 addresses, like \"[::1]:443\"")
     else:
         host, sep, port_text = text.rpartition(":")
         if not sep:
@@ -98,6 +100,6 @@ def parse_hostport(value: str, *, wildcard_ok: bool = False) -> HostPort:
         if not wildcard_ok:
             raise ValueError(f"{value!r} has no host; write \"host:port\"")
         host = "0.0.0.0"
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise ValueError(f"{value!r}: the port must be a number from 1 to 65535")
     return HostPort(host, int(port_text))

@@ -11,6 +11,7 @@ import datetime as dt
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from offload.config.model import Config, FrontendConfig
 from offload.errors import CertificateError, ConfigError, Issue
@@ -42,12 +43,13 @@ class Prepared:
     warnings: tuple[str, ...]
 
 
-def _load_certificates(frontend: FrontendConfig, where: str, now: dt.datetime,
+def _load_certificates(frontend: FrontendConfig, where: str, *, now: dt.datetime, base_dir: Path,
                        issues: list[Issue], warnings: list[str]) -> list[LoadedCertificate]:
     loaded: list[LoadedCertificate] = []
     for index, ref in enumerate(frontend.certificates):
+        key = str(base_dir / ref.key) if ref.key is not None else None
         try:
-            certificates = load_source(ref.cert, ref.key, now)
+            certificates = load_source(str(base_dir / ref.cert), key, now)
         except CertificateError as error:
             issues.append(Issue(f"{where}.certificates[{index}]", str(error), error.fix))
             continue
@@ -58,9 +60,14 @@ def _load_certificates(frontend: FrontendConfig, where: str, now: dt.datetime,
 
 
 def prepare(config: Config, source: str, rename: Callable[[str], str] | None = None,
-            now: dt.datetime | None = None) -> Prepared:
-    """Load and check everything ``config`` names; raise ConfigError listing every problem."""
+            now: dt.datetime | None = None, base_dir: Path | None = None) -> Prepared:
+    """Load and check everything ``config`` names; raise ConfigError listing every problem.
+
+    Relative file names are taken from ``base_dir`` (the config file's directory; the current
+    directory in quick mode).
+    """
     now = now or dt.datetime.now(dt.UTC)
+    base_dir = base_dir or Path.cwd()
     issues: list[Issue] = []
     warnings: list[str] = []
     frontends: list[PreparedFrontend] = []
@@ -72,7 +79,8 @@ def prepare(config: Config, source: str, rename: Callable[[str], str] | None = N
         policy = POLICIES[frontend.tls_policy]
         if policy.warning:
             warnings.append(f"{where} ({frontend.name}): {policy.warning}")
-        certificates = _load_certificates(frontend, where, now, issues, warnings)
+        certificates = _load_certificates(frontend, where, now=now, base_dir=base_dir,
+                                          issues=issues, warnings=warnings)
         if certificates and not issues:
             sni = SniContexts(CertificateIndex(certificates),
                               functools.partial(server_context, frontend.tls_policy, frontend.alpn))

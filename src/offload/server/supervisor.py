@@ -13,7 +13,8 @@ on a selector for three kinds of events: signals (through ``signal.set_wakeup_fd
                                   keep running; else bind new addresses and fork generation N+1;
                                   once all of it is ready, SIGTERM (drain) generation N; if it
                                   fails to start, kill it and keep generation N
-    SIGTERM / SIGINT              SIGTERM every worker (they drain), SIGKILL what is left after
+    SIGTERM / SIGINT              close the listening sockets (new clients are refused), SIGTERM
+                                  every worker (they drain), SIGKILL what is left after
                                   drain_timeout + 5 s, then exit 0; a second signal kills at once
 
 Workers hold the read end of a "lifeline" pipe: if the supervisor dies, they see EOF and drain.
@@ -246,6 +247,8 @@ class Supervisor:
         self._stopping = True
         self._restarts.clear()
         self._starting = None
+        # Refuse new clients at once (the balancer in front moves on) instead of queueing them.
+        self._sockets.close()
         deadline = now + self._current.config.global_.drain_timeout + KILL_GRACE
         for worker in self._workers.values():
             if not worker.draining:

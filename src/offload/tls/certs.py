@@ -72,6 +72,14 @@ def _split_pem(data: bytes) -> tuple[list[x509.Certificate], list[bytes]]:
     return certificates, keys
 
 
+def _parse_file(path: str, what: str) -> tuple[list[x509.Certificate], list[bytes]]:
+    try:
+        return _split_pem(_read(path, what))
+    except ValueError as error:
+        raise CertificateError(path, f"not a valid PEM file ({error})",
+                               f"check that the file holds the PEM {what}") from None
+
+
 def _public_der(key: object) -> bytes:
     public = key.public_key()  # type: ignore[attr-defined]
     der: bytes = public.public_bytes(
@@ -167,19 +175,14 @@ def load_certificate(cert_path: str, key_path: str | None = None,
                      now: dt.datetime | None = None) -> LoadedCertificate:
     """Load and check one certificate chain and its key (from the bundle or ``key_path``)."""
     now = now or dt.datetime.now(dt.UTC)
-    data = _read(cert_path, "certificate")
-    try:
-        certificates, keys = _split_pem(data)
-    except ValueError as error:
-        raise CertificateError(cert_path, f"not a valid PEM certificate file ({error})",
-                               "check that the file holds PEM certificates") from None
+    certificates, keys = _parse_file(cert_path, "certificate")
     if not certificates:
         raise CertificateError(cert_path, "no certificate found in the file",
                                "the file must hold \"-----BEGIN CERTIFICATE-----\" blocks")
     key_source = cert_path
     if key_path is not None:
         key_source = key_path
-        _, keys = _split_pem(_read(key_path, "key"))
+        _, keys = _parse_file(key_path, "key")
         if not keys:
             raise CertificateError(key_path, "no private key found in the file",
                                    "the key file must hold a PEM private key")

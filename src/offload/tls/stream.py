@@ -218,6 +218,9 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
                     break
         except ssl.SSLWantReadError:
             pass
+        except ssl.SSLZeroReturnError:
+            # close_notify after we sent ours: Python raises instead of returning b"".
+            eof = True
         if self._outgoing.pending:
             self._flush()  # post-handshake messages: key update replies, alerts
         if len(chunks) == 1:

@@ -1,0 +1,106 @@
+"""Fixtures for integration tests: a test CA, certificate bundles, backends, offload instances."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from harness import Handler, Offload, TcpBackend, free_port
+
+from offload.demo.pki import Authority, KeyType, write_private
+
+
+class Pki:
+    """A test CA whose bundles are written to a temporary directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.authority = Authority("offload test CA")
+        self.ca = directory / "ca.crt"
+        self.ca.write_bytes(self.authority.pem())
+        self._count = 0
+
+    def bundle(self, names: list[str], key_type: KeyType = "ecdsa", *, days: int = 90,
+               name: str | None = None, directory: Path | None = None) -> Path:
+        """Issue a certificate for ``names`` and write chain + key to one PEM file."""
+        self._count += 1
+        path = (directory or self.directory) / (name or f"cert{self._count}-{key_type}.pem")
+        write_private(path, self.authority.issue(names, key_type, days=days).bundle())
+        return path
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def localhost_bundle(pki: Pki) -> Path:
+    return pki.bundle(["localhost", "127.0.0.1"])
+
+
+@pytest.fixture
+def backend() -> Iterator[Callable[[Handler], TcpBackend]]:
+    started: list[TcpBackend] = []
+
+    def start(handler: Handler) -> TcpBackend:
+        server = TcpBackend(handler)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.close()
+
+
+def tcp_config(port: int, certificates: list[Path], servers: list[str], *, workers: int = 1,
+               frontend: str = "", backend: str = "", global_: str = "") -> str:
+    """A one-frontend TCP-mode configuration, with extra TOML lines per section."""
+    certs = ", ".join(f'"{path}"' for path in certificates)
+    server_list = ", ".join(f'"{address}"' for address in servers)
+    return f"""
+[global]
+workers = {workers}
+log_level = "debug"
+drain_timeout = "10s"
+{global_}
+
+[[frontends]]
+name = "test"
+bind = ["127.0.0.1:{port}"]
+mode = "tcp"
+backend = "app"
+certificates = [{certs}]
+{frontend}
+
+[[backends]]
+name = "app"
+servers = [{server_list}]
+connect_timeout = "2s"
+{backend}
+"""
+
+
+@pytest.fixture
+def offload(tmp_path: Path) -> Iterator[Callable[..., Offload]]:
+    """Start offload from config text; waits until it is ready; killed after the test."""
+    running: list[Offload] = []
+
+    def start(config: str, *, ready: bool = True) -> Offload:
+        path = tmp_path / f"offload{len(running)}.toml"
+        path.write_text(config)
+        instance = Offload(path)
+        running.append(instance)
+        if ready:
+            instance.wait_ready()
+        return instance
+
+    yield start
+    for instance in running:
+        instance.kill()
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()

@@ -1,0 +1,237 @@
+"""The offload command: version, check, quick mode, demo; exit codes and messages."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import tcp_config
+from harness import Offload, client_context, echo, free_port, recv_all, tls_connect
+
+from offload import __version__
+from offload.config.loader import load_file
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def offload_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "offload", *args], capture_output=True,
+                          text=True, timeout=60, check=False, cwd=cwd)
+
+
+def test_version():
+    result = offload_cli("version")
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"offload {__version__} (Python ")
+    assert "OpenSSL" in result.stdout
+
+
+def test_check_valid_config_prints_a_summary(pki, tmp_path, backend):
+    server = backend(echo)
+    ecdsa = pki.bundle(["www.example.test", "example.test"], name="site.pem", directory=tmp_path)
+    config = tmp_path / "offload.toml"
+    config.write_text(tcp_config(8443, [Path("site.pem")], [server.address]).replace(
+        'log_level = "debug"', ""))
+    result = offload_cli("check", "-c", str(config), cwd=ROOT)  # relative to the file's dir
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{config}: configuration is valid"
+    assert 'frontend "test": 127.0.0.1:8443 (tcp, tls_policy intermediate) -> backend "app"' in (
+        result.stdout)
+    assert "certificate www.example.test, example.test [ECDSA 256] expires" in result.stdout
+    assert f"from {ecdsa}" in result.stdout and "days left" in result.stdout
+    assert f'backend "app" (roundrobin, connect 2s): {server.address}' in result.stdout
+    assert len(lines) < 25
+
+
+def test_check_lists_every_error_with_path_and_fix(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text(f"""
+[global]
+wokers = 2
+
+[[frontends]]
+name = "web"
+bind = "0.0.0.0:443"
+backend = "app"
+certificates = ["{tmp_path}/missing.pem"]
+handshake_timeout = 10
+
+[[backends]]
+name = "app"
+servers = ["127.0.0.1:8080"]
+""")
+    result = offload_cli("check", "-c", str(config))
+    assert result.returncode == 1
+    err = result.stderr
+    assert f"offload: {config}: 2 errors" in err
+    assert 'global.wokers: unknown key\n      fix: did you mean "workers"?' in err
+    assert "frontends[0].handshake_timeout: a duration needs a unit" in err
+
+
+def test_check_reports_certificate_problems_by_key_path(tmp_path):
+    config = tmp_path / "certs.toml"
+    (tmp_path / "empty.pem").write_text("")
+    config.write_text("""
+[[frontends]]
+name = "web"
+bind = "127.0.0.1:8443"
+backend = "app"
+certificates = ["empty.pem", {cert = "nowhere.crt", key = "nowhere.key"}]
+
+[[backends]]
+name = "app"
+servers = ["127.0.0.1:8080"]
+""")
+    result = offload_cli("check", "-c", str(config))
+    assert result.returncode == 1
+    assert f"frontends[0].certificates[0]: {tmp_path}/empty.pem: no certificate found" in result.stderr
+    assert f"frontends[0].certificates[1]: {tmp_path}/nowhere.crt: certificate file not found" in (
+        result.stderr)
+
+
+def test_example_config_is_valid():
+    config = load_file(ROOT / "examples" / "offload.toml")
+    assert [frontend.name for frontend in config.frontends]
+    assert config.frontends[0].mode == "tcp"
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["run", "--listen", "127.0.0.1:1"], 2, "quick mode needs --cert, --backend"),
+    (["run", "--listen", "127.0.0.1:1", "--cert", "x", "--backend", "127.0.0.1:2",
+      "--admin", "127.0.0.1:9000"], 2, "--admin: the admin API is not available yet"),
+    (["run", "--listen", "127.0.0.1:1", "--cert", "x", "--backend", "127.0.0.1:2",
+      "--client-ca", "ca.pem"], 2, "--client-ca: client-certificate authentication is not available"),
+    (["run", "-c", "x.toml", "--listen", "127.0.0.1:1"], 2, "give either -c FILE or the quick"),
+    (["run", "--listen", "nowhere", "--cert", "x", "--backend", "127.0.0.1:2"], 1,
+     "--listen: 'nowhere' has no port"),
+    (["run", "--listen", "127.0.0.1:1", "--cert", "/nonexistent.pem", "--backend", "127.0.0.1:2"],
+     1, "--cert: /nonexistent.pem: certificate file not found"),
+    (["run", "--listen", "127.0.0.1:1", "--cert", "x", "--backend", "127.0.0.1:2",
+      "--upstream-timeout", "30"], 1, "--upstream-timeout: '30' is not a duration"),
+    (["run", "--mode", "ftp"], 2, "invalid choice: 'ftp'"),
+])
+def test_command_line_errors(args, code, message):
+    result = offload_cli(*args)
+    assert result.returncode == code
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_mode_http_not_available_yet(localhost_bundle):
+    result = offload_cli("run", "--mode", "http", "--listen", "127.0.0.1:1", "--cert",
+                         str(localhost_bundle), "--backend", "127.0.0.1:2")
+    assert result.returncode == 1
+    assert '--mode: mode "http" is not available yet' in result.stderr
+
+
+def _serves(port: int, ca: Path) -> None:
+    with tls_connect(port, client_context(ca)) as tls:
+        tls.sendall(b"quick")
+        assert tls.recv(10) == b"quick"
+
+
+def test_quick_mode_with_bundle_and_two_backends(pki, localhost_bundle, backend):
+    first, second = backend(echo), backend(echo)
+    port = free_port()
+    instance = Offload("", args=["run", "--listen", f"127.0.0.1:{port}", "--cert",
+                                 str(localhost_bundle), "--backend", first.address,
+                                 "--backend", second.address, "--workers", "1",
+                                 "--tls-policy", "modern", "--upstream-timeout", "5s"])
+    try:
+        instance.wait_ready()
+        for _ in range(2):
+            _serves(port, pki.ca)
+        assert len(first.connections) == len(second.connections) == 1
+    finally:
+        assert instance.stop() == 0
+
+
+def test_quick_mode_with_separate_key_and_proxy_protocol(pki, tmp_path, backend):
+    from harness import record
+
+    issued = pki.authority.issue(["localhost"], "rsa")
+    from offload.demo.pki import key_pem, write_private
+
+    (tmp_path / "site.crt").write_bytes(issued.cert_chain())
+    write_private(tmp_path / "site.key", key_pem(issued.key))
+    server = backend(record)
+    port = free_port()
+    instance = Offload("", args=["run", "--listen", f"127.0.0.1:{port}",
+                                 "--cert", str(tmp_path / "site.crt"),
+                                 "--key", str(tmp_path / "site.key"),
+                                 "--backend", server.address, "--proxy-protocol", "v1",
+                                 "--workers", "1"])
+    try:
+        instance.wait_ready()
+        with tls_connect(port, client_context(pki.ca)):
+            pass
+        recording = server.wait_connections(1)[0]
+        assert recording.closed.wait(10)
+        assert recording.data.startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 ")
+    finally:
+        instance.kill()
+
+
+def test_quick_mode_with_a_directory_of_bundles(pki, tmp_path, backend):
+    directory = tmp_path / "certs"
+    directory.mkdir()
+    pki.bundle(["a.test"], name="a.pem", directory=directory)
+    pki.bundle(["localhost"], name="b.pem", directory=directory)
+    server = backend(echo)
+    port = free_port()
+    instance = Offload("", args=["run", "--listen", f"127.0.0.1:{port}", "--cert", str(directory),
+                                 "--backend", server.address, "--workers", "1"])
+    try:
+        instance.wait_ready()
+        _serves(port, pki.ca)  # SNI localhost picks b.pem although a.pem is the default
+    finally:
+        instance.kill()
+
+
+def test_demo_runs_and_reuses_its_ca(tmp_path):
+    data = tmp_path / "demo"
+    port = free_port()
+    demo = Offload("", args=["demo", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}"])
+    try:
+        demo.wait_for(lambda e: "curl --cacert" in e.get("raw", ""))
+        command = next(e["raw"].strip() for e in demo.events if "curl --cacert" in e.get("raw", ""))
+        assert command == f"curl --cacert {data / 'ca.crt'} https://localhost:{port}/"
+        with tls_connect(port, client_context(data / "ca.crt")) as tls:
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            page = recv_all(tls).decode()
+        assert page.startswith("HTTP/1.1 200 OK")
+        assert "Hello from the offload demo backend." in page
+        assert "TLS version: TLSv1.3" in page
+        assert "Server name (SNI): localhost" in page
+        curl = shutil.which("curl")
+        if curl:
+            fetched = subprocess.run(command.split(), capture_output=True, text=True, timeout=20,
+                                     check=False)
+            assert fetched.returncode == 0, fetched.stderr
+            assert "Hello from the offload demo backend." in fetched.stdout
+    finally:
+        demo.signal(signal.SIGINT)
+        assert demo.process.wait(15) == 0
+        demo.kill()
+    ca_before = (data / "ca.crt").read_bytes()
+    again = Offload("", args=["demo", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}"])
+    try:
+        again.wait_for(lambda e: "curl --cacert" in e.get("raw", ""))
+        assert (data / "ca.crt").read_bytes() == ca_before
+        assert (data / "ca.key").stat().st_mode & 0o077 == 0
+    finally:
+        again.kill()
+
+
+def test_demo_port_in_use_is_a_clear_error(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = offload_cli("demo", "--data-dir", str(tmp_path), "--listen", f"127.0.0.1:{port}")
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr

@@ -1,0 +1,256 @@
+"""Units as operators write them: durations, sizes and host:port addresses (offload.config.units)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from offload.config.units import HostPort, format_duration, parse_duration, parse_hostport, parse_size
+
+# --- parse_duration -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("500ms", 0.5),
+        ("1ms", 0.001),
+        ("10s", 10.0),
+        ("0s", 0.0),
+        ("2m", 120.0),
+        ("2h", 7200.0),
+        ("1d", 86400.0),
+        ("1m30s", 90.0),
+        ("1h1m1s", 3661.0),
+        ("1d12h", 129600.0),
+        ("2s500ms", 2.5),
+        ("1.5s", 1.5),
+        ("0.5m", 30.0),
+        ("2.25h", 8100.0),
+        ("10S", 10.0),
+        ("  10s  ", 10.0),
+        ("1M30S", 90.0),
+    ],
+)
+def test_parse_duration_accepts_units(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("value", [10, 0, 1.5, True, False, None, [10]])
+def test_parse_duration_refuses_non_strings_and_asks_for_a_unit(value: object) -> None:
+    with pytest.raises(ValueError, match="needs a unit") as caught:
+        parse_duration(value)
+    assert repr(value) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "   ", "10", "1.5", "s", "ms", "ten s", "10 s", "-1s", "+1s", "10sec", "10w", "1m30",
+     "1.s", ".5s", "1e3s", "1,5s", "10s garbage", "garbage 10s", "1m 30s"],
+)
+def test_parse_duration_refuses_text_without_a_valid_unit(text: str) -> None:
+    with pytest.raises(ValueError, match="unit") as caught:
+        parse_duration(text)
+    message = str(caught.value)
+    assert repr(text) in message
+    for unit in ("ms", "s", "m", "h", "d"):
+        assert unit in message
+
+
+@given(st.integers(min_value=0, max_value=10**10))
+def test_parse_duration_milliseconds_property(ms: int) -> None:
+    assert round(parse_duration(f"{ms}ms") * 1000) == ms
+
+
+@given(
+    st.integers(min_value=0, max_value=400),
+    st.integers(min_value=0, max_value=23),
+    st.integers(min_value=0, max_value=59),
+    st.integers(min_value=0, max_value=59),
+)
+def test_parse_duration_compound_property(d: int, h: int, m: int, s: int) -> None:
+    assert parse_duration(f"{d}d{h}h{m}m{s}s") == d * 86400 + h * 3600 + m * 60 + s
+
+
+# --- format_duration ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0.0, "0ms"),
+        (0.001, "1ms"),
+        (0.5, "500ms"),
+        (1.0, "1s"),
+        (1.5, "1500ms"),
+        (10.0, "10s"),
+        (60.0, "1m"),
+        (90.0, "90s"),
+        (3600.0, "1h"),
+        (5400.0, "90m"),
+        (86400.0, "1d"),
+        (172800.0, "2d"),
+        (90000.0, "25h"),
+    ],
+)
+def test_format_duration_picks_the_largest_exact_unit(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+@given(st.integers(min_value=0, max_value=10**11))
+def test_format_duration_round_trips_through_parse(ms: int) -> None:
+    text = format_duration(parse_duration(f"{ms}ms"))
+    assert round(parse_duration(text) * 1000) == ms
+    assert math.isclose(parse_duration(text), ms / 1000, rel_tol=1e-12, abs_tol=1e-12)
+    # Already the canonical form: formatting what it parses to gives the same text.
+    assert format_duration(parse_duration(text)) == text
+
+
+# --- parse_size ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        ("1B", 1),
+        ("512b", 512),
+        ("64KiB", 64 * 1024),
+        ("64kib", 64 * 1024),
+        ("64KIB", 64 * 1024),
+        ("1MiB", 1024**2),
+        ("1mib", 1024**2),
+        ("2GiB", 2 * 1024**3),
+        ("10KB", 10_000),
+        ("10kb", 10_000),
+        ("10MB", 10_000_000),
+        ("1GB", 1_000_000_000),
+        ("1Gb", 1_000_000_000),
+        ("0KiB", 0),
+        ("4096", 4096),
+        (" 8KiB ", 8192),
+        (0, 0),
+        (4096, 4096),
+    ],
+)
+def test_parse_size_accepts_units_and_plain_bytes(value: object, size: int) -> None:
+    assert parse_size(value) == size
+
+
+@pytest.mark.parametrize(
+    "value",
+    [-1, "-1", "-1KiB", "1.5MiB", "64XiB", "64KiBs", "KiB", "", "   ", "ten", "1e3", True, False,
+     1.5, None, [64]],
+)
+def test_parse_size_refuses_negatives_and_garbage(value: object) -> None:
+    with pytest.raises(ValueError, match=r"size|negative"):
+        parse_size(value)
+
+
+def test_parse_size_error_lists_the_units() -> None:
+    with pytest.raises(ValueError, match="KiB, MiB, GiB"):
+        parse_size("64 bananas")
+
+
+@given(st.integers(min_value=0, max_value=2**40))
+def test_parse_size_binary_and_decimal_units_property(n: int) -> None:
+    assert parse_size(f"{n}KiB") == n * 1024
+    assert parse_size(f"{n}MiB") == n * 1024**2
+    assert parse_size(f"{n}GiB") == n * 1024**3
+    assert parse_size(f"{n}KB") == n * 1000
+    assert parse_size(f"{n}MB") == n * 1000**2
+    assert parse_size(f"{n}GB") == n * 1000**3
+    assert parse_size(f"{n}B") == n
+    assert parse_size(n) == n
+    assert parse_size(str(n)) == n
+
+
+# --- parse_hostport -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port"),
+    [
+        ("127.0.0.1:8080", "127.0.0.1", 8080),
+        ("0.0.0.0:443", "0.0.0.0", 443),
+        ("localhost:1", "localhost", 1),
+        ("backend.example.com:65535", "backend.example.com", 65535),
+        ("[::1]:443", "::1", 443),
+        ("[2001:db8::10]:8443", "2001:db8::10", 8443),
+        ("[::]:443", "::", 443),
+        ("  10.0.0.1:80  ", "10.0.0.1", 80),
+    ],
+)
+def test_parse_hostport_accepts(text: str, host: str, port: int) -> None:
+    assert parse_hostport(text) == HostPort(host, port)
+    assert parse_hostport(text, wildcard_ok=True) == HostPort(host, port)
+
+
+@pytest.mark.parametrize("text", ["*:443", ":443"])
+def test_parse_hostport_wildcard_only_when_allowed(text: str) -> None:
+    assert parse_hostport(text, wildcard_ok=True) == HostPort("0.0.0.0", 443)
+    with pytest.raises(ValueError, match="has no host"):
+        parse_hostport(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("localhost", "has no port"),
+        ("127.0.0.1", "has no port"),
+        ("", "has no port"),
+        ("localhost:", "port must be a number from 1 to 65535"),
+        ("localhost:0", "port must be a number from 1 to 65535"),
+        ("localhost:65536", "port must be a number from 1 to 65535"),
+        ("localhost:99999999", "port must be a number from 1 to 65535"),
+        ("localhost:http", "port must be a number from 1 to 65535"),
+        ("localhost:-1", "port must be a number from 1 to 65535"),
+        ("localhost:+80", "port must be a number from 1 to 65535"),
+        ("localhost:8 0", "port must be a number from 1 to 65535"),
+        ("::1:443", "put an IPv6 address in brackets"),
+        ("2001:db8::1:443", "put an IPv6 address in brackets"),
+        ("::1", "put an IPv6 address in brackets"),
+        ("[::1]", r'write an IPv6 address as "\[::1\]:443"'),
+        ("[::1:443", r'write an IPv6 address as "\[::1\]:443"'),
+        ("[::1]443", r'write an IPv6 address as "\[::1\]:443"'),
+        ("[::1]:0", "port must be a number from 1 to 65535"),
+    ],
+)
+def test_parse_hostport_refuses(text: str, message: str) -> None:
+    for wildcard_ok in (False, True):
+        with pytest.raises(ValueError, match=message):
+            parse_hostport(text, wildcard_ok=wildcard_ok)
+
+
+def test_parse_hostport_superscript_digit_port_gets_the_friendly_message() -> None:
+    with pytest.raises(ValueError, match="port must be a number from 1 to 65535"):
+        parse_hostport("localhost:²")
+
+
+@given(st.integers(min_value=1, max_value=65535))
+def test_parse_hostport_every_valid_port_property(port: int) -> None:
+    assert parse_hostport(f"127.0.0.1:{port}").port == port
+    assert parse_hostport(f"[::1]:{port}").port == port
+    assert parse_hostport(f"*:{port}", wildcard_ok=True) == HostPort("0.0.0.0", port)
+
+
+@given(st.integers(min_value=65536, max_value=10**9) | st.just(0))
+def test_parse_hostport_port_out_of_range_property(port: int) -> None:
+    with pytest.raises(ValueError, match="port must be a number"):
+        parse_hostport(f"127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1:80", "example.com:443", "[::1]:443", "[2001:db8::1]:8443"])
+def test_hostport_str_round_trips(text: str) -> None:
+    assert str(parse_hostport(text)) == text
+    assert parse_hostport(str(parse_hostport(text))) == parse_hostport(text)
+
+
+def test_hostport_is_frozen() -> None:
+    address = HostPort("127.0.0.1", 80)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        address.port = 81  # type: ignore[misc]
+    assert address.port == 80
