@@ -273,6 +273,31 @@ def test_proxy_protocol_v2_carries_tls_facts(pki, localhost_bundle, backend, off
     assert parsed.ssl_tlvs[pp.PP2_SUBTYPE_SSL_CIPHER] == cipher.encode()
 
 
+def test_proxy_protocol_v2_with_a_name_idna_refuses(pki, localhost_bundle, backend, offload,
+                                                   port):
+    """OpenSSL passes any SNI bytes; the header must carry them, not fail the connection."""
+    import subprocess
+
+    from harness import need
+
+    from offload.proto import proxy_protocol as pp
+
+    def answer_once(conn: socket.socket, recording: Recording) -> None:
+        while b"ping" not in recording.data:
+            recording.data += conn.recv(4096)
+        conn.sendall(b"pong\n")
+
+    server = backend(answer_once)
+    offload(tcp_config(port, [localhost_bundle], [server.address], backend='proxy_protocol = "v2"'))
+    result = subprocess.run(
+        [need("openssl", "openssl"), "s_client", "-connect", f"127.0.0.1:{port}",
+         "-servername", "a..b", "-quiet"],
+        input="ping\n", capture_output=True, text=True, timeout=20, check=False)
+    assert "pong" in result.stdout
+    header, _ = pp.parse(bytes(server.wait_connections(1)[0].data))
+    assert header.tlvs[pp.PP2_TYPE_AUTHORITY] == b"a..b"
+
+
 def test_no_alpn_in_tcp_mode_unless_configured(pki, localhost_bundle, backend, offload, port):
     server = backend(echo)
     offload(tcp_config(port, [localhost_bundle], [server.address]))

@@ -61,13 +61,26 @@ class TcpRelay(asyncio.Protocol):
 
     async def _connect(self) -> None:
         try:
+            await self._open_upstream()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug must cost one connection, not leave it hanging.
+            _log.exception("internal error while connecting to the backend")
+            self._counters.inc("internal_error", "relay")
+            if self._upstream is not None:
+                self._upstream.abort()
+            self._finish("internal_error", notify=False)
+        finally:
+            self._connect_task = None
+
+    async def _open_upstream(self) -> None:
+        try:
             upstream, server = await self._backend.connect(lambda: _BackendSide(self))
         except UpstreamError:
             self._counters.inc("backend_unavailable", self._backend.name)
             self._finish("backend_unavailable")
             return
-        finally:
-            self._connect_task = None
         if self._closed:
             upstream.close()
             return
@@ -172,7 +185,7 @@ class TcpRelay(asyncio.Protocol):
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
-        if self._connect_task is not None:
+        if self._connect_task is not None and self._connect_task is not asyncio.current_task():
             self._connect_task.cancel()
         if self._upstream is not None:
             self._upstream.close()

@@ -28,8 +28,9 @@ PP2_SUBTYPE_SSL_SIG_ALG = 0x24
 PP2_SUBTYPE_SSL_KEY_ALG = 0x25
 PP2_CLIENT_SSL = 0x01
 
-_AF_INET, _AF_INET6, _AF_UNSPEC = 0x1, 0x2, 0x0
-_STREAM = 0x1
+_AF_UNSPEC, _AF_INET, _AF_INET6, _AF_UNIX = 0x0, 0x1, 0x2, 0x3
+_STREAM, _DGRAM = 0x1, 0x2
+_SUPPORTED = frozenset({(_AF_INET, _STREAM), (_AF_INET6, _STREAM)})
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,14 @@ class ProxyHeader:
     ssl_tlvs: dict[int, bytes] = field(default_factory=dict)
 
 
+def _bare(address: str) -> str:
+    """An address without an IPv6 zone id (``fe80::1%eth0``): the protocol carries 128 bits."""
+    return address.partition("%")[0]
+
+
 def _family(source: str, destination: str) -> int | None:
     try:
-        src, dst = ipaddress.ip_address(source), ipaddress.ip_address(destination)
+        src, dst = ipaddress.ip_address(_bare(source)), ipaddress.ip_address(_bare(destination))
     except ValueError:
         return None
     if src.version != dst.version:
@@ -67,8 +73,8 @@ def encode_v1(source: tuple[str, int], destination: tuple[str, int]) -> bytes:
     family = _family(source[0], destination[0])
     if family is None:
         return b"PROXY UNKNOWN\r\n"
-    return (f"PROXY TCP{family} {source[0]} {destination[0]} {source[1]} {destination[1]}\r\n"
-            .encode("ascii"))
+    src, dst = _bare(source[0]), _bare(destination[0])
+    return f"PROXY TCP{family} {src} {dst} {source[1]} {destination[1]}\r\n".encode("ascii")
 
 
 def _tlv(kind: int, value: bytes) -> bytes:
@@ -80,11 +86,13 @@ def encode_v2(source: tuple[str, int], destination: tuple[str, int],
     """The binary v2 header for a proxied TCP connection, with TLS TLVs when given."""
     family = _family(source[0], destination[0])
     if family == 4:
-        address = (ipaddress.IPv4Address(source[0]).packed + ipaddress.IPv4Address(destination[0]).packed
+        address = (ipaddress.IPv4Address(_bare(source[0])).packed
+                   + ipaddress.IPv4Address(_bare(destination[0])).packed
                    + struct.pack("!HH", source[1], destination[1]))
         fam_byte = (_AF_INET << 4) | _STREAM
     elif family == 6:
-        address = (ipaddress.IPv6Address(source[0]).packed + ipaddress.IPv6Address(destination[0]).packed
+        address = (ipaddress.IPv6Address(_bare(source[0])).packed
+                   + ipaddress.IPv6Address(_bare(destination[0])).packed
                    + struct.pack("!HH", source[1], destination[1]))
         fam_byte = (_AF_INET6 << 4) | _STREAM
     else:
@@ -94,7 +102,8 @@ def encode_v2(source: tuple[str, int], destination: tuple[str, int],
         if tls.alpn:
             tlvs += _tlv(PP2_TYPE_ALPN, tls.alpn.encode("ascii"))
         if tls.sni:
-            tlvs += _tlv(PP2_TYPE_AUTHORITY, tls.sni.encode("idna"))
+            # The exact bytes the client sent: OpenSSL passes names IDNA would refuse.
+            tlvs += _tlv(PP2_TYPE_AUTHORITY, tls.sni.encode("utf-8", "replace"))
         sub = b""
         if tls.version:
             sub += _tlv(PP2_SUBTYPE_SSL_VERSION, tls.version.encode("ascii"))
@@ -128,18 +137,28 @@ def _parse_v1(line: bytes) -> ProxyHeader:
         return ProxyHeader(None, None)
     if len(parts) != 6 or parts[0] != "PROXY" or parts[1] not in ("TCP4", "TCP6"):
         raise ProtocolError("PROXY v1: malformed header")
-    _, proto, src, dst, sport, dport = parts
-    try:
-        version = 4 if proto == "TCP4" else 6
-        if (ipaddress.ip_address(src).version != version
-                or ipaddress.ip_address(dst).version != version):
-            raise ValueError
-        ports = int(sport), int(dport)
-    except ValueError:
-        raise ProtocolError("PROXY v1: bad address or port") from None
-    if not all(text.isdigit() and 0 <= int(text) <= 65535 for text in (sport, dport)):
-        raise ProtocolError("PROXY v1: bad port")
-    return ProxyHeader((src, ports[0]), (dst, ports[1]))
+    _, proto, src_text, dst_text, sport, dport = parts
+    version = 4 if proto == "TCP4" else 6
+    addresses = []
+    for text in (src_text, dst_text):
+        try:
+            if "%" in text:  # a zone id would let any text through
+                raise ValueError
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            raise ProtocolError("PROXY v1: bad address") from None
+        if address.version != version:
+            raise ProtocolError("PROXY v1: address does not match the protocol family")
+        addresses.append(str(address))
+    ports = []
+    for text in (sport, dport):
+        # ASCII digits, no heading zeroes, at most 65535 (section 2.1)
+        if not (text.isascii() and text.isdigit()) or (len(text) > 1 and text[0] == "0"):
+            raise ProtocolError("PROXY v1: bad port")
+        if int(text) > 65535:
+            raise ProtocolError("PROXY v1: port out of range")
+        ports.append(int(text))
+    return ProxyHeader((addresses[0], ports[0]), (addresses[1], ports[1]))
 
 
 def _parse_v2(data: bytes) -> tuple[ProxyHeader, int] | None:
@@ -151,12 +170,16 @@ def _parse_v2(data: bytes) -> tuple[ProxyHeader, int] | None:
     if len(data) < 16 + length:
         return None
     body, used = data[16 : 16 + length], 16 + length
-    family = fam_byte >> 4
-    if command & 0xF == 0 or family == _AF_UNSPEC:  # LOCAL, or a non-IP client
+    family, transport = fam_byte >> 4, fam_byte & 0xF
+    if family > _AF_UNIX or transport > _DGRAM or (family == _AF_UNSPEC) != (transport == 0):
+        raise ProtocolError("PROXY v2: invalid address family or transport")
+    if command & 0xF == 0 or (family, transport) not in _SUPPORTED:
+        # LOCAL, or a valid combination we do not carry (UDP, UNIX): the spec says to fall
+        # back to UNSPEC and skip the address block.
         return ProxyHeader(None, None), used
-    size = {_AF_INET: 4, _AF_INET6: 16}.get(family)
-    if size is None or fam_byte & 0xF != _STREAM or length < 2 * size + 4:
-        raise ProtocolError("PROXY v2: unsupported address family or short address block")
+    size = {_AF_INET: 4, _AF_INET6: 16}[family]
+    if length < 2 * size + 4:
+        raise ProtocolError("PROXY v2: address block shorter than its family needs")
     src = str(ipaddress.ip_address(body[:size]))
     dst = str(ipaddress.ip_address(body[size : 2 * size]))
     sport, dport = struct.unpack_from("!HH", body, 2 * size)

@@ -11,8 +11,10 @@ on a selector for three kinds of events: signals (through ``signal.set_wakeup_fd
                                   to 10 s; reset once a worker has lived 30 s)
     SIGHUP                        load and prepare the configuration again; on error log it and
                                   keep running; else bind new addresses and fork generation N+1;
-                                  once all of it is ready, SIGTERM (drain) generation N; if it
-                                  fails to start, kill it and keep generation N
+                                  once all of it is ready, SIGTERM (drain) generation N, and
+                                  log "reload complete" when N has stopped accepting (each
+                                  worker says so on its status pipe); if N+1 fails to start,
+                                  kill it and keep generation N
     SIGTERM / SIGINT              close the listening sockets (new clients are refused), SIGTERM
                                   every worker (they drain), SIGKILL what is left after
                                   drain_timeout + 5 s, then exit 0; a second signal kills at once
@@ -37,7 +39,7 @@ from offload.errors import OffloadError
 from offload.observe.log import LogSetup, fields
 from offload.server.prepare import Prepared
 from offload.server.sockets import SocketSet
-from offload.server.worker import READY, WorkerSpec, run_worker
+from offload.server.worker import READY, STOPPED_ACCEPTING, WorkerSpec, run_worker
 
 _log = logging.getLogger("offload.supervisor")
 
@@ -54,7 +56,7 @@ class WorkerProcess:
     pid: int
     slot: int
     generation: int
-    ready_fd: int
+    status_fd: int
     started: float
     ready: bool = False
     draining: bool = False
@@ -91,6 +93,8 @@ class Supervisor:
         self._restarts: dict[int, float] = {}
         self._failures: dict[int, int] = {}
         self._starting: Generation | None = None
+        self._switching: set[int] = set()
+        """Old workers that have not yet stopped accepting; the reload completes without any."""
         self._generation = 0
         self._started = False
         self._stopping = False
@@ -180,13 +184,15 @@ class Supervisor:
                 self._shutdown(signal.Signals(signum).name)
 
     def _on_ready_pipe(self, worker: WorkerProcess) -> None:
-        data = os.read(worker.ready_fd, 16)
+        data = os.read(worker.status_fd, 16)
         if not data:
             self._forget_pipe(worker)
             return
         if READY in data and not worker.ready:
             worker.ready = True
             self._check_generation()
+        if STOPPED_ACCEPTING in data:
+            self._stopped_accepting(worker.pid)
 
     def _reap(self) -> None:
         for pid in list(self._workers):
@@ -199,6 +205,7 @@ class Supervisor:
 
     def _worker_exited(self, worker: WorkerProcess, code: int) -> None:
         self._forget_pipe(worker)
+        self._stopped_accepting(worker.pid)
         info = fields(pid=worker.pid, slot=worker.slot, generation=worker.generation,
                       exit_code=code)
         if worker.draining or self._stopping:
@@ -283,19 +290,30 @@ class Supervisor:
         for worker in self._workers.values():
             if worker.generation < starting.number and not worker.draining:
                 self._drain(worker, deadline)
+                self._switching.add(worker.pid)
         self._restarts.clear()
         self._sockets.retain([a for a, _ in _addresses(self._current)],
                              self._current.config.global_.workers)
         listening = sorted({str(a) for a, _ in _addresses(self._current)})
         if self._started:
-            _log.info("reload complete", extra=fields(generation=self._generation,
-                                                      listening=listening))
+            self._stopped_accepting(None)
         else:
             self._started = True
             _log.info("offload ready", extra=fields(
                 listening=listening, workers=len(members), pid=os.getpid()))
             if self._on_ready is not None:
                 self._on_ready()
+
+    def _stopped_accepting(self, pid: int | None) -> None:
+        """Note that an old worker stopped accepting; announce the reload once all have."""
+        if pid is not None:
+            if pid not in self._switching:
+                return
+            self._switching.discard(pid)
+        if not self._switching:
+            listening = sorted({str(a) for a, _ in _addresses(self._current)})
+            _log.info("reload complete", extra=fields(generation=self._generation,
+                                                      listening=listening))
 
     def _abandon_generation(self, why: str) -> None:
         starting = self._starting
@@ -323,25 +341,25 @@ class Supervisor:
         _kill(worker.pid, signal.SIGTERM)
 
     def _forget_pipe(self, worker: WorkerProcess) -> None:
-        if worker.ready_fd >= 0:
-            self._selector.unregister(worker.ready_fd)
-            os.close(worker.ready_fd)
-            worker.ready_fd = -1
+        if worker.status_fd >= 0:
+            self._selector.unregister(worker.status_fd)
+            os.close(worker.status_fd)
+            worker.status_fd = -1
 
     def _spawn(self, slot: int, generation: int, prepared: Prepared) -> None:
-        ready_r, ready_w = os.pipe()
+        status_r, status_w = os.pipe()
         pid = os.fork()
         if pid == 0:
-            self._become_worker(slot, generation, prepared, ready_r, ready_w)
-        os.close(ready_w)
-        worker = WorkerProcess(pid, slot, generation, ready_r, time.monotonic())
+            self._become_worker(slot, generation, prepared, status_r, status_w)
+        os.close(status_w)
+        worker = WorkerProcess(pid, slot, generation, status_r, time.monotonic())
         self._workers[pid] = worker
-        self._selector.register(ready_r, selectors.EVENT_READ,
+        self._selector.register(status_r, selectors.EVENT_READ,
                                 lambda: self._on_ready_pipe(worker))
         _log.info("worker started", extra=fields(pid=pid, slot=slot, generation=generation))
 
     def _become_worker(self, slot: int, generation: int, prepared: Prepared,
-                       ready_r: int, ready_w: int) -> None:
+                       status_r: int, status_w: int) -> None:
         """In the child: shed the supervisor's state, then run the worker; never returns."""
         code = 70
         try:
@@ -352,11 +370,11 @@ class Supervisor:
             for sock in self._sockets.all():
                 if all(sock is not mine for mine in own.values()):
                     sock.close()
-            for fd in [ready_r, self._signal_r, self._signal_w, self._lifeline_w,
-                       *(w.ready_fd for w in self._workers.values() if w.ready_fd >= 0)]:
+            for fd in [status_r, self._signal_r, self._signal_w, self._lifeline_w,
+                       *(w.status_fd for w in self._workers.values() if w.status_fd >= 0)]:
                 os.close(fd)
             self._selector.close()
-            code = run_worker(WorkerSpec(prepared, slot, generation, own, ready_w,
+            code = run_worker(WorkerSpec(prepared, slot, generation, own, status_w,
                                          self._lifeline_r), self._logs)
         except BaseException:  # a worker must never return into the supervisor
             traceback.print_exc(file=sys.stderr)

@@ -33,6 +33,9 @@ from offload.upstream.backend import Backend
 _log = logging.getLogger("offload.worker")
 
 READY = b"R"
+"""Written on the status pipe once every listener accepts."""
+STOPPED_ACCEPTING = b"D"
+"""Written on the status pipe once the drain has closed every listener."""
 FINAL_CLOSE_GRACE = 2.0
 """Seconds given to connections closed at the drain deadline to flush their last bytes."""
 
@@ -48,7 +51,7 @@ class WorkerSpec:
     slot: int
     generation: int
     sockets: dict[HostPort, socket.socket]
-    ready_fd: int
+    status_fd: int
     lifeline_fd: int
 
 
@@ -130,8 +133,7 @@ async def _serve(spec: WorkerSpec) -> int:
     ]
     for listener in listeners:
         await listener.start()
-    os.write(spec.ready_fd, READY)
-    os.close(spec.ready_fd)
+    os.write(spec.status_fd, READY)
     _log.info("worker ready", extra=fields(slot=spec.slot, generation=spec.generation))
     await stop.wait()
 
@@ -139,6 +141,7 @@ async def _serve(spec: WorkerSpec) -> int:
         slot=spec.slot, generation=spec.generation, open_connections=len(registry.streams)))
     for listener in listeners:
         listener.stop_accepting()
+    os.write(spec.status_fd, STOPPED_ACCEPTING)
     try:
         async with asyncio.timeout(settings.drain_timeout):
             await registry.wait_empty()
