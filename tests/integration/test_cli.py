@@ -235,3 +235,14 @@ def test_demo_port_in_use_is_a_clear_error(tmp_path):
         result = offload_cli("demo", "--data-dir", str(tmp_path), "--listen", f"127.0.0.1:{port}")
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
+
+
+def test_check_refuses_an_unknown_user(pki, tmp_path):
+    bundle = pki.bundle(["localhost"], directory=tmp_path)
+    config = tmp_path / "user.toml"
+    config.write_text(tcp_config(8443, [bundle], ["127.0.0.1:8080"],
+                                 global_='user = "no-such-user-x1"\ngroup = "no-such-group-x1"'))
+    result = offload_cli("check", "-c", str(config))
+    assert result.returncode == 1
+    assert 'global.user: no user "no-such-user-x1" on this system' in result.stderr
+    assert 'global.group: no group "no-such-group-x1" on this system' in result.stderr

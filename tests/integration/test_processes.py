@@ -227,3 +227,30 @@ def test_config_file_is_not_needed_after_start(pki, localhost_bundle, backend, o
     with tls_connect(port, client_context(pki.ca)) as tls:
         tls.sendall(b"ok")
         assert tls.recv(2) == b"ok"
+
+
+def _uid_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError("no Uid line")
+
+
+def test_workers_drop_privileges(pki, localhost_bundle, backend, offload, port):
+    import pwd
+
+    server = backend(echo)
+    config = tcp_config(port, [localhost_bundle], [server.address],
+                        global_='user = "nobody"\ngroup = "nogroup"')
+    if os.geteuid() != 0:
+        instance = offload(config, ready=False)
+        assert instance.process.wait(15) == 1
+        assert any("need offload to be started as root" in line for line in instance.lines)
+        return
+    instance = offload(config)
+    (worker,) = instance.worker_pids()
+    assert _uid_of(worker) == pwd.getpwnam("nobody").pw_uid
+    assert _uid_of(instance.process.pid) == 0  # the supervisor keeps root for reloads
+    with tls_connect(port, client_context(pki.ca)) as tls:
+        tls.sendall(b"as nobody")
+        assert tls.recv(20) == b"as nobody"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import grp
+import pwd
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +61,25 @@ def _load_certificates(frontend: FrontendConfig, where: str, *, now: dt.datetime
     return loaded
 
 
+def _check_accounts(config: Config) -> list[Issue]:
+    """The user and group the workers switch to must exist."""
+    issues = []
+    settings = config.global_
+    if settings.user is not None:
+        try:
+            pwd.getpwnam(settings.user)
+        except KeyError:
+            issues.append(Issue("global.user", f"no user \"{settings.user}\" on this system",
+                                "create the user or name an existing one"))
+    if settings.group is not None:
+        try:
+            grp.getgrnam(settings.group)
+        except KeyError:
+            issues.append(Issue("global.group", f"no group \"{settings.group}\" on this system",
+                                "create the group or name an existing one"))
+    return issues
+
+
 def prepare(config: Config, source: str, rename: Callable[[str], str] | None = None,
             now: dt.datetime | None = None, base_dir: Path | None = None) -> Prepared:
     """Load and check everything ``config`` names; raise ConfigError listing every problem.
@@ -85,6 +106,7 @@ def prepare(config: Config, source: str, rename: Callable[[str], str] | None = N
             sni = SniContexts(CertificateIndex(certificates),
                               functools.partial(server_context, frontend.tls_policy, frontend.alpn))
             frontends.append(PreparedFrontend(frontend, tuple(certificates), sni))
+    issues.extend(_check_accounts(config))
     servers: dict[str, tuple[Server, ...]] = {}
     for index, backend in enumerate(config.backends):
         resolved, problems = resolve_backend(backend, f"backends[{index}]")
