@@ -46,8 +46,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="key for the --cert of the same position, when not in the bundle")
     quick.add_argument("--backend", action="append", default=[], metavar="HOST:PORT",
                        help="backend server; repeat for more (round robin, failover)")
-    quick.add_argument("--mode", choices=("tcp", "http"), default="tcp",
-                       help="tcp: relay decrypted bytes (default for now); http: not available yet")
+    quick.add_argument("--mode", choices=("tcp", "http"), default="http",
+                       help="http: HTTP/1.1 reverse proxy (default); tcp: relay decrypted bytes")
     quick.add_argument("--workers", type=int, metavar="N", help="worker processes (default: CPUs)")
     quick.add_argument("--proxy-protocol", choices=("v1", "v2"),
                        help="send a PROXY protocol header to the backend")
@@ -167,7 +167,7 @@ def _demo(args: argparse.Namespace) -> int:
     backend_socket = socket.create_server(("127.0.0.1", 0))
     port = backend_socket.getsockname()[1]
     options = QuickOptions(listen=args.listen, certs=(str(files.bundle),),
-                           backends=(f"127.0.0.1:{port}",), proxy_protocol="v2",
+                           backends=(f"127.0.0.1:{port}",), mode="http",
                            workers=args.workers, extra_global={"log_format": "text"})
     prepared = prepare(quick_config(options), "demo", rename=flag_for)
     host_port = args.listen.rpartition(":")
@@ -175,7 +175,7 @@ def _demo(args: argparse.Namespace) -> int:
     url = f"https://{url_host}:{host_port[2]}/"
 
     def announce() -> None:
-        print(f"\noffload demo is running: TLS on {args.listen}, plain HTTP to the built-in "
+        print(f"\noffload demo is running: HTTPS on {args.listen}, plain HTTP to the built-in "
               f"backend on 127.0.0.1:{port}.\nTry it:\n\n    curl --cacert {files.ca} {url}\n\n"
               "Stop it with Ctrl-C.\n", flush=True)
 

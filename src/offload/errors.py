@@ -55,10 +55,12 @@ class CertificateError(OffloadError):
 
 
 class ProtocolError(OffloadError):
-    """A peer broke a protocol's rules; ``status`` is the HTTP status to answer with, if any."""
+    """A peer broke a protocol's rules; ``status`` is the HTTP status to answer with and
+    ``reason`` a short, low-cardinality name for logs and counters."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, reason: str = "protocol_error") -> None:
         self.status = status
+        self.reason = reason
         super().__init__(message)
 
 

@@ -41,3 +41,50 @@ class IdleTimer:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+
+
+class Deadline:
+    """One moving deadline per connection: ``set(when)`` is cheap when the deadline moves later
+    (the armed timer re-arms itself when it fires early) and re-arms only when it moves earlier.
+    """
+
+    __slots__ = ("_armed_at", "_callback", "_handle", "_loop", "when")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_expiry: Callable[[], None]) -> None:
+        self._loop = loop
+        self._callback = on_expiry
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed_at = 0.0
+        self.when: float | None = None
+
+    def set(self, when: float) -> None:
+        """Expire at ``when`` (loop time) unless set again or cleared first."""
+        self.when = when
+        if self._handle is None or when < self._armed_at:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._armed_at = when
+            self._handle = self._loop.call_at(when, self._fire)
+
+    def clear(self) -> None:
+        """No deadline for now (the armed timer, if any, finds nothing to do)."""
+        self.when = None
+
+    def cancel(self) -> None:
+        """Stop for good."""
+        self.when = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        when = self.when
+        if when is None:
+            return
+        if self._loop.time() >= when:
+            self.when = None
+            self._callback()
+        else:
+            self._armed_at = when
+            self._handle = self._loop.call_at(when, self._fire)

@@ -123,13 +123,6 @@ def test_command_line_errors(args, code, message):
     assert "Traceback" not in result.stderr
 
 
-def test_mode_http_not_available_yet(localhost_bundle):
-    result = offload_cli("run", "--mode", "http", "--listen", "127.0.0.1:1", "--cert",
-                         str(localhost_bundle), "--backend", "127.0.0.1:2")
-    assert result.returncode == 1
-    assert '--mode: mode "http" is not available yet' in result.stderr
-
-
 def _serves(port: int, ca: Path) -> None:
     with tls_connect(port, client_context(ca)) as tls:
         tls.sendall(b"quick")
@@ -141,7 +134,7 @@ def test_quick_mode_with_bundle_and_two_backends(pki, localhost_bundle, backend)
     port = free_port()
     instance = Offload("", args=["run", "--listen", f"127.0.0.1:{port}", "--cert",
                                  str(localhost_bundle), "--backend", first.address,
-                                 "--backend", second.address, "--workers", "1",
+                                 "--backend", second.address, "--workers", "1", "--mode", "tcp",
                                  "--tls-policy", "modern", "--upstream-timeout", "5s"])
     try:
         instance.wait_ready()
@@ -166,7 +159,7 @@ def test_quick_mode_with_separate_key_and_proxy_protocol(pki, tmp_path, backend)
                                  "--cert", str(tmp_path / "site.crt"),
                                  "--key", str(tmp_path / "site.key"),
                                  "--backend", server.address, "--proxy-protocol", "v1",
-                                 "--workers", "1"])
+                                 "--workers", "1", "--mode", "tcp"])
     try:
         instance.wait_ready()
         with tls_connect(port, client_context(pki.ca)):
@@ -186,7 +179,7 @@ def test_quick_mode_with_a_directory_of_bundles(pki, tmp_path, backend):
     server = backend(echo)
     port = free_port()
     instance = Offload("", args=["run", "--listen", f"127.0.0.1:{port}", "--cert", str(directory),
-                                 "--backend", server.address, "--workers", "1"])
+                                 "--backend", server.address, "--workers", "1", "--mode", "tcp"])
     try:
         instance.wait_ready()
         _serves(port, pki.ca)  # SNI localhost picks b.pem although a.pem is the default
@@ -207,8 +200,8 @@ def test_demo_runs_and_reuses_its_ca(tmp_path):
             page = recv_all(tls).decode()
         assert page.startswith("HTTP/1.1 200 OK")
         assert "Hello from the offload demo backend." in page
-        assert "TLS version: TLSv1.3" in page
-        assert "Server name (SNI): localhost" in page
+        assert "Your address (X-Forwarded-For): 127.0.0.1" in page
+        assert "Protocol (X-Forwarded-Proto): https" in page
         curl = shutil.which("curl")
         if curl:
             fetched = subprocess.run(command.split(), capture_output=True, text=True, timeout=20,

@@ -231,7 +231,7 @@ BAD = [
      ["use one of the values listed"]),
     ("bad proxy_protocol", put("backends.1.proxy_protocol", "v3"), "backends[1].proxy_protocol",
      ["use one of the values listed"]),
-    ("bad balance", put("backends.0.balance", "leastconn"), "backends[0].balance",
+    ("bad balance", put("backends.0.balance", "fastest"), "backends[0].balance",
      ["use one of the values listed"]),
     ("bad default literal", put("defaults.mode", "udp"), "defaults.mode", ["use one of the values listed"]),
     ("bad log_level", put("global.log_level", "loud"), "global.log_level", ["use one of the values listed"]),

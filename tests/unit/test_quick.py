@@ -32,7 +32,7 @@ def test_raw_config_minimal() -> None:
     assert raw_config(options()) == {
         "global": {},
         "frontends": [{"name": QUICK_NAME, "bind": ["127.0.0.1:8443"], "backend": QUICK_NAME,
-                       "certificates": [{"cert": "site.pem"}], "mode": "tcp"}],
+                       "certificates": [{"cert": "site.pem"}], "mode": "http"}],
         "backends": [{"name": QUICK_NAME, "servers": ["127.0.0.1:8080"]}],
     }
 
@@ -83,7 +83,7 @@ def test_quick_config_builds_a_valid_config() -> None:
     assert frontend.certificates == (CertificateRef(cert="a.crt", key="a.key"),
                                      CertificateRef(cert="bundle.pem"))
     assert frontend.tls_policy == "modern"
-    assert frontend.mode == "tcp"
+    assert frontend.mode == "http"
     assert [server.address for server in backend.servers] == [
         HostPort("10.0.0.1", 80), HostPort("::1", 81), UnixAddress("/run/app.sock")]
     assert backend.proxy_protocol == "v1"

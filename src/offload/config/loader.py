@@ -23,8 +23,10 @@ from offload.config.model import (
     CertificateRef,
     Config,
     DefaultsConfig,
+    EjectionConfig,
     FrontendConfig,
     GlobalConfig,
+    HealthCheckConfig,
     ServerConfig,
 )
 from offload.errors import ConfigError, Issue
@@ -39,6 +41,8 @@ _SECTION_MODELS: dict[str, type[BaseModel]] = {
     "certificates": CertificateRef,
     "backends": BackendConfig,
     "servers": ServerConfig,
+    "health_check": HealthCheckConfig,
+    "ejection": EjectionConfig,
 }
 
 _FIXES = {
@@ -150,13 +154,16 @@ def _cross_check(config: Config) -> list[Issue]:
             fix = (f"did you mean \"{hint[0]}\"?" if hint
                    else "name one of: " + ", ".join(backend_names))
             issues.append(Issue(f"{where}.backend", f"no backend is called \"{frontend.backend}\"", fix))
-        for b_index, address in enumerate(frontend.bind):
+        listens = [("bind", address) for address in frontend.bind]
+        listens += [("redirect_http", address) for address in frontend.redirect_http]
+        for b_index, (key_name, address) in enumerate(listens):
             key = str(address)
+            position = b_index if key_name == "bind" else b_index - len(frontend.bind)
+            here = f"{where}.{key_name}[{position}]"
             if key in seen_binds:
-                issues.append(Issue(f"{where}.bind[{b_index}]",
-                                    f"{key} is already bound by {seen_binds[key]}",
-                                    "listen on each address from one frontend only"))
-            seen_binds[key] = f"{where}.bind[{b_index}]"
+                issues.append(Issue(here, f"{key} is already bound by {seen_binds[key]}",
+                                    "listen on each address from one place only"))
+            seen_binds[key] = here
     return issues
 
 

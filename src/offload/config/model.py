@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, Strict
@@ -30,7 +31,7 @@ Size = Annotated[int, BeforeValidator(parse_size)]
 Mode = Literal["tcp", "http"]
 TlsPolicyName = Literal["modern", "intermediate", "legacy"]
 ProxyProtocolVersion = Literal["none", "v1", "v2"]
-BalanceAlgorithm = Literal["roundrobin"]
+BalanceAlgorithm = Literal["roundrobin", "leastconn", "hash", "random"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
@@ -82,7 +83,34 @@ def _table_from_string(key: str) -> Any:
     return BeforeValidator(convert)
 
 
+def _network(value: object) -> IPv4Network | IPv6Network:
+    if isinstance(value, IPv4Network | IPv6Network):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a network; write a CIDR like \"10.0.0.0/8\"")
+    try:
+        return ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address or CIDR network "
+                         "(\"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\")") from None
+
+
+def _status_range(value: object) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, str):
+        low, _, high = value.partition("-")
+        high = high or low
+        if low.isascii() and low.isdigit() and high.isascii() and high.isdigit():
+            first, last = int(low), int(high)
+            if 100 <= first <= last <= 599:
+                return first, last
+    raise ValueError(f"{value!r} is not a status or range; write 200 or \"200-399\"")
+
+
 ListenAddress = Annotated[HostPort, PlainValidator(_listen_address)]
+Network = Annotated[IPv4Network | IPv6Network, PlainValidator(_network)]
+StatusRange = Annotated[tuple[int, int], PlainValidator(_status_range)]
 BackendServerAddress = Annotated[ServerAddress, PlainValidator(_server_address)]
 
 
@@ -133,6 +161,21 @@ class FrontendConfig(Model):
     handshake_timeout: Timeout = 10.0
     idle_timeout: Timeout = 300.0
     backlog: Count = 1024
+    # mode http
+    trusted_proxies: tuple[Network, ...] = ()
+    forwarded: Flag = False
+    hsts: str | None = None
+    server_header: str | None = None
+    redirect_http: Annotated[tuple[ListenAddress, ...], BeforeValidator(_one_or_many)] = ()
+    max_request_line: Size = 8 * 1024
+    max_header_size: Size = 32 * 1024
+    max_header_count: Count = 100
+    max_body_size: Size | None = None
+    request_timeout: Timeout = 10.0
+    keepalive_timeout: Timeout = 60.0
+    body_timeout: Timeout = 60.0
+    access_log: str = "stderr"
+    access_log_format: Literal["json", "combined"] = "json"
 
 
 class ServerConfig(Model):
@@ -140,11 +183,36 @@ class ServerConfig(Model):
 
     address: BackendServerAddress
     name: str = ""
+    weight: Annotated[int, Strict(), Field(ge=0, le=1000)] = 1
+    max_connections: Annotated[int, Strict(), Field(ge=0)] = 0
+    backup: Flag = False
 
     @property
     def label(self) -> str:
         """The name to show in logs: the configured name, else the address."""
         return self.name or str(self.address)
+
+
+class HealthCheckConfig(Model):
+    """Active health checks: probe every server, mark it down after ``fall`` failures in a row
+    and up again after ``rise`` successes."""
+
+    kind: Literal["http", "tcp"] = "http"
+    path: str = Field(default="/", pattern=r"^/[\x21-\x7e]*$")
+    host: str | None = None
+    expect: StatusRange = (200, 399)
+    interval: Timeout = 5.0
+    timeout: Timeout = 2.0
+    rise: Count = 2
+    fall: Count = 3
+
+
+class EjectionConfig(Model):
+    """Passive health: eject a server for ``duration`` after ``failures`` consecutive connect
+    failures or 5xx answers (0 turns it off)."""
+
+    failures: Annotated[int, Strict(), Field(ge=0)] = 5
+    duration: Timeout = 30.0
 
 
 class BackendConfig(Model):
@@ -156,6 +224,10 @@ class BackendConfig(Model):
     connect_timeout: Timeout = 5.0
     server_timeout: Timeout = 60.0
     proxy_protocol: ProxyProtocolVersion = "none"
+    health_check: HealthCheckConfig | None = None
+    ejection: EjectionConfig = Field(default_factory=EjectionConfig)
+    pool_max_idle: Annotated[int, Strict(), Field(ge=0)] = 64
+    pool_idle_timeout: Timeout = 30.0
 
 
 class DefaultsConfig(Model):
@@ -166,13 +238,31 @@ class DefaultsConfig(Model):
     alpn: tuple[AlpnName, ...] | None = None
     handshake_timeout: Timeout | None = None
     idle_timeout: Timeout | None = None
+    trusted_proxies: tuple[Network, ...] | None = None
+    forwarded: Flag | None = None
+    hsts: str | None = None
+    server_header: str | None = None
+    max_request_line: Size | None = None
+    max_header_size: Size | None = None
+    max_header_count: Count | None = None
+    max_body_size: Size | None = None
+    request_timeout: Timeout | None = None
+    keepalive_timeout: Timeout | None = None
+    body_timeout: Timeout | None = None
+    access_log: str | None = None
+    access_log_format: Literal["json", "combined"] | None = None
     balance: BalanceAlgorithm | None = None
     connect_timeout: Timeout | None = None
     server_timeout: Timeout | None = None
     proxy_protocol: ProxyProtocolVersion | None = None
 
 
-FRONTEND_DEFAULT_KEYS = ("mode", "tls_policy", "alpn", "handshake_timeout", "idle_timeout")
+FRONTEND_DEFAULT_KEYS = (
+    "mode", "tls_policy", "alpn", "handshake_timeout", "idle_timeout", "trusted_proxies",
+    "forwarded", "hsts", "server_header", "max_request_line", "max_header_size",
+    "max_header_count", "max_body_size", "request_timeout", "keepalive_timeout", "body_timeout",
+    "access_log", "access_log_format",
+)
 BACKEND_DEFAULT_KEYS = ("balance", "connect_timeout", "server_timeout", "proxy_protocol")
 
 

@@ -39,7 +39,7 @@ class QuickOptions:
     certs: tuple[str, ...]
     backends: tuple[str, ...]
     keys: tuple[str, ...] = ()
-    mode: str = "tcp"
+    mode: str = "http"
     workers: int | None = None
     proxy_protocol: str | None = None
     tls_policy: str | None = None

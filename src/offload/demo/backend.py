@@ -1,7 +1,8 @@
 """The demo's built-in backend: a small plain-HTTP server that shows what offload told it.
 
-It reads the PROXY protocol header offload sends first (client address, TLS version, cipher,
-SNI) and answers every request with a short page saying so. It is a demonstration, not a web
+It answers every request with a short page showing what offload added (X-Forwarded-For and
+friends in HTTP mode; in TCP mode with PROXY protocol, the client address, TLS version, cipher
+and SNI from the header offload sends first). It is a demonstration, not a web
 server: request bodies are read and discarded, chunked uploads are refused.
 
 Run as ``python -m offload.demo.backend --fd N`` on a listening socket the caller passes in.
@@ -87,6 +88,11 @@ class DemoHandler(asyncio.Protocol):
             "offload terminated TLS and forwarded your request to this plain-HTTP server.",
             f"Your request: {request_line}",
         ]
+        for label, name in (("Your address (X-Forwarded-For)", "x-forwarded-for"),
+                            ("Protocol (X-Forwarded-Proto)", "x-forwarded-proto"),
+                            ("Request id (X-Request-ID)", "x-request-id")):
+            if name in headers:
+                lines.append(f"{label}: {headers[name]}")
         proxy = self._proxy
         if proxy is not None and proxy.source is not None:
             lines.append(f"Your address (from the PROXY protocol header): "

@@ -33,10 +33,11 @@ _log = logging.getLogger("offload.l4")
 class TcpRelay(asyncio.Protocol):
     """The application protocol of one client TLS stream in TCP mode."""
 
-    def __init__(self, stream: TLSServerStream, backend: Backend, idle_timeout: float,
-                 counters: Counters) -> None:
+    def __init__(self, stream: TLSServerStream, backend: Backend | None, idle_timeout: float,
+                 counters: Counters, backend_name: str = "") -> None:
         self._stream = stream
         self._backend = backend
+        self._backend_name = backend.name if backend is not None else backend_name
         self._counters = counters
         self._idle_timeout = idle_timeout
         self._upstream: asyncio.Transport | None = None
@@ -59,6 +60,19 @@ class TcpRelay(asyncio.Protocol):
         self._idle = IdleTimer(loop, self._idle_timeout, self._on_idle)
         self._connect_task = loop.create_task(self._connect())
 
+    def adopt(self, upstream: asyncio.Transport, server: Server, *, to_backend: bytes,
+              to_client: bytes) -> None:
+        """Take over an established backend connection (a WebSocket after 101): from now on
+        both sides are relayed as bytes. ``to_backend``/``to_client`` are bytes that arrived
+        after the HTTP heads on either side."""
+        self._idle = IdleTimer(asyncio.get_running_loop(), self._idle_timeout, self._on_idle)
+        self._upstream, self._server = upstream, server
+        upstream.set_protocol(_BackendSide(self))
+        if to_client:
+            self.backend_data(to_client)
+        if to_backend:
+            self.data_received(to_backend)
+
     async def _connect(self) -> None:
         try:
             await self._open_upstream()
@@ -75,6 +89,7 @@ class TcpRelay(asyncio.Protocol):
             self._connect_task = None
 
     async def _open_upstream(self) -> None:
+        assert self._backend is not None
         try:
             upstream, server = await self._backend.connect(lambda: _BackendSide(self))
         except UpstreamError:
@@ -96,18 +111,8 @@ class TcpRelay(asyncio.Protocol):
         self._stream.resume_reading()
 
     def _proxy_header(self, upstream: asyncio.Transport) -> bytes:
-        version = self._backend.config.proxy_protocol
-        if version == "none":
-            return b""
-        client = self._stream.get_extra_info("peername")
-        local = self._stream.get_extra_info("sockname")
-        source, destination = (client[0], client[1]), (local[0], local[1])
-        if version == "v1":
-            return proxy_protocol.encode_v1(source, destination)
-        stream = self._stream
-        facts = proxy_protocol.TlsFacts(stream.tls_version, stream.cipher, stream.server_name,
-                                        stream.alpn)
-        return proxy_protocol.encode_v2(source, destination, facts)
+        assert self._backend is not None
+        return proxy_header(self._stream, self._backend.config.proxy_protocol)
 
     def data_received(self, data: bytes) -> None:
         if self._idle is not None:
@@ -158,7 +163,7 @@ class TcpRelay(asyncio.Protocol):
         if self._closed:
             return
         if exc is not None:
-            self._counters.inc("backend_reset", self._backend.name)
+            self._counters.inc("backend_reset", self._backend_name)
             self._finish("backend_error", notify=False)
         else:
             self._finish("closed")
@@ -200,9 +205,23 @@ class TcpRelay(asyncio.Protocol):
             client=f"{peer[0]}:{peer[1]}", sni=stream.server_name, tls_version=stream.tls_version,
             cipher=stream.cipher, alpn=stream.alpn, resumed=stream.resumed,
             handshake_ms=round(stream.handshake_seconds * 1000, 2),
-            backend=self._backend.name, server=self._server.label if self._server else None,
+            backend=self._backend_name, server=self._server.label if self._server else None,
             bytes_in=self.bytes_in, bytes_out=self.bytes_out,
             duration_ms=round((time.monotonic() - stream.accepted_at) * 1000, 2), reason=reason))
+
+
+def proxy_header(stream: TLSServerStream, version: str) -> bytes:
+    """The PROXY protocol header for a backend connection made for ``stream``'s client."""
+    if version == "none":
+        return b""
+    client = stream.get_extra_info("peername")
+    local = stream.get_extra_info("sockname")
+    source, destination = (client[0], client[1]), (local[0], local[1])
+    if version == "v1":
+        return proxy_protocol.encode_v1(source, destination)
+    facts = proxy_protocol.TlsFacts(stream.tls_version, stream.cipher, stream.server_name,
+                                    stream.alpn)
+    return proxy_protocol.encode_v2(source, destination, facts)
 
 
 class _BackendSide(asyncio.Protocol):

@@ -11,18 +11,22 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Callable
 
-from offload.l4.relay import TcpRelay
 from offload.observe.log import fields
 from offload.observe.stats import Counters
 from offload.server.prepare import PreparedFrontend
 from offload.tls.stream import TLSServerStream
-from offload.upstream.backend import Backend
 
 _log = logging.getLogger("offload.listener")
 
 RESUME_ACCEPT_RATIO = 0.9
 """Accepting resumes once open connections fall below this share of the maximum."""
+
+
+AppFactory = Callable[[TLSServerStream], asyncio.Protocol]
+"""Makes the application protocol (TCP relay, HTTP connection) of a stream whose handshake is
+done."""
 
 
 class ConnectionRegistry:
@@ -63,16 +67,25 @@ class ConnectionRegistry:
         for stream in list(self.streams):
             stream.close()
 
+    def drain(self) -> None:
+        """Ask every application that can finish its current work early to do so (HTTP closes
+        idle keep-alive connections at once, busy ones after their response)."""
+        for stream in list(self.streams):
+            app = stream.app
+            drain = getattr(app, "drain", None)
+            if callable(drain):
+                drain()
+
 
 class Listener:
     """A frontend in a worker: its listening sockets and what each accepted stream becomes."""
 
-    def __init__(self, frontend: PreparedFrontend, backend: Backend,
+    def __init__(self, frontend: PreparedFrontend, app_factory: AppFactory,
                  sockets: list[socket.socket], registry: ConnectionRegistry,
                  counters: Counters) -> None:
         self.frontend = frontend
         self.name = frontend.config.name
-        self._backend = backend
+        self._app_factory = app_factory
         self._sockets = sockets
         self._registry = registry
         self._counters = counters
@@ -132,10 +145,7 @@ class Listener:
 
     def stream_opened(self, stream: TLSServerStream) -> asyncio.Protocol:
         self._counters.inc("handshake", self.name, "resumed" if stream.resumed else "full")
-        return TcpRelay(stream, self._backend, self._idle_timeout(), self._counters)
-
-    def _idle_timeout(self) -> float:
-        return min(self.frontend.config.idle_timeout, self._backend.config.server_timeout)
+        return self._app_factory(stream)
 
     def stream_failed(self, stream: TLSServerStream, reason: str, detail: str) -> None:
         self._counters.inc("handshake_failed", self.name, reason)

@@ -22,7 +22,8 @@ from offload.tls.policy import POLICIES, server_context
 from offload.tls.sni import CertificateIndex, SniContexts
 from offload.upstream.servers import Server, resolve_backend
 
-AVAILABLE_MODES = ("tcp",)
+HTTP_ALPN = ("http/1.1",)
+"""What an HTTP frontend offers when its config names no ALPN protocols."""
 
 
 @dataclass(frozen=True)
@@ -94,9 +95,10 @@ def prepare(config: Config, source: str, rename: Callable[[str], str] | None = N
     frontends: list[PreparedFrontend] = []
     for index, frontend in enumerate(config.frontends):
         where = f"frontends[{index}]"
-        if frontend.mode not in AVAILABLE_MODES:
-            issues.append(Issue(f"{where}.mode", f"mode \"{frontend.mode}\" is not available yet",
-                                "use mode = \"tcp\" for now"))
+        alpn = frontend.alpn or (HTTP_ALPN if frontend.mode == "http" else ())
+        if frontend.mode == "http" and "http/1.1" not in alpn:
+            issues.append(Issue(f"{where}.alpn", "an HTTP frontend must offer \"http/1.1\"",
+                                "add \"http/1.1\" to alpn, or leave alpn out"))
         policy = POLICIES[frontend.tls_policy]
         if policy.warning:
             warnings.append(f"{where} ({frontend.name}): {policy.warning}")
@@ -104,7 +106,7 @@ def prepare(config: Config, source: str, rename: Callable[[str], str] | None = N
                                           issues=issues, warnings=warnings)
         if certificates and not issues:
             sni = SniContexts(CertificateIndex(certificates),
-                              functools.partial(server_context, frontend.tls_policy, frontend.alpn))
+                              functools.partial(server_context, frontend.tls_policy, alpn))
             frontends.append(PreparedFrontend(frontend, tuple(certificates), sni))
     issues.extend(_check_accounts(config))
     servers: dict[str, tuple[Server, ...]] = {}

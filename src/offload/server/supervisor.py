@@ -75,7 +75,7 @@ class Generation:
 
 def _addresses(prepared: Prepared) -> list[tuple[HostPort, int]]:
     return [(address, frontend.backlog) for frontend in prepared.config.frontends
-            for address in frontend.bind]
+            for address in (*frontend.bind, *frontend.redirect_http)]
 
 
 class Supervisor:

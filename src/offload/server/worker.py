@@ -22,11 +22,19 @@ from dataclasses import dataclass
 
 import uvloop
 
+from offload.config.model import FrontendConfig
 from offload.config.units import HostPort
 from offload.errors import OffloadError
+from offload.http.connection import HttpConnection
+from offload.http.redirect import RedirectProtocol
+from offload.http.site import HttpSite
+from offload.http.upstream import HttpBackend
+from offload.l4.relay import TcpRelay
+from offload.observe.access_log import AccessLog
 from offload.observe.log import LogSetup, fields
 from offload.observe.stats import Counters
-from offload.server.listener import ConnectionRegistry, Listener
+from offload.proto.http1 import HttpLimits
+from offload.server.listener import AppFactory, ConnectionRegistry, Listener
 from offload.server.prepare import Prepared
 from offload.upstream.backend import Backend
 
@@ -38,6 +46,9 @@ STOPPED_ACCEPTING = b"D"
 """Written on the status pipe once the drain has closed every listener."""
 FINAL_CLOSE_GRACE = 2.0
 """Seconds given to connections closed at the drain deadline to flush their last bytes."""
+
+RESPONSE_LIMITS = HttpLimits(max_header_count=200)
+"""Backend responses: generous header limits, no body limit."""
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -107,9 +118,86 @@ def run_worker(spec: WorkerSpec, logs: LogSetup) -> int:
         logs.stop()
 
 
+class _Apps:
+    """The per-worker runtime of every frontend: backends, sites, access logs, listeners."""
+
+    def __init__(self, spec: WorkerSpec, registry: ConnectionRegistry, counters: Counters) -> None:
+        self.spec = spec
+        self.counters = counters
+        self.registry = registry
+        self.tcp_backends: dict[str, Backend] = {}
+        self.http_backends: dict[str, HttpBackend] = {}
+        self.access_logs: dict[tuple[str, str], AccessLog] = {}
+        self.sites: list[HttpSite] = []
+        self.listeners: list[Listener] = []
+        self.redirects: list[asyncio.Server] = []
+        for frontend in spec.prepared.frontends:
+            self.listeners.append(Listener(
+                frontend, self._factory(frontend.config),
+                [spec.sockets[address] for address in frontend.config.bind], registry, counters))
+
+    def _factory(self, frontend: FrontendConfig) -> AppFactory:
+        prepared, counters = self.spec.prepared, self.counters
+        config = prepared.config.backend(frontend.backend)
+        servers = prepared.servers[frontend.backend]
+        if frontend.mode == "tcp":
+            backend = self.tcp_backends.get(config.name)
+            if backend is None:
+                backend = self.tcp_backends[config.name] = Backend(config, servers, counters)
+            idle = min(frontend.idle_timeout, config.server_timeout)
+            return lambda stream: TcpRelay(stream, backend, idle, counters)
+        http_backend = self.http_backends.get(config.name)
+        if http_backend is None:
+            http_backend = self.http_backends[config.name] = HttpBackend(
+                config, servers, counters, RESPONSE_LIMITS)
+        log = None
+        if frontend.access_log != "off":
+            key = (frontend.access_log, frontend.access_log_format)
+            log = self.access_logs.get(key)
+            if log is None:
+                log = self.access_logs[key] = AccessLog(*key)
+        site = HttpSite(frontend, http_backend, counters, log)
+        self.sites.append(site)
+        return lambda stream: HttpConnection(stream, site)
+
+    async def start(self) -> None:
+        for log in self.access_logs.values():
+            log.start()
+        for backend in self.http_backends.values():
+            backend.start()
+        for listener in self.listeners:
+            await listener.start()
+        loop = asyncio.get_running_loop()
+        for prepared in self.spec.prepared.frontends:
+            frontend = prepared.config
+            https_port = frontend.bind[0].port
+            for address in frontend.redirect_http:
+                def redirect(frontend: FrontendConfig = frontend, port: int = https_port
+                             ) -> RedirectProtocol:
+                    return RedirectProtocol(port, frontend.request_timeout, self.counters,
+                                            frontend.name)
+                self.redirects.append(await loop.create_server(
+                    redirect, sock=self.spec.sockets[address].dup(), backlog=frontend.backlog))
+
+    def stop_accepting(self) -> None:
+        for listener in self.listeners:
+            listener.stop_accepting()
+        for server in self.redirects:
+            server.close()
+        for site in self.sites:
+            site.draining = True
+        self.registry.drain()
+
+    async def stop(self) -> None:
+        for backend in self.http_backends.values():
+            await backend.stop()
+        for log in self.access_logs.values():
+            log.stop()
+
+
 async def _serve(spec: WorkerSpec) -> int:
     loop = asyncio.get_running_loop()
-    prepared, settings = spec.prepared, spec.prepared.config.global_
+    settings = spec.prepared.config.global_
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
 
@@ -122,25 +210,15 @@ async def _serve(spec: WorkerSpec) -> int:
     loop.add_reader(spec.lifeline_fd, lifeline)
     counters = Counters()
     registry = ConnectionRegistry(settings.max_connections)
-    backends = {
-        backend.name: Backend(backend, prepared.servers[backend.name], counters)
-        for backend in prepared.config.backends
-    }
-    listeners = [
-        Listener(frontend, backends[frontend.config.backend],
-                 [spec.sockets[address] for address in frontend.config.bind], registry, counters)
-        for frontend in prepared.frontends
-    ]
-    for listener in listeners:
-        await listener.start()
+    apps = _Apps(spec, registry, counters)
+    await apps.start()
     os.write(spec.status_fd, READY)
     _log.info("worker ready", extra=fields(slot=spec.slot, generation=spec.generation))
     await stop.wait()
 
     _log.info("worker draining", extra=fields(
         slot=spec.slot, generation=spec.generation, open_connections=len(registry.streams)))
-    for listener in listeners:
-        listener.stop_accepting()
+    apps.stop_accepting()
     os.write(spec.status_fd, STOPPED_ACCEPTING)
     try:
         async with asyncio.timeout(settings.drain_timeout):
@@ -152,5 +230,6 @@ async def _serve(spec: WorkerSpec) -> int:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(FINAL_CLOSE_GRACE):
                 await registry.wait_empty()
+    await apps.stop()
     _log.info("worker stopped", extra=fields(slot=spec.slot, generation=spec.generation))
     return 0

@@ -372,6 +372,15 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
             return default
         return self._tcp.get_extra_info(name, default)
 
+    @property
+    def app(self) -> asyncio.Protocol | None:
+        """The application protocol reading this stream (None during the handshake)."""
+        return self._app
+
+    def set_app(self, app: asyncio.Protocol) -> None:
+        """Hand the decrypted stream to another protocol (HTTP becoming a WebSocket tunnel)."""
+        self._app = app
+
     # ----------------------------------------------------------------- connection facts
 
     @property

@@ -1,0 +1,1 @@
+"""HTTP mode: the request path (client connection, exchanges, backend pool, redirects)."""

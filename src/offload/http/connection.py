@@ -1,0 +1,379 @@
+"""The client side of HTTP mode: one TLS connection carrying HTTP/1.1 requests.
+
+Theory of operation. Bytes from the TLS stream go through the request parser; its events wait
+in an inbox and are handed out in order: a request head starts an exchange, body events go to
+the exchange whose request they belong to. A pipelined request waits in the inbox (and reading
+pauses) until the exchange before it has finished, so answers leave in request order.
+
+    state             what the deadline means
+    waiting           keepalive_timeout (nothing received: close quietly), or request_timeout
+                      once the first byte of a head arrived (408)
+    receiving body    body_timeout without a body byte (408, or close if answered already)
+    otherwise         none (the exchange has its own server timeout)
+
+Reading from the client pauses for three reasons, each released on its own: the exchange is
+opening a backend connection, the backend cannot take more bytes, or pipelined requests wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+
+from offload.errors import ProtocolError
+from offload.http.exchange import Exchange
+from offload.http.site import HttpSite
+from offload.http.upstream import BackendConnection, HttpBackend
+from offload.l4.relay import TcpRelay, proxy_header
+from offload.observe.access_log import timestamp
+from offload.observe.log import fields
+from offload.proto import http_rewrite as rewrite
+from offload.proto.http1 import RequestParser
+from offload.proto.http_types import Data, EndOfMessage, Event, Request, header_value
+from offload.timers import Deadline
+from offload.tls.stream import TLSServerStream
+
+_log = logging.getLogger("offload.http")
+
+
+class HttpConnection(asyncio.Protocol):
+    """The application protocol of one client TLS stream in HTTP mode."""
+
+    def __init__(self, stream: TLSServerStream, site: HttpSite) -> None:
+        self.stream = stream
+        self.site = site
+        self.backend: HttpBackend = site.backend
+        self.forward_policy = site.forward_policy
+        self.response_policy = site.response_policy
+        self.parser = RequestParser(site.limits)
+        self.exchange: Exchange | None = None
+        self._receiving: Exchange | None = None
+        self._inbox: deque[Event] = deque()
+        self._paused: set[str] = set()
+        self._closing = False
+        self._head_started = False
+        self._client_eof = False
+        self._requests = 0
+        self._loop = asyncio.get_running_loop()
+        self._deadline = Deadline(self._loop, self._on_deadline)
+        peer = stream.get_extra_info("peername") or ("", 0)
+        local = stream.get_extra_info("sockname") or ("", 0)
+        self.client_facts = rewrite.ClientFacts(address=str(peer[0]), port=int(peer[1]),
+                                                local_port=int(local[1]))
+        self.balance_key = str(peer[0]).encode()
+
+    @property
+    def draining(self) -> bool:
+        return self.site.draining
+
+    # ------------------------------------------------------------ stream events
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._deadline.set(self._loop.time() + self.site.frontend.request_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if self.exchange is None and self._receiving is None and not self._head_started:
+            self._head_started = True
+            self._deadline.set(self._loop.time() + self.site.frontend.request_timeout)
+        elif self._receiving is not None:
+            self._deadline.set(self._loop.time() + self.site.frontend.body_timeout)
+        try:
+            events = self.parser.feed(data)
+        except ProtocolError as error:
+            self._reject(error)
+            return
+        if events:
+            self._inbox.extend(events)
+            self._pump()
+        if self.parser.upgrade_tail is not None:
+            self.pause_client("upgrade")  # the backend decides whether this becomes a tunnel
+
+    def eof_received(self) -> bool:
+        self._client_eof = True
+        if self.exchange is None and self._receiving is None:
+            self._close()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self._deadline.cancel()
+        for exchange in (self.exchange, self._receiving):
+            if exchange is not None and not exchange.finished:
+                exchange.client_gone()
+                self._log_exchange(exchange)
+        self.exchange = self._receiving = None
+
+    def pause_writing(self) -> None:
+        upstream = self.exchange.upstream if self.exchange is not None else None
+        if upstream is not None and upstream.transport is not None:
+            upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        upstream = self.exchange.upstream if self.exchange is not None else None
+        if upstream is not None and upstream.transport is not None:
+            upstream.transport.resume_reading()
+
+    # ------------------------------------------------------------ requests
+
+    def _pump(self) -> None:
+        inbox = self._inbox
+        while inbox and not self._closing:
+            event = inbox[0]
+            if isinstance(event, Request):
+                if self.exchange is not None or self._receiving is not None:
+                    break  # pipelined: wait for the current exchange
+                inbox.popleft()
+                self._start(event)
+            elif isinstance(event, Data):
+                inbox.popleft()
+                receiving = self._receiving
+                if receiving is not None and not receiving.finished:
+                    receiving.request_data(event.data)
+            elif isinstance(event, EndOfMessage):
+                inbox.popleft()
+                receiving, self._receiving = self._receiving, None
+                if receiving is not None and not receiving.finished:
+                    receiving.request_end(event.trailers)
+                self._settle()
+            else:
+                inbox.popleft()
+        if inbox:
+            self.pause_client("pipeline")
+        else:
+            self.resume_client("pipeline")
+
+    def _start(self, request: Request) -> None:
+        self._requests += 1
+        self._head_started = False
+        exchange = Exchange(self, request, self._request_id(request))
+        self.exchange = self._receiving = exchange
+        if request.has_body:
+            self._deadline.set(self._loop.time() + self.site.frontend.body_timeout)
+        else:
+            self._deadline.clear()
+        exchange.start()
+
+    def _request_id(self, request: Request) -> bytes:
+        if self.forward_policy.trusts(self.client_facts.address):
+            incoming = header_value(request.headers, b"x-request-id")
+            if incoming:
+                return incoming
+        return self.site.request_ids.next()
+
+    def _reject(self, error: ProtocolError) -> None:
+        """The client broke HTTP: answer its status (unless a response is under way), close."""
+        self.site.counters.inc("http_rejected", self.site.name, error.reason)
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug("request refused", extra=fields(
+                frontend=self.site.name, client=f"{self.client_facts.address}",
+                status=error.status, reason=error.reason, detail=str(error)))
+        exchange = self.exchange or self._receiving
+        if exchange is not None and exchange.response_started:
+            exchange.client_gone()
+            exchange.reason = error.reason
+            self._log_exchange(exchange)
+            self.exchange = self._receiving = None
+            self._close(notify=False)
+            return
+        if exchange is not None:
+            exchange.client_gone()
+            self.exchange = self._receiving = None
+        self.stream.write(rewrite.error_response(error.status, policy=self.response_policy))
+        self._log_local(error.status, error.reason)
+        self._close()
+
+    # ------------------------------------------------------------ callbacks from the exchange
+
+    def write(self, data: bytes) -> None:
+        self.stream.write(data)
+
+    def pause_client(self, reason: str) -> None:
+        if not self._paused:
+            self.stream.pause_reading()
+        self._paused.add(reason)
+
+    def resume_client(self, reason: str) -> None:
+        if reason in self._paused:
+            self._paused.discard(reason)
+            if not self._paused and not self._closing:
+                self.stream.resume_reading()
+
+    def proxy_header(self) -> bytes:
+        return proxy_header(self.stream, self.backend.config.proxy_protocol)
+
+    def log_backend_failure(self, exchange: Exchange, index: int, error: BaseException) -> None:
+        if _log.isEnabledFor(logging.DEBUG):
+            server = self.backend.servers[index]
+            _log.debug("backend connect failed", extra=fields(
+                backend=self.backend.name, server=server.label, address=str(server),
+                reason="timeout" if isinstance(error, TimeoutError) else str(error)))
+
+    def exchange_answered(self, exchange: Exchange, status: int, *, retry_after: bool) -> None:
+        """offload answers this request itself (no server, timeout, bad gateway)."""
+        # error_response cannot announce keep-alive to an HTTP/1.0 client: close those
+        keep_alive = (exchange.request.keep_alive and exchange.request.version == b"1.1"
+                      and self._receiving is not exchange and not self.draining
+                      and not self._client_eof)
+        exchange.keep_alive = keep_alive
+        extra = [(b"Retry-After", b"1")] if retry_after else []
+        self.stream.write(rewrite.error_response(
+            status, keep_alive=keep_alive, extra_headers=extra, policy=self.response_policy))
+        self.exchange_done(exchange)
+
+    def exchange_aborted(self, exchange: Exchange) -> None:
+        """The response was cut after it started: close without close_notify."""
+        self._log_exchange(exchange)
+        if self._receiving is exchange:
+            self._receiving = None
+        self.exchange = None
+        self._close(notify=False)
+
+    def exchange_done(self, exchange: Exchange) -> None:
+        self._log_exchange(exchange)
+        if self.exchange is exchange:
+            self.exchange = None
+        if not exchange.keep_alive or self.draining or self._client_eof:
+            if self._receiving is exchange:
+                self._receiving = None
+            self._close()
+            return
+        self._settle()
+
+    def _settle(self) -> None:
+        """Between exchanges: wait for the next request or start the one already waiting."""
+        if self.exchange is not None or self._receiving is not None or self._closing:
+            return
+        if self._client_eof and not self._inbox:
+            self._close()
+            return
+        self._head_started = False
+        timeout = self.site.frontend.keepalive_timeout
+        self._deadline.set(self._loop.time() + timeout)
+        if self._inbox:
+            self._pump()
+
+    def start_tunnel(self, exchange: Exchange, upstream: BackendConnection,
+                     backend_tail: bytes) -> None:
+        """101 Switching Protocols: relay bytes both ways from now on."""
+        self._log_exchange(exchange)
+        self.exchange = self._receiving = None
+        self._deadline.cancel()
+        transport = upstream.transport
+        assert transport is not None
+        upstream.user = None
+        upstream.private = True
+        relay = TcpRelay(self.stream, None, self.site.frontend.idle_timeout, self.site.counters,
+                         backend_name=self.backend.name)
+        self.stream.set_app(relay)
+        client_tail = self.parser.upgrade_tail or b""
+        relay.adopt(transport, self.backend.servers[upstream.index], to_backend=client_tail,
+                    to_client=backend_tail)
+        self._paused.clear()
+        self.stream.resume_reading()
+
+    # ------------------------------------------------------------ endings
+
+    def _on_deadline(self) -> None:
+        receiving = self._receiving
+        if receiving is not None:
+            self.site.counters.inc("timeout", "body")
+            receiving.reason = "body_timeout"
+            if receiving.response_started:
+                self._reject(ProtocolError("request body timeout", 408, "body_timeout"))
+            else:
+                receiving.client_gone()
+                self.exchange = self._receiving = None
+                self.stream.write(rewrite.error_response(408, policy=self.response_policy))
+                self._log_local(408, "body_timeout", receiving)
+                self._close()
+            return
+        if self.exchange is not None:
+            return
+        if self._head_started:
+            self.site.counters.inc("timeout", "request_header")
+            self.stream.write(rewrite.error_response(408, policy=self.response_policy))
+            self._log_local(408, "request_timeout")
+        else:
+            self.site.counters.inc("timeout", "keepalive")
+        self._close()
+
+    def drain(self) -> None:
+        """The worker is stopping: close now if idle, else after the current response."""
+        if self.exchange is None and self._receiving is None:
+            self._close()
+
+    def _close(self, *, notify: bool = True) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._deadline.cancel()
+        self.stream.close(notify=notify)
+
+    # ------------------------------------------------------------ access log
+
+    def _log_local(self, status: int, reason: str, exchange: Exchange | None = None) -> None:
+        """A request offload answered without an exchange (parse errors, timeouts)."""
+        if exchange is not None:
+            exchange.status, exchange.reason = status, reason
+            self._log_exchange(exchange)
+            return
+        self.site.counters.inc("requests", self.site.name, f"{status // 100}xx")
+        if self.site.access_log is not None:
+            self.site.access_log.write(self._entry(None, status, reason))
+
+    def _log_exchange(self, exchange: Exchange) -> None:
+        status = exchange.status
+        self.site.counters.inc("requests", self.site.name, f"{status // 100}xx" if status else "none")
+        if self.site.access_log is not None:
+            self.site.access_log.write(self._entry(exchange, status, exchange.reason))
+
+    def _entry(self, exchange: Exchange | None, status: int, reason: str) -> dict[str, object]:
+        stream = self.stream
+        now = time.monotonic()
+        entry: dict[str, object] = {
+            "time": timestamp(),
+            "client": f"{self.client_facts.address}:{self.client_facts.port}",
+            "frontend": self.site.name,
+            "sni": stream.server_name,
+            "tls_version": stream.tls_version,
+            "cipher": stream.cipher,
+            "alpn": stream.alpn,
+            "resumed": stream.resumed,
+            "handshake_ms": round(stream.handshake_seconds * 1000, 2),
+            "status": status,
+        }
+        if exchange is not None:
+            request = exchange.request
+            server = (self.backend.servers[exchange.server_index].label
+                      if exchange.server_index >= 0 else None)
+            entry.update({
+                "method": request.method.decode("latin-1"),
+                "path": request.target.decode("latin-1"),
+                "host": request.host.decode("latin-1"),
+                "http": request.version.decode(),
+                "bytes_in": exchange.bytes_in,
+                "bytes_out": exchange.bytes_out,
+                "backend": self.backend.name,
+                "server": server,
+                "connect_ms": _ms(exchange.started, exchange.t_connected),
+                "response_ms": _ms(exchange.t_connected, exchange.t_first_byte),
+                "total_ms": round((now - exchange.started) * 1000, 2),
+                "request_id": exchange.request_id.decode("latin-1"),
+                "user_agent": _text(header_value(request.headers, b"user-agent")),
+                "referer": _text(header_value(request.headers, b"referer")),
+            })
+        if reason:
+            entry["reason"] = reason
+        return entry
+
+
+def _ms(start: float, end: float) -> float | None:
+    return round((end - start) * 1000, 2) if start and end else None
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None

@@ -1,0 +1,360 @@
+"""One request and its response, from choosing a server to the last byte sent to the client.
+
+Theory of operation. The client connection hands the exchange the request head, then body
+events; the exchange picks servers (balancer order), takes an idle pooled connection or opens
+one, writes the rewritten head and streams the body, then streams the response back the same
+way. Everything is callbacks on the event loop; a task exists only while a new backend
+connection is being opened.
+
+Retries (RFC 9110 §9.2.2): a request moves to the next server when connecting fails; it is sent
+again only when it is idempotent, no response byte has arrived, and no body byte was sent
+(so a stale keep-alive connection costs nothing). A request whose body was streamed is never
+repeated.
+
+Framing towards the client: the backend's Content-Length is kept; a chunked or close-delimited
+body goes out chunked to an HTTP/1.1 client and close-delimited to an HTTP/1.0 client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from offload.errors import ProtocolError
+from offload.proto import http_rewrite as rewrite
+from offload.proto.http_types import Data, EndOfMessage, Event, Headers, Request, Response
+from offload.timers import IdleTimer
+
+if TYPE_CHECKING:
+    from offload.http.connection import HttpConnection
+    from offload.http.upstream import BackendConnection, HttpBackend
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body (RFC 9112 §7.1)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def last_chunk(trailers: Headers) -> bytes:
+    if not trailers:
+        return LAST_CHUNK
+    return b"0\r\n" + b"".join(b"%b: %b\r\n" % pair for pair in trailers) + b"\r\n"
+
+
+class Exchange:
+    """A request travelling through offload (one per request, created by the connection)."""
+
+    __slots__ = (
+        "_candidates", "_connecting", "_fresh_retry", "_held", "_response_complete", "_timer",
+        "backend",
+        "body_sent", "bytes_in", "bytes_out", "conn", "finished", "framing", "keep_alive",
+        "reason", "request", "request_done", "request_id", "response", "response_started",
+        "server_index", "started", "status", "t_connected", "t_first_byte", "upstream",
+    )
+
+    def __init__(self, conn: HttpConnection, request: Request, request_id: bytes) -> None:
+        self.conn = conn
+        self.request = request
+        self.request_id = request_id
+        self.backend: HttpBackend = conn.backend
+        self.upstream: BackendConnection | None = None
+        self.server_index = -1
+        self.started = time.monotonic()
+        self.t_connected = 0.0
+        self.t_first_byte = 0.0
+        self.request_done = False
+        self.body_sent = False
+        self.response: Response | None = None
+        self.response_started = False
+        self.finished = False
+        self.framing = "length"
+        self.keep_alive = False
+        self.status = 0
+        self.reason = ""
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._held: list[bytes] = []
+        self._candidates: list[int] = []
+        self._connecting: asyncio.Task[None] | None = None
+        self._fresh_retry = True
+        self._response_complete = False
+        self._timer: IdleTimer | None = None
+
+    # ------------------------------------------------------------ start and servers
+
+    def start(self) -> None:
+        loop_now = asyncio.get_running_loop().time()
+        self._candidates = self.backend.candidates(self.conn.balance_key, loop_now)
+        if not self._candidates:
+            self.backend.counters.inc("backend_unavailable", self.backend.name)
+            self.fail_local(503, "no_server", retry_after=True)
+            return
+        self._next_server()
+
+    def _next_server(self) -> None:
+        if not self._candidates:
+            self.fail_local(503, "no_server_answered", retry_after=True)
+            return
+        index = self._candidates.pop(0)
+        self.server_index = index
+        idle = self.backend.take_idle(index)
+        if idle is not None:
+            self.backend.acquired(index)
+            self._bind(idle, fresh=False)
+            return
+        self.conn.pause_client("connecting")  # until the new connection is there
+        self._connecting = asyncio.get_running_loop().create_task(self._connect(index))
+
+    async def _connect(self, index: int) -> None:
+        try:
+            upstream = await self.backend.connect(index)
+        except (OSError, TimeoutError) as error:
+            self._connecting = None
+            self.backend.counters.inc("backend_connect_failed", self.backend.name)
+            self.backend.report(index, False, asyncio.get_running_loop().time())
+            self.conn.log_backend_failure(self, index, error)
+            if not self.finished:
+                self._next_server()
+            return
+        self._connecting = None
+        if self.finished:
+            upstream.close()
+            return
+        self.backend.acquired(index)
+        self._bind(upstream, fresh=True)
+        self.conn.resume_client("connecting")
+
+    def _bind(self, upstream: BackendConnection, *, fresh: bool) -> None:
+        self.upstream = upstream
+        upstream.user = self
+        upstream.requests += 1
+        upstream.parser.expect(self.request.method)
+        self.t_connected = time.monotonic()
+        loop = asyncio.get_running_loop()
+        self._timer = IdleTimer(loop, self.backend.config.server_timeout, self._server_timeout)
+        head, self.request_id = rewrite.backend_request_head(
+            self.request, self.conn.client_facts, self.conn.forward_policy, self.request_id)
+        out = [head]
+        if fresh:
+            proxy = self.conn.proxy_header()
+            if proxy:
+                out.insert(0, proxy)
+                upstream.private = True
+        if self._held:
+            self.body_sent = True
+            out.extend(self._held)
+            self._held = []
+        upstream.write(b"".join(out))
+
+    # ------------------------------------------------------------ request body (from client)
+
+    def request_data(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        piece = chunk(data) if self.request.chunked else data
+        upstream = self.upstream
+        if upstream is None:
+            self._held.append(piece)
+        else:
+            self.body_sent = True
+            upstream.write(piece)
+
+    def request_end(self, trailers: Headers) -> None:
+        self.request_done = True
+        if self.request.chunked:
+            piece = last_chunk(trailers)
+            if self.upstream is None:
+                self._held.append(piece)
+            else:
+                self.upstream.write(piece)
+
+    # ------------------------------------------------------------ response (from backend)
+
+    def backend_events(self, events: list[Event]) -> None:
+        if self._timer is not None:
+            self._timer.touch()
+        out: list[bytes] = []
+        for event in events:
+            if isinstance(event, Data):
+                self.bytes_out += len(event.data)
+                out.append(chunk(event.data) if self.framing == "chunked" else event.data)
+            elif isinstance(event, Response):
+                self._response_head(event, out)
+                if self.finished:
+                    return
+            elif isinstance(event, EndOfMessage):
+                if self.framing == "chunked":
+                    out.append(last_chunk(event.trailers))
+                self._response_complete = True
+        if out:
+            self.conn.write(b"".join(out))
+        if self._response_complete and not self.finished:
+            # keep_alive was only granted if the whole request had been read, so a response
+            # that ends before its request does ends the client connection too.
+            self._finish()
+
+    def _response_head(self, response: Response, out: list[bytes]) -> None:
+        if not self.t_first_byte:
+            self.t_first_byte = time.monotonic()
+        status = response.status
+        if status < 200:
+            if status == 101:
+                self._switch_protocols(response, out)
+            elif self.request.version == b"1.1":
+                out.append(rewrite.client_response_head(
+                    response, framing="none", keep_alive=True, client_version=b"1.1",
+                    policy=self.conn.response_policy))
+            return
+        self.response = response
+        self.status = status
+        self.response_started = True
+        self.backend.report(self.server_index, status < 500,
+                            asyncio.get_running_loop().time())
+        if not response.has_body:
+            self.framing = "none"
+        elif response.content_length is not None:
+            self.framing = "length"
+        elif self.request.version == b"1.1":
+            self.framing = "chunked"
+        else:
+            self.framing = "close"
+        self.keep_alive = (self.request.keep_alive and self.framing != "close"
+                           and self.request_done and not self.conn.draining)
+        out.append(rewrite.client_response_head(
+            response, framing=self.framing, keep_alive=self.keep_alive,
+            client_version=self.request.version, policy=self.conn.response_policy))
+
+    def _switch_protocols(self, response: Response, out: list[bytes]) -> None:
+        upstream = self.upstream
+        if not self.request.websocket or upstream is None:
+            self.backend_failed(ProtocolError("unexpected 101 from the backend", 502,
+                                              "bad_response"))
+            return
+        self.status = 101
+        self.response = response
+        self.response_started = True
+        out.append(rewrite.client_response_head(
+            response, framing="none", keep_alive=True, client_version=b"1.1",
+            policy=self.conn.response_policy))
+        self.conn.write(b"".join(out))
+        out.clear()
+        self.finished = True
+        self._stop_timer()
+        self.conn.start_tunnel(self, upstream, upstream.parser.upgrade_tail or b"")
+
+    def backend_raw(self, data: bytes) -> None:  # only in tunnel mode, handled by the tunnel
+        raise AssertionError("raw data reached an exchange")
+
+    def backend_failed(self, error: ProtocolError) -> None:
+        self.backend.counters.inc("backend_bad_response", self.backend.name)
+        self._upstream_broken(error.reason, 502)
+
+    def backend_eof(self) -> None:
+        upstream = self.upstream
+        if upstream is not None and self.response is not None and upstream.parser.until_close:
+            self.backend_events(upstream.parser.feed_eof())
+            return
+        self._upstream_broken("backend_closed", 502)
+
+    def backend_lost(self, exc: Exception | None) -> None:
+        if not self.finished:
+            self._upstream_broken("backend_closed" if exc is None else "backend_reset", 502)
+
+    def backend_pause_writing(self) -> None:
+        self.conn.pause_client("backend")
+
+    def backend_resume_writing(self) -> None:
+        self.conn.resume_client("backend")
+
+    def _server_timeout(self) -> None:
+        self._timer = None
+        self.backend.counters.inc("timeout", "server")
+        self.backend.report(self.server_index, False, asyncio.get_running_loop().time())
+        self._drop_upstream()
+        if self.response_started:
+            self._abort("server_timeout")
+        else:
+            self.fail_local(504, "server_timeout")
+
+    def _upstream_broken(self, reason: str, status: int) -> None:
+        """The backend connection failed; retry if allowed, else answer or cut the response."""
+        if self.finished:
+            return
+        fresh_retry_ok = (self.response is None and not self.t_first_byte
+                          and self.request.idempotent and not self.body_sent
+                          and not self.request.has_body)
+        upstream = self.upstream
+        reused = upstream is not None and upstream.requests > 1
+        self._drop_upstream()
+        if fresh_retry_ok:
+            if reused and self._fresh_retry:
+                # a keep-alive connection the server had closed: try once more, fresh
+                self._fresh_retry = False
+                self._candidates.insert(0, self.server_index)
+            self.backend.counters.inc("retry", self.backend.name)
+            self._next_server()
+            return
+        if self.response_started:
+            self._abort(reason)
+        else:
+            self.fail_local(status, reason)
+
+    # ------------------------------------------------------------ endings
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _drop_upstream(self) -> None:
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.abort()
+            self.backend.released(self.server_index)
+        self._stop_timer()
+
+    def fail_local(self, status: int, reason: str, *, retry_after: bool = False) -> None:
+        """offload answers itself (no server, timeout, bad gateway)."""
+        if self.finished:
+            return
+        self.status = status
+        self.reason = reason
+        self.finished = True
+        self._stop_timer()
+        if self._connecting is not None:
+            self._connecting.cancel()
+            self._connecting = None
+            self.conn.resume_client("connecting")
+        self.conn.exchange_answered(self, status, retry_after=retry_after)
+
+    def _abort(self, reason: str) -> None:
+        """The response was already started: all we can do is cut the connection."""
+        self.reason = reason
+        self.finished = True
+        self._stop_timer()
+        self.conn.exchange_aborted(self)
+
+    def _finish(self) -> None:
+        self.finished = True
+        self._stop_timer()
+        upstream, self.upstream = self.upstream, None
+        response = self.response
+        if upstream is not None:
+            reusable = (response is not None and response.keep_alive and self.request_done
+                        and not response.until_close)
+            self.backend.released(self.server_index)
+            self.backend.release(upstream, reusable, asyncio.get_running_loop().time())
+        self.conn.exchange_done(self)
+
+    def client_gone(self) -> None:
+        """The client disconnected or broke the protocol mid-exchange."""
+        if self._connecting is not None:
+            self._connecting.cancel()
+            self._connecting = None
+            self.conn.resume_client("connecting")
+        if not self.finished:
+            self.finished = True
+            self.reason = self.reason or "client_closed"
+            self._drop_upstream()

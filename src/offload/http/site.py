@@ -1,0 +1,71 @@
+"""A frontend in HTTP mode, inside one worker: what all of its client connections share."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from offload.config.model import FrontendConfig
+from offload.http.upstream import HttpBackend
+from offload.observe.access_log import AccessLog
+from offload.observe.stats import Counters
+from offload.proto.http1 import HttpLimits
+from offload.proto.http_rewrite import ForwardPolicy, ResponsePolicy
+
+
+class RequestIds:
+    """Request ids unique across workers and restarts: a random per-process prefix and a
+    counter (cheaper than a UUID per request)."""
+
+    __slots__ = ("_count", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(5).hex().encode()
+        self._count = 0
+
+    def next(self) -> bytes:
+        self._count += 1
+        return b"%b%08x" % (self._prefix, self._count & 0xFFFFFFFF)
+
+
+def limits_of(frontend: FrontendConfig) -> HttpLimits:
+    return HttpLimits(
+        max_request_line=frontend.max_request_line,
+        max_header_size=frontend.max_header_size,
+        max_header_count=frontend.max_header_count,
+        max_body_size=frontend.max_body_size,
+    )
+
+
+def response_policy_of(frontend: FrontendConfig) -> ResponsePolicy:
+    server = frontend.server_header
+    return ResponsePolicy(
+        hsts=frontend.hsts.encode("latin-1") if frontend.hsts else None,
+        server=server.encode("latin-1") if server else None,
+        strip_server=server == "",
+    )
+
+
+@dataclass
+class HttpSite:
+    """Shared by the client connections of one HTTP frontend in one worker."""
+
+    frontend: FrontendConfig
+    backend: HttpBackend
+    counters: Counters
+    access_log: AccessLog | None
+    limits: HttpLimits = field(init=False)
+    forward_policy: ForwardPolicy = field(init=False)
+    response_policy: ResponsePolicy = field(init=False)
+    request_ids: RequestIds = field(default_factory=RequestIds)
+    draining: bool = False
+
+    def __post_init__(self) -> None:
+        self.limits = limits_of(self.frontend)
+        self.forward_policy = ForwardPolicy(trusted_proxies=self.frontend.trusted_proxies,
+                                            forwarded=self.frontend.forwarded)
+        self.response_policy = response_policy_of(self.frontend)
+
+    @property
+    def name(self) -> str:
+        return self.frontend.name

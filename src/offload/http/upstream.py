@@ -1,0 +1,260 @@
+"""Backend connections for HTTP mode, and the keep-alive pool they return to.
+
+A pooled connection is in exactly one of four states: *busy* (an exchange owns it), *idle* (in
+its server's pool), *expired* (idle too long: closed by the sweep) or *closed*. An idle
+connection that receives anything (data, EOF) is closed at once: a server may only speak when
+asked. A connection goes back to the pool only when its last response was read completely and
+the server allowed keep-alive (the exchange decides, :meth:`HttpBackend.release`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol, cast
+
+from offload.config.model import BackendConfig
+from offload.errors import ProtocolError
+from offload.observe.log import fields
+from offload.observe.stats import Counters
+from offload.proto.http1 import HttpLimits, ResponseParser
+from offload.proto.http_types import Event
+from offload.upstream.balancer import make_balancer, server_states
+from offload.upstream.health import HealthTracker
+from offload.upstream.probe import HealthChecker
+from offload.upstream.servers import Server
+
+_log = logging.getLogger("offload.upstream")
+
+SWEEP_INTERVAL = 1.0
+
+
+class UpstreamUser(Protocol):
+    """What a busy backend connection reports to (an exchange, or a tunnel)."""
+
+    def backend_events(self, events: list[Event]) -> None: ...
+    def backend_failed(self, error: ProtocolError) -> None: ...
+    def backend_eof(self) -> None: ...
+    def backend_lost(self, exc: Exception | None) -> None: ...
+    def backend_pause_writing(self) -> None: ...
+    def backend_resume_writing(self) -> None: ...
+    def backend_raw(self, data: bytes) -> None: ...
+
+
+class BackendConnection(asyncio.Protocol):
+    """One HTTP/1.1 connection to a backend server."""
+
+    __slots__ = ("closed", "idle_since", "index", "parser", "private", "raw", "requests",
+                 "transport", "user")
+
+    def __init__(self, index: int, limits: HttpLimits) -> None:
+        self.index = index
+        self.parser = ResponseParser(limits)
+        self.transport: asyncio.Transport | None = None
+        self.user: UpstreamUser | None = None
+        self.idle_since = 0.0
+        self.closed = False
+        self.requests = 0
+        self.raw = False
+        """Tunnel mode (after 101): bytes are passed on unparsed."""
+        self.private = False
+        """Bound to one client connection (PROXY protocol): never shared through the pool."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        user = self.user
+        if user is None:
+            self.close()  # idle connections must stay silent
+            return
+        if self.raw:
+            user.backend_raw(data)
+            return
+        try:
+            events = self.parser.feed(data)
+        except ProtocolError as error:
+            user.backend_failed(error)
+            return
+        if events:
+            user.backend_events(events)
+
+    def eof_received(self) -> bool:
+        user = self.user
+        if user is None:
+            return False
+        user.backend_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        user, self.user = self.user, None
+        if user is not None:
+            user.backend_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.user is not None:
+            self.user.backend_pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.user is not None:
+            self.user.backend_resume_writing()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        self.closed = True
+        self.user = None
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        self.user = None
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class ConnectionPool:
+    """Idle connections to one server, most recently used first (LIFO keeps few connections
+    warm and lets the rest expire)."""
+
+    __slots__ = ("idle", "max_idle")
+
+    def __init__(self, max_idle: int) -> None:
+        self.max_idle = max_idle
+        self.idle: list[BackendConnection] = []
+
+    def take(self) -> BackendConnection | None:
+        """An idle connection that is still open, or None."""
+        idle = self.idle
+        while idle:
+            connection = idle.pop()
+            if not connection.closed:
+                return connection
+        return None
+
+    def give(self, connection: BackendConnection, now: float) -> bool:
+        """Keep an idle connection; False (and the caller closes it) when the pool is full."""
+        if len(self.idle) >= self.max_idle:
+            return False
+        connection.idle_since = now
+        self.idle.append(connection)
+        return True
+
+    def expire(self, older_than: float) -> int:
+        """Close connections idle since before ``older_than``; returns how many."""
+        keep, expired = [], 0
+        for connection in self.idle:
+            if connection.closed:
+                continue
+            if connection.idle_since < older_than:
+                connection.close()
+                expired += 1
+            else:
+                keep.append(connection)
+        self.idle = keep
+        return expired
+
+
+class HttpBackend:
+    """A backend in HTTP mode, in one worker: server states, balancer, pools, health."""
+
+    def __init__(self, config: BackendConfig, servers: tuple[Server, ...], counters: Counters,
+                 limits: HttpLimits) -> None:
+        self.config = config
+        self.name = config.name
+        self.servers = servers
+        self.counters = counters
+        self.limits = limits
+        self.states = server_states(config)
+        self.balancer = make_balancer(config.balance, self.states)
+        self.pools = [ConnectionPool(config.pool_max_idle) for _ in servers]
+        self.trackers = [HealthTracker(state, config.health_check, config.ejection)
+                         for state in self.states]
+        self.checker: HealthChecker | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Start the idle sweep and the active health checks (in the running loop)."""
+        self._loop = asyncio.get_running_loop()
+        self._sweeper = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
+        if self.config.health_check is not None:
+            self.checker = HealthChecker(self.servers, self.config.health_check, self.trackers,
+                                         on_change=self._health_changed)
+            self.checker.start()
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self.checker is not None:
+            await self.checker.stop()
+        for pool in self.pools:
+            for connection in pool.idle:
+                connection.close()
+            pool.idle.clear()
+
+    def _sweep(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        cutoff = loop.time() - self.config.pool_idle_timeout
+        for pool in self.pools:
+            pool.expire(cutoff)
+        self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _health_changed(self, index: int, transition: str) -> None:
+        server = self.servers[index]
+        self.counters.inc("server_state", self.name, transition)
+        log = _log.warning if transition in ("down", "ejected") else _log.info
+        log("backend server %s", transition, extra=fields(
+            backend=self.name, server=server.label, address=str(server), state=transition))
+
+    # ------------------------------------------------------------ choosing and connecting
+
+    def candidates(self, key: bytes, now: float) -> list[int]:
+        """Servers to try for a request, first choice first (only usable ones)."""
+        for tracker in self.trackers:
+            change = tracker.refresh(now)
+            if change is not None:
+                self._health_changed(tracker.server.index, change)
+        return self.balancer.order(self.states, now, key)
+
+    def take_idle(self, index: int) -> BackendConnection | None:
+        return self.pools[index].take()
+
+    async def connect(self, index: int) -> BackendConnection:
+        """A new connection to server ``index``; raises OSError or TimeoutError."""
+        loop = asyncio.get_running_loop()
+        server = self.servers[index]
+        connection = BackendConnection(index, self.limits)
+        async with asyncio.timeout(self.config.connect_timeout):
+            if server.unix_path:
+                await loop.create_unix_connection(lambda: connection, server.unix_path)
+            else:
+                await loop.create_connection(lambda: connection, server.host, server.port)
+        return connection
+
+    def acquired(self, index: int) -> None:
+        self.states[index].active += 1
+
+    def released(self, index: int) -> None:
+        self.states[index].active -= 1
+
+    def release(self, connection: BackendConnection, reusable: bool, now: float) -> None:
+        """An exchange is done with ``connection``: pool it or close it."""
+        connection.user = None
+        if (reusable and not connection.closed and not connection.private
+                and self.pools[connection.index].give(connection, now)):
+            return
+        connection.close()
+
+    def report(self, index: int, ok: bool, now: float) -> None:
+        """Passive health: a request to server ``index`` succeeded or failed."""
+        change = self.trackers[index].record_request(ok, now)
+        if change is not None:
+            self._health_changed(index, change)

@@ -1,0 +1,418 @@
+"""HTTP/1.1 parsing, sans-IO: bytes in, events out (:mod:`offload.proto.http_types`).
+
+llhttp (through httptools, in its strict mode) does the byte-level work: request and status
+lines, header syntax (no obs-fold, no bare CR or LF, no whitespace before the colon, no control
+characters), Content-Length syntax and duplicates, Content-Length with Transfer-Encoding,
+Transfer-Encoding whose final coding is not chunked, chunk sizes and extensions. This module adds
+what a proxy needs on top, and refuses (never repairs) anything ambiguous:
+
+* limits llhttp does not have: request line (414), header section size and count (431), body
+  size (413), with a guard that stops an endless header before httptools buffers it;
+* RFC 9112 rules llhttp lets through: HTTP/0.9 and versions other than 1.0/1.1 (505),
+  Transfer-Encoding in an HTTP/1.0 request (§6.1), a missing, repeated or invalid Host (§3.2),
+  fragments and non-ASCII bytes in the target, CONNECT (405), unknown Expect values (417);
+* normalisation: absolute-form targets become origin-form with the authority as host (§3.2.2);
+* responses: HEAD (no body whatever Content-Length says), interim 1xx, 101, bodies that end
+  when the server closes (httptools cannot be told about EOF, so we end them here), and
+  non-chunked transfer codings, which a proxy cannot re-frame, refused (502).
+
+Every error is a :class:`ProtocolError` carrying the status to answer with; after one, the
+parser is finished and the connection must be closed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import httptools
+
+from offload.errors import ProtocolError
+from offload.proto.http_types import (
+    Data,
+    EndOfMessage,
+    Event,
+    Headers,
+    Request,
+    Response,
+    header_tokens,
+)
+
+_HOST_RE = re.compile(
+    rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]{1,5})?")
+_SCHEME_RE = re.compile(rb"(?i)(https?)://([^/?#]*)(.*)")
+_ASCII_TARGET = re.compile(rb"[\x21-\x7e]+")
+
+RESPONSE_HEADER_FLOOR = 64 * 1024
+"""Backends may send large headers (cookies); allow at least this much in responses."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """Size limits (bytes), with nginx-like defaults; ``max_body_size`` None = unlimited."""
+
+    max_request_line: int = 8 * 1024
+    max_header_size: int = 32 * 1024
+    max_header_count: int = 100
+    max_body_size: int | None = None
+
+
+class _Message:
+    """The pieces of one message gathered from httptools' callbacks."""
+
+    __slots__ = ("headers", "reason", "size", "trailers", "url")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.reason = b""
+        self.headers: Headers = []
+        self.trailers: Headers = []
+        self.size = 0
+
+
+class _Parser:
+    """What request and response parsing share: header collection, limits, the event list."""
+
+    def __init__(self, limits: HttpLimits, header_limit: int) -> None:
+        self.limits = limits
+        self._header_limit = header_limit
+        self._events: list[Event] = []
+        self._message: _Message | None = None
+        self._in_head = True
+        self._head_bytes = 0
+        self._body_bytes = 0
+        self._failed: ProtocolError | None = None
+
+    # -- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._message = _Message()
+        self._in_head = True
+        self._body_bytes = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        message = self._message
+        assert message is not None
+        message.size += len(name) + len(value) + 4
+        if message.size > self._header_limit:
+            raise ProtocolError("header section too large", 431, "headers_too_large")
+        target = message.headers if self._in_head else message.trailers
+        if len(target) >= self.limits.max_header_count:
+            raise ProtocolError("too many header fields", 431, "headers_too_large")
+        target.append((name, value.strip(b" \t")))
+
+    def on_body(self, data: bytes) -> None:
+        self._body_bytes += len(data)
+        limit = self.limits.max_body_size
+        if limit is not None and self._body_bytes > limit:
+            raise ProtocolError("body larger than allowed", 413, "body_too_large")
+        self._events.append(Data(data))
+
+    # -- feeding
+
+    _parser: httptools.HttpRequestParser | httptools.HttpResponseParser
+    _malformed_status = 400
+
+    def _guard_head(self, data: bytes) -> None:
+        """Stop a header section that never ends before httptools buffers all of it."""
+        if not self._in_head:
+            return
+        self._head_bytes += len(data)
+        if self._head_bytes > self._header_limit + self.limits.max_request_line and (
+                b"\r\n\r\n" not in data):
+            raise ProtocolError("header section too large", 431, "headers_too_large")
+
+    def _run(self, data: bytes) -> list[Event]:
+        if self._failed is not None:
+            raise self._failed
+        try:
+            pending: bytes | None = data
+            while pending is not None:
+                chunk, pending = pending, None
+                self._guard_head(chunk)
+                try:
+                    self._parser.feed_data(chunk)
+                except httptools.HttpParserUpgrade as upgrade:
+                    pending = self._upgraded(chunk[upgrade.args[0]:])
+        except httptools.HttpParserError as error:
+            self._failed = self._translate(error)
+            raise self._failed from None
+        except ProtocolError as error:
+            self._failed = error
+            raise
+        events, self._events = self._events, []
+        return events
+
+    def _translate(self, error: httptools.HttpParserError) -> ProtocolError:
+        cause = error.__context__
+        if isinstance(cause, ProtocolError):
+            return cause
+        return ProtocolError(f"malformed message: {error}", self._malformed_status, "parse_error")
+
+    def _upgraded(self, tail: bytes) -> bytes | None:
+        """After an upgrade: the bytes to keep parsing as HTTP, or None to stop."""
+        raise NotImplementedError
+
+    def _end_head(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+
+    def _message_done(self) -> None:
+        self._in_head = True  # the next bytes start a new head
+        self._head_bytes = 0
+
+
+def _content_length(headers: Headers) -> int | None:
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            return int(value)  # llhttp checked: one value, digits only, no overflow
+    return None
+
+
+def _validate_host(value: bytes) -> None:
+    if not _HOST_RE.fullmatch(value):
+        raise ProtocolError("invalid Host", 400, "bad_host")
+    if not value.startswith(b"[") and value.count(b":") > 1:
+        raise ProtocolError("invalid Host", 400, "bad_host")
+    port = value.rpartition(b":")[2] if b":" in value.rpartition(b"]")[2] else b""
+    if port and not 0 < int(port) < 65536:
+        raise ProtocolError("invalid port in Host", 400, "bad_host")
+
+
+class RequestParser(_Parser):
+    """Requests from a client. A WebSocket upgrade stops parsing: see :attr:`upgrade_tail`."""
+
+    def __init__(self, limits: HttpLimits | None = None) -> None:
+        limits = limits or HttpLimits()
+        super().__init__(limits, limits.max_header_size)
+        self._parser: httptools.HttpRequestParser = httptools.HttpRequestParser(self)
+        self._request: Request | None = None
+        self.upgrade_tail: bytes | None = None
+        """Set after a WebSocket upgrade request: the bytes that followed its head. Parsing
+        stops until :meth:`resume` (the backend refused) or for good (tunnel)."""
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Parse more bytes; returns the events they complete."""
+        if self.upgrade_tail is not None:
+            self.upgrade_tail += data
+            return []
+        return self._run(data)
+
+    def resume(self) -> list[Event]:
+        """The upgrade was refused: parse what followed the request as HTTP again."""
+        tail, self.upgrade_tail = self.upgrade_tail or b"", None
+        self._parser = httptools.HttpRequestParser(self)
+        self._message_done()
+        return self._run(tail) if tail else []
+
+    def on_url(self, part: bytes) -> None:
+        message = self._message
+        assert message is not None
+        message.url += part
+        if len(message.url) > self.limits.max_request_line:
+            raise ProtocolError("request target too long", 414, "uri_too_long")
+
+    def on_headers_complete(self) -> None:
+        message = self._message
+        assert message is not None
+        self._end_head()
+        request = self._build(message)
+        self._request = request
+        self._events.append(request)
+
+    def on_message_complete(self) -> None:
+        message = self._message
+        assert message is not None
+        self._events.append(EndOfMessage(message.trailers))
+        self._message_done()
+
+    def _upgraded(self, tail: bytes) -> bytes | None:
+        request = self._request
+        if request is not None and request.websocket:
+            self.upgrade_tail = tail
+            return None
+        # Another upgrade (h2c...) is never forwarded: the request goes on as plain HTTP/1.1.
+        # llhttp skipped its body, so one with a body cannot be parsed safely.
+        if request is not None and request.has_body:
+            raise ProtocolError("upgrade request with a body", 400, "bad_upgrade")
+        self._parser = httptools.HttpRequestParser(self)
+        self._message_done()
+        return tail or None
+
+    def _build(self, message: _Message) -> Request:
+        version = self._parser.get_http_version().encode()
+        if version == b"0.9":
+            raise ProtocolError("HTTP/0.9 is not supported", 400, "bad_version")
+        if version not in (b"1.1", b"1.0"):
+            raise ProtocolError("HTTP version not supported", 505, "bad_version")
+        method: bytes = self._parser.get_method()
+        if method == b"CONNECT":
+            raise ProtocolError("CONNECT is not supported by a reverse proxy", 405, "bad_method")
+        headers = message.headers
+        hosts = [value for name, value in headers if name.lower() == b"host"]
+        if len(hosts) > 1:
+            raise ProtocolError("more than one Host", 400, "bad_host")
+        if version == b"1.1" and not hosts:
+            raise ProtocolError("HTTP/1.1 request without Host", 400, "bad_host")
+        host = hosts[0] if hosts else b""
+        if hosts:
+            _validate_host(host)
+        target, host = self._target(message.url, method, host)
+        transfer = header_tokens(headers, b"transfer-encoding")
+        if transfer and version == b"1.0":
+            raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request", 400, "bad_framing")
+        chunked = bool(transfer)  # llhttp refused any request whose last coding is not chunked
+        length = None if chunked else _content_length(headers)
+        limit = self.limits.max_body_size
+        if limit is not None and length is not None and length > limit:
+            raise ProtocolError("body larger than allowed", 413, "body_too_large")
+        expect = header_tokens(headers, b"expect")
+        if expect and expect != [b"100-continue"]:
+            raise ProtocolError("unsupported Expect", 417, "bad_expect")
+        upgrade = header_tokens(headers, b"upgrade")
+        websocket = (b"websocket" in upgrade and b"upgrade" in header_tokens(headers, b"connection")
+                     and method == b"GET" and version == b"1.1")
+        return Request(
+            method=method, target=target, version=version, headers=headers, host=host,
+            content_length=length, chunked=chunked,
+            keep_alive=self._parser.should_keep_alive(), websocket=websocket,
+            expect_continue=bool(expect),
+        )
+
+    @staticmethod
+    def _target(url: bytes, method: bytes, host: bytes) -> tuple[bytes, bytes]:
+        """Check the request target and return (origin-form target, host)."""
+        if not _ASCII_TARGET.fullmatch(url):
+            raise ProtocolError("request target must be printable ASCII", 400, "bad_target")
+        if b"#" in url:
+            raise ProtocolError("fragment in request target", 400, "bad_target")
+        if url.startswith(b"/"):
+            return url, host
+        if url == b"*":
+            if method != b"OPTIONS":
+                raise ProtocolError("asterisk-form is only for OPTIONS", 400, "bad_target")
+            return url, host
+        absolute = _SCHEME_RE.fullmatch(url)
+        if absolute is None or not absolute.group(2):
+            raise ProtocolError("request target is not origin-form or absolute-form", 400,
+                                "bad_target")
+        authority, rest = absolute.group(2), absolute.group(3)
+        if b"@" in authority:
+            raise ProtocolError("userinfo in request target", 400, "bad_target")
+        _validate_host(authority)
+        if not rest.startswith(b"/"):
+            rest = b"/" + rest
+        return rest, authority
+
+
+class ResponseParser(_Parser):
+    """Responses from a backend; call :meth:`expect` before each request is sent."""
+
+    _malformed_status = 502
+
+    def __init__(self, limits: HttpLimits | None = None) -> None:
+        limits = limits or HttpLimits()
+        super().__init__(limits, max(limits.max_header_size, RESPONSE_HEADER_FLOOR))
+        self._parser: httptools.HttpResponseParser = httptools.HttpResponseParser(self)
+        self._method = b"GET"
+        self._response: Response | None = None
+        self._head_buffer: bytearray | None = None
+        self.upgrade_tail: bytes | None = None
+        """After a 101 response: the bytes that followed it (already tunnel data)."""
+
+    def expect(self, method: bytes) -> None:
+        """A response to a ``method`` request comes next."""
+        self._method = method
+        self._response = None
+        self._head_buffer = bytearray() if method == b"HEAD" else None
+
+    @property
+    def until_close(self) -> bool:
+        """The current response's body ends when the server closes."""
+        response = self._response
+        return response is not None and response.until_close
+
+    def feed(self, data: bytes) -> list[Event]:
+        if self._head_buffer is not None:
+            return self._feed_head_only(data)
+        return self._run(data)
+
+    def feed_eof(self) -> list[Event]:
+        """The server closed: ends a body delimited by the close, else the response is cut."""
+        if self._response is not None and self._response.until_close:
+            self._response = None
+            return [EndOfMessage()]
+        raise ProtocolError("the server closed before the response was complete", 502,
+                            "backend_closed")
+
+    def _feed_head_only(self, data: bytes) -> list[Event]:
+        """Responses to HEAD have no body whatever their headers say: httptools cannot be told,
+        so it only ever sees the header section."""
+        buffer = self._head_buffer
+        assert buffer is not None
+        buffer += data
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buffer) > self._header_limit:
+                raise ProtocolError("response header section too large", 502, "parse_error")
+            return []
+        head, rest = bytes(buffer[: end + 4]), bytes(buffer[end + 4 :])
+        self._parser = httptools.HttpResponseParser(self)
+        events = self._run(head)
+        if self._response is not None and self._response.status < 200:
+            # interim response: the final one follows
+            self._head_buffer = bytearray()
+            return events + (self._feed_head_only(rest) if rest else [])
+        self._parser = httptools.HttpResponseParser(self)
+        self._head_buffer = None
+        self._response = None
+        self._message_done()
+        if rest:
+            raise ProtocolError("data after the response to HEAD", 502, "parse_error")
+        return [*events, EndOfMessage()]
+
+    def on_status(self, reason: bytes) -> None:
+        message = self._message
+        assert message is not None
+        message.reason += reason
+
+    def on_headers_complete(self) -> None:
+        message = self._message
+        assert message is not None
+        self._end_head()
+        status = self._parser.get_status_code()
+        version = self._parser.get_http_version().encode()
+        if version not in (b"1.1", b"1.0"):
+            raise ProtocolError("backend spoke an unsupported HTTP version", 502, "parse_error")
+        headers = message.headers
+        transfer = header_tokens(headers, b"transfer-encoding")
+        if transfer and transfer != [b"chunked"]:
+            raise ProtocolError("backend used a transfer coding other than chunked", 502,
+                                "parse_error")
+        chunked = bool(transfer)
+        length = None if chunked else _content_length(headers)
+        bodiless = (self._method == b"HEAD" or status < 200 or status in (204, 304))
+        response = Response(
+            status=status, reason=message.reason, version=version, headers=headers,
+            content_length=length, chunked=chunked,
+            keep_alive=self._parser.should_keep_alive(), has_body=not bodiless,
+            until_close=not bodiless and not chunked and length is None,
+        )
+        self._response = response
+        self._events.append(response)
+
+    def on_message_complete(self) -> None:
+        message = self._message
+        response = self._response
+        assert message is not None
+        self._message_done()
+        if response is not None and response.status < 200:
+            return  # interim: its "message" ends with its head
+        if response is not None and response.until_close:
+            return  # httptools never ends these; feed_eof does
+        self._events.append(EndOfMessage(message.trailers))
+        self._response = None
+
+    def _upgraded(self, tail: bytes) -> bytes | None:
+        self.upgrade_tail = tail
+        return None

@@ -1,0 +1,100 @@
+"""The HTTP message events every part of the request path speaks (sans-IO).
+
+A parser turns bytes into these; the request path routes, rewrites and forwards them; a writer
+turns them back into bytes. One request or response is: a head (:class:`Request` or
+:class:`Response`), zero or more :class:`Data`, then :class:`EndOfMessage` (with trailers, if
+any). Header lists keep the order and the name spelling they arrived with; values have their
+surrounding whitespace removed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+Headers = list[tuple[bytes, bytes]]
+"""(name as received, value without surrounding whitespace), in order."""
+
+IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+
+@dataclass(slots=True, eq=False)
+class Request:
+    """A checked request head, already normalised (absolute-form turned into origin-form)."""
+
+    method: bytes
+    target: bytes
+    """Origin-form (``/path?query``), or ``*`` for ``OPTIONS *``."""
+    version: bytes
+    """``1.1`` or ``1.0``."""
+    headers: Headers
+    host: bytes
+    """The authority: from an absolute-form target, else the Host header (``b""`` only for an
+    HTTP/1.0 request without Host)."""
+    content_length: int | None = None
+    """Set when the body is framed by Content-Length."""
+    chunked: bool = False
+    keep_alive: bool = True
+    """Whether the client allows another request on this connection."""
+    websocket: bool = False
+    """A WebSocket upgrade was asked for (``Upgrade: websocket`` with ``Connection: upgrade``)."""
+    expect_continue: bool = False
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    @property
+    def idempotent(self) -> bool:
+        return self.method in IDEMPOTENT_METHODS
+
+
+@dataclass(slots=True, eq=False)
+class Response:
+    """A checked response head."""
+
+    status: int
+    reason: bytes
+    version: bytes
+    headers: Headers
+    content_length: int | None = None
+    chunked: bool = False
+    keep_alive: bool = True
+    """Whether the server allows another request on this connection."""
+    has_body: bool = True
+    """False for HEAD requests, 1xx, 204 and 304 responses."""
+    until_close: bool = False
+    """The body has neither length nor chunking: it ends when the server closes."""
+
+
+@dataclass(slots=True, eq=False)
+class Data:
+    """A piece of a message body (chunk framing already removed)."""
+
+    data: bytes
+
+
+@dataclass(slots=True, eq=False)
+class EndOfMessage:
+    """The message is complete; trailers come from a chunked body's trailer section."""
+
+    trailers: Headers = field(default_factory=list)
+
+
+Event = Request | Response | Data | EndOfMessage
+
+
+def header_value(headers: Headers, name: bytes) -> bytes | None:
+    """The first value of ``name`` (lower-case), or None."""
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def header_tokens(headers: Headers, name: bytes) -> list[bytes]:
+    """Every comma-separated token of every ``name`` field, lower-cased and stripped."""
+    tokens: list[bytes] = []
+    for key, value in headers:
+        if key.lower() == name:
+            tokens.extend(part.strip().lower() for part in value.split(b",") if part.strip())
+    return tokens
