@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from harness import Handler, Offload, TcpBackend, free_port
+from http_backend import http_backend  # noqa: F401 - a fixture for the HTTP-mode tests
 
 from offload.demo.pki import Authority, KeyType, write_private
 
@@ -72,6 +73,36 @@ bind = ["127.0.0.1:{port}"]
 mode = "tcp"
 backend = "app"
 certificates = [{certs}]
+{frontend}
+
+[[backends]]
+name = "app"
+servers = [{server_list}]
+connect_timeout = "2s"
+{backend}
+"""
+
+
+def http_config(port: int, certificates: list[Path], servers: list[str], *, workers: int = 1,
+                frontend: str = "", backend: str = "", global_: str = "",
+                access_log: str = "stderr") -> str:
+    """A one-frontend HTTP-mode configuration; servers may be TOML tables (start with "{")."""
+    certs = ", ".join(f'"{path}"' for path in certificates)
+    server_list = ", ".join(s if s.startswith("{") else f'"{s}"' for s in servers)
+    return f"""
+[global]
+workers = {workers}
+log_level = "debug"
+drain_timeout = "10s"
+{global_}
+
+[[frontends]]
+name = "web"
+bind = ["127.0.0.1:{port}"]
+mode = "http"
+backend = "app"
+certificates = [{certs}]
+access_log = "{access_log}"
 {frontend}
 
 [[backends]]

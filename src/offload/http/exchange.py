@@ -113,6 +113,7 @@ class Exchange:
             upstream = await self.backend.connect(index)
         except (OSError, TimeoutError) as error:
             self._connecting = None
+            self.conn.resume_client("connecting")
             self.backend.counters.inc("backend_connect_failed", self.backend.name)
             self.backend.report(index, False, asyncio.get_running_loop().time())
             self.conn.log_backend_failure(self, index, error)
@@ -120,12 +121,12 @@ class Exchange:
                 self._next_server()
             return
         self._connecting = None
+        self.conn.resume_client("connecting")
         if self.finished:
             upstream.close()
             return
         self.backend.acquired(index)
         self._bind(upstream, fresh=True)
-        self.conn.resume_client("connecting")
 
     def _bind(self, upstream: BackendConnection, *, fresh: bool) -> None:
         self.upstream = upstream
@@ -249,7 +250,9 @@ class Exchange:
 
     def backend_failed(self, error: ProtocolError) -> None:
         self.backend.counters.inc("backend_bad_response", self.backend.name)
-        self._upstream_broken(error.reason, 502)
+        self.backend.report(self.server_index, False, asyncio.get_running_loop().time())
+        # the server did answer, if badly: sending the request again is not safe
+        self._upstream_broken(error.reason, 502, retry=False)
 
     def backend_eof(self) -> None:
         upstream = self.upstream
@@ -278,11 +281,11 @@ class Exchange:
         else:
             self.fail_local(504, "server_timeout")
 
-    def _upstream_broken(self, reason: str, status: int) -> None:
+    def _upstream_broken(self, reason: str, status: int, *, retry: bool = True) -> None:
         """The backend connection failed; retry if allowed, else answer or cut the response."""
         if self.finished:
             return
-        fresh_retry_ok = (self.response is None and not self.t_first_byte
+        fresh_retry_ok = (retry and self.response is None and not self.t_first_byte
                           and self.request.idempotent and not self.body_sent
                           and not self.request.has_body)
         upstream = self.upstream
