@@ -15,7 +15,6 @@ from conftest import http_config
 from harness import TlsPipe, client_context
 from http_backend import pattern
 
-
 _OPEN: list[http.client.HTTPSConnection] = []
 
 
