@@ -61,6 +61,9 @@ class ProtocolError(OffloadError):
     def __init__(self, message: str, status: int = 400, reason: str = "protocol_error") -> None:
         self.status = status
         self.reason = reason
+        self.before: list[object] = []
+        """What a parser had decoded from the same input before the error (complete requests
+        pipelined ahead of a bad one still deserve their answers)."""
         super().__init__(message)
 
 

@@ -330,3 +330,20 @@ def test_echo_shows_the_request_as_forwarded(pki, localhost_bundle, http_backend
     names = [name.lower() for name, _ in echoed["headers"]]
     assert names.count("host") == 1 and names.count("content-length") == 1
     assert "transfer-encoding" not in names
+
+
+def test_a_bad_pipelined_request_does_not_spoil_the_one_before(pki, localhost_bundle,
+                                                               http_backend, offload, port):
+    server = http_backend()
+    offload(http_config(port, [localhost_bundle], [server.address]))
+    pipe = TlsPipe(port, client_context(pki.ca))
+    pipe.send(b"GET /slow/0.3 HTTP/1.1\r\nHost: localhost\r\n\r\n"
+              b"GET /bytes/9 HTTP/1.1\r\nHost: localhost\r\n\r\n"
+              b"GET / HTTP/1.1\r\nHost: localhost\r\nBad Header: x\r\n\r\n")
+    data = pipe.recv_all()
+    pipe.close()
+    first, _, rest = data.partition(b"slow\n")
+    assert first.startswith(b"HTTP/1.1 200")
+    assert rest.startswith(b"HTTP/1.1 200") and pattern(9) in rest
+    assert b"HTTP/1.1 400 " in rest
+    assert [r.target for r in server.requests] == ["/slow/0.3", "/bytes/9"]

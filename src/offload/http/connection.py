@@ -55,6 +55,8 @@ class HttpConnection(asyncio.Protocol):
         self._closing = False
         self._head_started = False
         self._client_eof = False
+        self._deferred: ProtocolError | None = None
+        """A parse error in a pipelined request, answered once the requests before it are."""
         self._requests = 0
         self._loop = asyncio.get_running_loop()
         self._deadline = Deadline(self._loop, self._on_deadline)
@@ -84,7 +86,7 @@ class HttpConnection(asyncio.Protocol):
         try:
             events = self.parser.feed(data)
         except ProtocolError as error:
-            self._reject(error)
+            self._parse_error(error)
             return
         if events:
             self._inbox.extend(events)
@@ -145,6 +147,21 @@ class HttpConnection(asyncio.Protocol):
             self.pause_client("pipeline")
         else:
             self.resume_client("pipeline")
+
+    def _parse_error(self, error: ProtocolError) -> None:
+        """Answer what was parsed before the error first; the error ends the connection."""
+        complete = _complete_requests(error.before)
+        if complete:
+            self._inbox.extend(complete)
+            self._pump()
+        if self._closing:
+            return
+        if self._receiving is None and (self.exchange is not None or self._inbox):
+            # the error is in a request pipelined behind one still being answered
+            self._deferred = error
+            self.pause_client("error")
+        else:
+            self._reject(error)
 
     def _start(self, request: Request) -> None:
         self._requests += 1
@@ -246,6 +263,10 @@ class HttpConnection(asyncio.Protocol):
     def _settle(self) -> None:
         """Between exchanges: wait for the next request or start the one already waiting."""
         if self.exchange is not None or self._receiving is not None or self._closing:
+            return
+        if self._deferred is not None and not self._inbox:
+            error, self._deferred = self._deferred, None
+            self._reject(error)
             return
         if self._client_eof and not self._inbox:
             self._close()
@@ -369,6 +390,14 @@ class HttpConnection(asyncio.Protocol):
         if reason:
             entry["reason"] = reason
         return entry
+
+
+def _complete_requests(events: list[object]) -> list[Event]:
+    """The events of the requests that ended (EndOfMessage) before a parse error."""
+    end = max((i for i, event in enumerate(events) if isinstance(event, EndOfMessage)),
+              default=-1)
+    return [event for event in events[: end + 1]
+            if isinstance(event, Request | Data | EndOfMessage)]
 
 
 def _ms(start: float, end: float) -> float | None:

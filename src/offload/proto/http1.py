@@ -136,9 +136,11 @@ class _Parser:
                     pending = self._upgraded(chunk[upgrade.args[0]:])
         except httptools.HttpParserError as error:
             self._failed = self._translate(error)
+            self._failed.before, self._events = list(self._events), []
             raise self._failed from None
         except ProtocolError as error:
             self._failed = error
+            error.before, self._events = list(self._events), []
             raise
         events, self._events = self._events, []
         return events
