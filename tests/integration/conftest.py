@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from harness import Handler, Offload, TcpBackend, free_port
 from http_backend import http_backend  # noqa: F401 - a fixture for the HTTP-mode tests
+from http_client import close_http_clients  # noqa: F401 - autouse: closes HTTP clients
 
 from offload.demo.pki import Authority, KeyType, write_private
 

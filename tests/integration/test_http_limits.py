@@ -7,7 +7,7 @@ import time
 import pytest
 from conftest import http_config
 from harness import TlsPipe, client_context
-from test_http_mode import get, https, read_responses
+from http_client import get, https, read_responses
 
 FAST = ('request_timeout = "500ms"\nkeepalive_timeout = "700ms"\nbody_timeout = "500ms"\n'
         'max_request_line = "1KiB"\nmax_header_size = "4KiB"\nmax_header_count = 20\n'

@@ -9,7 +9,7 @@ from collections import Counter
 
 from conftest import http_config
 from harness import TcpBackend, free_port
-from test_http_mode import get, https
+from http_client import get, https
 
 
 def _backend_names(conn, path: str, count: int) -> Counter[str]:

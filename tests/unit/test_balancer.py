@@ -1,4 +1,4 @@
-"""Balancing: ServerState.usable, every algorithm of make_balancer, the legacy RoundRobin, and
+"""Balancing: ServerState.usable, every algorithm of make_balancer, and
 the per-worker Counters.
 
 Properties checked for every algorithm (hypothesis): only usable servers, each at most once,
@@ -25,7 +25,6 @@ from offload.upstream.balancer import (
     ConsistentHash,
     LeastConnections,
     PowerOfTwoChoices,
-    RoundRobin,
     ServerState,
     SmoothWeightedRoundRobin,
     candidates,
@@ -226,9 +225,10 @@ def test_smooth_weighted_matches_weights_over_each_cycle(weights: list[int], cyc
 @pytest.mark.parametrize("count", [1, 2, 3, 5, 8])
 def test_equal_weights_reduce_to_plain_rotation(count: int) -> None:
     servers = states(*[4] * count)
-    weighted, plain = make_balancer("roundrobin", servers), RoundRobin(count)
-    for _ in range(3 * count):
-        assert weighted.order(servers, NOW, b"") == plain.order()
+    weighted = make_balancer("roundrobin", servers)
+    for call in range(3 * count):
+        start = call % count
+        assert weighted.order(servers, NOW, b"") == [*range(start, count), *range(start)]
 
 
 def test_roundrobin_skips_an_unusable_server_and_keeps_rotating() -> None:
@@ -409,68 +409,6 @@ def test_random_fallbacks_cover_every_usable_server() -> None:
     orders = [balancer.order(servers, NOW, b"") for _ in range(200)]
     assert all(sorted(order) == [0, 1, 2, 3, 4] for order in orders)
     assert len({tuple(order[2:]) for order in orders}) > 10  # the rest really is shuffled
-
-
-# ------------------------------------------------------------------ RoundRobin (legacy interface)
-
-
-@pytest.mark.parametrize("count", [1, 2, 3, 5, 8])
-def test_each_server_first_exactly_once_per_cycle(count: int) -> None:
-    balancer = RoundRobin(count)
-    for _cycle in range(3):
-        firsts = [balancer.order()[0] for _ in range(count)]
-        assert sorted(firsts) == list(range(count))
-        assert firsts == list(range(count))  # and in index order, starting again at 0
-
-
-@pytest.mark.parametrize("count", [1, 2, 3, 5, 8])
-def test_fallbacks_follow_in_order_and_cover_every_server(count: int) -> None:
-    balancer = RoundRobin(count)
-    for call in range(2 * count + 1):
-        order = balancer.order()
-        assert len(order) == count
-        assert sorted(order) == list(range(count))
-        start = call % count
-        assert order == [(start + step) % count for step in range(count)]
-
-
-def test_three_servers_exact_orders() -> None:
-    balancer = RoundRobin(3)
-    assert [balancer.order() for _ in range(4)] == [[0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 1, 2]]
-
-
-def test_single_server_is_always_chosen() -> None:
-    balancer = RoundRobin(1)
-    assert [balancer.order() for _ in range(3)] == [[0], [0], [0]]
-
-
-def test_instances_do_not_share_position() -> None:
-    first, second = RoundRobin(4), RoundRobin(4)
-    first.order()
-    first.order()
-    assert second.order() == [0, 1, 2, 3]
-    assert first.order() == [2, 3, 0, 1]
-
-
-@pytest.mark.parametrize("count", [0, -1, -10])
-def test_count_below_one_is_refused(count: int) -> None:
-    with pytest.raises(ValueError, match="at least one server"):
-        RoundRobin(count)
-
-
-@given(count=st.integers(min_value=1, max_value=40), calls=st.integers(min_value=0, max_value=200))
-def test_first_choices_are_balanced(count: int, calls: int) -> None:
-    balancer = RoundRobin(count)
-    firsts: Counter[int] = Counter()
-    for _ in range(calls):
-        order = balancer.order()
-        assert sorted(order) == list(range(count))
-        assert all(order[i + 1] == (order[i] + 1) % count for i in range(count - 1))
-        firsts[order[0]] += 1
-    # After any number of calls, no server has been first more than once more than another.
-    counts = [firsts[index] for index in range(count)]
-    assert max(counts) - min(counts) <= 1
-    assert sum(counts) == calls
 
 
 # ------------------------------------------------------------------ Counters

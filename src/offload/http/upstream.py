@@ -10,21 +10,15 @@ the server allowed keep-alive (the exchange decides, :meth:`HttpBackend.release`
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Protocol, cast
 
 from offload.config.model import BackendConfig
 from offload.errors import ProtocolError
-from offload.observe.log import fields
 from offload.observe.stats import Counters
 from offload.proto.http1 import HttpLimits, ResponseParser
 from offload.proto.http_types import Event
-from offload.upstream.balancer import make_balancer, server_states
-from offload.upstream.health import HealthTracker
-from offload.upstream.probe import HealthChecker
+from offload.upstream.group import ServerGroup
 from offload.upstream.servers import Server
-
-_log = logging.getLogger("offload.upstream")
 
 SWEEP_INTERVAL = 1.0
 
@@ -159,70 +153,36 @@ class ConnectionPool:
         return expired
 
 
-class HttpBackend:
-    """A backend in HTTP mode, in one worker: server states, balancer, pools, health."""
+class HttpBackend(ServerGroup):
+    """A backend in HTTP mode, in one worker: its servers plus a keep-alive pool per server."""
 
     def __init__(self, config: BackendConfig, servers: tuple[Server, ...], counters: Counters,
                  limits: HttpLimits) -> None:
-        self.config = config
-        self.name = config.name
-        self.servers = servers
-        self.counters = counters
+        super().__init__(config, servers, counters)
         self.limits = limits
-        self.states = server_states(config)
-        self.balancer = make_balancer(config.balance, self.states)
         self.pools = [ConnectionPool(config.pool_max_idle) for _ in servers]
-        self.trackers = [HealthTracker(state, config.health_check, config.ejection)
-                         for state in self.states]
-        self.checker: HealthChecker | None = None
         self._sweeper: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         """Start the idle sweep and the active health checks (in the running loop)."""
-        self._loop = asyncio.get_running_loop()
-        self._sweeper = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
-        if self.config.health_check is not None:
-            self.checker = HealthChecker(self.servers, self.config.health_check, self.trackers,
-                                         on_change=self._health_changed)
-            self.checker.start()
+        super().start()
+        self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
 
     async def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
-        if self.checker is not None:
-            await self.checker.stop()
+        await super().stop()
         for pool in self.pools:
             for connection in pool.idle:
                 connection.close()
             pool.idle.clear()
 
     def _sweep(self) -> None:
-        loop = self._loop
-        assert loop is not None
+        loop = asyncio.get_running_loop()
         cutoff = loop.time() - self.config.pool_idle_timeout
         for pool in self.pools:
             pool.expire(cutoff)
         self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
-
-    def _health_changed(self, index: int, transition: str) -> None:
-        server = self.servers[index]
-        self.counters.inc("server_state", self.name, transition)
-        log = _log.warning if transition in ("down", "ejected") else _log.info
-        log("backend server %s", transition, extra=fields(
-            backend=self.name, server=server.label, address=str(server), state=transition))
-
-    # ------------------------------------------------------------ choosing and connecting
-
-    def candidates(self, key: bytes, now: float) -> list[int]:
-        """Servers to try for a request, first choice first (only usable ones)."""
-        for tracker in self.trackers:
-            change = tracker.refresh(now)
-            if change is not None:
-                self._health_changed(tracker.server.index, change)
-        return self.balancer.order(self.states, now, key)
 
     def take_idle(self, index: int) -> BackendConnection | None:
         return self.pools[index].take()
@@ -239,12 +199,6 @@ class HttpBackend:
                 await loop.create_connection(lambda: connection, server.host, server.port)
         return connection
 
-    def acquired(self, index: int) -> None:
-        self.states[index].active += 1
-
-    def released(self, index: int) -> None:
-        self.states[index].active -= 1
-
     def release(self, connection: BackendConnection, reusable: bool, now: float) -> None:
         """An exchange is done with ``connection``: pool it or close it."""
         connection.user = None
@@ -252,9 +206,3 @@ class HttpBackend:
                 and self.pools[connection.index].give(connection, now)):
             return
         connection.close()
-
-    def report(self, index: int, ok: bool, now: float) -> None:
-        """Passive health: a request to server ``index`` succeeded or failed."""
-        change = self.trackers[index].record_request(ok, now)
-        if change is not None:
-            self._health_changed(index, change)

@@ -48,6 +48,7 @@ class TcpRelay(asyncio.Protocol):
         self._server_eof = False
         self._closed = False
         self._early: list[bytes] = []
+        self._server_index = -1
         self.bytes_in = 0
         self.bytes_out = 0
         self.reason = ""
@@ -91,15 +92,19 @@ class TcpRelay(asyncio.Protocol):
     async def _open_upstream(self) -> None:
         assert self._backend is not None
         try:
-            upstream, server = await self._backend.connect(lambda: _BackendSide(self))
+            key = str((self._stream.get_extra_info("peername") or ("",))[0]).encode()
+            upstream, index = await self._backend.connect(lambda: _BackendSide(self), key)
         except UpstreamError:
             self._counters.inc("backend_unavailable", self._backend.name)
             self._finish("backend_unavailable")
             return
+        server = self._backend.servers[index]
         if self._closed:
             upstream.close()
+            self._backend.released(index)
             return
         self._upstream, self._server = upstream, server
+        self._server_index = index
         header = self._proxy_header(upstream)
         if header:
             upstream.write(header)
@@ -194,6 +199,9 @@ class TcpRelay(asyncio.Protocol):
             self._connect_task.cancel()
         if self._upstream is not None:
             self._upstream.close()
+        if self._backend is not None and self._server_index >= 0:
+            self._backend.released(self._server_index)
+            self._server_index = -1
         self._stream.close(notify=notify)
         if _log.isEnabledFor(logging.DEBUG):
             self._log_close(reason)

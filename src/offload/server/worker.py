@@ -163,8 +163,8 @@ class _Apps:
     async def start(self) -> None:
         for log in self.access_logs.values():
             log.start()
-        for backend in self.http_backends.values():
-            backend.start()
+        for group in (*self.tcp_backends.values(), *self.http_backends.values()):
+            group.start()
         for listener in self.listeners:
             await listener.start()
         loop = asyncio.get_running_loop()
@@ -189,8 +189,8 @@ class _Apps:
         self.registry.drain()
 
     async def stop(self) -> None:
-        for backend in self.http_backends.values():
-            await backend.stop()
+        for group in (*self.tcp_backends.values(), *self.http_backends.values()):
+            await group.stop()
         for log in self.access_logs.values():
             log.stop()
 

@@ -260,32 +260,12 @@ def make_balancer(name: str, servers: Sequence[ServerState],
             raise ValueError(f"unknown balancing algorithm {name!r}")
 
 
-class RoundRobin:
-    """Unweighted rotation over every server, ignoring health (the original interface, kept for
-    :mod:`offload.upstream.backend` until it moves to :func:`make_balancer`)."""
-
-    __slots__ = ("_count", "_next")
-
-    def __init__(self, count: int) -> None:
-        if count < 1:
-            raise ValueError("a backend needs at least one server")
-        self._count = count
-        self._next = 0
-
-    def order(self) -> list[int]:
-        """Indices of the servers to try, first choice first."""
-        start = self._next
-        self._next = (start + 1) % self._count
-        return [*range(start, self._count), *range(start)]
-
-
 __all__ = [
     "AdminState",
     "Balancer",
     "ConsistentHash",
     "LeastConnections",
     "PowerOfTwoChoices",
-    "RoundRobin",
     "ServerState",
     "SmoothWeightedRoundRobin",
     "candidates",

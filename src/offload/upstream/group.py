@@ -1,0 +1,80 @@
+"""The servers of one backend inside one worker: their state, the balancer, health checks.
+
+Both modes use it: TCP mode picks a server per connection, HTTP mode per request. Health is per
+worker (each worker probes on its own, as HAProxy's processes did), so a server one worker sees
+failing is taken out of that worker's rotation at once, without coordination.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from offload.config.model import BackendConfig
+from offload.observe.log import fields
+from offload.observe.stats import Counters
+from offload.upstream.balancer import make_balancer, server_states
+from offload.upstream.health import HealthTracker
+from offload.upstream.probe import HealthChecker
+from offload.upstream.servers import Server
+
+_log = logging.getLogger("offload.upstream")
+
+
+class ServerGroup:
+    """A backend's servers in one worker."""
+
+    def __init__(self, config: BackendConfig, servers: tuple[Server, ...],
+                 counters: Counters) -> None:
+        self.config = config
+        self.name = config.name
+        self.servers = servers
+        self.counters = counters
+        self.states = server_states(config)
+        self.balancer = make_balancer(config.balance, self.states)
+        self.trackers = [HealthTracker(state, config.health_check, config.ejection)
+                         for state in self.states]
+        self.checker: HealthChecker | None = None
+
+    def start(self) -> None:
+        """Start the active health checks, if configured (in the running loop)."""
+        if self.config.health_check is not None and self.checker is None:
+            self.checker = HealthChecker(self.servers, self.config.health_check, self.trackers,
+                                         on_change=self.health_changed)
+            self.checker.start()
+
+    async def stop(self) -> None:
+        if self.checker is not None:
+            await self.checker.stop()
+            self.checker = None
+
+    def health_changed(self, index: int, transition: str) -> None:
+        server = self.servers[index]
+        self.counters.inc("server_state", self.name, transition)
+        log = _log.warning if transition in ("down", "ejected") else _log.info
+        log("backend server %s", transition, extra=fields(
+            backend=self.name, server=server.label, address=str(server), state=transition))
+
+    def candidates(self, key: bytes, now: float) -> list[int]:
+        """Servers to try, first choice first (only usable ones; backups if no primary is)."""
+        for tracker in self.trackers:
+            change = tracker.refresh(now)
+            if change is not None:
+                self.health_changed(tracker.server.index, change)
+        return self.balancer.order(self.states, now, key)
+
+    def acquired(self, index: int) -> None:
+        self.states[index].active += 1
+
+    def released(self, index: int) -> None:
+        self.states[index].active -= 1
+
+    def report(self, index: int, ok: bool, now: float) -> None:
+        """Passive health: a connection or request to server ``index`` succeeded or failed."""
+        change = self.trackers[index].record_request(ok, now)
+        if change is not None:
+            self.health_changed(index, change)
+
+    @staticmethod
+    def now() -> float:
+        return asyncio.get_running_loop().time()
