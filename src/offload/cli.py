@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     quick.add_argument("--client-ca", metavar="FILE",
                        help="require client certificates from this CA (not available yet)")
     quick.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    quick.add_argument("--access-log", metavar="stderr|off|FILE",
+                       help="HTTP mode: where the access log goes (default stderr)")
 
     check = commands.add_parser("check", help="validate a configuration without running it")
     check.add_argument("-c", "--config", required=True, help="TOML configuration file")
@@ -88,6 +90,7 @@ def _quick_options(args: argparse.Namespace) -> QuickOptions:
         backends=tuple(args.backend), mode=args.mode, workers=args.workers,
         proxy_protocol=args.proxy_protocol, tls_policy=args.tls_policy,
         upstream_timeout=args.upstream_timeout, log_level=args.log_level,
+        access_log=args.access_log,
     )
 
 
@@ -98,7 +101,7 @@ class UsageError(OffloadError):
 def _loader(args: argparse.Namespace) -> Callable[[], Prepared]:
     """A function that loads and prepares the configuration (called again on SIGHUP)."""
     quick_flags = [args.listen, args.cert, args.key, args.backend, args.workers,
-                   args.proxy_protocol, args.tls_policy, args.upstream_timeout]
+                   args.proxy_protocol, args.tls_policy, args.upstream_timeout, args.access_log]
     for name, message in NOT_YET.items():
         if getattr(args, name):
             raise UsageError(message)

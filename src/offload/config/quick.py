@@ -23,6 +23,7 @@ _FLAG_OF_PATH = (
     (r"frontends\[0\]\.certificates(\[\d+\])?(\.cert)?", "--cert"),
     (r"frontends\[0\]\.mode", "--mode"),
     (r"frontends\[0\]\.tls_policy", "--tls-policy"),
+    (r"frontends\[0\]\.access_log", "--access-log"),
     (r"backends\[0\]\.servers(\[\d+\])?(\.address)?", "--backend"),
     (r"backends\[0\]\.proxy_protocol", "--proxy-protocol"),
     (r"backends\[0\]\.server_timeout", "--upstream-timeout"),
@@ -45,6 +46,7 @@ class QuickOptions:
     tls_policy: str | None = None
     upstream_timeout: str | None = None
     log_level: str | None = None
+    access_log: str | None = None
     extra_global: dict[str, Any] = field(default_factory=dict)
 
 
@@ -75,6 +77,8 @@ def raw_config(options: QuickOptions) -> dict[str, Any]:
     global_: dict[str, Any] = dict(options.extra_global)
     if options.tls_policy is not None:
         frontend["tls_policy"] = options.tls_policy
+    if options.access_log is not None:
+        frontend["access_log"] = options.access_log
     if options.proxy_protocol is not None:
         backend["proxy_protocol"] = options.proxy_protocol
     if options.upstream_timeout is not None:

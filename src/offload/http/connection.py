@@ -37,6 +37,8 @@ from offload.tls.stream import TLSServerStream
 
 _log = logging.getLogger("offload.http")
 
+_STATUS_CLASS = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
+
 
 class HttpConnection(asyncio.Protocol):
     """The application protocol of one client TLS stream in HTTP mode."""
@@ -58,13 +60,16 @@ class HttpConnection(asyncio.Protocol):
         self._deferred: ProtocolError | None = None
         """A parse error in a pipelined request, answered once the requests before it are."""
         self._requests = 0
-        self._loop = asyncio.get_running_loop()
+        self.loop = self._loop = asyncio.get_running_loop()
         self._deadline = Deadline(self._loop, self._on_deadline)
+        self.server_deadline = Deadline(self._loop, self._on_server_deadline)
+        """The backend side's timer, shared by this connection's exchanges (one at a time)."""
         peer = stream.get_extra_info("peername") or ("", 0)
         local = stream.get_extra_info("sockname") or ("", 0)
         self.client_facts = rewrite.ClientFacts(address=str(peer[0]), port=int(peer[1]),
                                                 local_port=int(local[1]))
         self.balance_key = str(peer[0]).encode()
+        self._trusted = self.forward_policy.trusts(self.client_facts.address)
 
     @property
     def draining(self) -> bool:
@@ -103,6 +108,7 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self._deadline.cancel()
+        self.server_deadline.cancel()
         for exchange in (self.exchange, self._receiving):
             if exchange is not None and not exchange.finished:
                 exchange.client_gone()
@@ -175,7 +181,7 @@ class HttpConnection(asyncio.Protocol):
         exchange.start()
 
     def _request_id(self, request: Request) -> bytes:
-        if self.forward_policy.trusts(self.client_facts.address):
+        if self._trusted:
             incoming = header_value(request.headers, b"x-request-id")
             if incoming:
                 return incoming
@@ -253,6 +259,13 @@ class HttpConnection(asyncio.Protocol):
         self._log_exchange(exchange)
         if self.exchange is exchange:
             self.exchange = None
+        if exchange.request.websocket and self.parser.upgrade_tail is not None:
+            # the backend refused the upgrade: what followed the request is HTTP again
+            try:
+                self._inbox.extend(self.parser.resume())
+            except ProtocolError as error:
+                self._deferred = error
+            self.resume_client("upgrade")
         if not exchange.keep_alive or self.draining or self._client_eof:
             if self._receiving is exchange:
                 self._receiving = None
@@ -298,6 +311,11 @@ class HttpConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------ endings
 
+    def _on_server_deadline(self) -> None:
+        exchange = self.exchange
+        if exchange is not None and not exchange.finished:
+            exchange.server_timeout()
+
     def _on_deadline(self) -> None:
         receiving = self._receiving
         if receiving is not None:
@@ -332,6 +350,7 @@ class HttpConnection(asyncio.Protocol):
             return
         self._closing = True
         self._deadline.cancel()
+        self.server_deadline.cancel()
         self.stream.close(notify=notify)
 
     # ------------------------------------------------------------ access log
@@ -342,13 +361,13 @@ class HttpConnection(asyncio.Protocol):
             exchange.status, exchange.reason = status, reason
             self._log_exchange(exchange)
             return
-        self.site.counters.inc("requests", self.site.name, f"{status // 100}xx")
+        self.site.counters.inc("requests", self.site.name, _STATUS_CLASS[status // 100])
         if self.site.access_log is not None:
             self.site.access_log.write(self._entry(None, status, reason))
 
     def _log_exchange(self, exchange: Exchange) -> None:
         status = exchange.status
-        self.site.counters.inc("requests", self.site.name, f"{status // 100}xx" if status else "none")
+        self.site.counters.inc("requests", self.site.name, _STATUS_CLASS[status // 100])
         if self.site.access_log is not None:
             self.site.access_log.write(self._entry(exchange, status, exchange.reason))
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from offload.errors import ProtocolError
 from offload.proto import http_rewrite as rewrite
 from offload.proto.http_types import Data, EndOfMessage, Event, Headers, Request, Response
-from offload.timers import IdleTimer
+from offload.timers import Deadline
 
 if TYPE_CHECKING:
     from offload.http.connection import HttpConnection
@@ -81,13 +81,12 @@ class Exchange:
         self._connecting: asyncio.Task[None] | None = None
         self._fresh_retry = True
         self._response_complete = False
-        self._timer: IdleTimer | None = None
+        self._timer: Deadline | None = None
 
     # ------------------------------------------------------------ start and servers
 
     def start(self) -> None:
-        loop_now = asyncio.get_running_loop().time()
-        self._candidates = self.backend.candidates(self.conn.balance_key, loop_now)
+        self._candidates = self.backend.candidates(self.conn.balance_key, self.conn.loop.time())
         if not self._candidates:
             self.backend.counters.inc("backend_unavailable", self.backend.name)
             self.fail_local(503, "no_server", retry_after=True)
@@ -106,7 +105,7 @@ class Exchange:
             self._bind(idle, fresh=False)
             return
         self.conn.pause_client("connecting")  # until the new connection is there
-        self._connecting = asyncio.get_running_loop().create_task(self._connect(index))
+        self._connecting = self.conn.loop.create_task(self._connect(index))
 
     async def _connect(self, index: int) -> None:
         try:
@@ -115,7 +114,7 @@ class Exchange:
             self._connecting = None
             self.conn.resume_client("connecting")
             self.backend.counters.inc("backend_connect_failed", self.backend.name)
-            self.backend.report(index, False, asyncio.get_running_loop().time())
+            self.backend.report(index, False, self.conn.loop.time())
             self.conn.log_backend_failure(self, index, error)
             if not self.finished:
                 self._next_server()
@@ -134,8 +133,8 @@ class Exchange:
         upstream.requests += 1
         upstream.parser.expect(self.request.method)
         self.t_connected = time.monotonic()
-        loop = asyncio.get_running_loop()
-        self._timer = IdleTimer(loop, self.backend.config.server_timeout, self._server_timeout)
+        self._timer = self.conn.server_deadline
+        self._timer.set(self.conn.loop.time() + self.backend.config.server_timeout)
         head, self.request_id = rewrite.backend_request_head(
             self.request, self.conn.client_facts, self.conn.forward_policy, self.request_id)
         out = [head]
@@ -174,8 +173,9 @@ class Exchange:
     # ------------------------------------------------------------ response (from backend)
 
     def backend_events(self, events: list[Event]) -> None:
-        if self._timer is not None:
-            self._timer.touch()
+        timer = self._timer
+        if timer is not None:
+            timer.set(self.conn.loop.time() + self.backend.config.server_timeout)
         out: list[bytes] = []
         for event in events:
             if isinstance(event, Data):
@@ -212,7 +212,7 @@ class Exchange:
         self.status = status
         self.response_started = True
         self.backend.report(self.server_index, status < 500,
-                            asyncio.get_running_loop().time())
+                            self.conn.loop.time())
         if not response.has_body:
             self.framing = "none"
         elif response.content_length is not None:
@@ -250,7 +250,7 @@ class Exchange:
 
     def backend_failed(self, error: ProtocolError) -> None:
         self.backend.counters.inc("backend_bad_response", self.backend.name)
-        self.backend.report(self.server_index, False, asyncio.get_running_loop().time())
+        self.backend.report(self.server_index, False, self.conn.loop.time())
         # the server did answer, if badly: sending the request again is not safe
         self._upstream_broken(error.reason, 502, retry=False)
 
@@ -271,10 +271,11 @@ class Exchange:
     def backend_resume_writing(self) -> None:
         self.conn.resume_client("backend")
 
-    def _server_timeout(self) -> None:
+    def server_timeout(self) -> None:
+        """The server stayed silent for ``server_timeout``."""
         self._timer = None
         self.backend.counters.inc("timeout", "server")
-        self.backend.report(self.server_index, False, asyncio.get_running_loop().time())
+        self.backend.report(self.server_index, False, self.conn.loop.time())
         self._drop_upstream()
         if self.response_started:
             self._abort("server_timeout")
@@ -308,7 +309,7 @@ class Exchange:
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
-            self._timer.cancel()
+            self._timer.clear()
             self._timer = None
 
     def _drop_upstream(self) -> None:
@@ -345,10 +346,12 @@ class Exchange:
         upstream, self.upstream = self.upstream, None
         response = self.response
         if upstream is not None:
+            length = self.request.content_length
             reusable = (response is not None and response.keep_alive and self.request_done
-                        and not response.until_close)
+                        and not response.until_close
+                        and (length is None or self.bytes_in == length))
             self.backend.released(self.server_index)
-            self.backend.release(upstream, reusable, asyncio.get_running_loop().time())
+            self.backend.release(upstream, reusable, self.conn.loop.time())
         self.conn.exchange_done(self)
 
     def client_gone(self) -> None:

@@ -35,13 +35,12 @@ from offload.proto.http_types import (
     Headers,
     Request,
     Response,
-    header_tokens,
 )
 
 _HOST_RE = re.compile(
     rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]{1,5})?")
 _SCHEME_RE = re.compile(rb"(?i)(https?)://([^/?#]*)(.*)")
-_ASCII_TARGET = re.compile(rb"[\x21-\x7e]+")
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 
 RESPONSE_HEADER_FLOOR = 64 * 1024
 """Backends may send large headers (cookies); allow at least this much in responses."""
@@ -57,17 +56,42 @@ class HttpLimits:
     max_body_size: int | None = None
 
 
+TRAILER_DENYLIST = frozenset({
+    b"host", b"content-length", b"transfer-encoding", b"trailer", b"te", b"connection",
+    b"keep-alive", b"proxy-connection", b"upgrade", b"expect", b"authorization",
+    b"proxy-authorization", b"cookie", b"set-cookie", b"content-type", b"content-encoding",
+    b"content-range", b"range", b"cache-control", b"max-forwards", b"x-forwarded-for",
+    b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port", b"forwarded",
+    b"x-request-id",
+})
+"""Fields a trailer may not carry (framing, routing, authentication, and what offload itself
+vouches for); they are dropped, RFC 9110 §6.5.1."""
+
+_FRAMING_FIELDS = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection",
+                             b"upgrade", b"expect"})
+"""The fields the parser itself decides on; collected once as they arrive."""
+
+
 class _Message:
     """The pieces of one message gathered from httptools' callbacks."""
 
-    __slots__ = ("headers", "reason", "size", "trailers", "url")
+    __slots__ = ("fields", "headers", "reason", "size", "trailers", "url")
 
     def __init__(self) -> None:
         self.url = b""
         self.reason = b""
         self.headers: Headers = []
         self.trailers: Headers = []
+        self.fields: dict[bytes, list[bytes]] = {}
         self.size = 0
+
+    def tokens(self, name: bytes) -> list[bytes]:
+        """Comma-separated tokens of a framing field (``name`` lower-case), lower-cased."""
+        values = self.fields.get(name)
+        if not values:
+            return []
+        return [part.strip().lower() for value in values for part in value.split(b",")
+                if part.strip()]
 
 
 class _Parser:
@@ -79,7 +103,10 @@ class _Parser:
         self._events: list[Event] = []
         self._message: _Message | None = None
         self._in_head = True
-        self._head_bytes = 0
+        self._stalled = 0
+        """Bytes fed since the parser last made visible progress (a callback); httptools
+        buffers an unfinished header or trailer line itself, so this bounds it."""
+        self._in_trailers = False
         self._body_bytes = 0
         self._failed: ProtocolError | None = None
 
@@ -88,20 +115,33 @@ class _Parser:
     def on_message_begin(self) -> None:
         self._message = _Message()
         self._in_head = True
+        self._in_trailers = False
         self._body_bytes = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._stalled = 0
         message = self._message
         assert message is not None
         message.size += len(name) + len(value) + 4
         if message.size > self._header_limit:
             raise ProtocolError("header section too large", 431, "headers_too_large")
-        target = message.headers if self._in_head else message.trailers
+        value = value.strip(b" \t")
+        if self._in_head:
+            target = message.headers
+            lower = name.lower()
+            if lower in _FRAMING_FIELDS:
+                message.fields.setdefault(lower, []).append(value)
+        else:
+            target = message.trailers
+            if name.lower() in TRAILER_DENYLIST:
+                return  # RFC 9110 §6.5.1: never let a trailer stand in for a header
         if len(target) >= self.limits.max_header_count:
             raise ProtocolError("too many header fields", 431, "headers_too_large")
-        target.append((name, value.strip(b" \t")))
+        target.append((name, value))
 
     def on_body(self, data: bytes) -> None:
+        self._stalled = 0
+        self._in_trailers = False
         self._body_bytes += len(data)
         limit = self.limits.max_body_size
         if limit is not None and self._body_bytes > limit:
@@ -113,27 +153,39 @@ class _Parser:
     _parser: httptools.HttpRequestParser | httptools.HttpResponseParser
     _malformed_status = 400
 
-    def _guard_head(self, data: bytes) -> None:
-        """Stop a header section that never ends before httptools buffers all of it."""
-        if not self._in_head:
-            return
-        self._head_bytes += len(data)
-        if self._head_bytes > self._header_limit + self.limits.max_request_line and (
-                b"\r\n\r\n" not in data):
-            raise ProtocolError("header section too large", 431, "headers_too_large")
+    def on_chunk_header(self) -> None:
+        # Until chunk data arrives we are either at the start of a chunk's data (which comes
+        # as on_body, byte by byte) or, after the last chunk, in the trailer section.
+        self._stalled = 0
+        self._in_trailers = True
+
+    def on_chunk_complete(self) -> None:
+        self._stalled = 0
+        self._in_trailers = False
+
+    def _check_stall(self) -> None:
+        """Stop a header, trailer or chunk line that never ends: httptools keeps unfinished
+        fields itself, so bytes fed without any callback since are bytes it is buffering.
+        (Checked after each feed: callbacks reset the count, so at most one read more.)"""
+        if self._stalled > self._header_limit + self.limits.max_request_line:
+            if self._in_head or self._in_trailers:
+                raise ProtocolError("header section too large", 431, "headers_too_large")
+            raise ProtocolError("chunk line too long", 400, "bad_chunk")
 
     def _run(self, data: bytes) -> list[Event]:
         if self._failed is not None:
+            self._failed.before = []  # what came before was handed out with the first raise
             raise self._failed
         try:
             pending: bytes | None = data
             while pending is not None:
                 chunk, pending = pending, None
-                self._guard_head(chunk)
+                self._stalled += len(chunk)  # every callback resets it
                 try:
                     self._parser.feed_data(chunk)
                 except httptools.HttpParserUpgrade as upgrade:
                     pending = self._upgraded(chunk[upgrade.args[0]:])
+                self._check_stall()
         except httptools.HttpParserError as error:
             self._failed = self._translate(error)
             self._failed.before, self._events = list(self._events), []
@@ -157,18 +209,18 @@ class _Parser:
 
     def _end_head(self) -> None:
         self._in_head = False
-        self._head_bytes = 0
+        self._stalled = 0
 
     def _message_done(self) -> None:
         self._in_head = True  # the next bytes start a new head
-        self._head_bytes = 0
+        self._in_trailers = False
+        self._stalled = 0
 
 
-def _content_length(headers: Headers) -> int | None:
-    for name, value in headers:
-        if name.lower() == b"content-length":
-            return int(value)  # llhttp checked: one value, digits only, no overflow
-    return None
+def _content_length(message: _Message) -> int | None:
+    values = message.fields.get(b"content-length")
+    # llhttp checked: one value, digits only, no overflow
+    return int(values[0]) if values else None
 
 
 def _validate_host(value: bytes) -> None:
@@ -189,6 +241,7 @@ class RequestParser(_Parser):
         super().__init__(limits, limits.max_header_size)
         self._parser: httptools.HttpRequestParser = httptools.HttpRequestParser(self)
         self._request: Request | None = None
+        self._valid_host = b"\x00"
         self.upgrade_tail: bytes | None = None
         """Set after a WebSocket upgrade request: the bytes that followed its head. Parsing
         stops until :meth:`resume` (the backend refused) or for good (tunnel)."""
@@ -233,47 +286,57 @@ class RequestParser(_Parser):
         if request is not None and request.websocket:
             self.upgrade_tail = tail
             return None
-        # Another upgrade (h2c...) is never forwarded: the request goes on as plain HTTP/1.1.
-        # llhttp skipped its body, so one with a body cannot be parsed safely.
-        if request is not None and request.has_body:
-            raise ProtocolError("upgrade request with a body", 400, "bad_upgrade")
+        # Another upgrade (h2c...) is never forwarded: the request goes on as plain HTTP/1.1
+        # (one with a body was refused in _build).
         self._parser = httptools.HttpRequestParser(self)
         self._message_done()
         return tail or None
 
     def _build(self, message: _Message) -> Request:
-        version = self._parser.get_http_version().encode()
-        if version == b"0.9":
-            raise ProtocolError("HTTP/0.9 is not supported", 400, "bad_version")
-        if version not in (b"1.1", b"1.0"):
+        version = _VERSIONS.get(self._parser.get_http_version())
+        if version is None:
+            if self._parser.get_http_version() == "0.9":
+                raise ProtocolError("HTTP/0.9 is not supported", 400, "bad_version")
             raise ProtocolError("HTTP version not supported", 505, "bad_version")
         method: bytes = self._parser.get_method()
         if method == b"CONNECT":
             raise ProtocolError("CONNECT is not supported by a reverse proxy", 405, "bad_method")
         headers = message.headers
-        hosts = [value for name, value in headers if name.lower() == b"host"]
+        hosts = message.fields.get(b"host", [])
         if len(hosts) > 1:
             raise ProtocolError("more than one Host", 400, "bad_host")
         if version == b"1.1" and not hosts:
             raise ProtocolError("HTTP/1.1 request without Host", 400, "bad_host")
         host = hosts[0] if hosts else b""
-        if hosts:
+        if hosts and host != self._valid_host:
             _validate_host(host)
+            self._valid_host = host  # a connection mostly asks for one host: check it once
         target, host = self._target(message.url, method, host)
-        transfer = header_tokens(headers, b"transfer-encoding")
+        transfer = message.tokens(b"transfer-encoding")
         if transfer and version == b"1.0":
             raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request", 400, "bad_framing")
-        chunked = bool(transfer)  # llhttp refused any request whose last coding is not chunked
-        length = None if chunked else _content_length(headers)
+        if transfer and transfer[-1] != b"chunked":
+            raise ProtocolError("Transfer-Encoding must end with chunked", 400, "parse_error")
+        if len(transfer) > 1:
+            # a coding before chunked could not be passed on without the backend decoding a
+            # body it was not told about (RFC 9112 §6.1)
+            raise ProtocolError("unsupported transfer coding", 501, "bad_framing")
+        chunked = bool(transfer)
+        length = None if chunked else _content_length(message)
+        if (chunked or length) and b"upgrade" in message.fields and (
+                b"upgrade" in message.tokens(b"connection")):
+            # llhttp ends an upgrade request at its head: a body would be read as the next
+            # request (or as tunnel bytes), so such a request cannot be framed safely
+            raise ProtocolError("upgrade request with a body", 400, "bad_upgrade")
         limit = self.limits.max_body_size
         if limit is not None and length is not None and length > limit:
             raise ProtocolError("body larger than allowed", 413, "body_too_large")
-        expect = header_tokens(headers, b"expect")
+        expect = message.tokens(b"expect")
         if expect and expect != [b"100-continue"]:
             raise ProtocolError("unsupported Expect", 417, "bad_expect")
-        upgrade = header_tokens(headers, b"upgrade")
-        websocket = (b"websocket" in upgrade and b"upgrade" in header_tokens(headers, b"connection")
-                     and method == b"GET" and version == b"1.1")
+        websocket = (b"upgrade" in message.fields and method == b"GET" and version == b"1.1"
+                     and b"websocket" in message.tokens(b"upgrade")
+                     and b"upgrade" in message.tokens(b"connection"))
         return Request(
             method=method, target=target, version=version, headers=headers, host=host,
             content_length=length, chunked=chunked,
@@ -284,7 +347,9 @@ class RequestParser(_Parser):
     @staticmethod
     def _target(url: bytes, method: bytes, host: bytes) -> tuple[bytes, bytes]:
         """Check the request target and return (origin-form target, host)."""
-        if not _ASCII_TARGET.fullmatch(url):
+        # llhttp refused spaces and control characters; what is left to refuse is DEL and
+        # anything beyond ASCII (targets must be percent-encoded, RFC 3986)
+        if not url.isascii() or b"\x7f" in url:
             raise ProtocolError("request target must be printable ASCII", 400, "bad_target")
         if b"#" in url:
             raise ProtocolError("fragment in request target", 400, "bad_target")
@@ -335,8 +400,18 @@ class ResponseParser(_Parser):
         return response is not None and response.until_close
 
     def feed(self, data: bytes) -> list[Event]:
+        if self._failed is not None:
+            self._failed.before = []
+            raise self._failed
+        if self.upgrade_tail is not None:
+            self.upgrade_tail += data  # after 101 everything is tunnel data
+            return []
         if self._head_buffer is not None:
-            return self._feed_head_only(data)
+            try:
+                return self._feed_head_only(data)
+            except ProtocolError as error:
+                self._failed = error
+                raise
         return self._run(data)
 
     def feed_eof(self) -> list[Event]:
@@ -344,8 +419,9 @@ class ResponseParser(_Parser):
         if self._response is not None and self._response.until_close:
             self._response = None
             return [EndOfMessage()]
-        raise ProtocolError("the server closed before the response was complete", 502,
-                            "backend_closed")
+        self._failed = ProtocolError("the server closed before the response was complete", 502,
+                                     "backend_closed")
+        raise self._failed
 
     def _feed_head_only(self, data: bytes) -> list[Event]:
         """Responses to HEAD have no body whatever their headers say: httptools cannot be told,
@@ -383,16 +459,16 @@ class ResponseParser(_Parser):
         assert message is not None
         self._end_head()
         status = self._parser.get_status_code()
-        version = self._parser.get_http_version().encode()
-        if version not in (b"1.1", b"1.0"):
+        version = _VERSIONS.get(self._parser.get_http_version())
+        if version is None:
             raise ProtocolError("backend spoke an unsupported HTTP version", 502, "parse_error")
         headers = message.headers
-        transfer = header_tokens(headers, b"transfer-encoding")
+        transfer = message.tokens(b"transfer-encoding")
         if transfer and transfer != [b"chunked"]:
             raise ProtocolError("backend used a transfer coding other than chunked", 502,
                                 "parse_error")
         chunked = bool(transfer)
-        length = None if chunked else _content_length(headers)
+        length = None if chunked else _content_length(message)
         bodiless = (self._method == b"HEAD" or status < 200 or status in (204, 304))
         response = Response(
             status=status, reason=message.reason, version=version, headers=headers,

@@ -264,11 +264,11 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._state != OPEN or self._write_eof:
             return
-        view = memoryview(data)
-        write = self._ssl.write
-        while view:
-            sent = write(view)
-            view = view[sent:]
+        sent = self._ssl.write(data)
+        if sent < len(data):  # never with memory BIOs, but the API allows it
+            view = memoryview(data)[sent:]
+            while view:
+                view = view[self._ssl.write(view):]
         tcp = self._tcp
         if tcp is not None:
             tcp.write(self._outgoing.read())

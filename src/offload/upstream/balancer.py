@@ -122,6 +122,8 @@ class SmoothWeightedRoundRobin:
             if current[server.index] > current[best.index]:
                 best = server
         current[best.index] -= total
+        if len(tier) == 1:
+            return [best.index]
         chosen, span = best.index, _span(servers)
         rest = sorted((server.index for server in tier if server is not best),
                       key=lambda index: (-current[index], (index - chosen) % span))

@@ -35,6 +35,9 @@ class ServerGroup:
         self.trackers = [HealthTracker(state, config.health_check, config.ejection)
                          for state in self.states]
         self.checker: HealthChecker | None = None
+        self._ejected = 0
+        """Servers ejected by passive checks: only then must the trackers be asked whether an
+        ejection has run out (keeps the common path free of per-server calls)."""
 
     def start(self) -> None:
         """Start the active health checks, if configured (in the running loop)."""
@@ -49,6 +52,10 @@ class ServerGroup:
             self.checker = None
 
     def health_changed(self, index: int, transition: str) -> None:
+        if transition == "ejected":
+            self._ejected += 1
+        elif transition == "returned":
+            self._ejected -= 1
         server = self.servers[index]
         self.counters.inc("server_state", self.name, transition)
         log = _log.warning if transition in ("down", "ejected") else _log.info
@@ -57,11 +64,15 @@ class ServerGroup:
 
     def candidates(self, key: bytes, now: float) -> list[int]:
         """Servers to try, first choice first (only usable ones; backups if no primary is)."""
-        for tracker in self.trackers:
-            change = tracker.refresh(now)
-            if change is not None:
-                self.health_changed(tracker.server.index, change)
-        return self.balancer.order(self.states, now, key)
+        if self._ejected:
+            for tracker in self.trackers:
+                change = tracker.refresh(now)
+                if change is not None:
+                    self.health_changed(tracker.server.index, change)
+        states = self.states
+        if len(states) == 1:  # nothing to balance
+            return [0] if states[0].usable(now) else []
+        return self.balancer.order(states, now, key)
 
     def acquired(self, index: int) -> None:
         self.states[index].active += 1

@@ -111,6 +111,8 @@ class HealthTracker:
 
     def record_request(self, ok: bool, now: float) -> RequestTransition | None:
         """Count one request outcome (``ok=False``: connect failure or 5xx answer)."""
+        if ok and not self._request_failures and not self._ejected:
+            return None  # the common case: nothing to count, nothing to end
         transition = self.refresh(now)
         limit = self._ejection.failures
         if limit == 0 or self._ejected:
