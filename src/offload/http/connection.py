@@ -69,7 +69,7 @@ class HttpConnection(asyncio.Protocol):
         self.client_facts = rewrite.ClientFacts(address=str(peer[0]), port=int(peer[1]),
                                                 local_port=int(local[1]))
         self.balance_key = str(peer[0]).encode()
-        self._trusted = self.forward_policy.trusts(self.client_facts.address)
+        self.trusted = self.forward_policy.trusts(self.client_facts.address)
 
     @property
     def draining(self) -> bool:
@@ -181,7 +181,7 @@ class HttpConnection(asyncio.Protocol):
         exchange.start()
 
     def _request_id(self, request: Request) -> bytes:
-        if self._trusted:
+        if self.trusted:
             incoming = header_value(request.headers, b"x-request-id")
             if incoming:
                 return incoming
@@ -300,6 +300,7 @@ class HttpConnection(asyncio.Protocol):
         assert transport is not None
         upstream.user = None
         upstream.private = True
+        upstream.flush()  # the relay writes directly from here on
         relay = TcpRelay(self.stream, None, self.site.frontend.idle_timeout, self.site.counters,
                          backend_name=self.backend.name)
         self.stream.set_app(relay)

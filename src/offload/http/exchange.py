@@ -136,7 +136,8 @@ class Exchange:
         self._timer = self.conn.server_deadline
         self._timer.set(self.conn.loop.time() + self.backend.config.server_timeout)
         head, self.request_id = rewrite.backend_request_head(
-            self.request, self.conn.client_facts, self.conn.forward_policy, self.request_id)
+            self.request, self.conn.client_facts, self.conn.forward_policy, self.request_id,
+            trusted=self.conn.trusted)
         out = [head]
         if fresh:
             proxy = self.conn.proxy_header()
@@ -179,8 +180,9 @@ class Exchange:
         out: list[bytes] = []
         for event in events:
             if isinstance(event, Data):
-                self.bytes_out += len(event.data)
-                out.append(chunk(event.data) if self.framing == "chunked" else event.data)
+                data = event.data
+                self.bytes_out += len(data)
+                out.append(chunk(data) if self.framing == "chunked" else data)
             elif isinstance(event, Response):
                 self._response_head(event, out)
                 if self.finished:

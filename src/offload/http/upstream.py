@@ -19,6 +19,7 @@ from offload.proto.http1 import HttpLimits, ResponseParser
 from offload.proto.http_types import Event
 from offload.upstream.group import ServerGroup
 from offload.upstream.servers import Server
+from offload.writes import WriteBatcher
 
 SWEEP_INTERVAL = 1.0
 
@@ -38,11 +39,13 @@ class UpstreamUser(Protocol):
 class BackendConnection(asyncio.Protocol):
     """One HTTP/1.1 connection to a backend server."""
 
-    __slots__ = ("closed", "idle_since", "index", "parser", "private", "raw", "requests",
-                 "transport", "user")
+    __slots__ = ("batcher", "closed", "idle_since", "index", "parser", "private", "raw",
+                 "requests", "transport", "user")
 
-    def __init__(self, index: int, limits: HttpLimits) -> None:
+    def __init__(self, index: int, limits: HttpLimits, batcher: WriteBatcher | None = None
+                 ) -> None:
         self.index = index
+        self.batcher = batcher
         self.parser = ResponseParser(limits)
         self.transport: asyncio.Transport | None = None
         self.user: UpstreamUser | None = None
@@ -95,13 +98,23 @@ class BackendConnection(asyncio.Protocol):
             self.user.backend_resume_writing()
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(data)
+        transport = self.transport
+        if transport is not None and not self.closed:
+            if self.batcher is not None:
+                self.batcher.write(transport, data)
+            else:
+                transport.write(data)
+
+    def flush(self) -> None:
+        """Send what is queued for this turn (before a close, or before handing over)."""
+        if self.batcher is not None:
+            self.batcher.flush()
 
     def close(self) -> None:
         self.closed = True
         self.user = None
         if self.transport is not None:
+            self.flush()
             self.transport.close()
 
     def abort(self) -> None:
@@ -157,9 +170,10 @@ class HttpBackend(ServerGroup):
     """A backend in HTTP mode, in one worker: its servers plus a keep-alive pool per server."""
 
     def __init__(self, config: BackendConfig, servers: tuple[Server, ...], counters: Counters,
-                 limits: HttpLimits) -> None:
+                 limits: HttpLimits, batcher: WriteBatcher | None = None) -> None:
         super().__init__(config, servers, counters)
         self.limits = limits
+        self.batcher = batcher
         self.pools = [ConnectionPool(config.pool_max_idle) for _ in servers]
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -191,7 +205,7 @@ class HttpBackend(ServerGroup):
         """A new connection to server ``index``; raises OSError or TimeoutError."""
         loop = asyncio.get_running_loop()
         server = self.servers[index]
-        connection = BackendConnection(index, self.limits)
+        connection = BackendConnection(index, self.limits, self.batcher)
         async with asyncio.timeout(self.config.connect_timeout):
             if server.unix_path:
                 await loop.create_unix_connection(lambda: connection, server.unix_path)

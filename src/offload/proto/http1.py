@@ -100,6 +100,8 @@ class _Parser:
     def __init__(self, limits: HttpLimits, header_limit: int) -> None:
         self.limits = limits
         self._header_limit = header_limit
+        self._max_fields = limits.max_header_count
+        self._stall_limit = header_limit + limits.max_request_line
         self._events: list[Event] = []
         self._message: _Message | None = None
         self._in_head = True
@@ -119,11 +121,13 @@ class _Parser:
         self._body_bytes = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # The hottest callback (every field of every message): kept lean on purpose.
         self._stalled = 0
         message = self._message
         assert message is not None
-        message.size += len(name) + len(value) + 4
-        if message.size > self._header_limit:
+        size = message.size + len(name) + len(value) + 4
+        message.size = size
+        if size > self._header_limit:
             raise ProtocolError("header section too large", 431, "headers_too_large")
         value = value.strip(b" \t")
         if self._in_head:
@@ -135,7 +139,7 @@ class _Parser:
             target = message.trailers
             if name.lower() in TRAILER_DENYLIST:
                 return  # RFC 9110 §6.5.1: never let a trailer stand in for a header
-        if len(target) >= self.limits.max_header_count:
+        if len(target) >= self._max_fields:
             raise ProtocolError("too many header fields", 431, "headers_too_large")
         target.append((name, value))
 
@@ -167,7 +171,7 @@ class _Parser:
         """Stop a header, trailer or chunk line that never ends: httptools keeps unfinished
         fields itself, so bytes fed without any callback since are bytes it is buffering.
         (Checked after each feed: callbacks reset the count, so at most one read more.)"""
-        if self._stalled > self._header_limit + self.limits.max_request_line:
+        if self._stalled > self._stall_limit:
             if self._in_head or self._in_trailers:
                 raise ProtocolError("header section too large", 431, "headers_too_large")
             raise ProtocolError("chunk line too long", 400, "bad_chunk")
@@ -185,7 +189,8 @@ class _Parser:
                     self._parser.feed_data(chunk)
                 except httptools.HttpParserUpgrade as upgrade:
                     pending = self._upgraded(chunk[upgrade.args[0]:])
-                self._check_stall()
+                if self._stalled > self._stall_limit:
+                    self._check_stall()
         except httptools.HttpParserError as error:
             self._failed = self._translate(error)
             self._failed.before, self._events = list(self._events), []

@@ -207,14 +207,16 @@ def _request_fields(headers: Headers, actions: Mapping[bytes, int], trusted: boo
 
 
 def backend_request_head(request: Request, client: ClientFacts, policy: ForwardPolicy,
-                         request_id: bytes) -> tuple[bytes, bytes]:
+                         request_id: bytes, *, trusted: bool | None = None,
+                         ) -> tuple[bytes, bytes]:
     """The HTTP/1.1 request head to send to the backend, and the request id it carries.
 
     Our own fields follow the client's, in this order: Expect, X-Forwarded-For, -Proto,
     -Host, -Port, Forwarded, the request id, Connection and Upgrade (WebSocket), framing.
     Raises :class:`ProtocolError` (400) if a value would break a line.
     """
-    trusted = policy.trusts(client.address)
+    if trusted is None:  # callers that serve many requests for one client pass it in
+        trusted = policy.trusts(client.address)
     host = request.host
     # RFC 9112 §3.2: an HTTP/1.1 request always has one Host, empty when there is no authority.
     out = [request.method, b" ", request.target, b" HTTP/1.1\r\nHost: ", host, _CRLF]

@@ -17,6 +17,7 @@ from offload.observe.log import fields
 from offload.observe.stats import Counters
 from offload.server.prepare import PreparedFrontend
 from offload.tls.stream import TLSServerStream
+from offload.writes import WriteBatcher
 
 _log = logging.getLogger("offload.listener")
 
@@ -82,10 +83,11 @@ class Listener:
 
     def __init__(self, frontend: PreparedFrontend, app_factory: AppFactory,
                  sockets: list[socket.socket], registry: ConnectionRegistry,
-                 counters: Counters) -> None:
+                 counters: Counters, *, batcher: WriteBatcher | None = None) -> None:
         self.frontend = frontend
         self.name = frontend.config.name
         self._app_factory = app_factory
+        self._batcher = batcher
         self._sockets = sockets
         self._registry = registry
         self._counters = counters
@@ -98,7 +100,7 @@ class Listener:
         registry.listeners.append(self)
 
     def _new_stream(self) -> TLSServerStream:
-        return TLSServerStream(self, self._context, self._handshake_timeout)
+        return TLSServerStream(self, self._context, self._handshake_timeout, self._batcher)
 
     async def start(self) -> None:
         """Start accepting on every socket of this frontend."""

@@ -37,6 +37,7 @@ from offload.proto.http1 import HttpLimits
 from offload.server.listener import AppFactory, ConnectionRegistry, Listener
 from offload.server.prepare import Prepared
 from offload.upstream.backend import Backend
+from offload.writes import WriteBatcher
 
 _log = logging.getLogger("offload.worker")
 
@@ -125,6 +126,7 @@ class _Apps:
         self.spec = spec
         self.counters = counters
         self.registry = registry
+        self.batcher = WriteBatcher(asyncio.get_running_loop())
         self.tcp_backends: dict[str, Backend] = {}
         self.http_backends: dict[str, HttpBackend] = {}
         self.access_logs: dict[tuple[str, str], AccessLog] = {}
@@ -134,7 +136,8 @@ class _Apps:
         for frontend in spec.prepared.frontends:
             self.listeners.append(Listener(
                 frontend, self._factory(frontend.config),
-                [spec.sockets[address] for address in frontend.config.bind], registry, counters))
+                [spec.sockets[address] for address in frontend.config.bind], registry, counters,
+                batcher=self.batcher))
 
     def _factory(self, frontend: FrontendConfig) -> AppFactory:
         prepared, counters = self.spec.prepared, self.counters
@@ -149,7 +152,7 @@ class _Apps:
         http_backend = self.http_backends.get(config.name)
         if http_backend is None:
             http_backend = self.http_backends[config.name] = HttpBackend(
-                config, servers, counters, RESPONSE_LIMITS)
+                config, servers, counters, RESPONSE_LIMITS, self.batcher)
         log = None
         if frontend.access_log != "off":
             key = (frontend.access_log, frontend.access_log_format)

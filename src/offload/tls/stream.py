@@ -30,6 +30,7 @@ import time
 from typing import Any, Protocol, cast
 
 from offload.tls.sni import SNI_ATTRIBUTE, SNI_MATCHED_ATTRIBUTE
+from offload.writes import WriteBatcher
 
 READ_CHUNK = 16 * 1024
 """Bytes asked of one ``SSLObject.read``: one TLS record's worth of plaintext."""
@@ -81,15 +82,16 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
     """A TLS server connection: a Protocol for the TCP transport, a Transport for the app."""
 
     __slots__ = (
-        "_app", "_held", "_incoming", "_loop", "_outgoing", "_owner", "_peer_eof",
+        "_app", "_batcher", "_held", "_incoming", "_loop", "_outgoing", "_owner", "_peer_eof",
         "_reading_paused", "_ssl", "_state", "_tcp", "_timer", "_write_eof",
         "accepted_at", "handshake_seconds", "handshake_timeout",
     )
 
     def __init__(self, owner: StreamOwner, context: ssl.SSLContext,
-                 handshake_timeout: float) -> None:
+                 handshake_timeout: float, batcher: WriteBatcher | None = None) -> None:
         super().__init__()
         self._owner = owner
+        self._batcher = batcher
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
@@ -160,7 +162,28 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
 
     def _flush(self) -> None:
         if self._outgoing.pending and self._tcp is not None:
-            self._tcp.write(self._outgoing.read())
+            self._send(self._outgoing.read())
+
+    def _send(self, data: bytes) -> None:
+        tcp = self._tcp
+        if tcp is None:
+            return
+        if self._batcher is not None:
+            self._batcher.write(tcp, data)
+        else:
+            tcp.write(data)
+
+    def _tcp_close(self, *, abort: bool = False) -> None:
+        """Close the TCP connection after every queued write is out (abort: at once)."""
+        tcp = self._tcp
+        if tcp is None:
+            return
+        if self._batcher is not None:
+            self._batcher.flush()
+        if abort:
+            tcp.abort()
+        else:
+            tcp.close()
 
     def _handshake(self) -> None:
         try:
@@ -195,11 +218,7 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
             self._timer.cancel()
             self._timer = None
         self._owner.stream_failed(self, reason, detail)
-        if self._tcp is not None:
-            if abort:
-                self._tcp.abort()
-            else:
-                self._tcp.close()
+        self._tcp_close(abort=abort)
 
     def _decrypt(self) -> tuple[bytes, bool]:
         """Decrypt what the incoming BIO holds; returns (plaintext, close_notify seen)."""
@@ -243,14 +262,13 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
             self._peer_eof = True
             if app is not None:
                 app.eof_received()
-            if self._write_eof and self._tcp is not None:
-                self._tcp.close()
+            if self._write_eof:
+                self._tcp_close()
 
     def _protocol_error(self, error: ssl.SSLError) -> None:
         """A broken record after the handshake: the stream cannot continue."""
         self._state = CLOSING
-        if self._tcp is not None:
-            self._tcp.close()
+        self._tcp_close()
 
     def _send_close_notify(self) -> None:
         try:
@@ -269,9 +287,7 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
             view = memoryview(data)[sent:]
             while view:
                 view = view[self._ssl.write(view):]
-        tcp = self._tcp
-        if tcp is not None:
-            tcp.write(self._outgoing.read())
+        self._send(self._outgoing.read())
 
     def writelines(self, list_of_data: Any) -> None:
         self.write(b"".join(list_of_data))
@@ -297,8 +313,8 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
                 self._peer_eof = True
         self._write_eof = True
         self._send_close_notify()
-        if self._peer_eof and self._tcp is not None:
-            self._tcp.close()
+        if self._peer_eof:
+            self._tcp_close()
 
     def _deliver_held(self, eof: bool) -> None:
         data, self._held = self._held, b""
@@ -308,8 +324,7 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
             if eof and not self._peer_eof:
                 self._peer_eof = True
                 self._app.eof_received()
-                if self._tcp is not None:
-                    self._tcp.close()
+                self._tcp_close()
 
     def close(self, notify: bool = True) -> None:
         """Close after sending what is buffered; ``notify=False`` skips close_notify, so the
@@ -324,13 +339,11 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
         if was_open and notify and not self._write_eof:
             self._write_eof = True
             self._send_close_notify()
-        if self._tcp is not None:
-            self._tcp.close()
+        self._tcp_close()
 
     def abort(self) -> None:
         self._state = max(self._state, CLOSING)
-        if self._tcp is not None:
-            self._tcp.abort()
+        self._tcp_close(abort=True)
 
     def is_closing(self) -> bool:
         return self._state >= CLOSING
