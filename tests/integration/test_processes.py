@@ -254,3 +254,14 @@ def test_workers_drop_privileges(pki, localhost_bundle, backend, offload, port):
     with tls_connect(port, client_context(pki.ca)) as tls:
         tls.sendall(b"as nobody")
         assert tls.recv(20) == b"as nobody"
+
+
+def test_repeated_stops_always_exit_cleanly(pki, localhost_bundle, backend, offload, port):
+    """A stop signal and the workers' exits can arrive in one batch of events; the supervisor
+    once read a pipe it had just closed (EBADF) and exited 1 about one stop in five."""
+    server = backend(echo)
+    config = tcp_config(port, [localhost_bundle], [server.address], workers=2)
+    for _ in range(8):
+        instance = offload(config)
+        instance.signal(signal.SIGINT)
+        assert instance.process.wait(15) == 0, "\n".join(instance.lines[-10:])

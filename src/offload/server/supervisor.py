@@ -184,6 +184,8 @@ class Supervisor:
                 self._shutdown(signal.Signals(signum).name)
 
     def _on_ready_pipe(self, worker: WorkerProcess) -> None:
+        if worker.status_fd < 0:
+            return  # reaped earlier in the same batch of events; its pipe is closed
         data = os.read(worker.status_fd, 16)
         if not data:
             self._forget_pipe(worker)

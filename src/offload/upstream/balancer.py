@@ -22,7 +22,7 @@ import hashlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 
 if TYPE_CHECKING:
     from offload.config.model import BackendConfig, ServerConfig
@@ -166,8 +166,8 @@ class ConsistentHash:
     index, so reordering the configured servers remaps keys.
     """
 
-    POINTS_PER_WEIGHT = 100
-    MAX_POINTS = 20_000
+    POINTS_PER_WEIGHT: ClassVar[int] = 100
+    MAX_POINTS: ClassVar[int] = 20_000
 
     __slots__ = ("_hashes", "_owners", "_weights")
 
