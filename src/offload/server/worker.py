@@ -219,10 +219,10 @@ async def _serve(spec: WorkerSpec) -> int:
     _log.info("worker ready", extra=fields(slot=spec.slot, generation=spec.generation))
     await stop.wait()
 
-    _log.info("worker draining", extra=fields(
-        slot=spec.slot, generation=spec.generation, open_connections=len(registry.streams)))
     apps.stop_accepting()
     os.write(spec.status_fd, STOPPED_ACCEPTING)
+    _log.info("worker draining", extra=fields(
+        slot=spec.slot, generation=spec.generation, open_connections=len(registry.streams)))
     try:
         async with asyncio.timeout(settings.drain_timeout):
             await registry.wait_empty()
