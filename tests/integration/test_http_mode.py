@@ -299,3 +299,42 @@ def test_a_bad_pipelined_request_does_not_spoil_the_one_before(pki, localhost_bu
     assert rest.startswith(b"HTTP/1.1 200") and pattern(9) in rest
     assert b"HTTP/1.1 400 " in rest
     assert [r.target for r in server.requests] == ["/slow/0.3", "/bytes/9"]
+
+
+def test_response_trailers_reach_an_http11_client(pki, localhost_bundle, http_backend, offload,
+                                                  port):
+    server = http_backend()
+    offload(http_config(port, [localhost_bundle], [server.address]))
+    pipe = TlsPipe(port, client_context(pki.ca))
+    pipe.send(b"GET /chunked/10 HTTP/1.1\r\nHost: localhost\r\nTE: trailers\r\n"
+              b"Connection: close\r\n\r\n")
+    answer = pipe.recv_all()
+    pipe.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in head
+    assert body == b"a\r\n" + pattern(10) + b"\r\n0\r\nX-Trailer: done\r\n\r\n"
+
+
+def test_slow_reader_does_not_grow_memory(pki, localhost_bundle, http_backend, offload, port):
+    from harness import rss_kib, tls_connect
+
+    server = http_backend()
+    instance = offload(http_config(port, [localhost_bundle], [server.address]))
+    (worker,) = instance.worker_pids()
+    size = 256 * 1024 * 1024
+    with tls_connect(port, client_context(pki.ca), timeout=30) as tls:
+        tls.sendall(b"GET /bytes/%d HTTP/1.1\r\nHost: localhost\r\n\r\n" % size)
+        first = tls.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200")
+        time.sleep(0.5)  # the backend pushes as fast as it can while we do not read
+        before = rss_kib(worker)
+        time.sleep(2.5)
+        after = rss_kib(worker)
+        assert after - before < 4096, f"memory grew by {after - before} KiB while not reading"
+        received = len(first.partition(b"\r\n\r\n")[2])
+        while received < size:
+            chunk = tls.recv(1 << 20)
+            assert chunk
+            received += len(chunk)
+    assert received == size
+    assert server.requests[-1].target == f"/bytes/{size}"

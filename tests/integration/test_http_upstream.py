@@ -222,3 +222,36 @@ def test_server_header_policy(pki, localhost_bundle, http_backend, offload, port
     assert response.getheader("Server") == "offload"
     response, _ = get(conn, "/status/404")
     assert response.status == 404 and response.getheader("X-Backend") == "named"
+
+
+def test_max_connections_spills_to_the_next_server(pki, localhost_bundle, http_backend, offload,
+                                                   port):
+    from harness import TlsPipe, client_context
+
+    a, b = http_backend("a"), http_backend("b")
+    offload(http_config(port, [localhost_bundle],
+                        [_server("a", a, max_connections=1), _server("b", b)],
+                        backend='balance = "roundrobin"'))
+    slow = [TlsPipe(port, client_context(pki.ca)) for _ in range(2)]
+    for pipe in slow:
+        pipe.send(b"GET /slow/1.5 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    deadline = time.monotonic() + 5
+    while len(a.requests) + len(b.requests) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # a holds one request in flight, its maximum: every new request must go to b
+    conn = https(port, pki.ca)
+    assert _backend_names(conn, "/bytes/1", 4) == {"b": 4}
+    for pipe in slow:
+        pipe.close()
+
+
+def test_idle_pooled_connections_expire(pki, localhost_bundle, http_backend, offload, port):
+    server = http_backend()
+    offload(http_config(port, [localhost_bundle], [server.address],
+                        backend='pool_idle_timeout = "300ms"'))
+    conn = https(port, pki.ca)
+    get(conn, "/bytes/1")
+    assert server.connections == 1
+    time.sleep(1.6)  # the pool sweeps every second
+    get(conn, "/bytes/1")
+    assert server.connections == 2, "the idle pooled connection should have been closed"
