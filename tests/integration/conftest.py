@@ -56,38 +56,9 @@ def backend() -> Iterator[Callable[[Handler], TcpBackend]]:
         server.close()
 
 
-def tcp_config(port: int, certificates: list[Path], servers: list[str], *, workers: int = 1,
-               frontend: str = "", backend: str = "", global_: str = "") -> str:
-    """A one-frontend TCP-mode configuration, with extra TOML lines per section."""
-    certs = ", ".join(f'"{path}"' for path in certificates)
-    server_list = ", ".join(f'"{address}"' for address in servers)
-    return f"""
-[global]
-workers = {workers}
-log_level = "debug"
-drain_timeout = "10s"
-{global_}
-
-[[frontends]]
-name = "test"
-bind = ["127.0.0.1:{port}"]
-mode = "tcp"
-backend = "app"
-certificates = [{certs}]
-{frontend}
-
-[[backends]]
-name = "app"
-servers = [{server_list}]
-connect_timeout = "2s"
-{backend}
-"""
-
-
-def http_config(port: int, certificates: list[Path], servers: list[str], *, workers: int = 1,
-                frontend: str = "", backend: str = "", global_: str = "",
-                access_log: str = "stderr") -> str:
-    """A one-frontend HTTP-mode configuration; servers may be TOML tables (start with "{")."""
+def _config(mode: str, port: int, certificates: list[Path], servers: list[str], *,
+            workers: int, frontend: str, backend: str, global_: str) -> str:
+    """A one-frontend configuration; servers may be TOML tables (start with "{")."""
     certs = ", ".join(f'"{path}"' for path in certificates)
     server_list = ", ".join(s if s.startswith("{") else f'"{s}"' for s in servers)
     return f"""
@@ -98,12 +69,11 @@ drain_timeout = "10s"
 {global_}
 
 [[frontends]]
-name = "web"
+name = "{"test" if mode == "tcp" else "web"}"
 bind = ["127.0.0.1:{port}"]
-mode = "http"
+mode = "{mode}"
 backend = "app"
 certificates = [{certs}]
-access_log = "{access_log}"
 {frontend}
 
 [[backends]]
@@ -112,6 +82,22 @@ servers = [{server_list}]
 connect_timeout = "2s"
 {backend}
 """
+
+
+def tcp_config(port: int, certificates: list[Path], servers: list[str], *, workers: int = 1,
+               frontend: str = "", backend: str = "", global_: str = "") -> str:
+    """A one-frontend TCP-mode configuration, with extra TOML lines per section."""
+    return _config("tcp", port, certificates, servers, workers=workers, frontend=frontend,
+                   backend=backend, global_=global_)
+
+
+def http_config(port: int, certificates: list[Path], servers: list[str], *, workers: int = 1,
+                frontend: str = "", backend: str = "", global_: str = "",
+                access_log: str = "stderr") -> str:
+    """A one-frontend HTTP-mode configuration, with extra TOML lines per section."""
+    return _config("http", port, certificates, servers, workers=workers,
+                   frontend=f'access_log = "{access_log}"\n{frontend}', backend=backend,
+                   global_=global_)
 
 
 @pytest.fixture

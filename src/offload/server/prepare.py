@@ -66,18 +66,15 @@ def _check_accounts(config: Config) -> list[Issue]:
     """The user and group the workers switch to must exist."""
     issues = []
     settings = config.global_
-    if settings.user is not None:
+    for key, name, lookup in (("user", settings.user, pwd.getpwnam),
+                              ("group", settings.group, grp.getgrnam)):
+        if name is None:
+            continue
         try:
-            pwd.getpwnam(settings.user)
+            lookup(name)
         except KeyError:
-            issues.append(Issue("global.user", f"no user \"{settings.user}\" on this system",
-                                "create the user or name an existing one"))
-    if settings.group is not None:
-        try:
-            grp.getgrnam(settings.group)
-        except KeyError:
-            issues.append(Issue("global.group", f"no group \"{settings.group}\" on this system",
-                                "create the group or name an existing one"))
+            issues.append(Issue(f"global.{key}", f"no {key} \"{name}\" on this system",
+                                f"create the {key} or name an existing one"))
     return issues
 
 
