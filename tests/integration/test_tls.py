@@ -185,3 +185,59 @@ def test_expiring_certificate_warns_at_start(pki, offload, port):
     assert warning["level"] == "warning"
     loaded = instance.wait_msg("certificate loaded")
     assert loaded["names"] == ["localhost"] and loaded["key"] == "ECDSA 256"
+
+
+def _encrypted_bundle(pki, path, passphrase: bytes):
+    from cryptography.hazmat.primitives import serialization
+
+    issued = pki.authority.issue(["localhost"])
+    encrypted = issued.key.private_bytes(serialization.Encoding.PEM,
+                                         serialization.PrivateFormat.PKCS8,
+                                         serialization.BestAvailableEncryption(passphrase))
+    from offload.demo.pki import write_private
+
+    write_private(path, issued.cert_chain() + encrypted)
+
+
+@pytest.mark.parametrize("source", ["file", "env"])
+def test_encrypted_key_with_passphrase_from_file_or_env(pki, backend, offload, port, tmp_path,
+                                                        source):
+    from harness import Offload, echo
+
+    _encrypted_bundle(pki, tmp_path / "site.pem", b"s3cret passphrase")
+    (tmp_path / "pass.txt").write_text("s3cret passphrase\n")
+    entry = ('{ cert = "site.pem", passphrase_file = "pass.txt" }' if source == "file"
+             else '{ cert = "site.pem", passphrase_env = "OFFLOAD_TEST_PASSPHRASE" }')
+    server = backend(echo)
+    config = tcp_config(port, [tmp_path / "site.pem"], [server.address]).replace(
+        f'certificates = ["{tmp_path / "site.pem"}"]', f"certificates = [{entry}]")
+    path = tmp_path / "offload.toml"
+    path.write_text(config)
+    instance = Offload(path, env={"OFFLOAD_TEST_PASSPHRASE": "s3cret passphrase"})
+    try:
+        instance.wait_ready()
+        with tls_connect(port, client_context(pki.ca)) as tls:
+            tls.sendall(b"ok")
+            assert tls.recv(2) == b"ok"
+        assert not any("s3cret" in line for line in instance.lines)
+    finally:
+        instance.kill()
+
+
+def test_wrong_passphrase_and_readable_key_fail_the_start(pki, offload, port, tmp_path):
+    import os
+
+    _encrypted_bundle(pki, tmp_path / "enc.pem", b"right")
+    os.environ["OFFLOAD_WRONG"] = "XyZzY-not-it"
+    readable = pki.bundle(["localhost"], name="readable.pem", directory=tmp_path)
+    readable.chmod(0o644)
+    config = tcp_config(port, [readable], ["127.0.0.1:9"]).replace(
+        f'certificates = ["{readable}"]',
+        f'certificates = ["{readable}", {{ cert = "{tmp_path / "enc.pem"}", '
+        f'passphrase_env = "OFFLOAD_WRONG" }}]')
+    instance = offload(config, ready=False)
+    assert instance.process.wait(15) == 1
+    output = "\n".join(instance.lines)
+    assert f"{readable}: the private key file is readable by group and others (mode 644)" in output
+    assert "cannot decrypt the private key: wrong passphrase" in output
+    assert "XyZzY" not in output  # a passphrase is never printed

@@ -24,7 +24,7 @@ from tls_helpers import (
 
 from offload.demo.pki import Authority, KeyType, cert_pem, key_pem
 from offload.errors import CertificateError
-from offload.tls.certs import load_certificate, load_into_context, load_source
+from offload.tls.certs import KeyPolicy, load_certificate, load_into_context, load_source
 from offload.tls.policy import server_context
 
 NOW = dt.datetime.now(dt.UTC)
@@ -184,9 +184,63 @@ def test_encrypted_key_is_refused_with_advice(tmp_path: Path) -> None:
                                        serialization.PrivateFormat.PKCS8,
                                        serialization.BestAvailableEncryption(b"secret"))
     (tmp_path / "www.pem").write_bytes(leaf.cert_chain() + encrypted)
-    with pytest.raises(CertificateError, match="encrypted") as caught:
+    with pytest.raises(CertificateError, match="encrypted and no passphrase") as caught:
         load_certificate(str(tmp_path / "www.pem"))
-    assert "openssl pkey" in caught.value.fix
+    assert "passphrase_file or passphrase_env" in caught.value.fix
+
+
+def test_encrypted_key_loads_with_its_passphrase(tmp_path: Path) -> None:
+    leaf = issued(("www.example.com",))
+    for label, encryption in (
+        ("pkcs8", serialization.PrivateFormat.PKCS8),
+        ("traditional", serialization.PrivateFormat.TraditionalOpenSSL),
+    ):
+        encrypted = leaf.key.private_bytes(serialization.Encoding.PEM, encryption,
+                                           serialization.BestAvailableEncryption(b"secret"))
+        path = tmp_path / f"{label}.pem"
+        path.write_bytes(leaf.cert_chain() + encrypted)
+        loaded = load_certificate(str(path), policy=KeyPolicy(passphrase=b"secret"))
+        assert loaded.names == ("www.example.com",)
+        assert b"ENCRYPTED" not in loaded.key_pem  # held decrypted, in memory only
+        with pytest.raises(CertificateError, match="wrong passphrase"):
+            load_certificate(str(path), policy=KeyPolicy(passphrase=b"not it"))
+
+
+def test_a_passphrase_does_not_hurt_an_unencrypted_key(tmp_path: Path) -> None:
+    path = write_bundle(tmp_path, "plain.pem", issued(("www.example.com",)))
+    assert load_certificate(str(path), policy=KeyPolicy(passphrase=b"x")).names
+
+
+@pytest.mark.parametrize(("mode", "who"), [(0o640, "group"), (0o604, "others"),
+                                           (0o644, "group and others")])
+def test_key_readable_by_others_is_refused(tmp_path: Path, mode: int, who: str) -> None:
+    path = write_bundle(tmp_path, "site.pem", issued(("www.example.com",)))
+    path.chmod(mode)
+    with pytest.raises(CertificateError, match=f"readable by {who}") as caught:
+        load_certificate(str(path))
+    assert f"chmod 600 {path}" in caught.value.fix
+    assert "allow_readable_keys" in caught.value.fix
+    assert load_certificate(str(path), policy=KeyPolicy(allow_readable=True)).names
+
+
+def test_separate_key_file_mode_is_what_counts(tmp_path: Path) -> None:
+    leaf = issued(("www.example.com",))
+    (tmp_path / "www.crt").write_bytes(leaf.cert_chain())
+    (tmp_path / "www.crt").chmod(0o644)  # certificates are public
+    key = tmp_path / "www.key"
+    key.write_bytes(key_pem(leaf.key))
+    assert load_certificate(str(tmp_path / "www.crt"), str(key)).names
+    key.chmod(0o644)
+    with pytest.raises(CertificateError, match="readable by group and others"):
+        load_certificate(str(tmp_path / "www.crt"), str(key))
+
+
+def test_keys_and_passphrases_never_show_in_a_repr(tmp_path: Path) -> None:
+    path = write_bundle(tmp_path, "site.pem", issued(("www.example.com",)))
+    loaded = load_certificate(str(path))
+    assert "PRIVATE KEY" not in repr(loaded)
+    assert loaded.key_pem.decode() not in repr(loaded)
+    assert "hunter2" not in repr(KeyPolicy(passphrase=b"hunter2"))
 
 
 def test_missing_file(tmp_path: Path) -> None:

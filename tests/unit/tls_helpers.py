@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import os
 import ssl
 import warnings
 from pathlib import Path
@@ -12,9 +13,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from offload.demo.pki import Authority, Issued, KeyType, new_key
+from offload.demo.pki import Authority, Issued, KeyType, new_key, write_private
 from offload.tls.certs import LoadedCertificate, load_certificate
 from offload.tls.policy import server_context
+
+# Keys written by the tests are readable by their owner only, as real keys must be: offload
+# refuses private key files that group or others can read (tests of that refusal chmod
+# their files explicitly).
+os.umask(0o077)
 
 _MAX_ROUNDS = 50
 
@@ -34,7 +40,7 @@ def issued(names: tuple[str, ...], key_type: KeyType = "ecdsa") -> Issued:
 def write_bundle(directory: Path, name: str, certificate: Issued) -> Path:
     """Write leaf, chain and key as one PEM bundle and return its path."""
     path = directory / name
-    path.write_bytes(certificate.bundle())
+    write_private(path, certificate.bundle())
     return path
 
 

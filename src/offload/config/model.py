@@ -134,16 +134,22 @@ class GlobalConfig(Model):
     max_connections: Count = 10_000
     drain_timeout: Timeout = 30.0
     reuseport: Flag = True
+    allow_readable_keys: Flag = False
     log_level: LogLevel = "info"
     log_format: Literal["json", "text"] = "json"
     tune_malloc: Flag = True
 
 
 class CertificateRef(Model):
-    """A PEM bundle (chain and key), a chain with a separate key, or a directory of bundles."""
+    """A PEM bundle (chain and key), a chain with a separate key, or a directory of bundles.
+
+    An encrypted key's passphrase is read from a file or an environment variable, never
+    written in the configuration itself."""
 
     cert: str = Field(min_length=1)
     key: str | None = None
+    passphrase_file: str | None = None
+    passphrase_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class FrontendConfig(Model):

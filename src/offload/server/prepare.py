@@ -10,14 +10,15 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import grp
+import os
 import pwd
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from offload.config.model import Config, FrontendConfig
+from offload.config.model import CertificateRef, Config, FrontendConfig
 from offload.errors import CertificateError, ConfigError, Issue
-from offload.tls.certs import LoadedCertificate, load_source
+from offload.tls.certs import KeyPolicy, LoadedCertificate, load_source
 from offload.tls.policy import POLICIES, server_context
 from offload.tls.sni import CertificateIndex, SniContexts
 from offload.upstream.servers import Server, resolve_backend
@@ -46,15 +47,40 @@ class Prepared:
     warnings: tuple[str, ...]
 
 
+def _passphrase(ref: CertificateRef, base_dir: Path, where: str) -> bytes | None:
+    """The passphrase of an entry's encrypted keys, from its file or environment variable."""
+    if ref.passphrase_file is not None and ref.passphrase_env is not None:
+        raise CertificateError(where, "both passphrase_file and passphrase_env are set",
+                               "keep one of them")
+    if ref.passphrase_file is not None:
+        path = base_dir / ref.passphrase_file
+        try:
+            return path.read_bytes().rstrip(b"\r\n")
+        except OSError as error:
+            raise CertificateError(str(path), f"cannot read the passphrase file: {error.strerror}",
+                                   "check the path and its permissions") from None
+    if ref.passphrase_env is not None:
+        value = os.environ.get(ref.passphrase_env)
+        if value is None:
+            raise CertificateError(where, f"environment variable {ref.passphrase_env} is not set",
+                                   "set it in the environment offload starts with") from None
+        return value.encode()
+    return None
+
+
 def _load_certificates(frontend: FrontendConfig, where: str, *, now: dt.datetime, base_dir: Path,
-                       issues: list[Issue], warnings: list[str]) -> list[LoadedCertificate]:
+                       allow_readable: bool, issues: list[Issue], warnings: list[str],
+                       ) -> list[LoadedCertificate]:
     loaded: list[LoadedCertificate] = []
     for index, ref in enumerate(frontend.certificates):
+        here = f"{where}.certificates[{index}]"
         key = str(base_dir / ref.key) if ref.key is not None else None
         try:
-            certificates = load_source(str(base_dir / ref.cert), key, now)
+            policy = KeyPolicy(allow_readable=allow_readable,
+                               passphrase=_passphrase(ref, base_dir, here))
+            certificates = load_source(str(base_dir / ref.cert), key, now, policy)
         except CertificateError as error:
-            issues.append(Issue(f"{where}.certificates[{index}]", str(error), error.fix))
+            issues.append(Issue(here, str(error), error.fix))
             continue
         for certificate in certificates:
             warnings.extend(f"{certificate.source}: {text}" for text in certificate.warnings)
@@ -99,8 +125,9 @@ def prepare(config: Config, source: str, rename: Callable[[str], str] | None = N
         policy = POLICIES[frontend.tls_policy]
         if policy.warning:
             warnings.append(f"{where} ({frontend.name}): {policy.warning}")
-        certificates = _load_certificates(frontend, where, now=now, base_dir=base_dir,
-                                          issues=issues, warnings=warnings)
+        certificates = _load_certificates(
+            frontend, where, now=now, base_dir=base_dir,
+            allow_readable=config.global_.allow_readable_keys, issues=issues, warnings=warnings)
         if certificates and not issues:
             sni = SniContexts(CertificateIndex(certificates),
                               functools.partial(server_context, frontend.tls_policy, alpn))

@@ -12,7 +12,7 @@ import datetime as dt
 import hashlib
 import os
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -36,7 +36,7 @@ class LoadedCertificate:
 
     source: str
     chain_pem: bytes
-    key_pem: bytes
+    key_pem: bytes = field(repr=False)
     names: tuple[str, ...]
     key_type: str
     key_bits: int
@@ -143,16 +143,44 @@ def _order_chain(leaf: x509.Certificate, others: list[x509.Certificate]) -> tupl
     return chain, remaining
 
 
-def _load_key(pem: bytes, source: str) -> object:
+@dataclass(frozen=True)
+class KeyPolicy:
+    """How keys may be stored: who may read the file, and the passphrase of encrypted keys."""
+
+    allow_readable: bool = False
+    passphrase: bytes | None = field(default=None, repr=False)
+
+
+def _check_key_mode(path: str, policy: KeyPolicy) -> None:
+    """A private key readable by other users is a key other users have: refuse it."""
+    if policy.allow_readable:
+        return
     try:
-        return serialization.load_pem_private_key(pem, password=None)
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # reading it will report the problem
+    if mode & 0o077:
+        who = " and ".join(w for w, bits in (("group", 0o070), ("others", 0o007)) if mode & bits)
+        raise CertificateError(
+            path, f"the private key file is readable by {who} (mode {mode & 0o777:o})",
+            f"run `chmod 600 {path}`, or set global.allow_readable_keys = true if this is on "
+            "purpose")
+
+
+def _load_key(pem: bytes, source: str, passphrase: bytes | None) -> object:
+    encrypted = b"ENCRYPTED" in pem.split(b"\n", 2)[0] or b"Proc-Type: 4,ENCRYPTED" in pem
+    try:
+        return serialization.load_pem_private_key(pem, password=passphrase if encrypted else None)
     except TypeError:
         raise CertificateError(
-            source, "the private key is encrypted",
-            "offload reads only unencrypted keys for now; decrypt it with "
-            "`openssl pkey -in KEY -out KEY.plain` and keep that file mode 0600",
+            source, "the private key is encrypted and no passphrase was given",
+            "name where the passphrase is with passphrase_file or passphrase_env on this "
+            "certificate entry",
         ) from None
-    except (ValueError, x509.UnsupportedGeneralNameType) as error:
+    except ValueError as error:
+        if encrypted:
+            raise CertificateError(source, "cannot decrypt the private key: wrong passphrase",
+                                   "check the passphrase file or environment variable") from None
         raise CertificateError(source, f"the private key cannot be read ({error})",
                                "check that the file holds a PEM private key") from None
 
@@ -172,7 +200,8 @@ def _read(path: str, what: str) -> bytes:
 
 
 def load_certificate(cert_path: str, key_path: str | None = None,
-                     now: dt.datetime | None = None) -> LoadedCertificate:
+                     now: dt.datetime | None = None, policy: KeyPolicy = KeyPolicy(),
+                     ) -> LoadedCertificate:
     """Load and check one certificate chain and its key (from the bundle or ``key_path``)."""
     now = now or dt.datetime.now(dt.UTC)
     certificates, keys = _parse_file(cert_path, "certificate")
@@ -192,7 +221,8 @@ def load_certificate(cert_path: str, key_path: str | None = None,
     if len(keys) > 1:
         raise CertificateError(key_source, "more than one private key in the file",
                                "keep exactly one key per bundle")
-    key = _load_key(keys[0], key_source)
+    _check_key_mode(key_source, policy)
+    key = _load_key(keys[0], key_source, policy.passphrase)
     try:
         key_type, key_bits = _key_kind(key)
     except ValueError:
@@ -254,8 +284,8 @@ def directory_entries(directory: str) -> list[tuple[str, str | None]]:
     return entries
 
 
-def load_source(cert: str, key: str | None = None,
-                now: dt.datetime | None = None) -> list[LoadedCertificate]:
+def load_source(cert: str, key: str | None = None, now: dt.datetime | None = None,
+                policy: KeyPolicy = KeyPolicy()) -> list[LoadedCertificate]:
     """Load a certificate source: one file (with optional key file) or a directory of bundles."""
     if os.path.isdir(cert):
         if key is not None:
@@ -268,8 +298,8 @@ def load_source(cert: str, key: str | None = None,
         if not entries:
             raise CertificateError(cert, "the directory holds no certificate files",
                                    f"add bundles named *{', *'.join(CERT_SUFFIXES)}")
-        return [load_certificate(path, key_file, now) for path, key_file in entries]
-    return [load_certificate(cert, key, now)]
+        return [load_certificate(path, key_file, now, policy) for path, key_file in entries]
+    return [load_certificate(cert, key, now, policy)]
 
 
 def load_into_context(context: ssl.SSLContext, certificate: LoadedCertificate) -> None:
