@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import tcp_config
-from harness import Recording, TlsPipe, client_context, echo, recv_all, tls_connect
+from harness import Recording, client_context, echo, recv_all, tls_connect
 
 from offload.demo.pki import write_private
 
@@ -110,42 +110,6 @@ def test_a_dead_worker_is_replaced(pki, localhost_bundle, backend, offload, port
         with tls_connect(port, client_context(pki.ca)) as tls:
             tls.sendall(b"ok")
             assert tls.recv(2) == b"ok"
-
-
-def _fingerprint(tls: ssl.SSLSocket | ssl.SSLObject) -> str:
-    der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return hashlib.sha256(der).hexdigest()
-
-
-def test_sighup_serves_the_new_certificate_and_keeps_old_connections(pki, backend, offload, port,
-                                                                    tmp_path):
-    bundle = tmp_path / "site.pem"
-    write_private(bundle, pki.authority.issue(["localhost"]).bundle())
-    server = backend(echo)
-    instance = offload(tcp_config(port, [bundle], [server.address], workers=2))
-    context = client_context(pki.ca)
-    old = TlsPipe(port, context)
-    old.send(b"before")
-    assert old.recv() == b"before"
-    old_cert = _fingerprint(old.tls)
-    old_workers = instance.worker_pids()
-
-    write_private(bundle, pki.authority.issue(["localhost"]).bundle())
-    mark = len(instance.events)
-    instance.signal(signal.SIGHUP)
-    instance.wait_msg("reload complete", after=mark)
-    with tls_connect(port, context) as tls:
-        assert _fingerprint(tls) != old_cert
-    old.send(b"after reload")  # the old connection lives on in a draining worker
-    assert old.recv() == b"after reload"
-    assert _fingerprint(old.tls) == old_cert
-    old.close_notify()
-    assert old.recv_all() == b""
-    old.close()
-    for pid in old_workers:
-        instance.wait_msg("worker exited", pid=pid)
-    assert instance.worker_pids().isdisjoint(old_workers)
 
 
 @pytest.mark.parametrize("breakage", ["invalid toml", "mismatched key"])

@@ -17,9 +17,9 @@ from offload.tls.sni import (
     SNI_ATTRIBUTE,
     SNI_MATCHED_ATTRIBUTE,
     CertificateIndex,
-    SniContexts,
     normalise_name,
 )
+from offload.tls.store import CertificateStore
 
 Load = Callable[..., LoadedCertificate]
 
@@ -163,16 +163,24 @@ def test_names_lists_exact_and_wildcards(load: Load) -> None:
     assert index.names() == ["*.example.com", "a.example.com", "b.example.com"]
 
 
-def test_empty_index_is_refused() -> None:
-    with pytest.raises(ValueError, match="at least one certificate"):
-        CertificateIndex([])
+def test_empty_index_selects_nothing() -> None:
+    index = CertificateIndex([])
+    assert index.default == ()
+    assert index.select("a.example.com") == ((), False)
+    assert index.names() == []
 
 
-# --- SniContexts --------------------------------------------------------------------------
+# --- CertificateStore (contexts per selection) ---------------------------------------------
 
 
-def _contexts(certificates: list[LoadedCertificate]) -> SniContexts:
-    return SniContexts(CertificateIndex(certificates), lambda: server_context("intermediate"))
+def _contexts(certificates: list[LoadedCertificate]) -> CertificateStore:
+    return _store(certificates, lambda: server_context("intermediate"))
+
+
+def _store(certificates: list[LoadedCertificate],
+           new_context: Callable[[], ssl.SSLContext]) -> CertificateStore:
+    files = [(f"{index}-{c.source}", (c,)) for index, c in enumerate(certificates)]
+    return CertificateStore(new_context, files)
 
 
 def test_context_for_is_cached(load: Load) -> None:
@@ -185,11 +193,12 @@ def test_context_for_is_cached(load: Load) -> None:
     assert first is not contexts.base
 
 
-def test_base_context_serves_default_and_has_callback(load: Load) -> None:
+def test_base_context_has_the_callback_and_no_certificate(load: Load) -> None:
     a, b = load(("a.example.com",)), load(("b.example.com",))
     contexts = _contexts([a, b])
     assert contexts.base.sni_callback is not None
-    assert contexts.context_for(contexts.index.default) is contexts.base
+    # the default selection has a context of its own: the base one only holds ticket keys
+    assert contexts.context_for(contexts.index.default) is not contexts.base
 
 
 def test_new_context_called_once_per_selection(load: Load) -> None:
@@ -200,7 +209,7 @@ def test_new_context_called_once_per_selection(load: Load) -> None:
         made.append(server_context("intermediate"))
         return made[-1]
 
-    contexts = SniContexts(CertificateIndex([a, b]), new_context)
+    contexts = _store([a, b], new_context)
     assert made == [contexts.base]
     for _ in range(3):
         contexts.context_for((b,))
@@ -211,7 +220,7 @@ def test_new_context_called_once_per_selection(load: Load) -> None:
 
 
 @pytest.fixture
-def site(load: Load) -> tuple[SniContexts, dict[str, Issued]]:
+def site(load: Load) -> tuple[CertificateStore, dict[str, Issued]]:
     """Default a.example.com, plus b.example.com and *.w.example.com, all ECDSA."""
     issued_by_name = {name: issued((name,)) for name in
                       ("a.example.com", "b.example.com", "*.w.example.com")}
@@ -225,7 +234,7 @@ def site(load: Load) -> tuple[SniContexts, dict[str, Issued]]:
     ("x.w.example.com", "*.w.example.com"),
 ])
 def test_handshake_serves_certificate_for_sni(
-        site: tuple[SniContexts, dict[str, Issued]], server_name: str, expected: str) -> None:
+        site: tuple[CertificateStore, dict[str, Issued]], server_name: str, expected: str) -> None:
     contexts, by_name = site
     client, server = handshake(client_context(authority().pem()), contexts.base, server_name)
     assert served_leaf(client) == leaf_der(by_name[expected])
@@ -234,7 +243,7 @@ def test_handshake_serves_certificate_for_sni(
 
 
 def test_handshake_without_sni_serves_default(
-        site: tuple[SniContexts, dict[str, Issued]]) -> None:
+        site: tuple[CertificateStore, dict[str, Issued]]) -> None:
     contexts, by_name = site
     client, server = handshake(client_context(), contexts.base, None)
     assert served_leaf(client) == leaf_der(by_name["a.example.com"])
@@ -243,7 +252,7 @@ def test_handshake_without_sni_serves_default(
 
 
 def test_handshake_unknown_sni_serves_default_unmatched(
-        site: tuple[SniContexts, dict[str, Issued]]) -> None:
+        site: tuple[CertificateStore, dict[str, Issued]]) -> None:
     contexts, by_name = site
     client, server = handshake(client_context(), contexts.base, "unknown.example.net")
     assert served_leaf(client) == leaf_der(by_name["a.example.com"])
@@ -252,7 +261,7 @@ def test_handshake_unknown_sni_serves_default_unmatched(
 
 
 @pytest.fixture
-def dual(load: Load) -> tuple[SniContexts, Issued, Issued]:
+def dual(load: Load) -> tuple[CertificateStore, Issued, Issued]:
     """ECDSA and RSA certificates for dual.example.com, behind a different default."""
     ecdsa, rsa = issued(("dual.example.com",)), issued(("dual.example.com",), "rsa")
     contexts = _contexts([load(("default.example.org",)), load(rsa), load(ecdsa)])
@@ -264,7 +273,7 @@ def dual(load: Load) -> tuple[SniContexts, Issued, Issued]:
     ("ECDHE-ECDSA-AES128-GCM-SHA256", "ECDSA"),
 ])
 def test_tls12_client_gets_certificate_for_its_cipher(
-        dual: tuple[SniContexts, Issued, Issued], ciphers: str, expected: str) -> None:
+        dual: tuple[CertificateStore, Issued, Issued], ciphers: str, expected: str) -> None:
     contexts, ecdsa, rsa = dual
     client_ctx = client_context(authority().pem(), maximum=ssl.TLSVersion.TLSv1_2, ciphers=ciphers)
     client, _ = handshake(client_ctx, contexts.base, "dual.example.com")
@@ -275,7 +284,7 @@ def test_tls12_client_gets_certificate_for_its_cipher(
 
 @pytest.mark.parametrize("ciphers", ["ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES128-GCM-SHA256"])
 def test_dual_selection_context_holds_both_certificates(
-        dual: tuple[SniContexts, Issued, Issued], ciphers: str) -> None:
+        dual: tuple[CertificateStore, Issued, Issued], ciphers: str) -> None:
     contexts, ecdsa, rsa = dual
     selection, matched = contexts.index.select("dual.example.com")
     assert matched
@@ -286,3 +295,50 @@ def test_dual_selection_context_holds_both_certificates(
     client_ctx = client_context(authority().pem(), maximum=ssl.TLSVersion.TLSv1_2, ciphers=ciphers)
     client, _ = handshake(client_ctx, context, "dual.example.com")
     assert served_leaf(client) == leaf_der(rsa if "-RSA-" in ciphers else ecdsa)
+
+
+# --- CertificateStore.update (reload in place) ----------------------------------------------
+
+
+def test_update_replaces_adds_and_removes_files(load: Load) -> None:
+    a, b, a2, c = (load(("a.example.com",)), load(("b.example.com",)),
+                   load(("a.example.com",), days=30), load(("c.example.com",)))
+    store = CertificateStore(lambda: server_context("intermediate"),
+                             [("a.pem", (a,)), ("b.pem", (b,))])
+    base = store.base
+    assert store.update(["a.pem", "c.pem"], {"a.pem": (a2,), "c.pem": (c,), "b.pem": None})
+    assert store.certificates() == [a2, c]
+    assert store.index.select("c.example.com") == ((c,), True)
+    assert store.index.select("b.example.com") == ((a2,), False)  # gone: the default answers
+    assert store.base is base, "the ticket keys must survive a reload"
+
+
+def test_update_keeps_unchanged_files_and_their_contexts(load: Load) -> None:
+    a, b = load(("a.example.com",)), load(("b.example.com",))
+    b2 = load(("b.example.com",), days=30)  # a new certificate (issued() caches by name)
+    store = CertificateStore(lambda: server_context("intermediate"),
+                             [("a.pem", (a,)), ("b.pem", (b,))])
+    kept = store.context_for((a,))
+    dropped = store.context_for((b,))
+    assert store.update(["a.pem", "b.pem"], {"b.pem": (b2,)})
+    assert store.certificates() == [a, b2]
+    assert store.context_for((a,)) is kept
+    assert store.context_for((b2,)) is not dropped
+
+
+def test_update_that_would_leave_nothing_is_refused(load: Load) -> None:
+    a = load(("a.example.com",))
+    store = CertificateStore(lambda: server_context("intermediate"), [("a.pem", (a,))])
+    assert not store.update([], {"a.pem": None})
+    assert store.certificates() == [a]
+    assert store.index.select("a.example.com") == ((a,), True)
+
+
+def test_empty_store_refuses_handshakes_until_a_certificate_arrives(load: Load) -> None:
+    store = CertificateStore(lambda: server_context("intermediate"), [])
+    with pytest.raises(ssl.SSLError, match="CALLBACK_FAILED|UNRECOGNIZED_NAME"):
+        handshake(client_context(), store.base, "a.example.com")
+    first = issued(("a.example.com",))
+    assert store.update(["a.pem"], {"a.pem": (load(first),)})
+    client, _ = handshake(client_context(authority().pem()), store.base, "a.example.com")
+    assert served_leaf(client) == leaf_der(first)

@@ -91,7 +91,7 @@ class Listener:
         self._sockets = sockets
         self._registry = registry
         self._counters = counters
-        self._context = frontend.sni.base
+        self._context = frontend.store.base
         self._handshake_timeout = frontend.config.handshake_timeout
         self._servers: list[asyncio.Server] = []
         self._accepting = False

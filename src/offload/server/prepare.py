@@ -10,17 +10,17 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import grp
-import os
 import pwd
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from offload.config.model import CertificateRef, Config, FrontendConfig
-from offload.errors import CertificateError, ConfigError, Issue
-from offload.tls.certs import KeyPolicy, LoadedCertificate, load_source
+from offload.config.model import Config, FrontendConfig
+from offload.errors import ConfigError, Issue
+from offload.tls.certs import LoadedCertificate
 from offload.tls.policy import POLICIES, server_context
-from offload.tls.sni import CertificateIndex, SniContexts
+from offload.tls.sources import FrontendSources
+from offload.tls.store import CertificateStore
 from offload.upstream.servers import Server, resolve_backend
 
 HTTP_ALPN = ("http/1.1",)
@@ -29,11 +29,15 @@ HTTP_ALPN = ("http/1.1",)
 
 @dataclass(frozen=True)
 class PreparedFrontend:
-    """A frontend with its certificates loaded and its TLS contexts built."""
+    """A frontend with its certificates loaded and its base TLS context built."""
 
     config: FrontendConfig
-    certificates: tuple[LoadedCertificate, ...]
-    sni: SniContexts
+    store: CertificateStore
+    sources: FrontendSources
+
+    @property
+    def certificates(self) -> list[LoadedCertificate]:
+        return self.store.certificates()
 
 
 @dataclass(frozen=True)
@@ -45,47 +49,6 @@ class Prepared:
     frontends: tuple[PreparedFrontend, ...]
     servers: dict[str, tuple[Server, ...]]
     warnings: tuple[str, ...]
-
-
-def _passphrase(ref: CertificateRef, base_dir: Path, where: str) -> bytes | None:
-    """The passphrase of an entry's encrypted keys, from its file or environment variable."""
-    if ref.passphrase_file is not None and ref.passphrase_env is not None:
-        raise CertificateError(where, "both passphrase_file and passphrase_env are set",
-                               "keep one of them")
-    if ref.passphrase_file is not None:
-        path = base_dir / ref.passphrase_file
-        try:
-            return path.read_bytes().rstrip(b"\r\n")
-        except OSError as error:
-            raise CertificateError(str(path), f"cannot read the passphrase file: {error.strerror}",
-                                   "check the path and its permissions") from None
-    if ref.passphrase_env is not None:
-        value = os.environ.get(ref.passphrase_env)
-        if value is None:
-            raise CertificateError(where, f"environment variable {ref.passphrase_env} is not set",
-                                   "set it in the environment offload starts with") from None
-        return value.encode()
-    return None
-
-
-def _load_certificates(frontend: FrontendConfig, where: str, *, now: dt.datetime, base_dir: Path,
-                       allow_readable: bool, issues: list[Issue], warnings: list[str],
-                       ) -> list[LoadedCertificate]:
-    loaded: list[LoadedCertificate] = []
-    for index, ref in enumerate(frontend.certificates):
-        here = f"{where}.certificates[{index}]"
-        key = str(base_dir / ref.key) if ref.key is not None else None
-        try:
-            policy = KeyPolicy(allow_readable=allow_readable,
-                               passphrase=_passphrase(ref, base_dir, here))
-            certificates = load_source(str(base_dir / ref.cert), key, now, policy)
-        except CertificateError as error:
-            issues.append(Issue(here, str(error), error.fix))
-            continue
-        for certificate in certificates:
-            warnings.extend(f"{certificate.source}: {text}" for text in certificate.warnings)
-        loaded.extend(certificates)
-    return loaded
 
 
 def _check_accounts(config: Config) -> list[Issue]:
@@ -125,13 +88,15 @@ def prepare(config: Config, source: str, rename: Callable[[str], str] | None = N
         policy = POLICIES[frontend.tls_policy]
         if policy.warning:
             warnings.append(f"{where} ({frontend.name}): {policy.warning}")
-        certificates = _load_certificates(
-            frontend, where, now=now, base_dir=base_dir,
-            allow_readable=config.global_.allow_readable_keys, issues=issues, warnings=warnings)
-        if certificates and not issues:
-            sni = SniContexts(CertificateIndex(certificates),
-                              functools.partial(server_context, frontend.tls_policy, alpn))
-            frontends.append(PreparedFrontend(frontend, tuple(certificates), sni))
+        sources = FrontendSources(frontend.certificates, base_dir, where,
+                                  allow_readable=config.global_.allow_readable_keys)
+        files, problems, loaded_warnings = sources.load(now)
+        issues.extend(problems)
+        warnings.extend(loaded_warnings)
+        if files and not issues:
+            store = CertificateStore(
+                functools.partial(server_context, frontend.tls_policy, alpn), files)
+            frontends.append(PreparedFrontend(frontend, store, sources))
     issues.extend(_check_accounts(config))
     servers: dict[str, tuple[Server, ...]] = {}
     for index, backend in enumerate(config.backends):

@@ -9,8 +9,12 @@ on a selector for three kinds of events: signals (through ``signal.set_wakeup_fd
                                   before it is ready, stop everything and exit 1
     worker dies unexpectedly      fork a new one for its slot after a backoff (0.1 s doubling
                                   to 10 s; reset once a worker has lived 30 s)
+    certificate file changes      (watched with inotify, 200 ms debounce) read the changed files;
+                                  a broken one is logged and its old certificate stays; send the
+                                  change to every worker, which swaps its certificates in place
     SIGHUP                        load and prepare the configuration again; on error log it and
-                                  keep running; else bind new addresses and fork generation N+1;
+                                  keep running; if only certificate files changed, apply them in
+                                  place as above; else bind new addresses and fork generation N+1;
                                   once all of it is ready, SIGTERM (drain) generation N, and
                                   log "reload complete" when N has stopped accepting (each
                                   worker says so on its status pipe); if N+1 fails to start,
@@ -24,6 +28,7 @@ Workers hold the read end of a "lifeline" pipe: if the supervisor dies, they see
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import selectors
@@ -37,13 +42,18 @@ from dataclasses import dataclass, field
 from offload.config.units import HostPort
 from offload.errors import OffloadError
 from offload.observe.log import LogSetup, fields
+from offload.server.control import CertificatesChanged, Outbox
 from offload.server.prepare import Prepared
 from offload.server.sockets import SocketSet
+from offload.server.watch import Debounce, PathWatcher
 from offload.server.worker import READY, STOPPED_ACCEPTING, WorkerSpec, run_worker
+from offload.tls.expiry import ExpiryMonitor
 
 _log = logging.getLogger("offload.supervisor")
 
 START_TIMEOUT = 30.0
+CERTIFICATE_DEBOUNCE = 0.2
+EXPIRY_CHECK_INTERVAL = 3600.0
 KILL_GRACE = 5.0
 BACKOFF_FIRST, BACKOFF_MAX, STABLE_AFTER = 0.1, 10.0, 30.0
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
@@ -57,6 +67,7 @@ class WorkerProcess:
     slot: int
     generation: int
     status_fd: int
+    control: Outbox
     started: float
     ready: bool = False
     draining: bool = False
@@ -95,6 +106,10 @@ class Supervisor:
         self._starting: Generation | None = None
         self._switching: set[int] = set()
         """Old workers that have not yet stopped accepting; the reload completes without any."""
+        self._watcher: PathWatcher | None = None
+        self._debounce = Debounce(CERTIFICATE_DEBOUNCE)
+        self._expiry = ExpiryMonitor()
+        self._next_expiry_check = 0.0
         self._generation = 0
         self._started = False
         self._stopping = False
@@ -115,6 +130,7 @@ class Supervisor:
         self._lifeline_r, self._lifeline_w = os.pipe()
         os.set_inheritable(self._lifeline_r, False)
         self._start_generation(prepared, [])
+        self._watch_certificates()
         try:
             while not (self._stopping and not self._workers):
                 timeout = self._next_deadline()
@@ -135,6 +151,10 @@ class Supervisor:
         self._selector.register(self._signal_r, selectors.EVENT_READ, self._on_signals)
 
     def _cleanup(self) -> None:
+        if self._watcher is not None:
+            self._watcher.close()
+        for worker in self._workers.values():
+            os.close(worker.control.fd)
         signal.set_wakeup_fd(-1)
         for signum in _SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
@@ -149,6 +169,10 @@ class Supervisor:
         deadlines += [w.kill_at for w in self._workers.values() if w.kill_at is not None]
         if self._starting is not None:
             deadlines.append(self._starting.deadline)
+        due = self._debounce.due(time.monotonic())
+        if due is not None:
+            deadlines.append(due)
+        deadlines.append(self._next_expiry_check)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
@@ -167,6 +191,13 @@ class Supervisor:
                 _kill(worker.pid, signal.SIGKILL)
         if self._starting is not None and self._starting.deadline <= now:
             self._abandon_generation("its workers did not become ready in time")
+        batch_due = self._debounce.due(now)
+        if batch_due is not None and batch_due <= now and not self._stopping:
+            self._debounce.take(now)
+            self._refresh_certificates("a certificate file changed")
+        if self._next_expiry_check <= now:
+            self._next_expiry_check = now + EXPIRY_CHECK_INTERVAL
+            self._check_expiry()
 
     # ------------------------------------------------------------------ events
 
@@ -238,6 +269,10 @@ class Supervisor:
         except OffloadError as error:
             _log.error("reload refused, the running configuration stays: %s", error)
             return
+        if prepared.config == self._current.config:
+            # Nothing but certificate files can have changed: apply them in place, no restart.
+            self._refresh_certificates("SIGHUP")
+            return
         try:
             fresh = self._sockets.ensure(_addresses(prepared), prepared.config.global_.workers)
         except OSError as error:
@@ -298,6 +333,7 @@ class Supervisor:
                              self._current.config.global_.workers)
         listening = sorted({str(a) for a, _ in _addresses(self._current)})
         if self._started:
+            self._watch_certificates()
             self._stopped_accepting(None)
         else:
             self._started = True
@@ -316,6 +352,74 @@ class Supervisor:
             listening = sorted({str(a) for a, _ in _addresses(self._current)})
             _log.info("reload complete", extra=fields(generation=self._generation,
                                                       listening=listening))
+
+    # ------------------------------------------------------------------ certificates
+
+    def _watch_certificates(self) -> None:
+        """Watch the current configuration's certificate files and directories."""
+        if self._watcher is not None:
+            self._selector.unregister(self._watcher.fileno())
+            self._watcher.close()
+            self._watcher = None
+        try:
+            watcher = PathWatcher()
+        except OSError as error:
+            _log.warning("certificate files are not watched (%s); use SIGHUP after changes",
+                         error)
+            return
+        for frontend in self._current.frontends:
+            for path in frontend.sources.watch_paths():
+                watcher.watch(path)
+        self._watcher = watcher
+        self._selector.register(watcher.fileno(), selectors.EVENT_READ, self._on_watch)
+
+    def _on_watch(self) -> None:
+        watcher = self._watcher
+        if watcher is not None:
+            self._debounce.note(time.monotonic(), watcher.read_changes())
+
+    def _refresh_certificates(self, why: str) -> None:
+        """Read changed certificate files and hand the changes to every worker."""
+        now = dt.datetime.now(dt.UTC)
+        for frontend in self._current.frontends:
+            name = frontend.config.name
+            result = frontend.sources.refresh(now, frontend.store.files())
+            for path, reason in result.rejected:
+                _log.error("certificate rejected, the previous one keeps serving",
+                           extra=fields(frontend=name, file=path, reason=reason))
+            for warning in result.warnings:
+                _log.warning(warning)
+            if not result.changed:
+                continue
+            if not frontend.store.update(result.order, result.changed):
+                _log.error("no certificate would be left; keeping the previous ones",
+                           extra=fields(frontend=name))
+                continue
+            message = CertificatesChanged(name, tuple(result.order), result.changed)
+            for worker in self._workers.values():
+                if not worker.draining:
+                    self._send(worker, message)
+            added = sorted(path for path, group in result.changed.items() if group)
+            removed = sorted(path for path, group in result.changed.items() if group is None)
+            _log.info("certificates updated", extra=fields(
+                frontend=name, why=why, loaded=added, removed=removed))
+        self._check_expiry()
+
+    def _send(self, worker: WorkerProcess, message: object) -> None:
+        if not worker.control.send(message):
+            self._selector.register(worker.control.fd, selectors.EVENT_WRITE,
+                                    lambda: self._flush_control(worker))
+
+    def _flush_control(self, worker: WorkerProcess) -> None:
+        if worker.control.flush():
+            self._selector.unregister(worker.control.fd)
+
+    def _check_expiry(self) -> None:
+        certificates = [c for f in self._current.frontends for c in f.store.certificates()]
+        for notice in self._expiry.check(certificates, dt.datetime.now(dt.UTC)):
+            log = _log.error if notice.level == "error" else _log.warning
+            log(notice.message, extra=fields(days_left=notice.days_left,
+                                             source=notice.certificate.source))
 
     def _abandon_generation(self, why: str) -> None:
         starting = self._starting
@@ -347,22 +451,33 @@ class Supervisor:
             self._selector.unregister(worker.status_fd)
             os.close(worker.status_fd)
             worker.status_fd = -1
+        if worker.control.fd >= 0:
+            if worker.control.pending:
+                self._selector.unregister(worker.control.fd)
+            os.close(worker.control.fd)
+            worker.control.fd = -1
 
     def _spawn(self, slot: int, generation: int, prepared: Prepared) -> None:
         status_r, status_w = os.pipe()
+        control_r, control_w = os.pipe()
         pid = os.fork()
         if pid == 0:
-            self._become_worker(slot, generation, prepared, status_r, status_w)
+            os.close(control_w)
+            self._become_worker(slot, generation, prepared, status=(status_r, status_w),
+                                control_r=control_r)
         os.close(status_w)
-        worker = WorkerProcess(pid, slot, generation, status_r, time.monotonic())
+        os.close(control_r)
+        worker = WorkerProcess(pid, slot, generation, status_r, Outbox(control_w),
+                               time.monotonic())
         self._workers[pid] = worker
         self._selector.register(status_r, selectors.EVENT_READ,
                                 lambda: self._on_ready_pipe(worker))
         _log.info("worker started", extra=fields(pid=pid, slot=slot, generation=generation))
 
-    def _become_worker(self, slot: int, generation: int, prepared: Prepared,
-                       status_r: int, status_w: int) -> None:
+    def _become_worker(self, slot: int, generation: int, prepared: Prepared, *,
+                       status: tuple[int, int], control_r: int) -> None:
         """In the child: shed the supervisor's state, then run the worker; never returns."""
+        status_r, status_w = status
         code = 70
         try:
             signal.set_wakeup_fd(-1)
@@ -373,11 +488,14 @@ class Supervisor:
                 if all(sock is not mine for mine in own.values()):
                     sock.close()
             for fd in [status_r, self._signal_r, self._signal_w, self._lifeline_w,
-                       *(w.status_fd for w in self._workers.values() if w.status_fd >= 0)]:
+                       *(w.status_fd for w in self._workers.values() if w.status_fd >= 0),
+                       *(w.control.fd for w in self._workers.values() if w.control.fd >= 0)]:
                 os.close(fd)
+            if self._watcher is not None:
+                self._watcher.close()
             self._selector.close()
             code = run_worker(WorkerSpec(prepared, slot, generation, own, status_w,
-                                         self._lifeline_r), self._logs)
+                                         self._lifeline_r, control_r), self._logs)
         except BaseException:  # a worker must never return into the supervisor
             traceback.print_exc(file=sys.stderr)
         finally:

@@ -34,6 +34,7 @@ from offload.observe.access_log import AccessLog
 from offload.observe.log import LogSetup, fields
 from offload.observe.stats import Counters
 from offload.proto.http1 import HttpLimits
+from offload.server.control import CertificatesChanged, Inbox
 from offload.server.listener import AppFactory, ConnectionRegistry, Listener
 from offload.server.prepare import Prepared
 from offload.upstream.backend import Backend
@@ -65,6 +66,7 @@ class WorkerSpec:
     sockets: dict[HostPort, socket.socket]
     status_fd: int
     lifeline_fd: int
+    control_fd: int
 
 
 def tune_malloc() -> None:
@@ -211,6 +213,22 @@ async def _serve(spec: WorkerSpec) -> int:
             stop.set()
 
     loop.add_reader(spec.lifeline_fd, lifeline)
+    inbox = Inbox()
+    stores = {frontend.config.name: frontend.store for frontend in spec.prepared.frontends}
+
+    def control() -> None:
+        data = os.read(spec.control_fd, 1 << 20)
+        if not data:
+            loop.remove_reader(spec.control_fd)
+            return
+        for message in inbox.feed(data):
+            if isinstance(message, CertificatesChanged):
+                store = stores.get(message.frontend)
+                if store is not None and store.update(message.order, message.changed):
+                    _log.info("certificates updated", extra=fields(
+                        frontend=message.frontend, certificates=len(store.certificates())))
+
+    loop.add_reader(spec.control_fd, control)
     counters = Counters()
     registry = ConnectionRegistry(settings.max_connections)
     apps = _Apps(spec, registry, counters)

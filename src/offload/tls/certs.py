@@ -76,7 +76,8 @@ def _parse_file(path: str, what: str) -> tuple[list[x509.Certificate], list[byte
     try:
         return _split_pem(_read(path, what))
     except ValueError as error:
-        raise CertificateError(path, f"not a valid PEM file ({error})",
+        detail = str(error).split(". See https://", 1)[0]  # cryptography's FAQ link is noise
+        raise CertificateError(path, f"not a valid PEM file ({detail})",
                                f"check that the file holds the PEM {what}") from None
 
 
