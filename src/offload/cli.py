@@ -1,4 +1,4 @@
-"""The ``offload`` command: run, check, demo, version. The only place that calls ``sys.exit``."""
+"""The ``offload`` command: run, check, certs, demo, version. The only place that calls ``sys.exit``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import version
 from pathlib import Path
 
-from offload import __version__
+from offload import __version__, certs_cli
 from offload.config.loader import load_file
 from offload.config.quick import QuickOptions, flag_for, quick_config
 from offload.config.units import format_duration
@@ -64,6 +64,23 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate a configuration without running it")
     check.add_argument("-c", "--config", required=True, help="TOML configuration file")
+
+    certs = commands.add_parser("certs", help="list certificates, check when they expire")
+    certs_commands = certs.add_subparsers(dest="certs_command", required=True, metavar="COMMAND")
+    certs_list = certs_commands.add_parser(
+        "list", help="a table of every certificate: names, key, issuer, expiry, status")
+    certs_check = certs_commands.add_parser(
+        "check", help="exit 1 if a certificate expires within --days days or is unusable")
+    for sub in (certs_list, certs_check):
+        sub.add_argument("-c", "--config", help="the certificates of this TOML configuration")
+        sub.add_argument("--cert", action="append", default=[], metavar="FILE",
+                         help="PEM bundle, certificate chain or directory of bundles; repeatable")
+        sub.add_argument("--key", action="append", default=[], metavar="FILE",
+                         help="key for the --cert of the same position")
+    certs_list.add_argument("--json", action="store_true", help="a JSON list instead of a table")
+    certs_check.add_argument("--days", type=int, default=certs_cli.DEFAULT_CHECK_DAYS, metavar="N",
+                             help="how many more days every certificate must be valid "
+                                  f"(default {certs_cli.DEFAULT_CHECK_DAYS})")
 
     demo = commands.add_parser(
         "demo", help="run a local demo: generated certificate, built-in backend",
@@ -158,6 +175,18 @@ def summary(prepared: Prepared) -> str:
     return "\n".join(lines)
 
 
+def _certs(args: argparse.Namespace) -> int:
+    problem = certs_cli.usage_problem(args.config, args.cert, args.key, getattr(args, "days", None))
+    if problem:
+        raise UsageError(problem)
+    sources = (certs_cli.sources_from_config(args.config) if args.config
+               else certs_cli.sources_from_flags(args.cert, args.key))
+    now = dt.datetime.now(dt.UTC)
+    if args.certs_command == "list":
+        return certs_cli.list_command(sources, now, sys.stdout, as_json=args.json)
+    return certs_cli.check_command(sources, now, sys.stdout, days=args.days)
+
+
 def _data_dir(option: str | None) -> Path:
     if option:
         return Path(option)
@@ -205,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``offload`` command."""
     args = _parser().parse_args(argv)
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
-        "run": _run, "check": _check, "demo": _demo, "version": lambda _: _version(),
+        "run": _run, "check": _check, "certs": _certs, "demo": _demo, "version": lambda _: _version(),
     }
     try:
         code = handlers[args.command](args)
