@@ -10,6 +10,7 @@ passphrase are read into the output (encrypted keys are not opened at all).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -23,6 +24,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
+from offload.acme.storage import AcmeStorage
 from offload.config.loader import load_file
 from offload.errors import CertificateError
 from offload.tls.certs import KeyPolicy, directory_entries, load_certificate
@@ -105,6 +107,14 @@ def sources_from_config(path: str) -> list[Source]:
                 str(base_dir / ref.cert), str(base_dir / ref.key) if ref.key else None,
                 (frontend.name,), config.global_.allow_readable_keys,
                 ref.passphrase_file is not None or ref.passphrase_env is not None))
+    acme = config.acme
+    if acme is not None:  # what ACME has issued so far (nothing to show before the first)
+        issued = AcmeStorage(base_dir / acme.storage).certificates
+        served = tuple(f.name for f in config.frontends if acme.serves(f.name))
+        with contextlib.suppress(OSError):
+            if directory_entries(str(issued)):
+                sources.append(Source(str(issued), None, served,
+                                      config.global_.allow_readable_keys, False))
     return sources
 
 

@@ -349,3 +349,48 @@ def test_many_names_are_shortened_in_the_table_only(tmp_path: Path) -> None:
     assert table(result.stdout)[1][0] == "a.example.test, b.example.test, c.example.test (+2 more)"
     result = offload_cli("certs", "list", "--json", "--cert", str(tmp_path / "many.pem"))
     assert json.loads(result.stdout)[0]["names"] == names
+
+
+def test_list_includes_what_acme_has_issued(files: Files, tmp_path: Path) -> None:
+    config = tmp_path / "offload.toml"
+    base = f"""
+[[frontends]]
+name = "web"
+bind = "127.0.0.1:8443"
+backend = "app"
+certificates = ["{files / 'good.pem'}"]
+
+[[frontends]]
+name = "api"
+bind = "127.0.0.1:8444"
+backend = "app"
+certificates = ["{files / 'good.pem'}"]
+
+[[backends]]
+name = "app"
+servers = ["127.0.0.1:8080"]
+
+[acme]
+agree_to_terms = true
+storage = "acme"
+frontends = ["api"]
+
+[[acme.certificates]]
+names = ["issued.example.test"]
+"""
+    config.write_text(base)
+    before = offload_cli("certs", "list", "-c", str(config))
+    assert before.returncode == 0, before.stderr
+    assert [row[0] for row in table(before.stdout)[1:]] == ["good.example.test"]
+    issued = tmp_path / "acme" / "certificates"
+    issued.mkdir(parents=True)
+    authority = Authority("offload certs CA")
+    write_private(issued / "issued.example.test.pem",
+                  authority.issue(["issued.example.test"]).bundle())
+    after = offload_cli("certs", "list", "-c", str(config))
+    assert after.returncode == 0, after.stderr
+    rows = table(after.stdout)[1:]
+    assert [(row[0], row[5], row[6], row[7]) for row in rows] == [
+        ("good.example.test", "ok", str(files / "good.pem"), "web, api"),
+        ("issued.example.test", "ok", str(issued / "issued.example.test.pem"), "api"),
+    ]

@@ -236,8 +236,6 @@ BAD = [
     ("bad default literal", put("defaults.mode", "udp"), "defaults.mode", ["use one of the values listed"]),
     ("bad log_level", put("global.log_level", "loud"), "global.log_level", ["use one of the values listed"]),
     # Empty lists.
-    ("empty certificates", put("frontends.0.certificates", []), "frontends[0].certificates",
-     ["give at least one entry"]),
     ("empty servers", put("backends.0.servers", []), "backends[0].servers", ["give at least one entry"]),
     ("empty bind", put("frontends.1.bind", []), "frontends[1].bind", ["give at least one entry"]),
     # Addresses.
@@ -270,7 +268,39 @@ BAD = [
     ("same wildcard bind twice", lambda raw: (put("frontends.0.bind", "0.0.0.0:443")(raw),
                                               put("frontends.1.bind", "*:443")(raw)),
      "frontends[1].bind[0]", ["already bound"]),
+    # Certificates and ACME.
+    ("no certificates and no acme", put("frontends.0.certificates", []),
+     "frontends[0].certificates", ["has no certificates", "[acme]"]),
+    ("acme terms not agreed", put("acme", {"certificates": [{"names": ["a.example.com"]}]}),
+     "acme.agree_to_terms", ["terms of service", "agree_to_terms = true"]),
+    ("acme wildcard name", put("acme", {"agree_to_terms": True,
+                                        "certificates": [{"names": ["*.example.com"]}]}),
+     "acme.certificates[0].names[0]", ["should match pattern"]),
+    ("acme unknown frontend", put("acme", {"agree_to_terms": True, "frontends": ["wbe"],
+                                           "certificates": [{"names": ["a.example.com"]}]}),
+     "acme.frontends[0]", ['no frontend is called "wbe"', "web"]),
+    ("acme http-01 without a plain listener",
+     put("acme", {"agree_to_terms": True, "challenges": ["http-01"],
+                  "certificates": [{"names": ["a.example.com"]}]}),
+     "acme.challenges", ["http-01 needs a plain-HTTP listener", "redirect_http"]),
+    ("acme name twice", put("acme", {"agree_to_terms": True, "certificates": [
+        {"names": ["a.example.com"]}, {"names": ["b.example.com", "a.example.com"]}]}),
+     "acme.certificates[1].names[1]", ["already in acme.certificates[0].names[0]"]),
+    ("acme misspelled key", put("acme", {"agree_to_terms": True, "certificates": [
+        {"nmes": ["a.example.com"]}]}), "acme.certificates[0].nmes", ['did you mean "names"?']),
 ]
+
+
+def test_acme_lets_a_frontend_go_without_certificates() -> None:
+    raw = minimal()
+    raw["frontends"][0]["certificates"] = []
+    raw["acme"] = {"agree_to_terms": True, "frontends": ["web"],
+                   "certificates": [{"names": ["a.example.com", "www.a.example.com"]}]}
+    config = validate(raw, "test.toml")
+    assert config.acme is not None
+    assert config.acme.directory == "https://acme-v02.api.letsencrypt.org/directory"
+    assert config.acme.challenges == ("tls-alpn-01", "http-01")
+    assert config.acme.serves("web") and not config.acme.serves("admin")
 
 
 @pytest.mark.parametrize(("edit", "where", "texts"), [pytest.param(*case[1:], id=case[0]) for case in BAD])

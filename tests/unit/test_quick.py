@@ -116,7 +116,7 @@ def test_quick_config_built_in_defaults() -> None:
                      id="second-backend"),
         pytest.param({"backends": ("unix:app.sock",)}, "--backend", "must be absolute", id="backend-unix"),
         pytest.param({"backends": ()}, "--backend", "give at least one entry", id="no-backend"),
-        pytest.param({"certs": ()}, "--cert", "give at least one entry", id="no-cert"),
+        pytest.param({"certs": ()}, "--cert", "has no certificates", id="no-cert"),
         pytest.param({"certs": ("a.pem", "")}, "--cert", "at least 1 character", id="empty-cert"),
         pytest.param({"upstream_timeout": "60"}, "--upstream-timeout", "unit", id="timeout-bare"),
         pytest.param({"upstream_timeout": "0s"}, "--upstream-timeout", "greater than 0", id="timeout-zero"),

@@ -19,6 +19,8 @@ from pydantic import BaseModel, ValidationError
 from offload.config.model import (
     BACKEND_DEFAULT_KEYS,
     FRONTEND_DEFAULT_KEYS,
+    AcmeCertificateConfig,
+    AcmeConfig,
     BackendConfig,
     CertificateRef,
     Config,
@@ -43,6 +45,7 @@ _SECTION_MODELS: dict[str, type[BaseModel]] = {
     "servers": ServerConfig,
     "health_check": HealthCheckConfig,
     "ejection": EjectionConfig,
+    "acme": AcmeConfig,
 }
 
 _FIXES = {
@@ -77,6 +80,8 @@ def _did_you_mean(loc: Loc) -> str:
     key = str(loc[-1])
     section = next((part for part in reversed(loc[:-1]) if isinstance(part, str)), None)
     model = _SECTION_MODELS.get(section, Config) if section else Config
+    if loc[0] == "acme" and section == "certificates":
+        model = AcmeCertificateConfig
     known = _known_keys(model)
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     if close:
@@ -164,6 +169,43 @@ def _cross_check(config: Config) -> list[Issue]:
                 issues.append(Issue(here, f"{key} is already bound by {seen_binds[key]}",
                                     "listen on each address from one place only"))
             seen_binds[key] = here
+        if not frontend.certificates and not (config.acme and config.acme.serves(frontend.name)):
+            issues.append(Issue(f"{where}.certificates", "the frontend has no certificates",
+                                "list certificate files or directories, or have [acme] "
+                                "obtain them"))
+    if config.acme is not None:
+        issues.extend(_check_acme(config.acme, config))
+    return issues
+
+
+def _check_acme(acme: AcmeConfig, config: Config) -> list[Issue]:
+    """ACME settings that depend on the rest of the configuration."""
+    issues: list[Issue] = []
+    if not acme.agree_to_terms:
+        issues.append(Issue("acme.agree_to_terms", "the CA's terms of service must be agreed to",
+                            f"read the terms linked from {acme.directory} and set "
+                            "agree_to_terms = true"))
+    frontend_names = [frontend.name for frontend in config.frontends]
+    for index, name in enumerate(acme.frontends):
+        if name not in frontend_names:
+            issues.append(Issue(f"acme.frontends[{index}]", f"no frontend is called \"{name}\"",
+                                "name one of: " + ", ".join(frontend_names)))
+    if len(set(acme.challenges)) != len(acme.challenges):
+        issues.append(Issue("acme.challenges", "a challenge type is listed twice",
+                            "list each of tls-alpn-01 and http-01 at most once"))
+    served = [f for f in config.frontends if acme.serves(f.name)]
+    if acme.challenges == ("http-01",) and not any(f.redirect_http for f in served):
+        issues.append(Issue("acme.challenges", "http-01 needs a plain-HTTP listener",
+                            "set redirect_http = \"0.0.0.0:80\" on a frontend that serves the "
+                            "ACME certificates, or allow tls-alpn-01"))
+    seen: dict[str, str] = {}
+    for c_index, certificate in enumerate(acme.certificates):
+        for n_index, name in enumerate(certificate.names):
+            here = f"acme.certificates[{c_index}].names[{n_index}]"
+            if name in seen:
+                issues.append(Issue(here, f"{name} is already in {seen[name]}",
+                                    "list each name in one certificate only"))
+            seen[name] = here
     return issues
 
 

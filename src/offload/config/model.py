@@ -158,9 +158,8 @@ class FrontendConfig(Model):
     name: str = Field(min_length=1)
     bind: Annotated[tuple[ListenAddress, ...], BeforeValidator(_one_or_many)] = Field(min_length=1)
     backend: str = Field(min_length=1)
-    certificates: tuple[Annotated[CertificateRef, _table_from_string("cert")], ...] = Field(
-        min_length=1
-    )
+    certificates: tuple[Annotated[CertificateRef, _table_from_string("cert")], ...] = ()
+    """May be empty only when ``[acme]`` provides this frontend's certificates."""
     mode: Mode = "tcp"
     tls_policy: TlsPolicyName = "intermediate"
     alpn: tuple[AlpnName, ...] = ()
@@ -272,6 +271,40 @@ FRONTEND_DEFAULT_KEYS = (
 BACKEND_DEFAULT_KEYS = ("balance", "connect_timeout", "server_timeout", "proxy_protocol")
 
 
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+AcmeChallenge = Literal["tls-alpn-01", "http-01"]
+DnsName = Annotated[str, Field(max_length=253,
+                               pattern=r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+"
+                               r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+"""A lower-case DNS name with at least two labels (no wildcard: that needs DNS-01)."""
+
+
+class AcmeCertificateConfig(Model):
+    """One certificate to obtain: its names (the first is its file name and subject)."""
+
+    names: tuple[DnsName, ...] = Field(min_length=1, max_length=100)
+
+
+class AcmeConfig(Model):
+    """Automatic certificates from an ACME CA (RFC 8555): Let's Encrypt unless told otherwise."""
+
+    directory: str = Field(default=LETS_ENCRYPT, pattern=r"^https://\S+$")
+    email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+$")
+    agree_to_terms: Flag = False
+    storage: str = "acme"
+    directory_ca: str | None = None
+    key_type: Literal["ecdsa", "rsa"] = "ecdsa"
+    challenges: tuple[AcmeChallenge, ...] = Field(default=("tls-alpn-01", "http-01"),
+                                                  min_length=1)
+    frontends: tuple[str, ...] = ()
+    retry_after: Timeout = 60.0
+    certificates: tuple[AcmeCertificateConfig, ...] = Field(min_length=1)
+
+    def serves(self, frontend: str) -> bool:
+        """Whether ``frontend`` serves the ACME certificates (all frontends when none named)."""
+        return not self.frontends or frontend in self.frontends
+
+
 class Config(Model):
     """The whole configuration."""
 
@@ -279,6 +312,7 @@ class Config(Model):
     defaults: DefaultsConfig = Field(default_factory=DefaultsConfig)
     frontends: tuple[FrontendConfig, ...] = Field(min_length=1)
     backends: tuple[BackendConfig, ...] = Field(min_length=1)
+    acme: AcmeConfig | None = None
 
     def backend(self, name: str) -> BackendConfig:
         """The backend called ``name`` (the loader has checked that it exists)."""
@@ -289,6 +323,8 @@ class Config(Model):
 
 
 __all__ = [
+    "AcmeCertificateConfig",
+    "AcmeConfig",
     "BackendConfig",
     "CertificateRef",
     "Config",

@@ -13,6 +13,7 @@ import logging
 import socket
 from collections.abc import Callable
 
+from offload.acme.alpn import ChallengeLookup
 from offload.observe.log import fields
 from offload.observe.stats import Counters
 from offload.server.prepare import PreparedFrontend
@@ -83,7 +84,8 @@ class Listener:
 
     def __init__(self, frontend: PreparedFrontend, app_factory: AppFactory,
                  sockets: list[socket.socket], registry: ConnectionRegistry,
-                 counters: Counters, *, batcher: WriteBatcher | None = None) -> None:
+                 counters: Counters, *, batcher: WriteBatcher | None = None,
+                 challenges: ChallengeLookup | None = None) -> None:
         self.frontend = frontend
         self.name = frontend.config.name
         self._app_factory = app_factory
@@ -93,6 +95,7 @@ class Listener:
         self._counters = counters
         self._context = frontend.store.base
         self._handshake_timeout = frontend.config.handshake_timeout
+        self._challenges = challenges
         self._servers: list[asyncio.Server] = []
         self._accepting = False
         self._draining = False
@@ -100,7 +103,8 @@ class Listener:
         registry.listeners.append(self)
 
     def _new_stream(self) -> TLSServerStream:
-        return TLSServerStream(self, self._context, self._handshake_timeout, self._batcher)
+        return TLSServerStream(self, self._context, self._handshake_timeout, self._batcher,
+                               self._challenges)
 
     async def start(self) -> None:
         """Start accepting on every socket of this frontend."""
@@ -155,6 +159,11 @@ class Listener:
             peer = stream.get_extra_info("peername") or ("", 0)
             _log.debug("handshake failed", extra=fields(
                 frontend=self.name, client=f"{peer[0]}:{peer[1]}", reason=reason, detail=detail))
+
+    def stream_answered_challenge(self, stream: TLSServerStream) -> None:
+        self._counters.inc("acme_challenge", self.name, "tls-alpn-01")
+        _log.info("ACME challenge answered", extra=fields(
+            frontend=self.name, challenge="tls-alpn-01", name=stream.server_name))
 
     def stream_closed(self, stream: TLSServerStream) -> None:
         self._registry.discard(stream)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from offload.acme.storage import AcmeStorage
 from offload.config.model import Config, FrontendConfig
 from offload.errors import ConfigError, Issue
 from offload.tls.certs import LoadedCertificate
@@ -49,6 +50,13 @@ class Prepared:
     frontends: tuple[PreparedFrontend, ...]
     servers: dict[str, tuple[Server, ...]]
     warnings: tuple[str, ...]
+    base_dir: Path
+    """Where relative file names in the configuration start from."""
+
+    @property
+    def acme_storage(self) -> AcmeStorage | None:
+        acme = self.config.acme
+        return None if acme is None else AcmeStorage(self.base_dir / acme.storage)
 
 
 def _check_accounts(config: Config) -> list[Issue]:
@@ -88,12 +96,19 @@ def prepare(config: Config, source: str, rename: Callable[[str], str] | None = N
         policy = POLICIES[frontend.tls_policy]
         if policy.warning:
             warnings.append(f"{where} ({frontend.name}): {policy.warning}")
+        acme = config.acme
+        acme_dir = (AcmeStorage(base_dir / acme.storage).certificates
+                    if acme is not None and acme.serves(frontend.name) else None)
         sources = FrontendSources(frontend.certificates, base_dir, where,
-                                  allow_readable=config.global_.allow_readable_keys)
+                                  allow_readable=config.global_.allow_readable_keys,
+                                  acme_dir=acme_dir)
         files, problems, loaded_warnings = sources.load(now)
         issues.extend(problems)
         warnings.extend(loaded_warnings)
-        if files and not issues:
+        if not files and acme_dir is not None:
+            warnings.append(f"{where} ({frontend.name}): no certificate yet; handshakes fail "
+                            "until ACME obtains the first one")
+        if (files or acme_dir is not None) and not issues:
             store = CertificateStore(
                 functools.partial(server_context, frontend.tls_policy, alpn), files)
             frontends.append(PreparedFrontend(frontend, store, sources))
@@ -107,4 +122,4 @@ def prepare(config: Config, source: str, rename: Callable[[str], str] | None = N
         if rename is not None:
             issues = [Issue(rename(issue.where), issue.what, issue.fix) for issue in issues]
         raise ConfigError(source, issues)
-    return Prepared(config, source, tuple(frontends), servers, tuple(warnings))
+    return Prepared(config, source, tuple(frontends), servers, tuple(warnings), base_dir)

@@ -29,19 +29,25 @@ Workers hold the read end of a "lifeline" pipe: if the supervisor dies, they see
 from __future__ import annotations
 
 import datetime as dt
+import grp
 import logging
 import os
+import pwd
 import selectors
 import signal
+import socket
 import sys
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from offload.config.model import AcmeConfig
 from offload.config.units import HostPort
 from offload.errors import OffloadError
 from offload.observe.log import LogSetup, fields
+from offload.server.acme_process import run_acme_process
 from offload.server.control import CertificatesChanged, Outbox
 from offload.server.prepare import Prepared
 from offload.server.sockets import SocketSet
@@ -84,6 +90,28 @@ class Generation:
     fresh_addresses: list[HostPort] = field(default_factory=list)
 
 
+@dataclass
+class AcmeChild:
+    """The supervisor's record of an ACME process (or of the wish for one)."""
+
+    config: AcmeConfig | None = None
+    pid: int | None = None
+    started: float = 0.0
+    failures: int = 0
+    restart_at: float | None = None
+    kill_at: float | None = None
+
+
+def _hand_over(directory: Path, user: str | None, group: str | None) -> None:
+    """Give the ACME storage to the account the children run as (they write there)."""
+    if os.geteuid() != 0 or (user is None and group is None):
+        return
+    uid = pwd.getpwnam(user).pw_uid if user is not None else -1
+    gid = grp.getgrnam(group).gr_gid if group is not None else -1
+    for path in [directory, *(p for p in directory.rglob("*") if p.is_dir())]:
+        os.chown(path, uid, gid)
+
+
 def _addresses(prepared: Prepared) -> list[tuple[HostPort, int]]:
     return [(address, frontend.backlog) for frontend in prepared.config.frontends
             for address in (*frontend.bind, *frontend.redirect_http)]
@@ -110,6 +138,9 @@ class Supervisor:
         self._debounce = Debounce(CERTIFICATE_DEBOUNCE)
         self._expiry = ExpiryMonitor()
         self._next_expiry_check = 0.0
+        self._acme = AcmeChild()
+        self._retired_acme: list[AcmeChild] = []
+        """ACME processes told to stop that have not exited yet."""
         self._generation = 0
         self._started = False
         self._stopping = False
@@ -132,7 +163,8 @@ class Supervisor:
         self._start_generation(prepared, [])
         self._watch_certificates()
         try:
-            while not (self._stopping and not self._workers):
+            while not (self._stopping and not self._workers and self._acme.pid is None
+                       and not self._retired_acme):
                 timeout = self._next_deadline()
                 for key, _ in self._selector.select(timeout):
                     key.data()
@@ -173,6 +205,7 @@ class Supervisor:
         if due is not None:
             deadlines.append(due)
         deadlines.append(self._next_expiry_check)
+        deadlines += self._acme_deadlines()
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
@@ -198,6 +231,7 @@ class Supervisor:
         if self._next_expiry_check <= now:
             self._next_expiry_check = now + EXPIRY_CHECK_INTERVAL
             self._check_expiry()
+        self._acme_on_time(now)
 
     # ------------------------------------------------------------------ events
 
@@ -235,6 +269,7 @@ class Supervisor:
                 done, status = pid, 0
             if done:
                 self._worker_exited(self._workers.pop(pid), os.waitstatus_to_exitcode(status))
+        self._reap_acme()
 
     def _worker_exited(self, worker: WorkerProcess, code: int) -> None:
         self._forget_pipe(worker)
@@ -297,6 +332,7 @@ class Supervisor:
         for worker in self._workers.values():
             if not worker.draining:
                 self._drain(worker, deadline)
+        self._stop_acme()
 
     # ------------------------------------------------------------------ generations
 
@@ -332,6 +368,7 @@ class Supervisor:
         self._sockets.retain([a for a, _ in _addresses(self._current)],
                              self._current.config.global_.workers)
         listening = sorted({str(a) for a, _ in _addresses(self._current)})
+        self._sync_acme()
         if self._started:
             self._watch_certificates()
             self._stopped_accepting(None)
@@ -480,26 +517,121 @@ class Supervisor:
         status_r, status_w = status
         code = 70
         try:
-            signal.set_wakeup_fd(-1)
-            for signum in _SIGNALS:
-                signal.signal(signum, signal.SIG_DFL)
             own = self._sockets.for_slot(slot)
-            for sock in self._sockets.all():
-                if all(sock is not mine for mine in own.values()):
-                    sock.close()
-            for fd in [status_r, self._signal_r, self._signal_w, self._lifeline_w,
-                       *(w.status_fd for w in self._workers.values() if w.status_fd >= 0),
-                       *(w.control.fd for w in self._workers.values() if w.control.fd >= 0)]:
-                os.close(fd)
-            if self._watcher is not None:
-                self._watcher.close()
-            self._selector.close()
+            self._shed(list(own.values()), [status_r])
             code = run_worker(WorkerSpec(prepared, slot, generation, own, status_w,
                                          self._lifeline_r, control_r), self._logs)
         except BaseException:  # a worker must never return into the supervisor
             traceback.print_exc(file=sys.stderr)
         finally:
             os._exit(code)
+
+    def _become_acme(self, prepared: Prepared) -> None:
+        """In the ACME child: shed the supervisor's state, then keep certificates issued."""
+        code = 70
+        try:
+            self._shed([], [])
+            code = run_acme_process(prepared, self._logs, self._lifeline_r)
+        except BaseException:  # the child must never return into the supervisor
+            traceback.print_exc(file=sys.stderr)
+        finally:
+            os._exit(code)
+
+    def _shed(self, keep: list[socket.socket], fds: list[int]) -> None:
+        """In a child: default signal handling, and close what belongs to the supervisor."""
+        signal.set_wakeup_fd(-1)
+        for signum in _SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        for sock in self._sockets.all():
+            if all(sock is not mine for mine in keep):
+                sock.close()
+        for fd in [*fds, self._signal_r, self._signal_w, self._lifeline_w,
+                   *(w.status_fd for w in self._workers.values() if w.status_fd >= 0),
+                   *(w.control.fd for w in self._workers.values() if w.control.fd >= 0)]:
+            os.close(fd)
+        if self._watcher is not None:
+            self._watcher.close()
+        self._selector.close()
+
+    # ------------------------------------------------------------------ ACME process
+
+    def _sync_acme(self) -> None:
+        """Run an ACME process for the current ``[acme]`` section (a new one when it changed)."""
+        wanted = self._current.config.acme
+        running = self._acme.pid is not None or self._acme.restart_at is not None
+        if running and self._acme.config == wanted:
+            return
+        self._stop_acme()
+        self._acme = AcmeChild(config=wanted)
+        if wanted is not None:
+            self._spawn_acme()
+
+    def _spawn_acme(self) -> None:
+        prepared = self._current
+        storage = prepared.acme_storage
+        if storage is None:
+            return
+        try:
+            storage.create()
+            _hand_over(storage.root, prepared.config.global_.user,
+                       prepared.config.global_.group)
+        except OSError as error:
+            _log.error("ACME is off: cannot create its storage directory",
+                       extra=fields(directory=str(storage.root), reason=error.strerror))
+            return
+        pid = os.fork()
+        if pid == 0:
+            self._become_acme(prepared)
+        self._acme.pid = pid
+        self._acme.started = time.monotonic()
+        self._acme.restart_at = None
+        _log.info("ACME process started", extra=fields(pid=pid))
+
+    def _stop_acme(self) -> None:
+        child = self._acme
+        if child.pid is not None:
+            _kill(child.pid, signal.SIGTERM)
+            child.kill_at = time.monotonic() + KILL_GRACE
+            self._retired_acme.append(child)
+        self._acme = AcmeChild()
+
+    def _reap_acme(self) -> None:
+        for child in [self._acme, *self._retired_acme]:
+            if child.pid is None:
+                continue
+            try:
+                done, status = os.waitpid(child.pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = child.pid, 0
+            if not done:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            pid, child.pid, child.kill_at = child.pid, None, None
+            if child is not self._acme or self._stopping:
+                _log.info("ACME process exited", extra=fields(pid=pid, exit_code=code))
+                continue
+            lived = time.monotonic() - child.started
+            child.failures = 0 if lived >= STABLE_AFTER else child.failures + 1
+            delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, child.failures - 1))
+            _log.warning("ACME process died; restarting it", extra=fields(
+                pid=pid, exit_code=code, restart_in_s=round(delay, 2)))
+            child.restart_at = time.monotonic() + delay
+        self._retired_acme = [c for c in self._retired_acme if c.pid is not None]
+
+    def _acme_deadlines(self) -> list[float]:
+        children = [self._acme, *self._retired_acme]
+        return ([c.kill_at for c in children if c.kill_at is not None]
+                + [c.restart_at for c in children if c.restart_at is not None])
+
+    def _acme_on_time(self, now: float) -> None:
+        for child in [self._acme, *self._retired_acme]:
+            if child.kill_at is not None and child.kill_at <= now and child.pid is not None:
+                child.kill_at = None
+                _kill(child.pid, signal.SIGKILL)
+        if self._acme.restart_at is not None and self._acme.restart_at <= now:
+            self._acme.restart_at = None
+            if not self._stopping:
+                self._spawn_acme()
 
 
 def _note_signal(signum: int, frame: object) -> None:

@@ -19,10 +19,13 @@ import pwd
 import signal
 import socket
 from dataclasses import dataclass
+from typing import TypeVar
 
 import uvloop
 
-from offload.config.model import FrontendConfig
+from offload.acme.alpn import ChallengeContexts
+from offload.acme.storage import AcmeStorage
+from offload.config.model import AcmeChallenge, FrontendConfig
 from offload.config.units import HostPort
 from offload.errors import OffloadError
 from offload.http.connection import HttpConnection
@@ -41,6 +44,7 @@ from offload.upstream.backend import Backend
 from offload.writes import WriteBatcher
 
 _log = logging.getLogger("offload.worker")
+_T = TypeVar("_T")
 
 READY = b"R"
 """Written on the status pipe once every listener accepts."""
@@ -135,11 +139,21 @@ class _Apps:
         self.sites: list[HttpSite] = []
         self.listeners: list[Listener] = []
         self.redirects: list[asyncio.Server] = []
+        storage = spec.prepared.acme_storage
+        tls_alpn = ChallengeContexts(storage).lookup if storage is not None else None
         for frontend in spec.prepared.frontends:
             self.listeners.append(Listener(
                 frontend, self._factory(frontend.config),
                 [spec.sockets[address] for address in frontend.config.bind], registry, counters,
-                batcher=self.batcher))
+                batcher=self.batcher, challenges=self._acme(frontend.config, "tls-alpn-01",
+                                                            tls_alpn)))
+
+    def _acme(self, frontend: FrontendConfig, challenge: AcmeChallenge, answer: _T) -> _T | None:
+        """``answer`` if this frontend answers ACME ``challenge`` validations, else None."""
+        acme = self.spec.prepared.config.acme
+        if acme is None or not acme.serves(frontend.name) or challenge not in acme.challenges:
+            return None
+        return answer
 
     def _factory(self, frontend: FrontendConfig) -> AppFactory:
         prepared, counters = self.spec.prepared, self.counters
@@ -177,10 +191,12 @@ class _Apps:
             frontend = prepared.config
             https_port = frontend.bind[0].port
             for address in frontend.redirect_http:
-                def redirect(frontend: FrontendConfig = frontend, port: int = https_port
-                             ) -> RedirectProtocol:
+                storage = self._acme(frontend, "http-01", self.spec.prepared.acme_storage)
+
+                def redirect(frontend: FrontendConfig = frontend, port: int = https_port,
+                             storage: AcmeStorage | None = storage) -> RedirectProtocol:
                     return RedirectProtocol(port, frontend.request_timeout, self.counters,
-                                            frontend.name)
+                                            frontend.name, storage)
                 self.redirects.append(await loop.create_server(
                     redirect, sock=self.spec.sockets[address].dup(), backlog=frontend.backlog))
 

@@ -67,8 +67,10 @@ class FrontendSources:
     """The certificate files of one frontend, and their signatures when last read."""
 
     def __init__(self, refs: Sequence[CertificateRef], base_dir: Path, where: str, *,
-                 allow_readable: bool) -> None:
+                 allow_readable: bool, acme_dir: Path | None = None) -> None:
         self._refs = tuple(refs)
+        self._acme_dir = acme_dir
+        """Where the ACME process puts issued certificates; may be missing or empty."""
         self._base_dir = base_dir
         self._where = where
         self._allow_readable = allow_readable
@@ -84,6 +86,8 @@ class FrontendSources:
             paths.append(str(self._base_dir / ref.cert))
             if ref.key is not None:
                 paths.append(str(self._base_dir / ref.key))
+        if self._acme_dir is not None:
+            paths.append(str(self._acme_dir))
         return paths
 
     def _passphrase(self, ref: CertificateRef, where: str) -> bytes | None:
@@ -136,6 +140,18 @@ class FrontendSources:
                     files.append(SourceFile(cert, key, where, policy))
             except CertificateError as error:
                 issues.append(Issue(where, str(error), error.fix))
+        if self._acme_dir is not None:
+            policy = KeyPolicy(allow_readable=self._allow_readable)
+            try:
+                entries = directory_entries(str(self._acme_dir))
+            except FileNotFoundError:
+                entries = []  # nothing issued yet
+            except OSError as error:
+                issues.append(Issue("acme.storage", f"cannot list {self._acme_dir}: "
+                                    f"{error.strerror}", "check the directory's permissions"))
+                entries = []
+            files.extend(SourceFile(path, key_file, "acme.storage", policy)
+                         for path, key_file in entries)
         return files, issues
 
     def load(self, now: dt.datetime) -> tuple[list[tuple[str, FileCertificates]], list[Issue],

@@ -29,6 +29,8 @@ import ssl
 import time
 from typing import Any, Protocol, cast
 
+from offload.acme.alpn import ACME_TLS_ALPN, ChallengeLookup
+from offload.proto.client_hello import ClientHelloError, parse_client_hello
 from offload.tls.sni import SNI_ATTRIBUTE, SNI_MATCHED_ATTRIBUTE
 from offload.writes import WriteBatcher
 
@@ -75,6 +77,7 @@ class StreamOwner(Protocol):
     def stream_accepted(self, stream: TLSServerStream) -> None: ...
     def stream_opened(self, stream: TLSServerStream) -> asyncio.Protocol: ...
     def stream_failed(self, stream: TLSServerStream, reason: str, detail: str) -> None: ...
+    def stream_answered_challenge(self, stream: TLSServerStream) -> None: ...
     def stream_closed(self, stream: TLSServerStream) -> None: ...
 
 
@@ -82,13 +85,14 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
     """A TLS server connection: a Protocol for the TCP transport, a Transport for the app."""
 
     __slots__ = (
-        "_app", "_batcher", "_held", "_incoming", "_loop", "_outgoing", "_owner", "_peer_eof",
-        "_reading_paused", "_ssl", "_state", "_tcp", "_timer", "_write_eof",
-        "accepted_at", "handshake_seconds", "handshake_timeout",
+        "_acme", "_app", "_batcher", "_challenges", "_held", "_hello", "_incoming", "_loop",
+        "_outgoing", "_owner", "_peer_eof", "_reading_paused", "_ssl", "_state", "_tcp", "_timer",
+        "_write_eof", "accepted_at", "handshake_seconds", "handshake_timeout",
     )
 
     def __init__(self, owner: StreamOwner, context: ssl.SSLContext,
-                 handshake_timeout: float, batcher: WriteBatcher | None = None) -> None:
+                 handshake_timeout: float, batcher: WriteBatcher | None = None,
+                 challenges: ChallengeLookup | None = None) -> None:
         super().__init__()
         self._owner = owner
         self._batcher = batcher
@@ -104,6 +108,10 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
         self._peer_eof = False
         self._write_eof = False
         self._held = b""
+        self._challenges = challenges
+        self._hello: bytearray | None = bytearray() if challenges is not None else None
+        """The ClientHello so far, while we look for an ACME TLS-ALPN-01 validation."""
+        self._acme = False
         self.handshake_timeout = handshake_timeout
         self.accepted_at = 0.0
         self.handshake_seconds = 0.0
@@ -122,7 +130,32 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
             if not self._reading_paused:
                 self._read()
         elif self._state == HANDSHAKE:
+            if self._hello is not None and not self._peek(data):
+                return  # the ClientHello is not complete yet
             self._handshake()
+
+    def _peek(self, data: bytes) -> bool:
+        """Look at the ClientHello before OpenSSL does; True once it is complete (or broken).
+
+        A ClientHello offering exactly ``acme-tls/1`` for a name with a pending challenge is
+        answered with the validation certificate (RFC 8737 §3), never the site's."""
+        hello = self._hello
+        assert hello is not None
+        hello += data
+        try:
+            parsed = parse_client_hello(hello)
+        except ClientHelloError:
+            self._hello = None  # OpenSSL will refuse it with the right alert
+            return True
+        if parsed is None:
+            return False
+        self._hello = None
+        if parsed.alpn == (ACME_TLS_ALPN,) and self._challenges is not None:
+            context = self._challenges(parsed.server_name)
+            if context is not None:
+                self._ssl.context = context
+                self._acme = True
+        return True
 
     def eof_received(self) -> bool:
         if self._state == HANDSHAKE:
@@ -200,6 +233,12 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
             self._timer.cancel()
             self._timer = None
         self.handshake_seconds = time.monotonic() - self.accepted_at
+        if self._acme:  # the validation needs the handshake only (RFC 8737 §3)
+            self._state = CLOSING
+            self._owner.stream_answered_challenge(self)
+            self._send_close_notify()
+            self._tcp_close()
+            return
         self._state = OPEN
         self._app = self._owner.stream_opened(self)
         self._app.connection_made(self)

@@ -1,0 +1,52 @@
+"""The body of the ACME child process the supervisor forks when ``[acme]`` is configured.
+
+It runs as the workers' account (so the files it writes are theirs to read), sleeps in
+``select`` on two pipes, and stops when either becomes readable: its own SIGTERM pipe, or the
+supervisor's lifeline (closed when the supervisor dies, so no ACME process outlives it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+
+from offload.acme.issuer import AcmeIssuer
+from offload.acme.manager import AcmeManager
+from offload.errors import OffloadError
+from offload.observe.log import LogSetup
+from offload.server.prepare import Prepared
+from offload.server.worker import drop_privileges
+
+_log = logging.getLogger("offload.acme")
+_MAX_SLEEP = 3600.0
+
+
+def run_acme_process(prepared: Prepared, logs: LogSetup, lifeline_fd: int) -> int:
+    """Issue and renew until told to stop; returns the exit status."""
+    settings = prepared.config.global_
+    acme, storage = prepared.config.acme, prepared.acme_storage
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    stop_r, stop_w = os.pipe()
+    os.set_blocking(stop_w, False)
+    signal.signal(signal.SIGTERM, lambda signum, frame: os.write(stop_w, b"x"))
+    logs.after_fork(settings.log_level, settings.log_format)
+    try:
+        if acme is None or storage is None:
+            return 0
+        drop_privileges(settings.user, settings.group)
+
+        def wait(seconds: float) -> bool:
+            readable, _, _ = select.select([stop_r, lifeline_fd], [], [],
+                                           min(seconds, _MAX_SLEEP))
+            return bool(readable)
+
+        AcmeManager(acme, storage, AcmeIssuer(acme, storage, prepared.base_dir)).run(wait)
+        return 0
+    except OffloadError as error:
+        _log.error("ACME process cannot run: %s", error)
+        return 78
+    finally:
+        logs.stop()
