@@ -25,7 +25,6 @@ from offload.server.supervisor import Supervisor
 
 NOT_YET = {
     "admin": "--admin: the admin API is not available yet",
-    "client_ca": "--client-ca: client-certificate authentication is not available yet",
 }
 
 
@@ -56,8 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     quick.add_argument("--admin", metavar="HOST:PORT", help="admin API address (not available yet)")
     quick.add_argument("--upstream-timeout", metavar="DURATION",
                        help="how long a backend may stay silent, e.g. 60s")
-    quick.add_argument("--client-ca", metavar="FILE",
-                       help="require client certificates from this CA (not available yet)")
+    quick.add_argument("--client-ca", metavar="FILE", action="append", default=[],
+                       help="require client certificates issued by this CA (repeatable)")
     quick.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     quick.add_argument("--access-log", metavar="stderr|off|FILE",
                        help="HTTP mode: where the access log goes (default stderr)")
@@ -107,7 +106,7 @@ def _quick_options(args: argparse.Namespace) -> QuickOptions:
         backends=tuple(args.backend), mode=args.mode, workers=args.workers,
         proxy_protocol=args.proxy_protocol, tls_policy=args.tls_policy,
         upstream_timeout=args.upstream_timeout, log_level=args.log_level,
-        access_log=args.access_log,
+        access_log=args.access_log, client_ca=tuple(args.client_ca),
     )
 
 
@@ -118,7 +117,8 @@ class UsageError(OffloadError):
 def _loader(args: argparse.Namespace) -> Callable[[], Prepared]:
     """A function that loads and prepares the configuration (called again on SIGHUP)."""
     quick_flags = [args.listen, args.cert, args.key, args.backend, args.workers,
-                   args.proxy_protocol, args.tls_policy, args.upstream_timeout, args.access_log]
+                   args.proxy_protocol, args.tls_policy, args.upstream_timeout, args.access_log,
+                   args.client_ca]
     for name, message in NOT_YET.items():
         if getattr(args, name):
             raise UsageError(message)

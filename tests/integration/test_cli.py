@@ -106,7 +106,7 @@ def test_example_config_is_valid():
     (["run", "--listen", "127.0.0.1:1", "--cert", "x", "--backend", "127.0.0.1:2",
       "--admin", "127.0.0.1:9000"], 2, "--admin: the admin API is not available yet"),
     (["run", "--listen", "127.0.0.1:1", "--cert", "x", "--backend", "127.0.0.1:2",
-      "--client-ca", "ca.pem"], 2, "--client-ca: client-certificate authentication is not available"),
+      "--client-ca", "/nonexistent-ca.pem"], 1, "--client-ca: cannot read /nonexistent-ca.pem"),
     (["run", "-c", "x.toml", "--listen", "127.0.0.1:1"], 2, "give either -c FILE or the quick"),
     (["run", "--listen", "nowhere", "--cert", "x", "--backend", "127.0.0.1:2"], 1,
      "--listen: 'nowhere' has no port"),

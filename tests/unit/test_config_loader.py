@@ -268,6 +268,13 @@ BAD = [
     ("same wildcard bind twice", lambda raw: (put("frontends.0.bind", "0.0.0.0:443")(raw),
                                               put("frontends.1.bind", "*:443")(raw)),
      "frontends[1].bind[0]", ["already bound"]),
+    # Client certificates.
+    ("client_auth without a CA", put("frontends.0.client_auth", "required"),
+     "frontends[0].client_ca", ["needs the CA", "set client_ca"]),
+    ("client CA without client_auth", put("frontends.0.client_ca", "ca.pem"),
+     "frontends[0].client_ca", ["not asked for", 'client_auth = "required"']),
+    ("client_auth misspelled", put("frontends.0.client_auth", "yes"),
+     "frontends[0].client_auth", ["none", "optional", "required"]),
     # Certificates and ACME.
     ("no certificates and no acme", put("frontends.0.certificates", []),
      "frontends[0].certificates", ["has no certificates", "[acme]"]),

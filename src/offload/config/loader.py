@@ -169,6 +169,7 @@ def _cross_check(config: Config) -> list[Issue]:
                 issues.append(Issue(here, f"{key} is already bound by {seen_binds[key]}",
                                     "listen on each address from one place only"))
             seen_binds[key] = here
+        issues.extend(_check_client_auth(frontend, where))
         if not frontend.certificates and not (config.acme and config.acme.serves(frontend.name)):
             issues.append(Issue(f"{where}.certificates", "the frontend has no certificates",
                                 "list certificate files or directories, or have [acme] "
@@ -176,6 +177,19 @@ def _cross_check(config: Config) -> list[Issue]:
     if config.acme is not None:
         issues.extend(_check_acme(config.acme, config))
     return issues
+
+
+def _check_client_auth(frontend: FrontendConfig, where: str) -> list[Issue]:
+    """Client certificates need a CA to check them against, and a CA needs client_auth."""
+    if frontend.client_auth != "none" and not frontend.client_ca:
+        return [Issue(f"{where}.client_ca", f"client_auth = \"{frontend.client_auth}\" needs "
+                      "the CA that issues client certificates",
+                      "set client_ca to the PEM file (or files) of that CA")]
+    if frontend.client_auth == "none" and (frontend.client_ca or frontend.client_crl):
+        key = "client_ca" if frontend.client_ca else "client_crl"
+        return [Issue(f"{where}.{key}", "client certificates are not asked for",
+                      "set client_auth = \"required\" (or \"optional\"), or remove this key")]
+    return []
 
 
 def _check_acme(acme: AcmeConfig, config: Config) -> list[Issue]:

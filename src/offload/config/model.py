@@ -166,6 +166,9 @@ class FrontendConfig(Model):
     handshake_timeout: Timeout = 10.0
     idle_timeout: Timeout = 300.0
     backlog: Count = 1024
+    client_auth: Literal["none", "optional", "required"] = "none"
+    client_ca: Annotated[tuple[str, ...], BeforeValidator(_one_or_many)] = ()
+    client_crl: Annotated[tuple[str, ...], BeforeValidator(_one_or_many)] = ()
     # mode http
     trusted_proxies: tuple[Network, ...] = ()
     forwarded: Flag = False

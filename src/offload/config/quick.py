@@ -24,6 +24,7 @@ _FLAG_OF_PATH = (
     (r"frontends\[0\]\.mode", "--mode"),
     (r"frontends\[0\]\.tls_policy", "--tls-policy"),
     (r"frontends\[0\]\.access_log", "--access-log"),
+    (r"frontends\[0\]\.client_ca(\[\d+\])?", "--client-ca"),
     (r"backends\[0\]\.servers(\[\d+\])?(\.address)?", "--backend"),
     (r"backends\[0\]\.proxy_protocol", "--proxy-protocol"),
     (r"backends\[0\]\.server_timeout", "--upstream-timeout"),
@@ -47,6 +48,7 @@ class QuickOptions:
     upstream_timeout: str | None = None
     log_level: str | None = None
     access_log: str | None = None
+    client_ca: tuple[str, ...] = ()
     extra_global: dict[str, Any] = field(default_factory=dict)
 
 
@@ -79,6 +81,9 @@ def raw_config(options: QuickOptions) -> dict[str, Any]:
         frontend["tls_policy"] = options.tls_policy
     if options.access_log is not None:
         frontend["access_log"] = options.access_log
+    if options.client_ca:
+        frontend["client_auth"] = "required"
+        frontend["client_ca"] = list(options.client_ca)
     if options.proxy_protocol is not None:
         backend["proxy_protocol"] = options.proxy_protocol
     if options.upstream_timeout is not None:

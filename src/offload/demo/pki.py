@@ -108,8 +108,9 @@ class Authority:
 
     def issue(self, names: list[str], key_type: KeyType = "ecdsa", *,
               not_before: dt.datetime | None = None, not_after: dt.datetime | None = None,
-              days: int = 90) -> Issued:
-        """A server certificate for DNS names and IP addresses (first name is the CN)."""
+              days: int = 90, client: bool = False) -> Issued:
+        """A server certificate (``client``: a client one) for DNS names and IP addresses;
+        the first name is the CN."""
         key = new_key(key_type)
         now = dt.datetime.now(dt.UTC)
         not_before = not_before or now - dt.timedelta(hours=1)
@@ -129,7 +130,8 @@ class Authority:
             .not_valid_before(not_before)
             .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH if client
+                                                  else ExtendedKeyUsageOID.SERVER_AUTH]),
                            critical=False)
         )
         if alt:

@@ -33,6 +33,7 @@ from offload.proto import http_rewrite as rewrite
 from offload.proto.http1 import RequestParser
 from offload.proto.http_types import Data, EndOfMessage, Event, Request, header_value
 from offload.timers import Deadline
+from offload.tls.client_certs import host_matches_sni, identity_fields
 from offload.tls.stream import TLSServerStream
 
 _log = logging.getLogger("offload.http")
@@ -66,8 +67,9 @@ class HttpConnection(asyncio.Protocol):
         """The backend side's timer, shared by this connection's exchanges (one at a time)."""
         peer = stream.get_extra_info("peername") or ("", 0)
         local = stream.get_extra_info("sockname") or ("", 0)
+        identity = identity_fields(stream.peer_certificate) if site.client_auth else b""
         self.client_facts = rewrite.ClientFacts(address=str(peer[0]), port=int(peer[1]),
-                                                local_port=int(local[1]))
+                                                local_port=int(local[1]), identity=identity)
         self.balance_key = str(peer[0]).encode()
         self.trusted = self.forward_policy.trusts(self.client_facts.address)
 
@@ -170,6 +172,10 @@ class HttpConnection(asyncio.Protocol):
             self._reject(error)
 
     def _start(self, request: Request) -> None:
+        if self.site.client_auth and not host_matches_sni(request.host, self.stream.server_name):
+            self._reject(ProtocolError("the Host is not the name this connection was verified "
+                                       "for", 421, "host_not_sni"))
+            return
         self._requests += 1
         self._head_started = False
         exchange = Exchange(self, request, self._request_id(request))

@@ -57,6 +57,8 @@ class HttpSite:
     limits: HttpLimits = field(init=False)
     forward_policy: ForwardPolicy = field(init=False)
     response_policy: ResponsePolicy = field(init=False)
+    client_auth: bool = field(init=False)
+    """Clients present certificates: forward who they are, and keep Host to the SNI."""
     request_ids: RequestIds = field(default_factory=RequestIds)
     draining: bool = False
 
@@ -65,6 +67,7 @@ class HttpSite:
         self.forward_policy = ForwardPolicy(trusted_proxies=self.frontend.trusted_proxies,
                                             forwarded=self.frontend.forwarded)
         self.response_policy = response_policy_of(self.frontend)
+        self.client_auth = self.frontend.client_auth != "none"
 
     @property
     def name(self) -> str:

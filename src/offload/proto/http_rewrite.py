@@ -48,7 +48,10 @@ _HOP_BY_HOP = frozenset({
     b"http2-settings", b"transfer-encoding", b"content-length",
 })
 # Host is re-written from the checked authority (RFC 9112 §3.2); Expect only when we mean it.
-_REQUEST_DROP = _HOP_BY_HOP | {b"host", b"expect"}
+_REQUEST_DROP = _HOP_BY_HOP | {b"host", b"expect"} | {
+    # the client-certificate identity: only offload may say who the client is
+    b"client-cert", b"client-cert-chain", b"x-ssl-client-verify", b"x-ssl-client-dn",
+    b"x-ssl-client-san", b"x-ssl-client-fingerprint"}
 # Connection tokens that never need a second pass: options, or names dropped anyway.
 _HARMLESS_TOKENS = _REQUEST_DROP | {b"close"}
 _HARMLESS_RESPONSE_TOKENS = _HOP_BY_HOP | {b"close"}
@@ -89,6 +92,8 @@ class ClientFacts:
     port: int
     local_port: int
     """The port offload accepted the connection on (for X-Forwarded-Port)."""
+    identity: bytes = b""
+    """Header lines naming the verified client certificate (frontends with client_auth)."""
     node: bytes = field(init=False, repr=False, compare=False)
     """The address as forwarded: IPv4-mapped IPv6 shown as IPv4, no zone id, else ``unknown``."""
     forwarded_for: bytes = field(init=False, repr=False, compare=False)
@@ -254,6 +259,9 @@ def backend_request_head(request: Request, client: ClientFacts, policy: ForwardP
     if rid is None:
         rid = request_id
     out += (policy._rid_prefix, rid, _CRLF)
+    if client.identity:
+        out.append(client.identity)
+        lines += client.identity.count(b"\n")
     if request.websocket:  # RFC 6455 §4.1, RFC 9110 §7.8
         out.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
         lines += 2

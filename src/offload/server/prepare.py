@@ -19,6 +19,7 @@ from offload.acme.storage import AcmeStorage
 from offload.config.model import Config, FrontendConfig
 from offload.errors import ConfigError, Issue
 from offload.tls.certs import LoadedCertificate
+from offload.tls.client_certs import load_client_auth
 from offload.tls.policy import POLICIES, server_context
 from offload.tls.sources import FrontendSources
 from offload.tls.store import CertificateStore
@@ -108,9 +109,12 @@ def prepare(config: Config, source: str, rename: Callable[[str], str] | None = N
         if not files and acme_dir is not None:
             warnings.append(f"{where} ({frontend.name}): no certificate yet; handshakes fail "
                             "until ACME obtains the first one")
+        client_auth, problems, auth_warnings = load_client_auth(frontend, base_dir, where, now)
+        issues.extend(problems)
+        warnings.extend(auth_warnings)
         if (files or acme_dir is not None) and not issues:
             store = CertificateStore(
-                functools.partial(server_context, frontend.tls_policy, alpn), files)
+                functools.partial(server_context, frontend.tls_policy, alpn, client_auth), files)
             frontends.append(PreparedFrontend(frontend, store, sources))
     issues.extend(_check_accounts(config))
     servers: dict[str, tuple[Server, ...]] = {}

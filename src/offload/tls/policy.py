@@ -9,7 +9,7 @@ compression and client-initiated renegotiation and turns session resumption on.
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 INTERMEDIATE_TLS12_CIPHERS = ":".join((
     "ECDHE-ECDSA-AES128-GCM-SHA256",
@@ -64,7 +64,27 @@ POLICIES = {
 }
 
 
-def server_context(policy_name: str, alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
+@dataclass(frozen=True)
+class ClientAuth:
+    """Ask clients for a certificate and check it against these CAs (and CRLs, if any)."""
+
+    required: bool
+    ca_pem: str = field(repr=False)
+    """Every CA certificate, PEM, read once by the supervisor."""
+    crl_files: tuple[str, ...] = ()
+    """PEM CRL files: with any, a revoked or uncovered client certificate is refused."""
+
+    def apply(self, context: ssl.SSLContext) -> None:
+        context.verify_mode = ssl.CERT_REQUIRED if self.required else ssl.CERT_OPTIONAL
+        context.load_verify_locations(cadata=self.ca_pem)
+        for path in self.crl_files:
+            context.load_verify_locations(cafile=path)
+        if self.crl_files:
+            context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+
+
+def server_context(policy_name: str, alpn: tuple[str, ...] = (),
+                   client_auth: ClientAuth | None = None) -> ssl.SSLContext:
     """A server-side context with the policy applied and no certificate loaded yet."""
     policy = POLICIES[policy_name]
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -80,6 +100,8 @@ def server_context(policy_name: str, alpn: tuple[str, ...] = ()) -> ssl.SSLConte
     # One TLS 1.3 ticket per handshake: clients keep one anyway, and each costs CPU.
     context.num_tickets = 1
     context.verify_mode = ssl.CERT_NONE
+    if client_auth is not None:
+        client_auth.apply(context)
     if alpn:
         context.set_alpn_protocols(list(alpn))
     return context

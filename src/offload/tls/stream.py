@@ -465,5 +465,11 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
         return self._ssl.selected_alpn_protocol()
 
     @property
+    def peer_certificate(self) -> bytes | None:
+        """The client's certificate (DER) when it sent one; OpenSSL has verified it."""
+        der: bytes | None = self._ssl.getpeercert(binary_form=True)
+        return der
+
+    @property
     def resumed(self) -> bool:
         return bool(self._ssl.session_reused)
