@@ -342,3 +342,18 @@ def test_empty_store_refuses_handshakes_until_a_certificate_arrives(load: Load) 
     assert store.update(["a.pem"], {"a.pem": (load(first),)})
     client, _ = handshake(client_context(authority().pem()), store.base, "a.example.com")
     assert served_leaf(client) == leaf_der(first)
+
+
+def test_context_cache_drops_the_least_recently_used(load: Load,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import offload.tls.store as store_module
+
+    monkeypatch.setattr(store_module, "MAX_CONTEXTS", 2)
+    a, b, c = load(("a.example.com",)), load(("b.example.com",)), load(("c.example.com",))
+    store = _contexts([a, b, c])
+    context_a = store.context_for((a,))
+    context_b = store.context_for((b,))
+    assert store.context_for((a,)) is context_a  # a is now the most recently used
+    store.context_for((c,))  # evicts b
+    assert store.context_for((a,)) is context_a
+    assert store.context_for((b,)) is not context_b

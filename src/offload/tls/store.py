@@ -9,7 +9,8 @@ other), and replacing certificates later never changes them.
 
 Certificates are replaced as a whole: :meth:`CertificateStore.update` builds a new index and
 swaps one reference, so a handshake sees the old set or the new one, never a mix. Contexts are
-built on first use of a selection and kept while their certificates stay.
+built on first use of a selection and kept while their certificates stay, up to
+:data:`MAX_CONTEXTS` (least recently used dropped first).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from offload.tls.sni import (
 )
 
 _log = logging.getLogger("offload.tls")
+
+MAX_CONTEXTS = 2048
+"""Contexts kept per worker (about 20 KiB each); the least recently used goes first."""
 
 FileCertificates = tuple[LoadedCertificate, ...]
 """The certificates one file (bundle, or chain with a key file) provides."""
@@ -74,12 +78,15 @@ class CertificateStore:
     def context_for(self, selection: Selection) -> ssl.SSLContext:
         """The context serving exactly ``selection``, built on first use."""
         key = tuple(certificate.fingerprint for certificate in selection)
-        context = self._cache.get(key)
+        cache = self._cache
+        context = cache.pop(key, None)
         if context is None:
             context = self._new_context()
             for certificate in selection:
                 load_into_context(context, certificate)
-            self._cache[key] = context
+            if len(cache) >= MAX_CONTEXTS:
+                del cache[next(iter(cache))]  # dicts keep order: the first is the oldest used
+        cache[key] = context  # (re)inserted last: the most recently used
         return context
 
     def _on_server_name(self, ssl_object: ssl.SSLObject | ssl.SSLSocket,
