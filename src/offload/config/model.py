@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Network, IPv6Network
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, Strict
 
-from offload.config.units import HostPort, parse_duration, parse_hostport, parse_size
+from offload.config.units import (
+    HostPort,
+    parse_duration,
+    parse_hostport,
+    parse_network,
+    parse_size,
+)
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 """Seconds, written with a unit in the file (``"10s"``)."""
@@ -83,18 +89,6 @@ def _table_from_string(key: str) -> Any:
     return BeforeValidator(convert)
 
 
-def _network(value: object) -> IPv4Network | IPv6Network:
-    if isinstance(value, IPv4Network | IPv6Network):
-        return value
-    if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not a network; write a CIDR like \"10.0.0.0/8\"")
-    try:
-        return ip_network(value, strict=False)
-    except ValueError:
-        raise ValueError(f"{value!r} is not an IP address or CIDR network "
-                         "(\"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\")") from None
-
-
 def _status_range(value: object) -> tuple[int, int]:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
@@ -109,7 +103,7 @@ def _status_range(value: object) -> tuple[int, int]:
 
 
 ListenAddress = Annotated[HostPort, PlainValidator(_listen_address)]
-Network = Annotated[IPv4Network | IPv6Network, PlainValidator(_network)]
+Network = Annotated[IPv4Network | IPv6Network, PlainValidator(parse_network)]
 StatusRange = Annotated[tuple[int, int], PlainValidator(_status_range)]
 BackendServerAddress = Annotated[ServerAddress, PlainValidator(_server_address)]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_network
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
@@ -78,6 +79,19 @@ class HostPort:
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_network(value: object) -> IPv4Network | IPv6Network:
+    """A CIDR network or a single address (``"10.0.0.0/8"``, ``"192.0.2.7"``)."""
+    if isinstance(value, IPv4Network | IPv6Network):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a network; write a CIDR like \"10.0.0.0/8\"")
+    try:
+        return ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address or CIDR network "
+                         "(\"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\")") from None
 
 
 def parse_hostport(value: str, *, wildcard_ok: bool = False) -> HostPort:
