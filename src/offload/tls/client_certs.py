@@ -36,12 +36,11 @@ def load_client_auth(frontend: FrontendConfig, base_dir: Path, where: str, now: 
     for index, name in enumerate(ca_files):
         path = base_dir / name
         here = f"{where}.client_ca[{index}]"
-        try:
-            certificates = x509.load_pem_x509_certificates(path.read_bytes())
-        except OSError as error:
-            issues.append(Issue(here, f"cannot read {path}: {error.strerror}",
-                                "check the path and its permissions"))
+        data = _read(path, here, issues)
+        if data is None:
             continue
+        try:
+            certificates = x509.load_pem_x509_certificates(data)
         except ValueError:
             issues.append(Issue(here, f"{path} holds no PEM certificate",
                                 "give the CA certificate(s) in PEM format"))
@@ -50,12 +49,11 @@ def load_client_auth(frontend: FrontendConfig, base_dir: Path, where: str, now: 
     for index, name in enumerate(crl_files):
         path = base_dir / name
         here = f"{where}.client_crl[{index}]"
-        try:
-            crl = x509.load_pem_x509_crl(path.read_bytes())
-        except OSError as error:
-            issues.append(Issue(here, f"cannot read {path}: {error.strerror}",
-                                "check the path and its permissions"))
+        data = _read(path, here, issues)
+        if data is None:
             continue
+        try:
+            crl = x509.load_pem_x509_crl(data)
         except ValueError:
             issues.append(Issue(here, f"{path} is not a PEM CRL",
                                 f"convert it: openssl crl -inform DER -in {path} -out {path}.pem"))
@@ -69,6 +67,16 @@ def load_client_auth(frontend: FrontendConfig, base_dir: Path, where: str, now: 
         return None, issues, warnings
     crls = tuple(str(base_dir / name) for name in crl_files)
     return ClientAuth(mode == "required", "".join(pem), crls), [], warnings
+
+
+def _read(path: Path, here: str, issues: list[Issue]) -> bytes | None:
+    """The file's content, or None with the reason added to ``issues``."""
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        issues.append(Issue(here, f"cannot read {path}: {error.strerror}",
+                            "check the path and its permissions"))
+        return None
 
 
 def _visible(text: str) -> bytes:
