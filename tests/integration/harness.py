@@ -327,3 +327,23 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def assert_resumes_on_every_worker(instance: Offload, port: int, context: ssl.SSLContext,
+                                   rounds: int = 24) -> None:
+    """A ticket from one full handshake resumes on every worker of ``instance`` (echo backend)."""
+    with tls_connect(port, context) as tls:
+        tls.sendall(b"first")
+        assert tls.recv(10) == b"first"  # reading lets the client take the ticket
+        session = tls.session
+        assert not tls.session_reused
+    closed_before = len(instance.messages("connection closed"))
+    for index in range(rounds):
+        with tls_connect(port, context, session=session) as tls:
+            tls.sendall(b"again %d" % index)
+            assert tls.recv(20) == b"again %d" % index
+            assert tls.session_reused, f"connection {index} did a full handshake"
+    instance.wait_for(
+        lambda e: len(instance.messages("connection closed")) > closed_before + rounds)
+    resumed_by = {e["pid"] for e in instance.messages("connection closed") if e["resumed"]}
+    assert resumed_by == instance.worker_pids(), "resumed connections must reach every worker"

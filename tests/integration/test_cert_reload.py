@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 from conftest import tcp_config
-from harness import Offload, Recording, client_context, echo, recv_all, tls_connect
+from harness import (
+    Offload,
+    Recording,
+    assert_resumes_on_every_worker,
+    client_context,
+    echo,
+    recv_all,
+    tls_connect,
+)
 
 from offload.demo.pki import Authority, Issued, key_pem, write_private
 
@@ -178,16 +186,4 @@ def test_sessions_resume_on_every_worker_after_a_reload(pki, backend, offload, p
     mark = len(instance.events)
     _replace(bundle, pki.authority.issue(["localhost"]).bundle(), "rename")
     _wait_workers_updated(instance, mark)
-    with tls_connect(port, context) as tls:
-        tls.sendall(b"first")
-        assert tls.recv(10) == b"first"  # reading lets the client take the ticket
-        session = tls.session
-    rounds = 24
-    for index in range(rounds):
-        with tls_connect(port, context, session=session) as tls:
-            tls.sendall(b"again %d" % index)
-            assert tls.recv(20) == b"again %d" % index
-            assert tls.session_reused, f"connection {index} did a full handshake"
-    instance.wait_for(lambda e: len(instance.messages("connection closed")) > rounds)
-    resumed_by = {e["pid"] for e in instance.messages("connection closed") if e["resumed"]}
-    assert resumed_by == instance.worker_pids(), "resumed connections must reach both workers"
+    assert_resumes_on_every_worker(instance, port, context)

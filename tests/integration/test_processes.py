@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import tcp_config
-from harness import Recording, client_context, echo, recv_all, tls_connect
+from harness import Recording, assert_resumes_on_every_worker, client_context, echo, recv_all, tls_connect
 
 from offload.demo.pki import write_private
 
@@ -37,21 +37,7 @@ def test_ticket_from_one_worker_resumes_on_another(pki, localhost_bundle, backen
                                                    version):
     server = backend(echo)
     instance = offload(tcp_config(port, [localhost_bundle], [server.address], workers=2))
-    context = client_context(pki.ca, maximum=version)
-    with tls_connect(port, context) as tls:
-        tls.sendall(b"first")
-        assert tls.recv(10) == b"first"  # reading lets the client take the ticket
-        session = tls.session
-        assert not tls.session_reused
-    rounds = 24
-    for index in range(rounds):
-        with tls_connect(port, context, session=session) as tls:
-            tls.sendall(b"again %d" % index)
-            assert tls.recv(20) == b"again %d" % index
-            assert tls.session_reused, f"connection {index} did a full handshake"
-    instance.wait_for(lambda e: len(instance.messages("connection closed")) > rounds)
-    resumed_by = {e["pid"] for e in instance.messages("connection closed") if e["resumed"]}
-    assert resumed_by == instance.worker_pids(), "resumed connections must reach both workers"
+    assert_resumes_on_every_worker(instance, port, client_context(pki.ca, maximum=version))
 
 
 def test_sigterm_drains_an_open_transfer(pki, localhost_bundle, backend, offload, port):
