@@ -23,7 +23,7 @@ from offload.acme.alpn import (
     validation_bundle,
 )
 from offload.acme.schedule import BACKOFF_MAX, Backoff, covers, next_attempt, renewal_time
-from offload.acme.storage import AcmeStorage, write_private
+from offload.acme.storage import AcmeStorage, replace_private
 
 NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
 
@@ -90,8 +90,8 @@ def test_storage_files_are_private_and_replaced_whole(tmp_path: Path) -> None:
     assert path == storage.certificates / "a.example.com.pem"
     old = os.umask(0o022)
     try:
-        write_private(path, b"one")
-        write_private(path, b"two")
+        replace_private(path, b"one")
+        replace_private(path, b"two")
     finally:
         os.umask(old)
     assert path.read_bytes() == b"two"

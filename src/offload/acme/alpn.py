@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from offload.acme.storage import AcmeStorage
+from offload.tls.keys import key_pem
 from offload.tls.sni import SNI_ATTRIBUTE
 
 ACME_TLS_ALPN = "acme-tls/1"
@@ -51,8 +52,7 @@ def validation_bundle(name: str, key_authorization: str) -> bytes:
         .sign(key, hashes.SHA256())
     )
     return (certificate.public_bytes(serialization.Encoding.PEM)
-            + key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()))
+            + key_pem(key))
 
 
 def _keep_context(ssl_object: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,

@@ -17,16 +17,17 @@ from typing import Any, ClassVar, cast
 
 from acme import challenges, client, crypto_util, errors, messages
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 from josepy.b64 import b64encode
 from josepy.jwa import ES256
 from josepy.jwk import JWKEC
 
 from offload import __version__
 from offload.acme.alpn import validation_bundle
-from offload.acme.storage import AcmeStorage, write_private
+from offload.acme.storage import AcmeStorage, replace_private
 from offload.config.model import AcmeConfig
 from offload.observe.log import fields
+from offload.tls.keys import key_pem, new_key
 
 _log = logging.getLogger("offload.acme")
 
@@ -63,24 +64,12 @@ def _load_or_create_account_key(storage: AcmeStorage) -> ec.EllipticCurvePrivate
         key = serialization.load_pem_private_key(storage.account_key.read_bytes(), None)
     except FileNotFoundError:
         key = ec.generate_private_key(ec.SECP256R1())
-        write_private(storage.account_key, key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption()))
+        replace_private(storage.account_key, key_pem(key))
         _log.info("ACME account key created", extra=fields(file=str(storage.account_key)))
         return key
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise AcmeFailure(f"{storage.account_key}: the account key must be an EC key")
     return key
-
-
-def _new_certificate_key(key_type: str) -> bytes:
-    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-    if key_type == "rsa":
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    else:
-        key = ec.generate_private_key(ec.SECP256R1())
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
 
 
 class AcmeIssuer:
@@ -119,8 +108,8 @@ class AcmeIssuer:
         """Order a certificate for ``names``; returns chain + key as one PEM bundle."""
         try:
             acme = self._connect()
-            key_pem = _new_certificate_key(self._config.key_type)
-            order = acme.new_order(crypto_util.make_csr(key_pem, list(names)))
+            private_key = key_pem(new_key(self._config.key_type))
+            order = acme.new_order(crypto_util.make_csr(private_key, list(names)))
             with self._answers(acme, order):
                 deadline = dt.datetime.now() + ORDER_TIMEOUT
                 order = acme.poll_and_finalize(order, deadline)
@@ -134,7 +123,7 @@ class AcmeIssuer:
             raise AcmeFailure(f"cannot reach {self._config.directory}: {error}") from None
         if not order.fullchain_pem:
             raise AcmeFailure("the CA returned no certificate")
-        return order.fullchain_pem.encode("ascii") + key_pem
+        return order.fullchain_pem.encode("ascii") + private_key
 
     @contextmanager
     def _answers(self, acme: client.ClientV2, order: messages.OrderResource) -> Iterator[None]:

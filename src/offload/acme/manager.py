@@ -21,7 +21,7 @@ from cryptography import x509
 
 from offload.acme.issuer import AcmeFailure, AcmeIssuer
 from offload.acme.schedule import Backoff, next_attempt
-from offload.acme.storage import AcmeStorage, write_private
+from offload.acme.storage import AcmeStorage, replace_private
 from offload.config.model import AcmeConfig
 from offload.observe.log import fields
 
@@ -92,7 +92,7 @@ class AcmeManager:
                        "serving", extra=fields(names=list(entry.names), reason=reason,
                                                retry_in=int(delay.total_seconds())))
             return
-        write_private(path, bundle)
+        replace_private(path, bundle)
         entry.backoff.succeeded()
         issued = x509.load_pem_x509_certificate(bundle)  # the first certificate: the leaf
         entry.due = next_attempt(issued, entry.names, entry.jitter, now)

@@ -25,8 +25,9 @@ _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _NAME = re.compile(r"[a-z0-9.-]{1,253}")
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, readable by the owner only."""
+def replace_private(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically (a reader sees old or new, never half),
+    readable by the owner only; :func:`offload.demo.pki.write_private` writes in place."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -61,7 +62,7 @@ class AcmeStorage:
     # HTTP-01 (RFC 8555 §8.3)
 
     def put_http01(self, token: str, key_authorization: str) -> None:
-        write_private(self._http01 / token, key_authorization.encode("ascii"))
+        replace_private(self._http01 / token, key_authorization.encode("ascii"))
 
     def remove_http01(self, token: str) -> None:
         (self._http01 / token).unlink(missing_ok=True)
@@ -78,7 +79,7 @@ class AcmeStorage:
     # TLS-ALPN-01 (RFC 8737)
 
     def put_tls_alpn01(self, name: str, bundle: bytes) -> None:
-        write_private(self._tls_alpn01 / f"{name}.pem", bundle)
+        replace_private(self._tls_alpn01 / f"{name}.pem", bundle)
 
     def remove_tls_alpn01(self, name: str) -> None:
         (self._tls_alpn01 / f"{name}.pem").unlink(missing_ok=True)
