@@ -94,6 +94,7 @@ class ClientFacts:
     """The port offload accepted the connection on (for X-Forwarded-Port)."""
     identity: bytes = b""
     """Header lines naming the verified client certificate (frontends with client_auth)."""
+    identity_lines: int = field(init=False, repr=False, compare=False)
     node: bytes = field(init=False, repr=False, compare=False)
     """The address as forwarded: IPv4-mapped IPv6 shown as IPv4, no zone id, else ``unknown``."""
     forwarded_for: bytes = field(init=False, repr=False, compare=False)
@@ -105,6 +106,7 @@ class ClientFacts:
             address = address[7:]
         node = address.encode("ascii") if address else b"unknown"  # RFC 7239 §6.2
         object.__setattr__(self, "node", node)
+        object.__setattr__(self, "identity_lines", self.identity.count(b"\n"))
         object.__setattr__(self, "forwarded_for", b'"[' + node + b']"' if b":" in node else node)
 
 
@@ -261,7 +263,7 @@ def backend_request_head(request: Request, client: ClientFacts, policy: ForwardP
     out += (policy._rid_prefix, rid, _CRLF)
     if client.identity:
         out.append(client.identity)
-        lines += client.identity.count(b"\n")
+        lines += client.identity_lines
     if request.websocket:  # RFC 6455 §4.1, RFC 9110 §7.8
         out.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
         lines += 2
