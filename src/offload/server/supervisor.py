@@ -29,10 +29,8 @@ Workers hold the read end of a "lifeline" pipe: if the supervisor dies, they see
 from __future__ import annotations
 
 import datetime as dt
-import grp
 import logging
 import os
-import pwd
 import selectors
 import signal
 import socket
@@ -52,7 +50,13 @@ from offload.server.control import CertificatesChanged, Outbox
 from offload.server.prepare import Prepared
 from offload.server.sockets import SocketSet
 from offload.server.watch import Debounce, PathWatcher
-from offload.server.worker import READY, STOPPED_ACCEPTING, WorkerSpec, run_worker
+from offload.server.worker import (
+    READY,
+    STOPPED_ACCEPTING,
+    WorkerSpec,
+    account_ids,
+    run_worker,
+)
 from offload.tls.expiry import ExpiryMonitor
 
 _log = logging.getLogger("offload.supervisor")
@@ -106,10 +110,9 @@ def _hand_over(directory: Path, user: str | None, group: str | None) -> None:
     """Give the ACME storage to the account the children run as (they write there)."""
     if os.geteuid() != 0 or (user is None and group is None):
         return
-    uid = pwd.getpwnam(user).pw_uid if user is not None else -1
-    gid = grp.getgrnam(group).gr_gid if group is not None else -1
+    uid, gid = account_ids(user, group)
     for path in [directory, *(p for p in directory.rglob("*") if p.is_dir())]:
-        os.chown(path, uid, gid)
+        os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
 
 
 def _addresses(prepared: Prepared) -> list[tuple[HostPort, int]]:

@@ -87,19 +87,25 @@ def tune_malloc() -> None:
     mallopt(_M_TRIM_THRESHOLD, 32 * 1024 * 1024)
 
 
+def account_ids(user: str | None, group: str | None) -> tuple[int | None, int | None]:
+    """The uid and gid the children run as: ``group``, else the user's own group."""
+    entry = pwd.getpwnam(user) if user is not None else None
+    gid = grp.getgrnam(group).gr_gid if group is not None else (entry.pw_gid if entry else None)
+    return (entry.pw_uid if entry else None), gid
+
+
 def drop_privileges(user: str | None, group: str | None) -> None:
     """Switch to ``user``/``group`` (the supervisor keeps root to bind ports and read keys)."""
     if user is None and group is None:
         return
     if os.geteuid() != 0:
         raise OffloadError("global.user and global.group need offload to be started as root")
-    entry = pwd.getpwnam(user) if user is not None else None
-    gid = grp.getgrnam(group).gr_gid if group is not None else (entry.pw_gid if entry else None)
+    uid, gid = account_ids(user, group)
     os.setgroups([])
     if gid is not None:
         os.setgid(gid)
-    if entry is not None:
-        os.setuid(entry.pw_uid)
+    if uid is not None:
+        os.setuid(uid)
 
 
 def run_worker(spec: WorkerSpec, logs: LogSetup) -> int:
