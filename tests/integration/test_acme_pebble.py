@@ -275,3 +275,30 @@ def test_only_an_acme_tls_1_client_sees_a_pending_validation_certificate(
             assert tls.recv(4) == b"data"
     if validation:
         instance.wait_msg("ACME challenge answered", name="localhost")
+
+
+def test_the_acme_process_is_restarted_if_it_dies_and_replaced_on_reload(
+        pki, backend, offload, port, tmp_path, localhost_bundle):
+    import signal
+
+    server = backend(echo)
+    unreachable = Pebble(f"https://127.0.0.1:{free_port()}/dir", pki.ca, 0, 0, 0)
+    base = tcp_config(port, [localhost_bundle], [server.address])
+    instance = offload(base + _acme(unreachable, tmp_path / "acme", ["tls-alpn-01"], [NAME]))
+    first = instance.wait_msg("ACME process started")["pid"]
+    os.kill(first, signal.SIGKILL)
+    died = instance.wait_msg("ACME process died; restarting it", pid=first)
+    assert died["exit_code"] == -signal.SIGKILL
+    second = instance.wait_for(lambda e: e.get("msg") == "ACME process started"
+                               and e.get("pid") != first)["pid"]
+
+    mark = len(instance.events)
+    instance.config.write_text(base + _acme(unreachable, tmp_path / "acme", ["tls-alpn-01"],
+                                            [NAME, OTHER]))
+    instance.signal(signal.SIGHUP)
+    instance.wait_msg("ACME process exited", pid=second, after=mark)
+    third = instance.wait_msg("ACME process started", after=mark)["pid"]
+    assert third not in (first, second)
+    requested = instance.wait_for(lambda e: e.get("msg") == "ACME certificate requested"
+                                  and e.get("pid") == third)
+    assert requested["names"] == [NAME, OTHER], "the new process follows the new configuration"
