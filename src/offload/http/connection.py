@@ -368,13 +368,19 @@ class HttpConnection(asyncio.Protocol):
             exchange.status, exchange.reason = status, reason
             self._log_exchange(exchange)
             return
-        self.site.counters.inc("requests", self.site.name, _STATUS_CLASS[status // 100])
+        self.site.counters.inc("requests", self.site.name, self.backend.name,
+                               _STATUS_CLASS[status // 100])
         if self.site.access_log is not None:
             self.site.access_log.write(self._entry(None, status, reason))
 
     def _log_exchange(self, exchange: Exchange) -> None:
         status = exchange.status
-        self.site.counters.inc("requests", self.site.name, _STATUS_CLASS[status // 100])
+        counters = self.site.counters
+        counters.inc("requests", self.site.name, self.backend.name, _STATUS_CLASS[status // 100])
+        counters.observe(time.monotonic() - exchange.started, "request_seconds", self.site.name)
+        if exchange.t_first_byte and exchange.t_connected:
+            counters.observe(exchange.t_first_byte - exchange.t_connected,
+                             "backend_response_seconds", self.backend.name)
         if self.site.access_log is not None:
             self.site.access_log.write(self._entry(exchange, status, exchange.reason))
 

@@ -17,6 +17,7 @@ from offload.errors import ProtocolError
 from offload.observe.stats import Counters
 from offload.proto.http1 import HttpLimits, ResponseParser
 from offload.proto.http_types import Event
+from offload.upstream.balancer import AdminState
 from offload.upstream.group import ServerGroup
 from offload.upstream.servers import Server
 from offload.writes import WriteBatcher
@@ -197,6 +198,16 @@ class HttpBackend(ServerGroup):
         for pool in self.pools:
             pool.expire(cutoff)
         self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def admin_changed(self, index: int, state: AdminState) -> None:
+        if state != "enabled":  # no new requests go there: let its idle connections go
+            pool = self.pools[index]
+            for connection in pool.idle:
+                connection.close()
+            pool.idle.clear()
+
+    def idle_connections(self, index: int) -> int:
+        return len(self.pools[index].idle)
 
     def take_idle(self, index: int) -> BackendConnection | None:
         return self.pools[index].take()

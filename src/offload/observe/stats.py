@@ -1,21 +1,44 @@
-"""Per-worker event counters: what happened, by kind and reason.
+"""Per-worker event counters and duration histograms: what happened, by kind and reason.
 
-Plain counters keyed by short, low-cardinality tuples (``("handshake_failed", "timeout")``);
-the metrics endpoint exports them, tests and logs read them.
+Plain counters keyed by short, low-cardinality tuples (``("handshake_failed", "web",
+"timeout")``); the first element names the metric (see :mod:`offload.observe.metrics`), the rest
+are its label values. Updating one is a dict increment, cheap enough for every request; the
+supervisor asks each worker for a :class:`WorkerStats` snapshot when ``/metrics`` is scraped.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
+from dataclasses import dataclass, field
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                   1.0, 2.5, 5.0, 10.0, 30.0)
+"""Upper bounds (seconds) of the duration histograms: handshakes, requests, backend answers."""
+
+
+class Histogram:
+    """Counts of observations per bucket (the last one is ``+Inf``) and their sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(LATENCY_BUCKETS, value)] += 1
+        self.total += value
 
 
 class Counters:
-    """Event counts of one worker process."""
+    """Event counts and duration histograms of one worker process."""
 
-    __slots__ = ("values",)
+    __slots__ = ("histograms", "values")
 
     def __init__(self) -> None:
         self.values: Counter[tuple[str, ...]] = Counter()
+        self.histograms: dict[tuple[str, ...], Histogram] = {}
 
     def inc(self, *key: str, amount: int = 1) -> None:
         """Add ``amount`` to the counter named by ``key``."""
@@ -24,3 +47,47 @@ class Counters:
     def get(self, *key: str) -> int:
         """The current count for ``key``."""
         return self.values[key]
+
+    def observe(self, value: float, *key: str) -> None:
+        """Record a duration (seconds) in the histogram named by ``key``."""
+        histogram = self.histograms.get(key)
+        if histogram is None:
+            histogram = self.histograms[key] = Histogram()
+        histogram.observe(value)
+
+
+@dataclass(frozen=True)
+class ServerReport:
+    """One backend server as one worker sees it."""
+
+    backend: str
+    server: str
+    address: str
+    weight: int
+    backup: bool
+    healthy: bool
+    """Passing its health checks and not ejected for failed requests."""
+    admin: str
+    active: int
+    idle: int
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    """A snapshot of one worker, sent to the supervisor: counters and histograms only grow
+    (the supervisor keeps the last ones of a worker that exited), gauges are the present."""
+
+    counters: dict[tuple[str, ...], int] = field(default_factory=dict)
+    histograms: dict[tuple[str, ...], tuple[tuple[int, ...], float]] = field(
+        default_factory=dict)
+    gauges: dict[tuple[str, ...], float] = field(default_factory=dict)
+    servers: tuple[ServerReport, ...] = ()
+
+
+def snapshot(counters: Counters, gauges: dict[tuple[str, ...], float],
+             servers: tuple[ServerReport, ...]) -> WorkerStats:
+    """Freeze ``counters`` (copies, so the worker goes on counting) with the present gauges."""
+    return WorkerStats(
+        counters=dict(counters.values),
+        histograms={key: (tuple(h.counts), h.total) for key, h in counters.histograms.items()},
+        gauges=gauges, servers=servers)

@@ -100,6 +100,8 @@ class Listener:
         self._accepting = False
         self._draining = False
         self._resuming: asyncio.Task[None] | None = None
+        self.open = 0
+        """Connections of this frontend open in this worker (handshaking or established)."""
         registry.listeners.append(self)
 
     def _new_stream(self) -> TLSServerStream:
@@ -147,10 +149,14 @@ class Listener:
 
     def stream_accepted(self, stream: TLSServerStream) -> None:
         self._counters.inc("accepted", self.name)
+        self.open += 1
         self._registry.add(stream)
 
     def stream_opened(self, stream: TLSServerStream) -> asyncio.Protocol:
-        self._counters.inc("handshake", self.name, "resumed" if stream.resumed else "full")
+        counters = self._counters
+        counters.inc("handshake", self.name, stream.tls_version or "", stream.cipher or "",
+                     "true" if stream.resumed else "false")
+        counters.observe(stream.handshake_seconds, "handshake_seconds", self.name)
         return self._app_factory(stream)
 
     def stream_failed(self, stream: TLSServerStream, reason: str, detail: str) -> None:
@@ -166,5 +172,8 @@ class Listener:
             frontend=self.name, challenge="tls-alpn-01", name=stream.server_name))
 
     def stream_closed(self, stream: TLSServerStream) -> None:
+        self.open -= 1
+        self._counters.inc("bytes_in", self.name, amount=stream.bytes_in)
+        self._counters.inc("bytes_out", self.name, amount=stream.bytes_out)
         self._registry.discard(stream)
 

@@ -68,12 +68,15 @@ def classify_handshake_error(error: BaseException) -> str:
         return "client_alert"
     if reason in _BAD_HELLO:
         return "bad_client_hello"
+    if reason == "CALLBACK_FAILED":  # our SNI callback refuses only names it has no cert for
+        return "unknown_sni"
     return "tls_error"
 
 
 class StreamOwner(Protocol):
     """What a listener provides to each stream: the application and the bookkeeping."""
 
+    name: str
     def stream_accepted(self, stream: TLSServerStream) -> None: ...
     def stream_opened(self, stream: TLSServerStream) -> asyncio.Protocol: ...
     def stream_failed(self, stream: TLSServerStream, reason: str, detail: str) -> None: ...
@@ -87,7 +90,8 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
     __slots__ = (
         "_acme", "_app", "_batcher", "_challenges", "_held", "_hello", "_incoming", "_loop",
         "_outgoing", "_owner", "_peer_eof", "_reading_paused", "_ssl", "_state", "_tcp", "_timer",
-        "_write_eof", "accepted_at", "handshake_seconds", "handshake_timeout",
+        "_write_eof", "accepted_at", "bytes_in", "bytes_out", "handshake_seconds",
+        "handshake_timeout",
     )
 
     def __init__(self, owner: StreamOwner, context: ssl.SSLContext,
@@ -115,6 +119,9 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
         self.handshake_timeout = handshake_timeout
         self.accepted_at = 0.0
         self.handshake_seconds = 0.0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        """TLS bytes received from and sent to the client (for the traffic counters)."""
 
     # ----------------------------------------------------------------- TCP side (Protocol)
 
@@ -125,6 +132,7 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
         self._owner.stream_accepted(self)
 
     def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
         self._incoming.write(data)
         if self._state == OPEN:
             if not self._reading_paused:
@@ -201,6 +209,7 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
         tcp = self._tcp
         if tcp is None:
             return
+        self.bytes_out += len(data)
         if self._batcher is not None:
             self._batcher.write(tcp, data)
         else:
@@ -469,6 +478,11 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
         """The client's certificate (DER) when it sent one; OpenSSL has verified it."""
         der: bytes | None = self._ssl.getpeercert(binary_form=True)
         return der
+
+    @property
+    def owner_name(self) -> str:
+        """The name of the frontend this connection came in on."""
+        return self._owner.name
 
     @property
     def resumed(self) -> bool:

@@ -12,8 +12,8 @@ import logging
 
 from offload.config.model import BackendConfig
 from offload.observe.log import fields
-from offload.observe.stats import Counters
-from offload.upstream.balancer import make_balancer, server_states
+from offload.observe.stats import Counters, ServerReport
+from offload.upstream.balancer import AdminState, make_balancer, server_states
 from offload.upstream.health import HealthTracker
 from offload.upstream.probe import HealthChecker
 from offload.upstream.servers import Server
@@ -60,7 +60,33 @@ class ServerGroup:
         self.counters.inc("server_state", self.name, transition)
         log = _log.warning if transition in ("down", "ejected") else _log.info
         log("backend server %s", transition, extra=fields(
-            backend=self.name, server=server.label, address=str(server), state=transition))
+            event="server_state", backend=self.name, server=server.label, address=str(server),
+            state=transition))
+
+    def set_admin(self, server: str, state: AdminState) -> bool:
+        """Drain, disable or enable the server labelled ``server``; False if there is none."""
+        found = False
+        for index, candidate in enumerate(self.servers):
+            if candidate.label == server:
+                self.states[index].admin = state
+                self.admin_changed(index, state)
+                found = True
+        return found
+
+    def admin_changed(self, index: int, state: AdminState) -> None:
+        """Hook for subclasses: server ``index`` got admin state ``state``."""
+
+    def idle_connections(self, index: int) -> int:
+        """Pooled connections to server ``index`` (none in TCP mode)."""
+        return 0
+
+    def reports(self, now: float) -> list[ServerReport]:
+        """Each server as this worker sees it, for the admin API and metrics."""
+        return [ServerReport(
+            backend=self.name, server=server.label, address=str(server), weight=state.weight,
+            backup=state.backup, healthy=state.up and now >= state.ejected_until,
+            admin=state.admin, active=state.active, idle=self.idle_connections(index))
+            for index, (server, state) in enumerate(zip(self.servers, self.states, strict=True))]
 
     def candidates(self, key: bytes, now: float) -> list[int]:
         """Servers to try, first choice first (only usable ones; backups if no primary is)."""
