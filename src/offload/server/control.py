@@ -1,6 +1,8 @@
-"""Messages from the supervisor to a worker over a pipe: certificate changes and the like.
+"""Messages between the supervisor and a worker, one pipe each way.
 
-Each message is a 4-byte length and a pickle (both ends are offload processes of the same
+Supervisor to worker (the control pipe): certificate changes, a backend server's admin state,
+requests for statistics. Worker to supervisor (the status pipe): ready, stopped accepting,
+statistics. Each message is a 4-byte length and a pickle (both ends are offload processes of the same
 instance, so pickle is safe here and carries certificates as they are). The supervisor never
 blocks: what the pipe cannot take now waits in :class:`Outbox` until the pipe is writable.
 """
@@ -11,7 +13,10 @@ import os
 import pickle
 from dataclasses import dataclass, field
 
+from offload.observe.stats import WorkerStats
+from offload.security.bans import BanEvent
 from offload.tls.store import FileCertificates
+from offload.upstream.balancer import AdminState
 
 _LENGTH = 4
 MAX_MESSAGE = 1 << 30
@@ -27,13 +32,65 @@ class CertificatesChanged:
     changed: dict[str, FileCertificates | None] = field(repr=False)
 
 
+@dataclass(frozen=True)
+class ServerAdmin:
+    """Set a backend server's admin state (drain, disable, enable) from the admin API."""
+
+    backend: str
+    server: str
+    state: AdminState
+
+
+@dataclass(frozen=True)
+class StatsRequest:
+    """Answer with a :class:`StatsReply` carrying the same ``request``."""
+
+    request: int
+
+
+@dataclass(frozen=True)
+class BanList:
+    """Clients banned until a ``time.monotonic()`` moment (the same clock in every process on
+    Linux), and bans lifted early."""
+
+    added: tuple[tuple[str, float], ...] = ()
+    removed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Offences:
+    """A worker's offences since its last report: (client address, event, how many)."""
+
+    reports: tuple[tuple[str, BanEvent, int], ...]
+    dropped: int = 0
+    """Offences left out because the batch was full."""
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The worker accepts on every listener."""
+
+
+@dataclass(frozen=True)
+class StoppedAccepting:
+    """The drain has closed every listener of the worker."""
+
+
+@dataclass(frozen=True)
+class StatsReply:
+    """A worker's statistics; ``request`` 0: sent unasked, as the worker exits."""
+
+    request: int
+    stats: WorkerStats = field(repr=False)
+
+
 def encode(message: object) -> bytes:
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     return len(data).to_bytes(_LENGTH, "big") + data
 
 
 class Outbox:
-    """The supervisor's end of one worker's control pipe (non-blocking)."""
+    """The sending end of a pipe (non-blocking): what the pipe cannot take now waits here."""
 
     def __init__(self, fd: int) -> None:
         os.set_blocking(fd, False)
@@ -63,7 +120,7 @@ class Outbox:
 
 
 class Inbox:
-    """The worker's end: bytes in, whole messages out."""
+    """The receiving end: bytes in, whole messages out."""
 
     def __init__(self) -> None:
         self._buffer = bytearray()

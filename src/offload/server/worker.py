@@ -35,21 +35,27 @@ from offload.http.upstream import HttpBackend
 from offload.l4.relay import TcpRelay
 from offload.observe.access_log import AccessLog
 from offload.observe.log import LogSetup, fields
-from offload.observe.stats import Counters
+from offload.observe.stats import Counters, ServerReport, WorkerStats, snapshot
 from offload.proto.http1 import HttpLimits
-from offload.server.control import CertificatesChanged, Inbox
+from offload.server.control import (
+    CertificatesChanged,
+    Inbox,
+    Outbox,
+    Ready,
+    ServerAdmin,
+    StatsReply,
+    StatsRequest,
+    StoppedAccepting,
+)
 from offload.server.listener import AppFactory, ConnectionRegistry, Listener
 from offload.server.prepare import Prepared
 from offload.upstream.backend import Backend
+from offload.upstream.group import ServerGroup
 from offload.writes import WriteBatcher
 
 _log = logging.getLogger("offload.worker")
 _T = TypeVar("_T")
 
-READY = b"R"
-"""Written on the status pipe once every listener accepts."""
-STOPPED_ACCEPTING = b"D"
-"""Written on the status pipe once the drain has closed every listener."""
 FINAL_CLOSE_GRACE = 2.0
 """Seconds given to connections closed at the drain deadline to flush their last bytes."""
 
@@ -188,7 +194,7 @@ class _Apps:
     async def start(self) -> None:
         for log in self.access_logs.values():
             log.start()
-        for group in (*self.tcp_backends.values(), *self.http_backends.values()):
+        for group in self.groups():
             group.start()
         for listener in self.listeners:
             await listener.start()
@@ -206,6 +212,43 @@ class _Apps:
                 self.redirects.append(await loop.create_server(
                     redirect, sock=self.spec.sockets[address].dup(), backlog=frontend.backlog))
 
+    def apply(self, message: object) -> None:
+        """Act on a control message from the supervisor."""
+        if isinstance(message, CertificatesChanged):
+            for listener in self.listeners:
+                store = listener.frontend.store
+                if listener.name == message.frontend and store.update(message.order,
+                                                                      message.changed):
+                    _log.info("certificates updated", extra=fields(
+                        frontend=message.frontend, certificates=len(store.certificates())))
+        elif isinstance(message, ServerAdmin):
+            for group in self.groups():
+                if group.name == message.backend:
+                    group.set_admin(message.server, message.state)
+
+    def groups(self) -> list[ServerGroup]:
+        return [*self.tcp_backends.values(), *self.http_backends.values()]
+
+    def stats(self) -> WorkerStats:
+        """What this worker counted so far, with its present connections and servers."""
+        counters = self.counters
+        gauges: dict[tuple[str, ...], float] = {}
+        live = Counters()  # bytes of open connections, not yet in the counters
+        for listener in self.listeners:
+            gauges["connections_active", listener.name] = listener.open
+        for stream in self.registry.streams:
+            owner = stream.owner_name
+            live.inc("bytes_in", owner, amount=stream.bytes_in)
+            live.inc("bytes_out", owner, amount=stream.bytes_out)
+        now = asyncio.get_running_loop().time()
+        servers: list[ServerReport] = []
+        for group in self.groups():
+            servers += group.reports(now)
+        stats = snapshot(counters, gauges, tuple(servers))
+        for key, value in live.values.items():
+            stats.counters[key] = stats.counters.get(key, 0) + value
+        return stats
+
     def stop_accepting(self) -> None:
         for listener in self.listeners:
             listener.stop_accepting()
@@ -216,7 +259,7 @@ class _Apps:
         self.registry.drain()
 
     async def stop(self) -> None:
-        for group in (*self.tcp_backends.values(), *self.http_backends.values()):
+        for group in self.groups():
             await group.stop()
         for log in self.access_logs.values():
             log.stop()
@@ -235,8 +278,11 @@ async def _serve(spec: WorkerSpec) -> int:
             stop.set()
 
     loop.add_reader(spec.lifeline_fd, lifeline)
+    counters = Counters()
+    registry = ConnectionRegistry(settings.max_connections)
+    apps = _Apps(spec, registry, counters)
+    status = _StatusPipe(spec.status_fd)
     inbox = Inbox()
-    stores = {frontend.config.name: frontend.store for frontend in spec.prepared.frontends}
 
     def control() -> None:
         data = os.read(spec.control_fd, 1 << 20)
@@ -244,23 +290,19 @@ async def _serve(spec: WorkerSpec) -> int:
             loop.remove_reader(spec.control_fd)
             return
         for message in inbox.feed(data):
-            if isinstance(message, CertificatesChanged):
-                store = stores.get(message.frontend)
-                if store is not None and store.update(message.order, message.changed):
-                    _log.info("certificates updated", extra=fields(
-                        frontend=message.frontend, certificates=len(store.certificates())))
+            if isinstance(message, StatsRequest):
+                status.send(StatsReply(message.request, apps.stats()))
+            else:
+                apps.apply(message)
 
     loop.add_reader(spec.control_fd, control)
-    counters = Counters()
-    registry = ConnectionRegistry(settings.max_connections)
-    apps = _Apps(spec, registry, counters)
     await apps.start()
-    os.write(spec.status_fd, READY)
+    status.send(Ready())
     _log.info("worker ready", extra=fields(slot=spec.slot, generation=spec.generation))
     await stop.wait()
 
     apps.stop_accepting()
-    os.write(spec.status_fd, STOPPED_ACCEPTING)
+    status.send(StoppedAccepting())
     _log.info("worker draining", extra=fields(
         slot=spec.slot, generation=spec.generation, open_connections=len(registry.streams)))
     try:
@@ -274,5 +316,36 @@ async def _serve(spec: WorkerSpec) -> int:
             async with asyncio.timeout(FINAL_CLOSE_GRACE):
                 await registry.wait_empty()
     await apps.stop()
+    loop.remove_reader(spec.control_fd)
+    status.send(StatsReply(0, apps.stats()))  # the final counts, kept by the supervisor
+    status.finish()
     _log.info("worker stopped", extra=fields(slot=spec.slot, generation=spec.generation))
     return 0
+
+
+class _StatusPipe:
+    """The worker's end of the status pipe: messages to the supervisor, never blocking the loop
+    (what the pipe cannot take waits until it is writable)."""
+
+    def __init__(self, fd: int) -> None:
+        self._outbox = Outbox(fd)
+        self._loop = asyncio.get_running_loop()
+        self._waiting = False
+
+    def send(self, message: object) -> None:
+        if not self._outbox.send(message) and not self._waiting:
+            self._waiting = True
+            self._loop.add_writer(self._outbox.fd, self._flush)
+
+    def _flush(self) -> None:
+        if self._outbox.flush():
+            self._waiting = False
+            self._loop.remove_writer(self._outbox.fd)
+
+    def finish(self) -> None:
+        """Write out everything before the process exits."""
+        if self._waiting:
+            self._loop.remove_writer(self._outbox.fd)
+            self._waiting = False
+        os.set_blocking(self._outbox.fd, True)
+        self._outbox.flush()

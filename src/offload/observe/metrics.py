@@ -1,0 +1,301 @@
+"""Prometheus metrics: the workers' counters, summed by the supervisor, in the text format.
+
+The data path counts with plain dict increments (:mod:`offload.observe.stats`); this module
+names them. Each counter key's first element picks a row of :data:`COUNTERS` (metric name, help,
+label names for the rest of the key). ``prometheus_client`` writes the exposition format from
+metric families built at scrape time, so nothing on the data path pays for it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from offload.observe.stats import LATENCY_BUCKETS, WorkerStats
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+@dataclass
+class Merged:
+    """The statistics of every worker, summed."""
+
+    counters: Counter[tuple[str, ...]] = field(default_factory=Counter)
+    histograms: dict[tuple[str, ...], tuple[list[int], float]] = field(default_factory=dict)
+    gauges: Counter[tuple[str, ...]] = field(default_factory=Counter)
+    workers: list[WorkerStats] = field(default_factory=list)
+    """The live workers' own snapshots (for per-server views)."""
+
+    def add(self, stats: WorkerStats, *, live: bool) -> None:
+        self.counters.update(stats.counters)
+        for key, (counts, total) in stats.histograms.items():
+            mine = self.histograms.get(key)
+            if mine is None:
+                self.histograms[key] = (list(counts), total)
+            else:
+                self.histograms[key] = ([a + b for a, b in zip(mine[0], counts, strict=True)],
+                                        mine[1] + total)
+        if live:
+            self.gauges.update(stats.gauges)
+            self.workers.append(stats)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How one counter key becomes a metric."""
+
+    name: str
+    help: str
+    labels: tuple[str, ...]
+
+
+COUNTERS: dict[str, Spec] = {spec_key: spec for spec_key, spec in [
+    ("accepted", Spec("offload_connections_accepted", "TCP connections accepted",
+                      ("frontend",))),
+    ("handshake", Spec("offload_tls_handshakes", "Completed TLS handshakes",
+                       ("frontend", "version", "cipher", "resumed"))),
+    ("handshake_failed", Spec("offload_tls_handshake_failures", "Failed TLS handshakes",
+                              ("frontend", "reason"))),
+    ("bytes_in", Spec("offload_received_bytes", "TLS bytes received from clients",
+                      ("frontend",))),
+    ("bytes_out", Spec("offload_sent_bytes", "TLS bytes sent to clients", ("frontend",))),
+    ("requests", Spec("offload_http_requests", "HTTP requests answered",
+                      ("frontend", "backend", "status_class"))),
+    ("http_rejected", Spec("offload_http_rejected", "HTTP requests refused as malformed",
+                           ("frontend", "reason"))),
+    ("redirect", Spec("offload_http_redirects", "Plain-HTTP requests redirected to HTTPS",
+                      ("frontend",))),
+    ("acme_challenge", Spec("offload_acme_challenges", "ACME validations answered",
+                            ("frontend", "challenge"))),
+    ("timeout", Spec("offload_timeouts", "Connections closed by a timeout", ("kind",))),
+    ("security", Spec("offload_security_decisions", "Connections and requests refused, "
+                      "limited or flagged", ("frontend", "kind", "cause"))),
+    ("backend_connect_failed", Spec("offload_backend_connect_failures",
+                                    "Failed connections to backend servers", ("backend",))),
+    ("backend_unavailable", Spec("offload_backend_unavailable",
+                                 "Requests or connections with no usable server",
+                                 ("backend",))),
+    ("backend_bad_response", Spec("offload_backend_bad_responses",
+                                  "Malformed responses from backend servers", ("backend",))),
+    ("backend_reset", Spec("offload_backend_resets", "Backend connections reset mid-stream",
+                           ("backend",))),
+    ("backend_auth_failure", Spec("offload_backend_auth_failures",
+                                  "401 and 403 answers from the backend", ("frontend",))),
+    ("retry", Spec("offload_backend_retries", "Requests retried on another server",
+                   ("backend",))),
+    ("server_state", Spec("offload_backend_server_transitions",
+                          "Server health changes (down, up, ejected, returned)",
+                          ("backend", "transition"))),
+    ("internal_error", Spec("offload_internal_errors", "Unexpected errors (bugs)",
+                            ("where",))),
+]}
+
+HISTOGRAMS: dict[str, Spec] = {
+    "handshake_seconds": Spec("offload_tls_handshake_duration_seconds",
+                              "From accept to completed TLS handshake", ("frontend",)),
+    "request_seconds": Spec("offload_http_request_duration_seconds",
+                            "From request to end of response", ("frontend",)),
+    "backend_response_seconds": Spec("offload_backend_response_duration_seconds",
+                                     "From request sent to the backend to its response head",
+                                     ("backend",)),
+}
+
+GAUGES: dict[str, Spec] = {
+    "connections_active": Spec("offload_connections_active", "Open client connections",
+                               ("frontend",)),
+}
+
+
+@dataclass(frozen=True)
+class CertificateExpiry:
+    """One served certificate, for ``offload_certificate_expiry_timestamp_seconds``."""
+
+    frontend: str
+    name: str
+    key: str
+    source: str
+    not_after: float
+
+
+@dataclass(frozen=True)
+class SupervisorFacts:
+    """What the supervisor itself knows: its own counters and the certificates it loaded."""
+
+    version: str
+    start_time: float
+    workers: int
+    reloads: dict[str, int]
+    worker_restarts: int
+    certificates: tuple[CertificateExpiry, ...]
+    bans: int = 0
+    bans_active: int = 0
+
+
+class _Collector(Collector):
+    def __init__(self, merged: Merged, facts: SupervisorFacts) -> None:
+        self._merged = merged
+        self._facts = facts
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._counters()
+        yield from self._histograms()
+        yield from self._gauges()
+        yield from self._servers()
+        yield from self._supervisor()
+
+    def _counters(self) -> Iterator[Metric]:
+        families: dict[str, CounterMetricFamily] = {}
+        for key, value in sorted(self._merged.counters.items()):
+            spec = COUNTERS.get(key[0])
+            if spec is None or len(key) - 1 != len(spec.labels):
+                continue
+            family = families.get(spec.name)
+            if family is None:
+                family = families[spec.name] = CounterMetricFamily(
+                    spec.name, spec.help, labels=spec.labels)
+            family.add_metric(list(key[1:]), value)
+        yield from families.values()
+
+    def _histograms(self) -> Iterator[Metric]:
+        families: dict[str, HistogramMetricFamily] = {}
+        bounds = [*(f"{b:g}" for b in LATENCY_BUCKETS), "+Inf"]
+        for key, (counts, total) in sorted(self._merged.histograms.items()):
+            spec = HISTOGRAMS.get(key[0])
+            if spec is None or len(key) - 1 != len(spec.labels):
+                continue
+            family = families.get(spec.name)
+            if family is None:
+                family = families[spec.name] = HistogramMetricFamily(
+                    spec.name, spec.help, labels=spec.labels)
+            cumulative, running = [], 0
+            for bound, count in zip(bounds, counts, strict=True):
+                running += count
+                cumulative.append((bound, float(running)))
+            family.add_metric(list(key[1:]), cumulative, total)
+        yield from families.values()
+
+    def _gauges(self) -> Iterator[Metric]:
+        families: dict[str, GaugeMetricFamily] = {}
+        for key, value in sorted(self._merged.gauges.items()):
+            spec = GAUGES.get(key[0])
+            if spec is None or len(key) - 1 != len(spec.labels):
+                continue
+            family = families.get(spec.name)
+            if family is None:
+                family = families[spec.name] = GaugeMetricFamily(
+                    spec.name, spec.help, labels=spec.labels)
+            family.add_metric(list(key[1:]), value)
+        yield from families.values()
+
+    def _servers(self) -> Iterator[Metric]:
+        labels = ["backend", "server"]
+        up = GaugeMetricFamily("offload_backend_server_up", "Share of workers that find the "
+                               "server healthy (1: all of them)", labels=labels)
+        admin = GaugeMetricFamily("offload_backend_server_admin_state", "The server's admin "
+                                  "state (1 for the current one)", labels=[*labels, "state"])
+        active = GaugeMetricFamily("offload_backend_connections_active", "Requests or "
+                                   "connections in flight to the server", labels=labels)
+        idle = GaugeMetricFamily("offload_backend_connections_idle", "Idle pooled "
+                                 "connections to the server", labels=labels)
+        for view in server_views(self._merged):
+            names = [view.backend, view.server]
+            up.add_metric(names, view.healthy_workers / view.workers)
+            for state in ("enabled", "drain", "disabled"):
+                admin.add_metric([*names, state], 1.0 if view.admin == state else 0.0)
+            active.add_metric(names, view.active)
+            idle.add_metric(names, view.idle)
+        yield from (up, admin, active, idle)
+
+    def _supervisor(self) -> Iterator[Metric]:
+        facts = self._facts
+        info = GaugeMetricFamily("offload_build_info", "offload's version", labels=["version"])
+        info.add_metric([facts.version], 1)
+        start = GaugeMetricFamily("offload_start_time_seconds",
+                                  "When the supervisor started (Unix time)")
+        start.add_metric([], facts.start_time)
+        workers = GaugeMetricFamily("offload_workers", "Worker processes running")
+        workers.add_metric([], facts.workers)
+        reloads = CounterMetricFamily("offload_config_reloads", "Configuration reloads",
+                                      labels=["result"])
+        for result in ("success", "failure"):
+            reloads.add_metric([result], facts.reloads.get(result, 0))
+        restarts = CounterMetricFamily("offload_worker_restarts",
+                                       "Workers restarted after dying")
+        restarts.add_metric([], facts.worker_restarts)
+        expiry = GaugeMetricFamily(
+            "offload_certificate_expiry_timestamp_seconds",
+            "When each served certificate expires (Unix time)",
+            labels=["frontend", "name", "key", "source"])
+        for cert in facts.certificates:
+            expiry.add_metric([cert.frontend, cert.name, cert.key, cert.source], cert.not_after)
+        bans = CounterMetricFamily("offload_bans", "Clients banned automatically")
+        bans.add_metric([], facts.bans)
+        banned = GaugeMetricFamily("offload_bans_active", "Bans in force")
+        banned.add_metric([], facts.bans_active)
+        yield from (info, start, workers, reloads, restarts, expiry, bans, banned)
+
+
+@dataclass(frozen=True)
+class ServerView:
+    """A backend server over all workers."""
+
+    backend: str
+    server: str
+    address: str
+    weight: int
+    backup: bool
+    admin: str
+    healthy_workers: int
+    workers: int
+    active: int
+    idle: int
+
+    @property
+    def health(self) -> str:
+        if self.healthy_workers == self.workers:
+            return "up"
+        return "down" if self.healthy_workers == 0 else "partial"
+
+
+def server_views(merged: Merged) -> list[ServerView]:
+    """Each backend server with its counts summed over the live workers."""
+    views: dict[tuple[str, str], ServerView] = {}
+    for stats in merged.workers:
+        for report in stats.servers:
+            key = (report.backend, report.server)
+            seen = views.get(key)
+            healthy = int(report.healthy)
+            if seen is None:
+                views[key] = ServerView(
+                    report.backend, report.server, report.address, report.weight,
+                    report.backup, report.admin, healthy, 1, report.active, report.idle)
+            else:
+                views[key] = ServerView(
+                    seen.backend, seen.server, seen.address, seen.weight, seen.backup,
+                    seen.admin, seen.healthy_workers + healthy, seen.workers + 1,
+                    seen.active + report.active, seen.idle + report.idle)
+    return list(views.values())
+
+
+def render(merged: Merged, facts: SupervisorFacts) -> bytes:
+    """The Prometheus text exposition of everything."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(merged, facts))
+    return generate_latest(registry)
+
+
+def labelled(items: Iterable[tuple[tuple[str, ...], int]], name: str) -> dict[tuple[str, ...],
+                                                                              int]:
+    """The counters named ``name``, keyed by their labels."""
+    return {key[1:]: value for key, value in items if key[0] == name}
