@@ -18,14 +18,10 @@ from offload.config.loader import load_file
 from offload.config.quick import QuickOptions, flag_for, quick_config
 from offload.config.units import format_duration
 from offload.demo.pki import demo_files
-from offload.errors import ConfigError, OffloadError
+from offload.errors import ConfigError, Issue, OffloadError
 from offload.observe.log import LogSetup
 from offload.server.prepare import Prepared, prepare
 from offload.server.supervisor import Supervisor
-
-NOT_YET = {
-    "admin": "--admin: the admin API is not available yet",
-}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="send a PROXY protocol header to the backend")
     quick.add_argument("--tls-policy", choices=("modern", "intermediate", "legacy"),
                        help="modern: TLS 1.3 only; intermediate: TLS 1.2+ (default)")
-    quick.add_argument("--admin", metavar="HOST:PORT", help="admin API address (not available yet)")
+    run.add_argument("--admin", metavar="HOST:PORT",
+                     help="serve metrics, health checks, the admin API and the status page here "
+                          "(default host 127.0.0.1)")
     quick.add_argument("--upstream-timeout", metavar="DURATION",
                        help="how long a backend may stay silent, e.g. 60s")
     quick.add_argument("--client-ca", metavar="FILE", action="append", default=[],
@@ -106,7 +104,7 @@ def _quick_options(args: argparse.Namespace) -> QuickOptions:
         backends=tuple(args.backend), mode=args.mode, workers=args.workers,
         proxy_protocol=args.proxy_protocol, tls_policy=args.tls_policy,
         upstream_timeout=args.upstream_timeout, log_level=args.log_level,
-        access_log=args.access_log, client_ca=tuple(args.client_ca),
+        access_log=args.access_log, client_ca=tuple(args.client_ca), admin=args.admin,
     )
 
 
@@ -119,14 +117,12 @@ def _loader(args: argparse.Namespace) -> Callable[[], Prepared]:
     quick_flags = [args.listen, args.cert, args.key, args.backend, args.workers,
                    args.proxy_protocol, args.tls_policy, args.upstream_timeout, args.access_log,
                    args.client_ca]
-    for name, message in NOT_YET.items():
-        if getattr(args, name):
-            raise UsageError(message)
     if args.config:
         if any(quick_flags):
             raise UsageError("give either -c FILE or the quick-mode flags, not both")
-        path = args.config
-        return lambda: prepare(load_file(path), path, base_dir=Path(path).resolve().parent)
+        path, admin = args.config, args.admin
+        return lambda: prepare(load_file(path, admin_bind=admin), path,
+                               base_dir=Path(path).resolve().parent)
     options = _quick_options(args)
     return lambda: prepare(quick_config(options), "command line", rename=flag_for)
 
@@ -137,6 +133,12 @@ def _run(args: argparse.Namespace) -> int:
     settings = prepared.config.global_
     logs = LogSetup()
     logs.configure(settings.log_level, settings.log_format)
+    try:
+        logs.route_audit(settings.audit_log)
+    except OSError as error:
+        raise ConfigError(prepared.source, [Issue(
+            "global.audit_log", f"cannot open {settings.audit_log}: {error.strerror}",
+            "name a file offload can write, or \"stderr\"")]) from None
     return Supervisor(prepared, load, logs).run()
 
 

@@ -104,7 +104,7 @@ def test_example_config_is_valid():
 @pytest.mark.parametrize(("args", "code", "message"), [
     (["run", "--listen", "127.0.0.1:1"], 2, "quick mode needs --cert, --backend"),
     (["run", "--listen", "127.0.0.1:1", "--cert", "x", "--backend", "127.0.0.1:2",
-      "--admin", "127.0.0.1:9000"], 2, "--admin: the admin API is not available yet"),
+      "--admin", "nowhere:x"], 1, "--admin: "),
     (["run", "--listen", "127.0.0.1:1", "--cert", "x", "--backend", "127.0.0.1:2",
       "--client-ca", "/nonexistent-ca.pem"], 1, "--client-ca: cannot read /nonexistent-ca.pem"),
     (["run", "-c", "x.toml", "--listen", "127.0.0.1:1"], 2, "give either -c FILE or the quick"),

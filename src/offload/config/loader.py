@@ -21,7 +21,9 @@ from offload.config.model import (
     FRONTEND_DEFAULT_KEYS,
     AcmeCertificateConfig,
     AcmeConfig,
+    AdminConfig,
     BackendConfig,
+    BansConfig,
     CertificateRef,
     Config,
     DefaultsConfig,
@@ -30,6 +32,7 @@ from offload.config.model import (
     GlobalConfig,
     HealthCheckConfig,
     ServerConfig,
+    is_loopback,
 )
 from offload.errors import ConfigError, Issue
 
@@ -46,6 +49,8 @@ _SECTION_MODELS: dict[str, type[BaseModel]] = {
     "health_check": HealthCheckConfig,
     "ejection": EjectionConfig,
     "acme": AcmeConfig,
+    "admin": AdminConfig,
+    "bans": BansConfig,
 }
 
 _FIXES = {
@@ -176,6 +181,21 @@ def _cross_check(config: Config) -> list[Issue]:
                                 "obtain them"))
     if config.acme is not None:
         issues.extend(_check_acme(config.acme, config))
+    if config.admin is not None:
+        issues.extend(_check_admin(config.admin, seen_binds))
+    return issues
+
+
+def _check_admin(admin: AdminConfig, binds: dict[str, str]) -> list[Issue]:
+    issues: list[Issue] = []
+    if admin.token_file is None and not is_loopback(admin.bind):
+        issues.append(Issue("admin.bind", f"on {admin.bind} the admin API would be reachable "
+                            "from other machines without a token",
+                            "set admin.token_file (a file holding a long random token), or "
+                            "bind it to 127.0.0.1"))
+    if str(admin.bind) in binds:
+        issues.append(Issue("admin.bind", f"{admin.bind} is already bound by {binds[str(admin.bind)]}",
+                            "give the admin listener an address of its own"))
     return issues
 
 
@@ -255,8 +275,9 @@ def validate(raw: dict[str, Any], source: str, rename: Callable[[str], str] | No
     return config
 
 
-def load_file(path: str | Path) -> Config:
-    """Read and validate a TOML configuration file."""
+def load_file(path: str | Path, *, admin_bind: str | None = None) -> Config:
+    """Read and validate a TOML configuration file; ``admin_bind`` (the ``--admin`` flag)
+    replaces ``admin.bind``."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -271,7 +292,11 @@ def load_file(path: str | Path) -> Config:
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(source, [Issue("", f"not valid TOML: {error}",
                                          "fix the syntax at the position shown")]) from None
-    return validate(raw, source)
+    if admin_bind is None:
+        return validate(raw, source)
+    admin = raw.get("admin")
+    raw["admin"] = {**(admin if isinstance(admin, dict) else {}), "bind": admin_bind}
+    return validate(raw, source, lambda where: "--admin" if where == "admin.bind" else where)
 
 
 def _deep_copy(value: Any) -> Any:

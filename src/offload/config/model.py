@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, Strict
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    Strict,
+)
 
 from offload.config.units import (
     HostPort,
@@ -131,6 +138,8 @@ class GlobalConfig(Model):
     allow_readable_keys: Flag = False
     log_level: LogLevel = "info"
     log_format: Literal["json", "text"] = "json"
+    audit_log: str = "stderr"
+    """Where admin actions and certificate changes are recorded: stderr, off or a file."""
     tune_malloc: Flag = True
 
 
@@ -302,6 +311,64 @@ class AcmeConfig(Model):
         return not self.frontends or frontend in self.frontends
 
 
+BanEventName = Literal["handshake_failure", "rule_denied", "backend_auth_failure", "limit_hit"]
+
+
+class BansConfig(Model):
+    """Automatic bans, like fail2ban (docs/security.md): ``threshold`` offences from one client
+    within ``window`` ban it for ``ban_time``, on every worker."""
+
+    threshold: Annotated[int, Strict(), Field(ge=1, le=100_000)] = 10
+    window: Timeout = 60.0
+    ban_time: Timeout = 600.0
+    events: tuple[BanEventName, ...] = Field(
+        default=("handshake_failure", "rule_denied", "backend_auth_failure", "limit_hit"),
+        min_length=1)
+    allow: tuple[Network, ...] = ()
+    """Never banned: the health checker, the operators' own networks."""
+
+
+ADMIN_DEFAULT_PORT = 8404
+"""The admin listener's port when only a host is given (HAProxy's customary stats port)."""
+
+
+def _admin_address(value: object) -> HostPort:
+    """``host:port``, ``:port`` or a bare port (both on 127.0.0.1), ``host`` (port 8404)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isdigit():
+            text = f"127.0.0.1:{text}"
+        elif text.startswith(":"):
+            text = "127.0.0.1" + text
+        elif ":" not in text or (text.startswith("[") and text.endswith("]")):
+            text = f"{text}:{ADMIN_DEFAULT_PORT}"
+        value = text
+    return _listen_address(value)
+
+
+def is_loopback(address: HostPort) -> bool:
+    """Whether only this machine can reach ``address``."""
+    host = address.host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name, or a wildcard: reachable from elsewhere
+
+
+class AdminConfig(Model):
+    """The admin listener: metrics, health, JSON API and status page (docs/admin.md)."""
+
+    bind: Annotated[HostPort, PlainValidator(_admin_address)] = HostPort(
+        "127.0.0.1", ADMIN_DEFAULT_PORT)
+    token_file: str | None = None
+    """A file holding the access token; requests then need ``Authorization: Bearer``."""
+
+
+
 class Config(Model):
     """The whole configuration."""
 
@@ -310,6 +377,8 @@ class Config(Model):
     frontends: tuple[FrontendConfig, ...] = Field(min_length=1)
     backends: tuple[BackendConfig, ...] = Field(min_length=1)
     acme: AcmeConfig | None = None
+    admin: AdminConfig | None = None
+    bans: BansConfig | None = None
 
     def backend(self, name: str) -> BackendConfig:
         """The backend called ``name`` (the loader has checked that it exists)."""

@@ -30,6 +30,7 @@ _FLAG_OF_PATH = (
     (r"backends\[0\]\.server_timeout", "--upstream-timeout"),
     (r"global\.workers", "--workers"),
     (r"global\.log_level", "--log-level"),
+    (r"admin\.bind", "--admin"),
 )
 
 
@@ -49,6 +50,7 @@ class QuickOptions:
     log_level: str | None = None
     access_log: str | None = None
     client_ca: tuple[str, ...] = ()
+    admin: str | None = None
     extra_global: dict[str, Any] = field(default_factory=dict)
 
 
@@ -92,7 +94,10 @@ def raw_config(options: QuickOptions) -> dict[str, Any]:
         global_["workers"] = options.workers
     if options.log_level is not None:
         global_["log_level"] = options.log_level
-    return {"global": global_, "frontends": [frontend], "backends": [backend]}
+    raw: dict[str, Any] = {"global": global_, "frontends": [frontend], "backends": [backend]}
+    if options.admin is not None:
+        raw["admin"] = {"bind": options.admin}
+    return raw
 
 
 def quick_config(options: QuickOptions) -> Config:

@@ -16,6 +16,8 @@ import sys
 from typing import Any, TextIO
 
 LOGGER = "offload"
+AUDIT_LOGGER = "offload.audit"
+"""Admin actions and certificate changes: who, what, result (the line carries the time)."""
 
 
 def fields(**values: Any) -> dict[str, dict[str, Any]]:
@@ -82,6 +84,22 @@ class LogSetup:
         logger.setLevel(level.upper())
         logger.propagate = False
         logging.raiseExceptions = False
+
+    def route_audit(self, destination: str) -> None:
+        """Send audit lines to the event log (``stderr``), nowhere (``off``) or a file (JSON
+        lines, appended); raises OSError if the file cannot be opened."""
+        logger = logging.getLogger(AUDIT_LOGGER)
+        handler: logging.Handler | None = None
+        if destination not in ("stderr", "off"):
+            handler = logging.FileHandler(destination, encoding="utf-8")
+            handler.setFormatter(JsonFormatter())
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+            old.close()
+        logger.disabled = destination == "off"
+        logger.propagate = handler is None
+        if handler is not None:
+            logger.addHandler(handler)
 
     def stop(self) -> None:
         """Write out what is queued and stop the writer thread."""

@@ -53,6 +53,8 @@ class Prepared:
     warnings: tuple[str, ...]
     base_dir: Path
     """Where relative file names in the configuration start from."""
+    admin_token: bytes | None = None
+    """The admin API's access token (``admin.token_file``), if one is configured."""
 
     @property
     def acme_storage(self) -> AcmeStorage | None:
@@ -74,6 +76,32 @@ def _check_accounts(config: Config) -> list[Issue]:
             issues.append(Issue(f"global.{key}", f"no {key} \"{name}\" on this system",
                                 f"create the {key} or name an existing one"))
     return issues
+
+
+MIN_TOKEN_LENGTH = 16
+
+
+def _read_admin_token(config: Config, base_dir: Path) -> tuple[bytes | None, list[Issue]]:
+    """The admin token: long enough, and (like a private key) not readable by other users."""
+    admin = config.admin
+    if admin is None or admin.token_file is None:
+        return None, []
+    path = base_dir / admin.token_file
+    where = "admin.token_file"
+    try:
+        mode = path.stat().st_mode
+        token = path.read_bytes().strip()
+    except OSError as error:
+        return None, [Issue(where, f"cannot read {path}: {error.strerror}",
+                            "create it with a long random token, e.g. "
+                            f"`openssl rand -hex 32 > {path}; chmod 600 {path}`")]
+    if len(token) < MIN_TOKEN_LENGTH or any(c <= 32 or c > 126 for c in token):
+        return None, [Issue(where, f"{path} must hold one token of at least {MIN_TOKEN_LENGTH} "
+                            "printable characters", f"`openssl rand -hex 32 > {path}`")]
+    if mode & 0o077 and not config.global_.allow_readable_keys:
+        return None, [Issue(where, f"{path} is readable by other users (mode {mode & 0o777:o})",
+                            f"run `chmod 600 {path}`")]
+    return token, []
 
 
 def prepare(config: Config, source: str, rename: Callable[[str], str] | None = None,
@@ -117,6 +145,8 @@ def prepare(config: Config, source: str, rename: Callable[[str], str] | None = N
                 functools.partial(server_context, frontend.tls_policy, alpn, client_auth), files)
             frontends.append(PreparedFrontend(frontend, store, sources))
     issues.extend(_check_accounts(config))
+    admin_token, problems = _read_admin_token(config, base_dir)
+    issues.extend(problems)
     servers: dict[str, tuple[Server, ...]] = {}
     for index, backend in enumerate(config.backends):
         resolved, problems = resolve_backend(backend, f"backends[{index}]")
@@ -126,4 +156,5 @@ def prepare(config: Config, source: str, rename: Callable[[str], str] | None = N
         if rename is not None:
             issues = [Issue(rename(issue.where), issue.what, issue.fix) for issue in issues]
         raise ConfigError(source, issues)
-    return Prepared(config, source, tuple(frontends), servers, tuple(warnings), base_dir)
+    return Prepared(config, source, tuple(frontends), servers, tuple(warnings), base_dir,
+                    admin_token)

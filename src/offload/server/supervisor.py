@@ -41,25 +41,44 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from offload.config.model import AcmeConfig
+from offload import __version__
+from offload.config.model import AcmeConfig, AdminConfig
 from offload.config.units import HostPort
 from offload.errors import OffloadError
+from offload.observe.admin_api import (
+    AdminApi,
+    BanInfo,
+    Overview,
+    ServedCertificate,
+    WorkerInfo,
+)
 from offload.observe.log import LogSetup, fields
+from offload.observe.metrics import CertificateExpiry, Merged, SupervisorFacts
 from offload.server.acme_process import run_acme_process
-from offload.server.control import CertificatesChanged, Outbox
+from offload.server.admin_server import AdminServer
+from offload.server.ban_hub import BanHub
+from offload.server.control import (
+    BanList,
+    CertificatesChanged,
+    Inbox,
+    Offences,
+    Outbox,
+    Ready,
+    ServerAdmin,
+    StatsReply,
+    StatsRequest,
+    StoppedAccepting,
+)
 from offload.server.prepare import Prepared
 from offload.server.sockets import SocketSet
+from offload.server.stats_hub import StatsHub
 from offload.server.watch import Debounce, PathWatcher
-from offload.server.worker import (
-    READY,
-    STOPPED_ACCEPTING,
-    WorkerSpec,
-    account_ids,
-    run_worker,
-)
+from offload.server.worker import WorkerSpec, account_ids, run_worker
 from offload.tls.expiry import ExpiryMonitor
+from offload.upstream.balancer import AdminState
 
 _log = logging.getLogger("offload.supervisor")
+_audit = logging.getLogger("offload.audit")
 
 START_TIMEOUT = 30.0
 CERTIFICATE_DEBOUNCE = 0.2
@@ -82,6 +101,7 @@ class WorkerProcess:
     ready: bool = False
     draining: bool = False
     kill_at: float | None = None
+    inbox: Inbox = field(default_factory=Inbox)
 
 
 @dataclass
@@ -145,6 +165,19 @@ class Supervisor:
         self._retired_acme: list[AcmeChild] = []
         """ACME processes told to stop that have not exited yet."""
         self._generation = 0
+        self._stats = StatsHub()
+        self._admin: AdminServer | None = None
+        self._admin_api: AdminApi | None = None
+        self._admin_config: AdminConfig | None = None
+        self._server_admin: dict[tuple[str, str], AdminState] = {}
+        """Servers drained or disabled through the API (told to every new worker too)."""
+        self._bans = BanHub(prepared.config.bans) if prepared.config.bans is not None else None
+        self._in_rotation = True
+        """False after POST /api/drain: /readyz says 503 so the balancer in front moves on."""
+        self._reloads = {"success": 0, "failure": 0}
+        self._worker_restarts = 0
+        self._start_time = time.time()
+        self._started_at = dt.datetime.now(dt.UTC)
         self._started = False
         self._stopping = False
         self._exit_code = 0
@@ -159,6 +192,8 @@ class Supervisor:
             self._sockets.ensure(_addresses(prepared), prepared.config.global_.workers)
         except OSError as error:
             _log.error("cannot start: %s", error.strerror)
+            return 1
+        if not self._sync_admin():
             return 1
         self._install_signals()
         self._lifeline_r, self._lifeline_w = os.pipe()
@@ -186,6 +221,8 @@ class Supervisor:
         self._selector.register(self._signal_r, selectors.EVENT_READ, self._on_signals)
 
     def _cleanup(self) -> None:
+        if self._admin is not None:
+            self._admin.close()
         if self._watcher is not None:
             self._watcher.close()
         for worker in self._workers.values():
@@ -209,6 +246,10 @@ class Supervisor:
             deadlines.append(due)
         deadlines.append(self._next_expiry_check)
         deadlines += self._acme_deadlines()
+        for extra in (self._stats.deadline(),
+                      self._admin.deadline() if self._admin is not None else None):
+            if extra is not None:
+                deadlines.append(extra)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
@@ -235,6 +276,9 @@ class Supervisor:
             self._next_expiry_check = now + EXPIRY_CHECK_INTERVAL
             self._check_expiry()
         self._acme_on_time(now)
+        self._stats.on_time(now)
+        if self._admin is not None:
+            self._admin.on_time(now)
 
     # ------------------------------------------------------------------ events
 
@@ -247,22 +291,33 @@ class Supervisor:
             if signum == signal.SIGCHLD:
                 self._reap()
             elif signum == signal.SIGHUP:
-                self._reload()
+                self._reload("SIGHUP")
             elif signum in (signal.SIGTERM, signal.SIGINT):
                 self._shutdown(signal.Signals(signum).name)
 
-    def _on_ready_pipe(self, worker: WorkerProcess) -> None:
+    def _on_status(self, worker: WorkerProcess) -> None:
         if worker.status_fd < 0:
             return  # reaped earlier in the same batch of events; its pipe is closed
-        data = os.read(worker.status_fd, 16)
+        try:
+            data = os.read(worker.status_fd, 1 << 20)
+        except BlockingIOError:
+            return
         if not data:
             self._forget_pipe(worker)
             return
-        if READY in data and not worker.ready:
-            worker.ready = True
-            self._check_generation()
-        if STOPPED_ACCEPTING in data:
-            self._stopped_accepting(worker.pid)
+        self._on_messages(worker, data)
+
+    def _on_messages(self, worker: WorkerProcess, data: bytes) -> None:
+        for message in worker.inbox.feed(data):
+            if isinstance(message, StatsReply):
+                self._stats.received(worker.pid, message.request, message.stats)
+            elif isinstance(message, Ready) and not worker.ready:
+                worker.ready = True
+                self._check_generation()
+            elif isinstance(message, StoppedAccepting):
+                self._stopped_accepting(worker.pid)
+            elif isinstance(message, Offences) and self._bans is not None:
+                self._on_offences(message)
 
     def _reap(self) -> None:
         for pid in list(self._workers):
@@ -276,9 +331,10 @@ class Supervisor:
 
     def _worker_exited(self, worker: WorkerProcess, code: int) -> None:
         self._forget_pipe(worker)
+        self._stats.worker_gone(worker.pid)
         self._stopped_accepting(worker.pid)
-        info = fields(pid=worker.pid, slot=worker.slot, generation=worker.generation,
-                      exit_code=code)
+        info = fields(event="worker_exit", pid=worker.pid, slot=worker.slot,
+                      generation=worker.generation, exit_code=code)
         if worker.draining or self._stopping:
             _log.info("worker exited", extra=info)
             return
@@ -291,32 +347,47 @@ class Supervisor:
         failures = 0 if lived >= STABLE_AFTER else self._failures.get(worker.slot, 0) + 1
         self._failures[worker.slot] = failures
         delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, failures - 1))
+        self._worker_restarts += 1
         _log.warning("worker died; restarting it", extra={
             "fields": {**info["fields"], "restart_in_s": round(delay, 2)}})
         self._restarts[worker.slot] = time.monotonic() + delay
 
-    def _reload(self) -> None:
+    def _reload(self, who: str = "SIGHUP") -> tuple[bool, str]:
+        """Reload the configuration; (accepted, what happened), also in the audit log."""
+        accepted, message = self._try_reload()
+        if not accepted:
+            self._reloads["failure"] += 1
+        _audit.info("reload", extra=fields(audit=True, who=who, what="reload",
+                                           result=("started: " if accepted else "refused: ")
+                                           + message))
+        return accepted, message
+
+    def _try_reload(self) -> tuple[bool, str]:
         if self._stopping:
-            return
+            return False, "offload is stopping"
         if self._starting is not None:
-            _log.warning("a reload is already in progress; ignoring SIGHUP")
-            return
-        _log.info("reloading the configuration")
+            _log.warning("a reload is already in progress; ignoring this one")
+            return False, "a reload is already in progress"
+        _log.info("reloading the configuration", extra=fields(event="reload"))
         try:
             prepared = self._reload_config()
         except OffloadError as error:
-            _log.error("reload refused, the running configuration stays: %s", error)
-            return
+            _log.error("reload refused, the running configuration stays: %s", error,
+                       extra=fields(event="reload_failed"))
+            return False, str(error)
         if prepared.config == self._current.config:
             # Nothing but certificate files can have changed: apply them in place, no restart.
-            self._refresh_certificates("SIGHUP")
-            return
+            self._refresh_certificates("reload")
+            self._reloads["success"] += 1
+            return True, "configuration unchanged; certificate files re-read"
         try:
             fresh = self._sockets.ensure(_addresses(prepared), prepared.config.global_.workers)
         except OSError as error:
-            _log.error("reload refused, the running configuration stays: %s", error.strerror)
-            return
+            _log.error("reload refused, the running configuration stays: %s", error.strerror,
+                       extra=fields(event="reload_failed"))
+            return False, f"cannot listen: {error.strerror}"
         self._start_generation(prepared, fresh)
+        return True, f"starting generation {self._generation + 1}"
 
     def _shutdown(self, why: str) -> None:
         now = time.monotonic()
@@ -325,7 +396,7 @@ class Supervisor:
             for worker in self._workers.values():
                 _kill(worker.pid, signal.SIGKILL)
             return
-        _log.info("stopping: draining the workers", extra=fields(signal=why))
+        _log.info("stopping: draining the workers", extra=fields(event="stop", signal=why))
         self._stopping = True
         self._restarts.clear()
         self._starting = None
@@ -343,7 +414,7 @@ class Supervisor:
         number = self._generation + 1
         self._starting = Generation(number, prepared, time.monotonic() + START_TIMEOUT, fresh)
         for certificate in (c for f in prepared.frontends for c in f.certificates):
-            _log.info("certificate loaded", extra=fields(
+            _log.info("certificate loaded", extra=fields(event="certificate_loaded",
                 names=list(certificate.names), key=f"{certificate.key_type} {certificate.key_bits}",
                 not_after=certificate.not_after.isoformat(), source=certificate.source))
         for warning in prepared.warnings:
@@ -372,13 +443,23 @@ class Supervisor:
                              self._current.config.global_.workers)
         listening = sorted({str(a) for a, _ in _addresses(self._current)})
         self._sync_acme()
+        self._forget_missing_servers()
+        self._sync_bans()
         if self._started:
+            self._reloads["success"] += 1
+            self._sync_admin()
+            try:
+                self._logs.route_audit(self._current.config.global_.audit_log)
+            except OSError as error:
+                _log.error("cannot open the audit log", extra=fields(
+                    file=self._current.config.global_.audit_log, reason=error.strerror))
             self._watch_certificates()
             self._stopped_accepting(None)
         else:
             self._started = True
             _log.info("offload ready", extra=fields(
-                listening=listening, workers=len(members), pid=os.getpid()))
+                event="start", listening=listening, workers=len(members), pid=os.getpid(),
+                admin=str(self._admin.address) if self._admin is not None else None))
             if self._on_ready is not None:
                 self._on_ready()
 
@@ -390,8 +471,8 @@ class Supervisor:
             self._switching.discard(pid)
         if not self._switching:
             listening = sorted({str(a) for a, _ in _addresses(self._current)})
-            _log.info("reload complete", extra=fields(generation=self._generation,
-                                                      listening=listening))
+            _log.info("reload complete", extra=fields(
+                event="reload_complete", generation=self._generation, listening=listening))
 
     # ------------------------------------------------------------------ certificates
 
@@ -426,7 +507,11 @@ class Supervisor:
             result = frontend.sources.refresh(now, frontend.store.files())
             for path, reason in result.rejected:
                 _log.error("certificate rejected, the previous one keeps serving",
-                           extra=fields(frontend=name, file=path, reason=reason))
+                           extra=fields(event="certificate_rejected", frontend=name, file=path,
+                                        reason=reason))
+                _audit.info("certificate change", extra=fields(
+                    audit=True, who=why, what=f"replace {path} on {name}",
+                    result=f"rejected: {reason}"))
             for warning in result.warnings:
                 _log.warning(warning)
             if not result.changed:
@@ -442,7 +527,11 @@ class Supervisor:
             added = sorted(path for path, group in result.changed.items() if group)
             removed = sorted(path for path, group in result.changed.items() if group is None)
             _log.info("certificates updated", extra=fields(
-                frontend=name, why=why, loaded=added, removed=removed))
+                event="certificates_updated", frontend=name, why=why, loaded=added,
+                removed=removed))
+            _audit.info("certificate change", extra=fields(
+                audit=True, who=why, what=f"certificates of {name}", result="applied",
+                loaded=added, removed=removed))
         self._check_expiry()
 
     def _send(self, worker: WorkerProcess, message: object) -> None:
@@ -458,7 +547,8 @@ class Supervisor:
         certificates = [c for f in self._current.frontends for c in f.store.certificates()]
         for notice in self._expiry.check(certificates, dt.datetime.now(dt.UTC)):
             log = _log.error if notice.level == "error" else _log.warning
-            log(notice.message, extra=fields(days_left=notice.days_left,
+            log(notice.message, extra=fields(event="certificate_expiring",
+                                             days_left=notice.days_left,
                                              source=notice.certificate.source))
 
     def _abandon_generation(self, why: str) -> None:
@@ -475,7 +565,9 @@ class Supervisor:
             self._stopping = True
             self._exit_code = 1
             return
-        _log.error("reload failed, the running configuration stays: %s", why)
+        self._reloads["failure"] += 1
+        _log.error("reload failed, the running configuration stays: %s", why,
+                   extra=fields(event="reload_failed"))
         self._sockets.retain([a for a, _ in _addresses(self._current)],
                              self._current.config.global_.workers)
 
@@ -488,6 +580,7 @@ class Supervisor:
 
     def _forget_pipe(self, worker: WorkerProcess) -> None:
         if worker.status_fd >= 0:
+            self._drain_status(worker)
             self._selector.unregister(worker.status_fd)
             os.close(worker.status_fd)
             worker.status_fd = -1
@@ -496,6 +589,17 @@ class Supervisor:
                 self._selector.unregister(worker.control.fd)
             os.close(worker.control.fd)
             worker.control.fd = -1
+
+    def _drain_status(self, worker: WorkerProcess) -> None:
+        """Read what an exited worker left in its status pipe (its final statistics)."""
+        while True:
+            try:
+                data = os.read(worker.status_fd, 1 << 20)
+            except (BlockingIOError, OSError):
+                return
+            if not data:
+                return
+            self._on_messages(worker, data)
 
     def _spawn(self, slot: int, generation: int, prepared: Prepared) -> None:
         status_r, status_w = os.pipe()
@@ -507,11 +611,16 @@ class Supervisor:
                                 control_r=control_r)
         os.close(status_w)
         os.close(control_r)
+        os.set_blocking(status_r, False)
         worker = WorkerProcess(pid, slot, generation, status_r, Outbox(control_w),
                                time.monotonic())
         self._workers[pid] = worker
         self._selector.register(status_r, selectors.EVENT_READ,
-                                lambda: self._on_ready_pipe(worker))
+                                lambda: self._on_status(worker))
+        for (backend, server), state in self._server_admin.items():
+            self._send(worker, ServerAdmin(backend, server, state))
+        if self._bans is not None:
+            self._send(worker, self._bans.current(time.monotonic()))
         _log.info("worker started", extra=fields(pid=pid, slot=slot, generation=generation))
 
     def _become_worker(self, slot: int, generation: int, prepared: Prepared, *,
@@ -554,7 +663,179 @@ class Supervisor:
             os.close(fd)
         if self._watcher is not None:
             self._watcher.close()
+        if self._admin is not None:
+            for fd in self._admin.fds():
+                os.close(fd)
         self._selector.close()
+
+    # ------------------------------------------------------------------ admin API
+
+    def _sync_admin(self) -> bool:
+        """Serve the admin API the current configuration asks for; False if it cannot listen."""
+        config = self._current.config.admin
+        token = self._current.admin_token
+        if config is None:
+            if self._admin is not None:
+                self._admin.close()
+                self._admin = self._admin_api = None
+            self._admin_config = None
+            return True
+        if self._admin is not None and self._admin_config == config:
+            self._admin_api = AdminApi(self, token)
+            self._admin.api = self._admin_api
+            return True
+        api = AdminApi(self, token)
+        old, self._admin = self._admin, None
+        if old is not None and old.address == config.bind:
+            old.close()  # same address: it must be let go before binding again
+            old = None
+        try:
+            self._admin = AdminServer(self._selector, config.bind, api, self._collect)
+        except OSError as error:
+            _log.error("cannot serve the admin API", extra=fields(
+                address=str(config.bind), reason=error.strerror))
+            self._admin = old
+            return False
+        if old is not None:
+            old.close()
+        self._admin_api, self._admin_config = api, config
+        _log.info("admin API listening", extra=fields(address=str(config.bind),
+                                                      token=token is not None))
+        return True
+
+    def _collect(self, done: Callable[[], None]) -> None:
+        """Ask every worker for fresh statistics; ``done`` once they answered (or 1 s passed)."""
+        workers = [w for w in self._workers.values() if w.status_fd >= 0 and w.control.fd >= 0]
+        request = self._stats.collect([w.pid for w in workers], time.monotonic(), done)
+        if request is not None:
+            for worker in workers:
+                self._send(worker, StatsRequest(request))
+
+    def _forget_missing_servers(self) -> None:
+        """After a reload, drop admin states of servers the configuration no longer has."""
+        present = {(b.name, s.label) for b in self._current.config.backends for s in b.servers}
+        self._server_admin = {k: v for k, v in self._server_admin.items() if k in present}
+
+    # ------------------------------------------------------------------ bans
+
+    def _sync_bans(self) -> None:
+        """A changed ``[bans]`` section starts a new jail; the old bans are lifted."""
+        wanted = self._current.config.bans
+        if (self._bans.config if self._bans is not None else None) == wanted:
+            return
+        if self._bans is not None:
+            lifted = tuple(b.client for b in self._bans.jail.bans(time.monotonic()))
+            if lifted:
+                self._broadcast(BanList(removed=lifted))
+        self._bans = BanHub(wanted) if wanted is not None else None
+
+    def _on_offences(self, message: Offences) -> None:
+        assert self._bans is not None
+        now = time.monotonic()
+        bans = self._bans.offences(message, now)
+        if not bans:
+            return
+        self._broadcast(BanList(added=tuple((ban.client, ban.until) for ban in bans)))
+        for ban in bans:
+            counts = {event: count for event, count in ban.events}
+            _log.warning("client banned", extra=fields(
+                event="ban", client=ban.client, reason=ban.reason, events=counts,
+                ban_seconds=round(ban.until - now)))
+            _audit.info("ban", extra=fields(
+                audit=True, who="automatic", what=f"ban {ban.client}",
+                result=f"banned for {round(ban.until - now)}s after {ban.count} offences",
+                events=counts))
+
+    def _broadcast(self, message: object) -> None:
+        for worker in self._workers.values():
+            if not worker.draining:
+                self._send(worker, message)
+
+    # AdminHost, for the admin API
+
+    def overview(self) -> Overview:
+        workers = tuple(WorkerInfo(
+            w.pid, w.slot, w.generation,
+            "draining" if w.draining else "ready" if w.ready else "starting")
+            for w in sorted(self._workers.values(), key=lambda w: (w.generation, w.slot)))
+        frontends = tuple((f.name, f.mode, tuple(str(a) for a in f.bind))
+                          for f in self._current.config.frontends)
+        draining = self._stopping or not self._in_rotation
+        return Overview(__version__, os.getpid(), self._started_at, self._generation,
+                        draining, self._started and not draining, workers, frontends)
+
+    def merged(self) -> Merged:
+        return self._stats.merged()
+
+    def facts(self) -> SupervisorFacts:
+        certificates = tuple(
+            CertificateExpiry(served.frontend, served.certificate.names[0]
+                              if served.certificate.names else served.certificate.subject,
+                              f"{served.certificate.key_type} {served.certificate.key_bits}",
+                              served.certificate.source,
+                              served.certificate.not_after.timestamp())
+            for served in self.certificates())
+        live = sum(1 for w in self._workers.values() if not w.draining)
+        bans = self._bans
+        return SupervisorFacts(__version__, self._start_time, live, dict(self._reloads),
+                               self._worker_restarts, certificates,
+                               bans.total if bans is not None else 0,
+                               len(bans.jail.bans(time.monotonic())) if bans is not None else 0)
+
+    def certificates(self) -> list[ServedCertificate]:
+        return [ServedCertificate(frontend.config.name, certificate)
+                for frontend in self._current.frontends
+                for certificate in frontend.store.certificates()]
+
+    def backend_balance(self) -> dict[str, str]:
+        return {backend.name: backend.balance for backend in self._current.config.backends}
+
+    def set_server_admin(self, backend: str, server: str, state: AdminState) -> str | None:
+        config = next((b for b in self._current.config.backends if b.name == backend), None)
+        if config is None:
+            return f"no backend is called {backend!r}"
+        if all(s.label != server for s in config.servers):
+            return f"backend {backend!r} has no server {server!r}"
+        if state == "enabled":
+            self._server_admin.pop((backend, server), None)
+        else:
+            self._server_admin[backend, server] = state
+        for worker in self._workers.values():
+            if not worker.draining:
+                self._send(worker, ServerAdmin(backend, server, state))
+        _log.info("backend server %s", state, extra=fields(
+            event="server_admin", backend=backend, server=server, admin=state))
+        return None
+
+    def reload(self, who: str) -> tuple[bool, str]:
+        return self._reload(who)
+
+    def bans(self) -> list[BanInfo] | None:
+        if self._bans is None:
+            return None
+        now, wall = time.monotonic(), time.time()
+        return [BanInfo(ban.client, ban.reason, wall - (now - ban.since),
+                        wall + (ban.until - now), ban.count, dict(ban.events))
+                for ban in self._bans.jail.bans(now)]
+
+    def unban(self, client: str, who: str) -> str | None:
+        if self._bans is None:
+            return "automatic bans are not configured ([bans])"
+        try:
+            key = self._bans.unban(client)
+        except ValueError:
+            return f"{client!r} is not an address or network"
+        if key is None:
+            return f"{client} is not banned"
+        self._broadcast(BanList(removed=(key,)))
+        _audit.info("unban", extra=fields(audit=True, who=who, what=f"unban {key}",
+                                          result="done"))
+        return None
+
+    def set_in_rotation(self, wanted: bool) -> None:
+        self._in_rotation = wanted
+        _log.info("in rotation" if wanted else "out of rotation: /readyz answers 503",
+                  extra=fields(event="rotation", ready=wanted))
 
     # ------------------------------------------------------------------ ACME process
 

@@ -1,0 +1,201 @@
+"""The admin listener inside the supervisor's selector loop: bytes in, one response out, close.
+
+The supervisor runs no event loop and no thread (it forks), so this is a small non-blocking
+server on the supervisor's own selector. Admin traffic is a scrape every few seconds and the odd
+click, so each connection carries one request (``Connection: close``), is bounded in size
+(:data:`LIMITS`) and in time (:data:`CONNECTION_TIMEOUT`), and at most :data:`MAX_CONNECTIONS`
+are open at once. Parsing is the data path's own strict HTTP/1.1 parser.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+
+from offload.config.units import HostPort
+from offload.errors import ProtocolError
+from offload.observe.admin_api import AdminApi, AdminRequest, AdminResponse
+from offload.observe.log import fields
+from offload.proto.http1 import HttpLimits, RequestParser
+from offload.proto.http_types import EndOfMessage, Request
+
+_log = logging.getLogger("offload.admin")
+
+LIMITS = HttpLimits(max_request_line=4096, max_header_size=16 * 1024, max_header_count=50,
+                    max_body_size=64 * 1024)
+CONNECTION_TIMEOUT = 10.0
+MAX_CONNECTIONS = 64
+READ_SIZE = 65536
+
+Collect = Callable[[Callable[[], None]], None]
+"""Ask the workers for fresh statistics and call back once they are in (or overdue)."""
+
+
+class _Connection:
+    __slots__ = ("client", "closed", "deadline", "out", "parser", "request", "sock", "watched")
+
+    def __init__(self, sock: socket.socket, client: str, deadline: float) -> None:
+        self.sock = sock
+        self.client = client
+        self.deadline = deadline
+        self.parser = RequestParser(LIMITS)
+        self.request: Request | None = None
+        self.out = b""
+        self.closed = False
+        self.watched = False
+
+
+class AdminServer:
+    """Accepts admin connections on ``address`` and answers them through ``api``."""
+
+    def __init__(self, selector: selectors.BaseSelector, address: HostPort, api: AdminApi,
+                 collect: Collect) -> None:
+        self._selector = selector
+        self.api = api
+        self._collect = collect
+        self._connections: dict[int, _Connection] = {}
+        host = address.host.strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host or "127.0.0.1", address.port))
+            sock.listen(MAX_CONNECTIONS)
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        self._listener = sock
+        self.address = address
+        selector.register(sock, selectors.EVENT_READ, self._accept)
+
+    def fds(self) -> list[int]:
+        """Every descriptor this server holds (a forked child closes them)."""
+        return [self._listener.fileno(), *self._connections]
+
+    def close(self) -> None:
+        for connection in list(self._connections.values()):
+            self._drop(connection)
+        self._selector.unregister(self._listener)
+        self._listener.close()
+
+    def deadline(self) -> float | None:
+        return min((c.deadline for c in self._connections.values()), default=None)
+
+    def on_time(self, now: float) -> None:
+        for connection in [c for c in self._connections.values() if c.deadline <= now]:
+            self._drop(connection)
+
+    # ------------------------------------------------------------ events
+
+    def _watch(self, connection: _Connection, events: int, callback: Callable[[], None]) -> None:
+        self._selector.register(connection.sock, events, callback)
+        connection.watched = True
+
+    def _unwatch(self, connection: _Connection) -> None:
+        if connection.watched:
+            self._selector.unregister(connection.sock)
+            connection.watched = False
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, peer = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                _log.warning("admin accept failed: %s", error.strerror)
+                return
+            if len(self._connections) >= MAX_CONNECTIONS:
+                sock.close()
+                continue
+            sock.setblocking(False)
+            connection = _Connection(sock, str(peer[0]), time.monotonic() + CONNECTION_TIMEOUT)
+            self._connections[sock.fileno()] = connection
+            self._watch(connection, selectors.EVENT_READ,
+                        lambda c=connection: self._readable(c))  # type: ignore[misc]
+
+    def _readable(self, connection: _Connection) -> None:
+        try:
+            data = connection.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(connection)
+            return
+        try:
+            events = connection.parser.feed(data)
+        except ProtocolError as error:
+            self._respond(connection, AdminResponse(
+                error.status, f'{{"error": "{error.reason}"}}\n'.encode()))
+            return
+        for event in events:
+            if isinstance(event, Request):
+                connection.request = event
+            elif isinstance(event, EndOfMessage) and connection.request is not None:
+                self._dispatch(connection, connection.request)
+                return
+
+    def _dispatch(self, connection: _Connection, parsed: Request) -> None:
+        self._unwatch(connection)
+        target = parsed.target.decode("latin-1")
+        request = AdminRequest(
+            method=parsed.method.decode("latin-1"), path=target.partition("?")[0],
+            headers={name.decode("latin-1").lower(): value.decode("latin-1")
+                     for name, value in parsed.headers},
+            client=connection.client)
+        refusal = self.api.authorized(request)
+        if refusal is not None:
+            self._respond(connection, refusal)
+        elif self.api.needs_stats(request):
+            self._collect(lambda: self._answer(connection, request))
+        else:
+            self._answer(connection, request)
+
+    def _answer(self, connection: _Connection, request: AdminRequest) -> None:
+        if connection.closed:
+            return
+        try:
+            response = self.api.handle(request)
+        except Exception:  # a bug here must not take the supervisor down
+            _log.exception("admin request failed", extra=fields(path=request.path))
+            response = AdminResponse(500, b'{"error": "internal error, see the log"}\n')
+        self._respond(connection, response)
+
+    def _respond(self, connection: _Connection, response: AdminResponse) -> None:
+        self._unwatch(connection)
+        reason = HTTPStatus(response.status).phrase
+        head = [f"HTTP/1.1 {response.status} {reason}", f"Content-Type: {response.content_type}",
+                f"Content-Length: {len(response.body)}", "Connection: close",
+                "X-Content-Type-Options: nosniff",
+                *(f"{name}: {value}" for name, value in response.headers)]
+        connection.out = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.body
+        self._writable(connection)
+
+    def _writable(self, connection: _Connection) -> None:
+        try:
+            sent = connection.sock.send(connection.out)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._drop(connection)
+            return
+        connection.out = connection.out[sent:]
+        if not connection.out:
+            self._drop(connection)
+        elif not connection.watched:
+            self._watch(connection, selectors.EVENT_WRITE, lambda: self._writable(connection))
+
+    def _drop(self, connection: _Connection) -> None:
+        if connection.closed:
+            return
+        connection.closed = True
+        self._connections.pop(connection.sock.fileno(), None)
+        self._unwatch(connection)
+        connection.sock.close()
