@@ -364,3 +364,26 @@ def test_refuses_to_start_when_the_admin_address_is_taken(localhost_bundle, tmp_
                              capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode == 1
     assert "cannot serve the admin API" in run.stderr
+
+
+def test_status_page_renders_a_live_instance(pki, localhost_bundle, http_backend, offload, port,
+                                             tmp_path):
+    from browser import dump_dom, png_summary, screenshot
+
+    backend = http_backend()
+    admin_port = free_port()
+    offload(with_admin(http_config(port, [localhost_bundle],
+                                   [f'{{ name = "web-1", address = "{backend.address}" }}']),
+                       admin_port))
+    conn = https(port, pki.ca)
+    for _ in range(3):
+        assert get(conn, "/bytes/10")[0].status == 200
+    url = f"http://127.0.0.1:{admin_port}/"
+    dom = dump_dom(url, budget_ms=5000)
+    assert "web-1" in dom and backend.address in dom      # the backend table
+    assert "localhost" in dom                              # the certificate list
+    assert "TLSv1.3" in dom                                # versions in use
+    shot = tmp_path / "status.png"
+    screenshot(url, shot)
+    summary = png_summary(shot)
+    assert summary.width == 1280 and summary.colours > 8 and summary.dominant < 0.98
