@@ -295,7 +295,29 @@ BAD = [
      "acme.certificates[1].names[1]", ["already in acme.certificates[0].names[0]"]),
     ("acme misspelled key", put("acme", {"agree_to_terms": True, "certificates": [
         {"nmes": ["a.example.com"]}]}), "acme.certificates[0].nmes", ['did you mean "names"?']),
+    # Inspection rules.
+    ("rules on a tcp frontend", put("frontends.0.inspect", {"builtin": ["sqli"]}),
+     "frontends[0].inspect", ["read HTTP requests", 'mode "tcp"', 'set mode = "http"']),
+    ("bad rule regex", put("frontends.0.inspect", {"rules": [
+        {"name": "admin-only", "action": "deny", "path": "^/admin(("}]}),
+     "frontends[0].inspect.rules[0].path", ['rule "admin-only"', "not a valid regular expression"]),
+    ("misspelled inspect key", put("frontends.0.inspect", {"dry_rn": True}),
+     "frontends[0].inspect.dry_rn", ['did you mean "dry_run"?']),
+    ("misspelled rule key", put("frontends.0.inspect", {"rules": [
+        {"name": "r", "action": "deny", "paht": "^/x"}]}),
+     "frontends[0].inspect.rules[0].paht", ['did you mean "path"?']),
 ]
+
+
+def test_inspect_defaults_to_no_rules_and_takes_rules_in_http_mode() -> None:
+    raw = minimal()
+    raw["frontends"][0]["mode"] = "http"
+    raw["frontends"][0]["inspect"] = {"builtin": ["xss"], "dry_run": True, "rules": [
+        {"name": "r", "action": "tag", "path": "^/api"}]}
+    config = validate(raw, "test.toml")
+    assert config.frontends[0].inspect.dry_run
+    assert config.frontends[0].inspect.rules[0].name == "r"
+    assert config.frontends[1].inspect.rules == () and config.frontends[1].inspect.builtin == ()
 
 
 def test_acme_lets_a_frontend_go_without_certificates() -> None:

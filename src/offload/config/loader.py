@@ -35,6 +35,7 @@ from offload.config.model import (
     is_loopback,
 )
 from offload.errors import ConfigError, Issue
+from offload.security.rules_config import RuleConfig, RuleSetConfig
 
 Loc = tuple[int | str, ...]
 
@@ -51,6 +52,8 @@ _SECTION_MODELS: dict[str, type[BaseModel]] = {
     "acme": AcmeConfig,
     "admin": AdminConfig,
     "bans": BansConfig,
+    "inspect": RuleSetConfig,
+    "rules": RuleConfig,
 }
 
 _FIXES = {
@@ -175,6 +178,10 @@ def _cross_check(config: Config) -> list[Issue]:
                                     "listen on each address from one place only"))
             seen_binds[key] = here
         issues.extend(_check_client_auth(frontend, where))
+        if frontend.mode != "http" and "inspect" in frontend.model_fields_set:
+            issues.append(Issue(f"{where}.inspect", "inspection rules read HTTP requests, and "
+                                f"this frontend is in mode \"{frontend.mode}\"",
+                                "set mode = \"http\", or remove the inspect table"))
         if not frontend.certificates and not (config.acme and config.acme.serves(frontend.name)):
             issues.append(Issue(f"{where}.certificates", "the frontend has no certificates",
                                 "list certificate files or directories, or have [acme] "

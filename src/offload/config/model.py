@@ -28,6 +28,7 @@ from offload.config.units import (
     parse_network,
     parse_size,
 )
+from offload.security.rules_config import RuleSetConfig
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 """Seconds, written with a unit in the file (``"10s"``)."""
@@ -187,6 +188,8 @@ class FrontendConfig(Model):
     body_timeout: Timeout = 60.0
     access_log: str = "stderr"
     access_log_format: Literal["json", "combined"] = "json"
+    inspect: RuleSetConfig = Field(default_factory=RuleSetConfig)
+    """Inspection rules evaluated on every request (mode http only; docs/security.md)."""
 
 
 class ServerConfig(Model):

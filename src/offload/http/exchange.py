@@ -13,6 +13,12 @@ repeated.
 
 Framing towards the client: the backend's Content-Length is kept; a chunked or close-delimited
 body goes out chunked to an HTTP/1.1 client and close-delimited to an HTTP/1.0 client.
+
+Inspection rules (:mod:`offload.http.inspection`) run before a server is chosen: a denied
+request is answered 403 and never reaches a backend. When a rule also looks at the body, the
+exchange holds the body until it has the first ``body_inspect_bytes`` (or the whole body, if
+shorter), decides, and only then connects and sends what it held; reading is never paused for
+this, and nothing beyond that prefix (plus the rest of the read it arrived in) is buffered.
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ import time
 from typing import TYPE_CHECKING
 
 from offload.errors import ProtocolError
+from offload.http.inspection import backend_auth_failure, denied_reason, forwarded_client
 from offload.proto import http_rewrite as rewrite
 from offload.proto.http_types import Data, EndOfMessage, Event, Headers, Request, Response
+from offload.security.rules import Verdict
 from offload.timers import Deadline
 
 if TYPE_CHECKING:
@@ -31,6 +39,7 @@ if TYPE_CHECKING:
     from offload.http.upstream import BackendConnection, HttpBackend
 
 LAST_CHUNK = b"0\r\n\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 def chunk(data: bytes) -> bytes:
@@ -48,9 +57,10 @@ class Exchange:
     """A request travelling through offload (one per request, created by the connection)."""
 
     __slots__ = (
-        "_candidates", "_connecting", "_fresh_retry", "_held", "_response_complete", "_timer",
+        "_candidates", "_connecting", "_fresh_retry", "_held", "_prefix", "_prefix_size",
+        "_response_complete", "_timer", "_verdict",
         "backend",
-        "body_sent", "bytes_in", "bytes_out", "conn", "finished", "framing", "keep_alive",
+        "body_sent", "bytes_in", "bytes_out", "client", "conn", "finished", "framing", "keep_alive",
         "reason", "request", "request_done", "request_id", "response", "response_started",
         "server_index", "started", "status", "t_connected", "t_first_byte", "upstream",
     )
@@ -82,10 +92,58 @@ class Exchange:
         self._fresh_retry = True
         self._response_complete = False
         self._timer: Deadline | None = None
+        self._verdict: Verdict | None = None
+        """Set while the body prefix is held for the rules that look at it."""
+        self._prefix: list[bytes] = []
+        self._prefix_size = 0
+        facts = conn.client_facts
+        self.client = (forwarded_client(request.headers, conn.forward_policy, facts.address)
+                       if conn.trusted else facts.address)
+        """The address rules and bans see (the forwarded one behind a trusted proxy)."""
 
     # ------------------------------------------------------------ start and servers
 
     def start(self) -> None:
+        inspection = self.conn.site.inspection
+        if inspection is None:
+            self._route()
+            return
+        verdict = inspection.head(self.client, self.request, self.request_id)
+        if verdict.deny:
+            self.fail_local(403, denied_reason(verdict))
+        elif not verdict.needs_body:
+            inspection.forward(self.request, verdict)
+            self._route()
+        elif not self.request.has_body:
+            self._verdict = verdict
+            self._inspect_body()
+        else:
+            self._verdict = verdict
+            request = self.request
+            if request.expect_continue:
+                # the client waits for 100 before it sends the body the rules must see: say it
+                # ourselves, and do not ask the backend again
+                request.expect_continue = False
+                if request.version == b"1.1":
+                    self.conn.write(CONTINUE)
+
+    def _inspect_body(self) -> None:
+        """The body prefix is complete: finish the verdict, then deny or go on."""
+        inspection = self.conn.site.inspection
+        verdict = self._verdict
+        assert inspection is not None and verdict is not None
+        prefix = b"".join(self._prefix)
+        self._verdict = None
+        self._prefix = []
+        verdict = inspection.body(prefix, verdict, self.client, self.request, self.request_id)
+        if verdict.deny:
+            self._held = []
+            self.fail_local(403, denied_reason(verdict))
+            return
+        inspection.forward(self.request, verdict)
+        self._route()
+
+    def _route(self) -> None:
         self._candidates = self.backend.candidates(self.conn.balance_key, self.conn.loop.time())
         if not self._candidates:
             self.backend.counters.inc("backend_unavailable", self.backend.name)
@@ -161,6 +219,12 @@ class Exchange:
         else:
             self.body_sent = True
             upstream.write(piece)
+        if self._verdict is not None:
+            self._prefix.append(data)
+            self._prefix_size += len(data)
+            inspection = self.conn.site.inspection
+            if inspection is not None and self._prefix_size >= inspection.body_bytes:
+                self._inspect_body()
 
     def request_end(self, trailers: Headers) -> None:
         self.request_done = True
@@ -170,6 +234,8 @@ class Exchange:
                 self._held.append(piece)
             else:
                 self.upstream.write(piece)
+        if self._verdict is not None:
+            self._inspect_body()  # the whole body was shorter than the prefix
 
     # ------------------------------------------------------------ response (from backend)
 
@@ -215,6 +281,9 @@ class Exchange:
         self.response_started = True
         self.backend.report(self.server_index, status < 500,
                             self.conn.loop.time())
+        if status in (401, 403):
+            site = self.conn.site
+            backend_auth_failure(site.security, site.name, self.client)
         if not response.has_body:
             self.framing = "none"
         elif response.content_length is not None:

@@ -6,11 +6,14 @@ import os
 from dataclasses import dataclass, field
 
 from offload.config.model import FrontendConfig
+from offload.http.inspection import Inspection
 from offload.http.upstream import HttpBackend
 from offload.observe.access_log import AccessLog
 from offload.observe.stats import Counters
 from offload.proto.http1 import HttpLimits
 from offload.proto.http_rewrite import ForwardPolicy, ResponsePolicy
+from offload.security.events import SecurityEvents
+from offload.security.rules import compile_rules
 
 
 class RequestIds:
@@ -54,11 +57,14 @@ class HttpSite:
     backend: HttpBackend
     counters: Counters
     access_log: AccessLog | None
+    security: SecurityEvents
     limits: HttpLimits = field(init=False)
     forward_policy: ForwardPolicy = field(init=False)
     response_policy: ResponsePolicy = field(init=False)
     client_auth: bool = field(init=False)
     """Clients present certificates: forward who they are, and keep Host to the SNI."""
+    inspection: Inspection | None = field(init=False)
+    """The frontend's inspection rules, compiled once here; None when it has none."""
     request_ids: RequestIds = field(default_factory=RequestIds)
     draining: bool = False
 
@@ -68,6 +74,9 @@ class HttpSite:
                                             forwarded=self.frontend.forwarded)
         self.response_policy = response_policy_of(self.frontend)
         self.client_auth = self.frontend.client_auth != "none"
+        rules = compile_rules(self.frontend.inspect)
+        self.inspection = (Inspection(rules, self.security, self.frontend.name)
+                           if rules.rules else None)
 
     @property
     def name(self) -> str:

@@ -37,6 +37,7 @@ from offload.observe.access_log import AccessLog
 from offload.observe.log import LogSetup, fields
 from offload.observe.stats import Counters, ServerReport, WorkerStats, snapshot
 from offload.proto.http1 import HttpLimits
+from offload.security.events import SecurityEvents
 from offload.server.control import (
     CertificatesChanged,
     Inbox,
@@ -143,6 +144,8 @@ class _Apps:
     def __init__(self, spec: WorkerSpec, registry: ConnectionRegistry, counters: Counters) -> None:
         self.spec = spec
         self.counters = counters
+        self.security = SecurityEvents(counters)
+        """Every security decision of this worker (its offence sink feeds the ban jail)."""
         self.registry = registry
         self.batcher = WriteBatcher(asyncio.get_running_loop())
         self.tcp_backends: dict[str, Backend] = {}
@@ -187,7 +190,7 @@ class _Apps:
             log = self.access_logs.get(key)
             if log is None:
                 log = self.access_logs[key] = AccessLog(*key)
-        site = HttpSite(frontend, http_backend, counters, log)
+        site = HttpSite(frontend, http_backend, counters, log, self.security)
         self.sites.append(site)
         return lambda stream: HttpConnection(stream, site)
 
