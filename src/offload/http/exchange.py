@@ -104,7 +104,13 @@ class Exchange:
     # ------------------------------------------------------------ start and servers
 
     def start(self) -> None:
-        inspection = self.conn.site.inspection
+        site = self.conn.site
+        if self.conn.trusted and site.banned and site.banned.banned(self.client, time.monotonic()):
+            # Behind a proxy the ban cannot refuse the connection; it refuses the requests.
+            site.security.decision("request_refused", "banned", site.name, self.client)
+            self.fail_local(403, "banned")
+            return
+        inspection = site.inspection
         if inspection is None:
             self._route()
             return

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from offload.config.model import FrontendConfig
 from offload.http.inspection import Inspection
+from offload.security.ban_list import BannedClients
 from offload.http.upstream import HttpBackend
 from offload.observe.access_log import AccessLog
 from offload.observe.stats import Counters
@@ -66,6 +67,8 @@ class HttpSite:
     inspection: Inspection | None = field(init=False)
     """The frontend's inspection rules, compiled once here; None when it has none."""
     request_ids: RequestIds = field(default_factory=RequestIds)
+    banned: BannedClients = field(default_factory=BannedClients)
+    """The worker's ban list: behind a trusted proxy, a banned forwarded client gets 403."""
     draining: bool = False
 
     def __post_init__(self) -> None:

@@ -37,10 +37,14 @@ from offload.observe.access_log import AccessLog
 from offload.observe.log import LogSetup, fields
 from offload.observe.stats import Counters, ServerReport, WorkerStats, snapshot
 from offload.proto.http1 import HttpLimits
+from offload.security.ban_list import BannedClients, OffenceBatch
+from offload.security.bans import BanEvent
 from offload.security.events import SecurityEvents
 from offload.server.control import (
+    BanList,
     CertificatesChanged,
     Inbox,
+    Offences,
     Outbox,
     Ready,
     ServerAdmin,
@@ -59,6 +63,9 @@ _T = TypeVar("_T")
 
 FINAL_CLOSE_GRACE = 2.0
 """Seconds given to connections closed at the drain deadline to flush their last bytes."""
+
+OFFENCE_REPORT_INTERVAL = 0.1
+"""Seconds offences wait, batched, before they go to the supervisor's ban jail."""
 
 RESPONSE_LIMITS = HttpLimits(max_header_count=200)
 """Backend responses: generous header limits, no body limit."""
@@ -141,11 +148,17 @@ def run_worker(spec: WorkerSpec, logs: LogSetup) -> int:
 class _Apps:
     """The per-worker runtime of every frontend: backends, sites, access logs, listeners."""
 
-    def __init__(self, spec: WorkerSpec, registry: ConnectionRegistry, counters: Counters) -> None:
+    def __init__(self, spec: WorkerSpec, registry: ConnectionRegistry, counters: Counters,
+                 status: _StatusPipe) -> None:
         self.spec = spec
         self.counters = counters
-        self.security = SecurityEvents(counters)
+        self.status = status
+        bans = spec.prepared.config.bans
+        self.security = SecurityEvents(counters, self._offence if bans is not None else None)
         """Every security decision of this worker (its offence sink feeds the ban jail)."""
+        self.banned = BannedClients()
+        """Clients the supervisor's jail banned: refused before the TLS handshake."""
+        self._offences = OffenceBatch()
         self.registry = registry
         self.batcher = WriteBatcher(asyncio.get_running_loop())
         self.tcp_backends: dict[str, Backend] = {}
@@ -190,7 +203,7 @@ class _Apps:
             log = self.access_logs.get(key)
             if log is None:
                 log = self.access_logs[key] = AccessLog(*key)
-        site = HttpSite(frontend, http_backend, counters, log, self.security)
+        site = HttpSite(frontend, http_backend, counters, log, self.security, banned=self.banned)
         self.sites.append(site)
         return lambda stream: HttpConnection(stream, site)
 
@@ -215,9 +228,20 @@ class _Apps:
                 self.redirects.append(await loop.create_server(
                     redirect, sock=self.spec.sockets[address].dup(), backlog=frontend.backlog))
 
+    def _offence(self, client: str, event: BanEvent) -> None:
+        if self._offences.add(client, event):
+            asyncio.get_running_loop().call_later(OFFENCE_REPORT_INTERVAL, self._report_offences)
+
+    def _report_offences(self) -> None:
+        reports, dropped = self._offences.take()
+        if reports or dropped:
+            self.status.send(Offences(reports, dropped))
+
     def apply(self, message: object) -> None:
         """Act on a control message from the supervisor."""
-        if isinstance(message, CertificatesChanged):
+        if isinstance(message, BanList):
+            self.banned.update(message.added, message.removed)
+        elif isinstance(message, CertificatesChanged):
             for listener in self.listeners:
                 store = listener.frontend.store
                 if listener.name == message.frontend and store.update(message.order,
@@ -283,8 +307,8 @@ async def _serve(spec: WorkerSpec) -> int:
     loop.add_reader(spec.lifeline_fd, lifeline)
     counters = Counters()
     registry = ConnectionRegistry(settings.max_connections)
-    apps = _Apps(spec, registry, counters)
     status = _StatusPipe(spec.status_fd)
+    apps = _Apps(spec, registry, counters, status)
     inbox = Inbox()
 
     def control() -> None:
