@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 
 from offload.config.model import FrontendConfig
 from offload.http.inspection import Inspection
-from offload.security.ban_list import BannedClients
 from offload.http.upstream import HttpBackend
 from offload.observe.access_log import AccessLog
 from offload.observe.stats import Counters
 from offload.proto.http1 import HttpLimits
 from offload.proto.http_rewrite import ForwardPolicy, ResponsePolicy
+from offload.security.ban_list import BannedClients
 from offload.security.events import SecurityEvents
 from offload.security.rules import compile_rules
 
