@@ -91,15 +91,22 @@ def screenshot(url: str, path: Path, *, size: tuple[int, int] = (1280, 1600), bu
 
 def _scheme(dark: bool) -> list[str]:
     """Flags for ``prefers-color-scheme: dark`` (light is Chromium's default)."""
-    return ["--force-dark-mode", "--blink-settings=preferredColorScheme=0"] if dark else []
+    return ["--force-dark-mode"] if dark else []
 
 
 @dataclass(frozen=True)
 class PngSummary:
     width: int
     height: int
-    colours: int          # distinct RGB values among the sampled pixels
-    dominant: float       # share of the sampled pixels taken by the most common colour
+    colours: int                        # distinct RGB values among the sampled pixels
+    dominant: float                     # share of the sampled pixels taken by the most common colour
+    background: tuple[int, int, int]    # that most common colour
+
+    @property
+    def dark(self) -> bool:
+        """Whether the most common colour is dark (relative luminance under a quarter)."""
+        red, green, blue = self.background
+        return 0.2126 * red + 0.7152 * green + 0.0722 * blue < 64
 
 
 def png_summary(path: Path, *, sample_rows: int = 400) -> PngSummary:
@@ -132,8 +139,9 @@ def png_summary(path: Path, *, sample_rows: int = 400) -> PngSummary:
         if y % 4 == 0:
             counts.update(bytes(row[x:x + 3]) for x in range(0, stride, bpp * 4))
         previous = row
-    total = sum(counts.values())
-    return PngSummary(width, height, len(counts), max(counts.values()) / total if total else 1.0)
+    (background, most), = counts.most_common(1)
+    red, green, blue = background[:3]
+    return PngSummary(width, height, len(counts), most / sum(counts.values()), (red, green, blue))
 
 
 def _unfilter(kind: int, row: bytearray, up: bytearray, bpp: int) -> bytearray:

@@ -61,8 +61,8 @@ def snapshot(step: int, *, load: float | None = None) -> dict[str, Any]:
 # 5xx, +200 kB in and +4 MB out. After the third snapshot the server repeats it: a snapshot with
 # the same uptime is not a new measurement, so the rates stay.
 SNAPSHOTS = [snapshot(step) for step in range(3)]
-# For the screenshot: two minutes of load that swells and ebbs, so the sparklines have a shape.
-WAVE = [snapshot(step, load=sum(1 + 0.6 * math.sin(i / 4) for i in range(step))) for step in range(60)]
+# For the screenshot: a minute of load that swells and ebbs, so the sparklines have a shape.
+WAVE = [snapshot(step, load=sum(1 + 0.6 * math.sin(i / 4) for i in range(step))) for step in range(32)]
 HOSTILE = '<img src=x onerror="document.title=1">'
 BACKENDS = {"backends": [{"name": "app", "balance": "roundrobin", "servers": [
     {"name": "s1", "address": "127.0.0.1:8080", "weight": 1, "backup": False, "admin": "enabled",
@@ -344,3 +344,4 @@ def test_screenshot_is_a_rendered_page(busy_admin: AdminFixture, tmp_path: Path)
         assert (summary.width, summary.height) == (1280, 1600)
         assert path.stat().st_size > 30_000, "a blank page compresses to a few kilobytes"
         assert summary.colours >= 32 and summary.dominant < 0.9, summary
+        assert summary.dark == dark, f"prefers-color-scheme is honoured: {summary}"
