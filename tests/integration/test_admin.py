@@ -199,6 +199,7 @@ def test_status_backends_and_certificates(pki, localhost_bundle, http_backend, o
     assert 80 <= certificates[0]["days_left"] <= 90
     status_code, headers, page = admin(admin_port, "/")
     assert status_code == 200 and headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in headers["content-security-policy"]
     assert b"<html" in page.lower()
     assert admin(admin_port, "/nothing")[0] == 404
     assert admin(admin_port, "/api/reload")[0] == 405

@@ -50,6 +50,10 @@ from offload.upstream.balancer import AdminState
 _audit = logging.getLogger("offload.audit")
 
 JSON = "application/json"
+PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+            "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+            "frame-ancestors 'none'")
+"""The status page runs its own inline script and fetches only the API beside it."""
 ACTIONS: dict[str, AdminState] = {"drain": "drain", "disable": "disabled", "enable": "enabled"}
 
 
@@ -306,7 +310,7 @@ class AdminApi:
             self._page = resources.files("offload.observe").joinpath(
                 "status_page.html").read_bytes()
         return AdminResponse(200, self._page, "text/html; charset=utf-8",
-                             (("Cache-Control", "no-store"),))
+                             (("Cache-Control", "no-store"), ("Content-Security-Policy", PAGE_CSP)))
 
     # ------------------------------------------------------------ changes
 
