@@ -69,9 +69,9 @@ def clients(tmp_path: Path) -> Authority:
 
 
 def _start(pki, clients, http_backend, offload, port, tmp_path, localhost_bundle, *,
-           mode: str = "required", crl: Path | None = None):
+           mode: str = "required", crl: Path | None = None, cas: tuple[Authority, ...] = ()):
     ca = tmp_path / "clients-ca.pem"
-    ca.write_bytes(clients.pem())
+    ca.write_bytes(b"".join(authority.pem() for authority in cas or (clients,)))
     lines = f'client_auth = "{mode}"\nclient_ca = ["{ca}"]\n'
     if crl is not None:
         lines += f'client_crl = ["{crl}"]\n'
@@ -93,6 +93,24 @@ def test_a_verified_client_reaches_the_backend_with_its_identity(
     assert seen.header("X-SSL-Client-DN") == "CN=client.example.test"
     assert seen.header("X-SSL-Client-SAN") == "DNS:client.example.test"
     assert seen.header("X-SSL-Client-Fingerprint") == hashlib.sha256(der).hexdigest()
+
+
+def test_client_cert_chain_names_the_intermediate_ca(
+        pki, clients, http_backend, offload, port, tmp_path, localhost_bundle):
+    middle = clients.intermediate("offload client intermediate CA")
+    server = _start(pki, clients, http_backend, offload, port, tmp_path, localhost_bundle,
+                    cas=(clients, middle))
+    client = middle.issue(["client.example.test"], client=True)
+    response = _request(port, _context(pki, tmp_path, client))
+    assert response.startswith(b"HTTP/1.1 200 ")
+    seen = server.requests[-1]
+    der = client.certificate.public_bytes(Encoding.DER)
+    assert seen.header("Client-Cert") == ":" + base64.b64encode(der).decode() + ":"
+    intermediate = middle.certificate.public_bytes(Encoding.DER)
+    assert seen.header("Client-Cert-Chain") == ":" + base64.b64encode(intermediate).decode() + ":"
+    direct = _request(port, _context(pki, tmp_path, _client_cert(clients)))
+    assert direct.startswith(b"HTTP/1.1 200 ")
+    assert server.requests[-1].header("Client-Cert-Chain") is None, "the root is not sent"
 
 
 @pytest.mark.parametrize("case", ["no certificate", "another CA", "expired", "not yet valid",

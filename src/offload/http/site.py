@@ -11,6 +11,7 @@ from offload.observe.access_log import AccessLog
 from offload.observe.stats import Counters
 from offload.proto.http1 import HttpLimits
 from offload.proto.http_rewrite import ForwardPolicy, ResponsePolicy
+from offload.tls.ca_bundle import CaBundle
 
 
 class RequestIds:
@@ -54,6 +55,8 @@ class HttpSite:
     backend: HttpBackend
     counters: Counters
     access_log: AccessLog | None
+    client_cas: CaBundle | None = None
+    """The client CAs, to name the chain in Client-Cert-Chain (frontends with client_auth)."""
     limits: HttpLimits = field(init=False)
     forward_policy: ForwardPolicy = field(init=False)
     response_policy: ResponsePolicy = field(init=False)

@@ -39,7 +39,7 @@ from offload.observe.stats import Counters
 from offload.proto.http1 import HttpLimits
 from offload.server.control import CertificatesChanged, Inbox
 from offload.server.listener import AppFactory, ConnectionRegistry, Listener
-from offload.server.prepare import Prepared
+from offload.server.prepare import Prepared, PreparedFrontend
 from offload.upstream.backend import Backend
 from offload.writes import WriteBatcher
 
@@ -149,7 +149,7 @@ class _Apps:
         tls_alpn = ChallengeContexts(storage).lookup if storage is not None else None
         for frontend in spec.prepared.frontends:
             self.listeners.append(Listener(
-                frontend, self._factory(frontend.config),
+                frontend, self._factory(frontend),
                 [spec.sockets[address] for address in frontend.config.bind], registry, counters,
                 batcher=self.batcher, challenges=self._acme(frontend.config, "tls-alpn-01",
                                                             tls_alpn)))
@@ -161,8 +161,9 @@ class _Apps:
             return None
         return answer
 
-    def _factory(self, frontend: FrontendConfig) -> AppFactory:
+    def _factory(self, prepared_frontend: PreparedFrontend) -> AppFactory:
         prepared, counters = self.spec.prepared, self.counters
+        frontend, client_auth = prepared_frontend.config, prepared_frontend.client_auth
         config = prepared.config.backend(frontend.backend)
         servers = prepared.servers[frontend.backend]
         if frontend.mode == "tcp":
@@ -181,7 +182,8 @@ class _Apps:
             log = self.access_logs.get(key)
             if log is None:
                 log = self.access_logs[key] = AccessLog(*key)
-        site = HttpSite(frontend, http_backend, counters, log)
+        site = HttpSite(frontend, http_backend, counters, log,
+                        client_auth.authorities if client_auth is not None else None)
         self.sites.append(site)
         return lambda stream: HttpConnection(stream, site)
 
