@@ -16,8 +16,9 @@ from collections.abc import Callable
 from offload.acme.alpn import ChallengeLookup
 from offload.observe.log import fields
 from offload.observe.stats import Counters
+from offload.security.events import SecurityEvents
 from offload.server.prepare import PreparedFrontend
-from offload.tls.stream import TLSServerStream
+from offload.tls.stream import CLIENT_CERT_PREFIX, TLSServerStream
 from offload.writes import WriteBatcher
 
 _log = logging.getLogger("offload.listener")
@@ -85,7 +86,8 @@ class Listener:
     def __init__(self, frontend: PreparedFrontend, app_factory: AppFactory,
                  sockets: list[socket.socket], registry: ConnectionRegistry,
                  counters: Counters, *, batcher: WriteBatcher | None = None,
-                 challenges: ChallengeLookup | None = None) -> None:
+                 challenges: ChallengeLookup | None = None,
+                 events: SecurityEvents | None = None) -> None:
         self.frontend = frontend
         self.name = frontend.config.name
         self._app_factory = app_factory
@@ -96,6 +98,7 @@ class Listener:
         self._context = frontend.store.base
         self._handshake_timeout = frontend.config.handshake_timeout
         self._challenges = challenges
+        self._events = events
         self._servers: list[asyncio.Server] = []
         self._accepting = False
         self._draining = False
@@ -155,6 +158,11 @@ class Listener:
 
     def stream_failed(self, stream: TLSServerStream, reason: str, detail: str) -> None:
         self._counters.inc("handshake_failed", self.name, reason)
+        if reason.startswith(CLIENT_CERT_PREFIX) and self._events is not None:
+            peer = stream.get_extra_info("peername") or ("", 0)
+            self._events.decision("client_certificate_refused", reason[len(CLIENT_CERT_PREFIX):],
+                                  self.name, str(peer[0]), offence="handshake_failure")
+            return
         if _log.isEnabledFor(logging.DEBUG):
             peer = stream.get_extra_info("peername") or ("", 0)
             _log.debug("handshake failed", extra=fields(

@@ -37,6 +37,7 @@ from offload.observe.access_log import AccessLog
 from offload.observe.log import LogSetup, fields
 from offload.observe.stats import Counters
 from offload.proto.http1 import HttpLimits
+from offload.security.events import SecurityEvents
 from offload.server.control import CertificatesChanged, Inbox
 from offload.server.listener import AppFactory, ConnectionRegistry, Listener
 from offload.server.prepare import Prepared, PreparedFrontend
@@ -139,6 +140,7 @@ class _Apps:
         self.counters = counters
         self.registry = registry
         self.batcher = WriteBatcher(asyncio.get_running_loop())
+        self.events = SecurityEvents(counters)
         self.tcp_backends: dict[str, Backend] = {}
         self.http_backends: dict[str, HttpBackend] = {}
         self.access_logs: dict[tuple[str, str], AccessLog] = {}
@@ -152,7 +154,8 @@ class _Apps:
                 frontend, self._factory(frontend),
                 [spec.sockets[address] for address in frontend.config.bind], registry, counters,
                 batcher=self.batcher, challenges=self._acme(frontend.config, "tls-alpn-01",
-                                                            tls_alpn)))
+                                                            tls_alpn),
+                events=self.events))
 
     def _acme(self, frontend: FrontendConfig, challenge: AcmeChallenge, answer: _T) -> _T | None:
         """``answer`` if this frontend answers ACME ``challenge`` validations, else None."""
