@@ -18,6 +18,7 @@ from offload.observe.log import fields
 from offload.observe.stats import Counters
 from offload.security.events import SecurityEvents
 from offload.server.prepare import PreparedFrontend
+from offload.tls.crl_gate import RevocationGate
 from offload.tls.stream import CLIENT_CERT_PREFIX, TLSServerStream
 from offload.writes import WriteBatcher
 
@@ -87,7 +88,8 @@ class Listener:
                  sockets: list[socket.socket], registry: ConnectionRegistry,
                  counters: Counters, *, batcher: WriteBatcher | None = None,
                  challenges: ChallengeLookup | None = None,
-                 events: SecurityEvents | None = None) -> None:
+                 events: SecurityEvents | None = None,
+                 revocation: RevocationGate | None = None) -> None:
         self.frontend = frontend
         self.name = frontend.config.name
         self._app_factory = app_factory
@@ -99,6 +101,8 @@ class Listener:
         self._handshake_timeout = frontend.config.handshake_timeout
         self._challenges = challenges
         self._events = events
+        self._revocation = revocation
+        """Checks client certificates against fetched CRLs before the application starts."""
         self._servers: list[asyncio.Server] = []
         self._accepting = False
         self._draining = False
@@ -154,6 +158,8 @@ class Listener:
 
     def stream_opened(self, stream: TLSServerStream) -> asyncio.Protocol:
         self._counters.inc("handshake", self.name, "resumed" if stream.resumed else "full")
+        if self._revocation is not None:
+            return self._revocation.open(stream, self._app_factory)
         return self._app_factory(stream)
 
     def stream_failed(self, stream: TLSServerStream, reason: str, detail: str) -> None:

@@ -41,6 +41,7 @@ from offload.security.events import SecurityEvents
 from offload.server.control import CertificatesChanged, Inbox
 from offload.server.listener import AppFactory, ConnectionRegistry, Listener
 from offload.server.prepare import Prepared, PreparedFrontend
+from offload.tls.crl_gate import CrlFetcher, RevocationGate
 from offload.upstream.backend import Backend
 from offload.writes import WriteBatcher
 
@@ -141,6 +142,7 @@ class _Apps:
         self.registry = registry
         self.batcher = WriteBatcher(asyncio.get_running_loop())
         self.events = SecurityEvents(counters)
+        self.crls = CrlFetcher(counters)
         self.tcp_backends: dict[str, Backend] = {}
         self.http_backends: dict[str, HttpBackend] = {}
         self.access_logs: dict[tuple[str, str], AccessLog] = {}
@@ -150,12 +152,13 @@ class _Apps:
         storage = spec.prepared.acme_storage
         tls_alpn = ChallengeContexts(storage).lookup if storage is not None else None
         for frontend in spec.prepared.frontends:
+            gate = RevocationGate.of(frontend.config, frontend.client_auth, self.crls, self.events)
             self.listeners.append(Listener(
                 frontend, self._factory(frontend),
                 [spec.sockets[address] for address in frontend.config.bind], registry, counters,
                 batcher=self.batcher, challenges=self._acme(frontend.config, "tls-alpn-01",
                                                             tls_alpn),
-                events=self.events))
+                events=self.events, revocation=gate))
 
     def _acme(self, frontend: FrontendConfig, challenge: AcmeChallenge, answer: _T) -> _T | None:
         """``answer`` if this frontend answers ACME ``challenge`` validations, else None."""
@@ -225,6 +228,7 @@ class _Apps:
             await group.stop()
         for log in self.access_logs.values():
             log.stop()
+        await self.crls.stop()
 
 
 async def _serve(spec: WorkerSpec) -> int:

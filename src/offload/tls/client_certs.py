@@ -3,10 +3,11 @@ header fields that tell the backend who the verified client is.
 
 OpenSSL does the verification during the handshake (chain to one of the CAs, validity dates,
 revocation when CRLs are configured): a handshake with a bad certificate fails, so a
-certificate that reaches :func:`identity_fields` has been verified. The fields follow RFC 9440
-(``Client-Cert``, ``Client-Cert-Chain``) and the conventional ``X-SSL-Client-*`` names; the
-client's own copies of all of them are always removed (``_REQUEST_DROP`` in
-:mod:`offload.proto.http_rewrite`).
+certificate that reaches :func:`identity_fields` has been verified (CRLs fetched from
+distribution points are checked after the handshake, before the connection reaches the
+application: :mod:`offload.tls.crl_gate`). The fields follow RFC 9440 (``Client-Cert``,
+``Client-Cert-Chain``) and the conventional ``X-SSL-Client-*`` names; the client's own copies
+of all of them are always removed (``_REQUEST_DROP`` in :mod:`offload.proto.http_rewrite`).
 """
 
 from __future__ import annotations
