@@ -14,7 +14,7 @@ from conftest import Pki, http_config
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
-from harness import TlsPipe, client_context
+from harness import Offload, TlsPipe, client_context
 from http_client import read_responses
 
 from offload.demo.pki import Authority, Issued, key_pem, write_private
@@ -69,14 +69,17 @@ def clients(tmp_path: Path) -> Authority:
 
 
 def _start(pki, clients, http_backend, offload, port, tmp_path, localhost_bundle, *,
-           mode: str = "required", crl: Path | None = None):
+           mode: str = "required", crl: Path | None = None, cas: tuple[Authority, ...] = (),
+           started: list[Offload] | None = None):
     ca = tmp_path / "clients-ca.pem"
-    ca.write_bytes(clients.pem())
+    ca.write_bytes(b"".join(authority.pem() for authority in cas or (clients,)))
     lines = f'client_auth = "{mode}"\nclient_ca = ["{ca}"]\n'
     if crl is not None:
         lines += f'client_crl = ["{crl}"]\n'
     server = http_backend()
-    offload(http_config(port, [localhost_bundle], [server.address], frontend=lines))
+    instance = offload(http_config(port, [localhost_bundle], [server.address], frontend=lines))
+    if started is not None:
+        started.append(instance)
     return server
 
 
@@ -95,14 +98,34 @@ def test_a_verified_client_reaches_the_backend_with_its_identity(
     assert seen.header("X-SSL-Client-Fingerprint") == hashlib.sha256(der).hexdigest()
 
 
-@pytest.mark.parametrize("case", ["no certificate", "another CA", "expired", "not yet valid",
-                                  "revoked"])
+def test_client_cert_chain_names_the_intermediate_ca(
+        pki, clients, http_backend, offload, port, tmp_path, localhost_bundle):
+    middle = clients.intermediate("offload client intermediate CA")
+    server = _start(pki, clients, http_backend, offload, port, tmp_path, localhost_bundle,
+                    cas=(clients, middle))
+    client = middle.issue(["client.example.test"], client=True)
+    response = _request(port, _context(pki, tmp_path, client))
+    assert response.startswith(b"HTTP/1.1 200 ")
+    seen = server.requests[-1]
+    der = client.certificate.public_bytes(Encoding.DER)
+    assert seen.header("Client-Cert") == ":" + base64.b64encode(der).decode() + ":"
+    intermediate = middle.certificate.public_bytes(Encoding.DER)
+    assert seen.header("Client-Cert-Chain") == ":" + base64.b64encode(intermediate).decode() + ":"
+    direct = _request(port, _context(pki, tmp_path, _client_cert(clients)))
+    assert direct.startswith(b"HTTP/1.1 200 ")
+    assert server.requests[-1].header("Client-Cert-Chain") is None, "the root is not sent"
+
+
+@pytest.mark.parametrize(("case", "cause"), [
+    ("no certificate", "missing"), ("another CA", "unknown_ca"), ("expired", "expired"),
+    ("not yet valid", "not_yet_valid"), ("revoked", "revoked")])
 def test_a_bad_client_certificate_fails_the_handshake(
-        pki, clients, http_backend, offload, port, tmp_path, localhost_bundle, case):
+        pki, clients, http_backend, offload, port, tmp_path, localhost_bundle, case, cause):
     revoked = _client_cert(clients)
     crl = _crl(clients, [revoked], tmp_path / "clients.crl") if case == "revoked" else None
+    started: list[Offload] = []
     server = _start(pki, clients, http_backend, offload, port, tmp_path, localhost_bundle,
-                    crl=crl)
+                    crl=crl, started=started)
     client = {
         "no certificate": None,
         "another CA": _client_cert(Authority("someone else's CA")),
@@ -113,6 +136,8 @@ def test_a_bad_client_certificate_fails_the_handshake(
     with pytest.raises((ssl.SSLError, ConnectionError)):
         _request(port, _context(pki, tmp_path, client))
     assert not server.requests
+    event = started[0].wait_for(lambda e: e.get("event") == "client_certificate_refused")
+    assert (event["cause"], event["client"], event["frontend"]) == (cause, "127.0.0.1", "web")
 
 
 def test_a_crl_lets_unrevoked_certificates_through(

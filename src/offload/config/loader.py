@@ -212,10 +212,18 @@ def _check_client_auth(frontend: FrontendConfig, where: str) -> list[Issue]:
         return [Issue(f"{where}.client_ca", f"client_auth = \"{frontend.client_auth}\" needs "
                       "the CA that issues client certificates",
                       "set client_ca to the PEM file (or files) of that CA")]
-    if frontend.client_auth == "none" and (frontend.client_ca or frontend.client_crl):
-        key = "client_ca" if frontend.client_ca else "client_crl"
+    if frontend.client_auth == "none" and (frontend.client_ca or frontend.client_crl
+                                           or frontend.client_crl_fetch):
+        key = ("client_ca" if frontend.client_ca else
+               "client_crl" if frontend.client_crl else "client_crl_fetch")
         return [Issue(f"{where}.{key}", "client certificates are not asked for",
                       "set client_auth = \"required\" (or \"optional\"), or remove this key")]
+    if not frontend.client_crl_fetch:
+        unused = sorted(key for key in frontend.model_fields_set
+                        if key.startswith("client_crl_") and key != "client_crl_fetch")
+        if unused:
+            return [Issue(f"{where}.{unused[0]}", "it only matters when CRLs are fetched",
+                          "set client_crl_fetch = true, or remove this key")]
     return []
 
 

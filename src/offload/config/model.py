@@ -173,6 +173,16 @@ class FrontendConfig(Model):
     client_auth: Literal["none", "optional", "required"] = "none"
     client_ca: Annotated[tuple[str, ...], BeforeValidator(_one_or_many)] = ()
     client_crl: Annotated[tuple[str, ...], BeforeValidator(_one_or_many)] = ()
+    client_crl_fetch: Flag = False
+    """Also check client certificates against the CRLs at their http:// distribution points."""
+    client_crl_failure: Literal["hard-fail", "soft-fail"] = "hard-fail"
+    """When no current, correctly signed CRL can be had: refuse the client, or let it in."""
+    client_crl_timeout: Timeout = 5.0
+    client_crl_max_size: Annotated[Size, Field(gt=0)] = 10 * 1024 * 1024
+    client_crl_refresh: Timeout = 3600.0
+    """Fetch a CRL again after this long even if its nextUpdate is later."""
+    client_crl_retry: Timeout = 30.0
+    """After a failed fetch, wait this long before trying that URL again."""
     # mode http
     trusted_proxies: tuple[Network, ...] = ()
     forwarded: Flag = False

@@ -94,9 +94,9 @@ class Authority:
 
     def issue(self, names: list[str], key_type: KeyType = "ecdsa", *,
               not_before: dt.datetime | None = None, not_after: dt.datetime | None = None,
-              days: int = 90, client: bool = False) -> Issued:
+              days: int = 90, client: bool = False, crl_urls: tuple[str, ...] = ()) -> Issued:
         """A server certificate (``client``: a client one) for DNS names and IP addresses;
-        the first name is the CN."""
+        the first name is the CN. ``crl_urls``: where its CRL is published."""
         key = new_key(key_type)
         now = dt.datetime.now(dt.UTC)
         not_before = not_before or now - dt.timedelta(hours=1)
@@ -122,6 +122,10 @@ class Authority:
         )
         if alt:
             builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        if crl_urls:
+            builder = builder.add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+                [x509.UniformResourceIdentifier(url) for url in crl_urls], None, None, None)]),
+                critical=False)
         certificate = builder.sign(self.key, hashes.SHA256())
         chain = tuple(c for c in self.parents)
         return Issued(certificate, key, chain)

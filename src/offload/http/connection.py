@@ -67,7 +67,8 @@ class HttpConnection(asyncio.Protocol):
         """The backend side's timer, shared by this connection's exchanges (one at a time)."""
         peer = stream.get_extra_info("peername") or ("", 0)
         local = stream.get_extra_info("sockname") or ("", 0)
-        identity = identity_fields(stream.peer_certificate) if site.client_auth else b""
+        identity = (identity_fields(stream.peer_certificate, site.client_cas)
+                    if site.client_auth else b"")
         self.client_facts = rewrite.ClientFacts(address=str(peer[0]), port=int(peer[1]),
                                                 local_port=int(local[1]), identity=identity)
         self.balance_key = str(peer[0]).encode()

@@ -15,6 +15,7 @@ from offload.proto.http_rewrite import ForwardPolicy, ResponsePolicy
 from offload.security.ban_list import BannedClients
 from offload.security.events import SecurityEvents
 from offload.security.rules import compile_rules
+from offload.tls.ca_bundle import CaBundle
 
 
 class RequestIds:
@@ -66,6 +67,8 @@ class HttpSite:
     """Clients present certificates: forward who they are, and keep Host to the SNI."""
     inspection: Inspection | None = field(init=False)
     """The frontend's inspection rules, compiled once here; None when it has none."""
+    client_cas: CaBundle | None = None
+    """The client CAs, to name the chain in Client-Cert-Chain (frontends with client_auth)."""
     request_ids: RequestIds = field(default_factory=RequestIds)
     banned: BannedClients = field(default_factory=BannedClients)
     """The worker's ban list: behind a trusted proxy, a banned forwarded client gets 403."""

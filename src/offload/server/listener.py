@@ -16,11 +16,17 @@ from collections.abc import Callable
 from offload.acme.alpn import ChallengeLookup
 from offload.observe.log import fields
 from offload.observe.stats import Counters
+from offload.security.events import SecurityEvents
 from offload.server.prepare import PreparedFrontend
-from offload.tls.stream import TLSServerStream
+from offload.tls.crl_gate import RevocationGate
+from offload.tls.stream import CLIENT_CERT_PREFIX, TLSServerStream
 from offload.writes import WriteBatcher
 
 _log = logging.getLogger("offload.listener")
+
+NOT_OFFENCES = frozenset({"client_closed", "unknown_sni"})
+"""Handshake failures a ban does not count: a client hanging up (port checks, health checks,
+browsers racing connections) and a name we have no certificate for are not attacks."""
 
 RESUME_ACCEPT_RATIO = 0.9
 """Accepting resumes once open connections fall below this share of the maximum."""
@@ -85,7 +91,9 @@ class Listener:
     def __init__(self, frontend: PreparedFrontend, app_factory: AppFactory,
                  sockets: list[socket.socket], registry: ConnectionRegistry,
                  counters: Counters, *, batcher: WriteBatcher | None = None,
-                 challenges: ChallengeLookup | None = None) -> None:
+                 challenges: ChallengeLookup | None = None,
+                 events: SecurityEvents | None = None,
+                 revocation: RevocationGate | None = None) -> None:
         self.frontend = frontend
         self.name = frontend.config.name
         self._app_factory = app_factory
@@ -96,6 +104,9 @@ class Listener:
         self._context = frontend.store.base
         self._handshake_timeout = frontend.config.handshake_timeout
         self._challenges = challenges
+        self._events = events
+        self._revocation = revocation
+        """Checks client certificates against fetched CRLs before the application starts."""
         self._servers: list[asyncio.Server] = []
         self._accepting = False
         self._draining = False
@@ -157,10 +168,21 @@ class Listener:
         counters.inc("handshake", self.name, stream.tls_version or "", stream.cipher or "",
                      "true" if stream.resumed else "false")
         counters.observe(stream.handshake_seconds, "handshake_seconds", self.name)
+        if self._revocation is not None:
+            return self._revocation.open(stream, self._app_factory)
         return self._app_factory(stream)
 
     def stream_failed(self, stream: TLSServerStream, reason: str, detail: str) -> None:
         self._counters.inc("handshake_failed", self.name, reason)
+        if reason.startswith(CLIENT_CERT_PREFIX) and self._events is not None:
+            peer = stream.get_extra_info("peername") or ("", 0)
+            self._events.decision("client_certificate_refused", reason[len(CLIENT_CERT_PREFIX):],
+                                  self.name, str(peer[0]), offence="handshake_failure")
+            return
+        events = self._events
+        if events is not None and events.offence is not None and reason not in NOT_OFFENCES:
+            peer = stream.get_extra_info("peername") or ("", 0)
+            events.offence(str(peer[0]), "handshake_failure")
         if _log.isEnabledFor(logging.DEBUG):
             peer = stream.get_extra_info("peername") or ("", 0)
             _log.debug("handshake failed", extra=fields(

@@ -20,7 +20,7 @@ from offload.config.model import Config, FrontendConfig
 from offload.errors import ConfigError, Issue
 from offload.tls.certs import LoadedCertificate
 from offload.tls.client_certs import load_client_auth
-from offload.tls.policy import POLICIES, server_context
+from offload.tls.policy import POLICIES, ClientAuth, server_context
 from offload.tls.sources import FrontendSources
 from offload.tls.store import CertificateStore
 from offload.upstream.servers import Server, resolve_backend
@@ -36,6 +36,7 @@ class PreparedFrontend:
     config: FrontendConfig
     store: CertificateStore
     sources: FrontendSources
+    client_auth: ClientAuth | None = None
 
     @property
     def certificates(self) -> list[LoadedCertificate]:
@@ -143,7 +144,7 @@ def prepare(config: Config, source: str, rename: Callable[[str], str] | None = N
         if (files or acme_dir is not None) and not issues:
             store = CertificateStore(
                 functools.partial(server_context, frontend.tls_policy, alpn, client_auth), files)
-            frontends.append(PreparedFrontend(frontend, store, sources))
+            frontends.append(PreparedFrontend(frontend, store, sources, client_auth))
     issues.extend(_check_accounts(config))
     admin_token, problems = _read_admin_token(config, base_dir)
     issues.extend(problems)

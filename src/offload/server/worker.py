@@ -53,7 +53,8 @@ from offload.server.control import (
     StoppedAccepting,
 )
 from offload.server.listener import AppFactory, ConnectionRegistry, Listener
-from offload.server.prepare import Prepared
+from offload.server.prepare import Prepared, PreparedFrontend
+from offload.tls.crl_gate import CrlFetcher, RevocationGate
 from offload.upstream.backend import Backend
 from offload.upstream.group import ServerGroup
 from offload.writes import WriteBatcher
@@ -161,6 +162,7 @@ class _Apps:
         self._offences = OffenceBatch()
         self.registry = registry
         self.batcher = WriteBatcher(asyncio.get_running_loop())
+        self.crls = CrlFetcher(counters)
         self.tcp_backends: dict[str, Backend] = {}
         self.http_backends: dict[str, HttpBackend] = {}
         self.access_logs: dict[tuple[str, str], AccessLog] = {}
@@ -170,11 +172,14 @@ class _Apps:
         storage = spec.prepared.acme_storage
         tls_alpn = ChallengeContexts(storage).lookup if storage is not None else None
         for frontend in spec.prepared.frontends:
+            gate = RevocationGate.of(frontend.config, frontend.client_auth, self.crls,
+                                     self.security)
             self.listeners.append(Listener(
-                frontend, self._factory(frontend.config),
+                frontend, self._factory(frontend),
                 [spec.sockets[address] for address in frontend.config.bind], registry, counters,
                 batcher=self.batcher, challenges=self._acme(frontend.config, "tls-alpn-01",
-                                                            tls_alpn)))
+                                                            tls_alpn),
+                events=self.security, revocation=gate))
 
     def _acme(self, frontend: FrontendConfig, challenge: AcmeChallenge, answer: _T) -> _T | None:
         """``answer`` if this frontend answers ACME ``challenge`` validations, else None."""
@@ -183,8 +188,9 @@ class _Apps:
             return None
         return answer
 
-    def _factory(self, frontend: FrontendConfig) -> AppFactory:
+    def _factory(self, prepared_frontend: PreparedFrontend) -> AppFactory:
         prepared, counters = self.spec.prepared, self.counters
+        frontend, client_auth = prepared_frontend.config, prepared_frontend.client_auth
         config = prepared.config.backend(frontend.backend)
         servers = prepared.servers[frontend.backend]
         if frontend.mode == "tcp":
@@ -203,7 +209,9 @@ class _Apps:
             log = self.access_logs.get(key)
             if log is None:
                 log = self.access_logs[key] = AccessLog(*key)
-        site = HttpSite(frontend, http_backend, counters, log, self.security, banned=self.banned)
+        site = HttpSite(frontend, http_backend, counters, log, self.security,
+                        client_auth.authorities if client_auth is not None else None,
+                        banned=self.banned)
         self.sites.append(site)
         return lambda stream: HttpConnection(stream, site)
 
@@ -290,6 +298,7 @@ class _Apps:
             await group.stop()
         for log in self.access_logs.values():
             log.stop()
+        await self.crls.stop()
 
 
 async def _serve(spec: WorkerSpec) -> int:

@@ -3,9 +3,11 @@ header fields that tell the backend who the verified client is.
 
 OpenSSL does the verification during the handshake (chain to one of the CAs, validity dates,
 revocation when CRLs are configured): a handshake with a bad certificate fails, so a
-certificate that reaches :func:`identity_fields` has been verified. The fields follow RFC 9440
-(``Client-Cert``) and the conventional ``X-SSL-Client-*`` names; the client's own copies of
-all of them are always removed (``_REQUEST_DROP`` in :mod:`offload.proto.http_rewrite`).
+certificate that reaches :func:`identity_fields` has been verified (CRLs fetched from
+distribution points are checked after the handshake, before the connection reaches the
+application: :mod:`offload.tls.crl_gate`). The fields follow RFC 9440 (``Client-Cert``,
+``Client-Cert-Chain``) and the conventional ``X-SSL-Client-*`` names; the client's own copies
+of all of them are always removed (``_REQUEST_DROP`` in :mod:`offload.proto.http_rewrite`).
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ import ipaddress
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from offload.config.model import FrontendConfig
 from offload.errors import Issue
+from offload.tls.ca_bundle import CaBundle
 from offload.tls.policy import ClientAuth
 
 
@@ -32,7 +34,7 @@ def load_client_auth(frontend: FrontendConfig, base_dir: Path, where: str, now: 
         return None, [], []
     issues: list[Issue] = []
     warnings: list[str] = []
-    pem: list[str] = []
+    authorities: list[x509.Certificate] = []
     for index, name in enumerate(ca_files):
         path = base_dir / name
         here = f"{where}.client_ca[{index}]"
@@ -45,7 +47,7 @@ def load_client_auth(frontend: FrontendConfig, base_dir: Path, where: str, now: 
             issues.append(Issue(here, f"{path} holds no PEM certificate",
                                 "give the CA certificate(s) in PEM format"))
             continue
-        pem.extend(c.public_bytes(Encoding.PEM).decode("ascii") for c in certificates)
+        authorities.extend(certificates)
     for index, name in enumerate(crl_files):
         path = base_dir / name
         here = f"{where}.client_crl[{index}]"
@@ -66,7 +68,7 @@ def load_client_auth(frontend: FrontendConfig, base_dir: Path, where: str, now: 
     if issues:
         return None, issues, warnings
     crls = tuple(str(base_dir / name) for name in crl_files)
-    return ClientAuth(mode == "required", "".join(pem), crls), [], warnings
+    return ClientAuth(mode == "required", CaBundle(authorities), crls), [], warnings
 
 
 def _read(path: Path, here: str, issues: list[Issue]) -> bytes | None:
@@ -104,16 +106,25 @@ def _names(certificate: x509.Certificate) -> list[str]:
     return names
 
 
-def identity_fields(leaf_der: bytes | None) -> bytes:
-    """The header lines describing the client's verified certificate (``NONE`` without one)."""
+def identity_fields(leaf_der: bytes | None, authorities: CaBundle | None = None) -> bytes:
+    """The header lines describing the client's verified certificate (``NONE`` without one).
+
+    With ``authorities`` (the frontend's client CAs), ``Client-Cert-Chain`` lists the CAs
+    between the certificate and the trust anchor, when they are all in the bundle."""
     if leaf_der is None:
         return b"X-SSL-Client-Verify: NONE\r\n"
     certificate = x509.load_der_x509_certificate(leaf_der)
-    lines = [
-        b"Client-Cert: :" + base64.b64encode(leaf_der) + b":",  # RFC 9440 §2.2
+    digest = hashlib.sha256(leaf_der)
+    lines = [b"Client-Cert: :" + base64.b64encode(leaf_der) + b":"]  # RFC 9440 §2.2
+    chain = (authorities.chain_above(certificate, digest.digest())
+             if authorities is not None else None)
+    if chain:  # RFC 9440 §2.3: issuer first, each one certifying the one before; no anchor
+        lines.append(b"Client-Cert-Chain: " + b", ".join(
+            b":" + base64.b64encode(der) + b":" for der in chain))
+    lines += [
         b"X-SSL-Client-Verify: SUCCESS",
         b"X-SSL-Client-DN: " + _visible(certificate.subject.rfc4514_string()),
-        b"X-SSL-Client-Fingerprint: " + hashlib.sha256(leaf_der).hexdigest().encode("ascii"),
+        b"X-SSL-Client-Fingerprint: " + digest.hexdigest().encode("ascii"),
     ]
     names = _names(certificate)
     if names:

@@ -9,7 +9,9 @@ compression and client-initiated renegotiation and turns session resumption on.
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from offload.tls.ca_bundle import CaBundle
 
 INTERMEDIATE_TLS12_CIPHERS = ":".join((
     "ECDHE-ECDSA-AES128-GCM-SHA256",
@@ -69,14 +71,14 @@ class ClientAuth:
     """Ask clients for a certificate and check it against these CAs (and CRLs, if any)."""
 
     required: bool
-    ca_pem: str = field(repr=False)
-    """Every CA certificate, PEM, read once by the supervisor."""
+    authorities: CaBundle
+    """Every CA certificate, read once by the supervisor."""
     crl_files: tuple[str, ...] = ()
     """PEM CRL files: with any, a revoked or uncovered client certificate is refused."""
 
     def apply(self, context: ssl.SSLContext) -> None:
         context.verify_mode = ssl.CERT_REQUIRED if self.required else ssl.CERT_OPTIONAL
-        context.load_verify_locations(cadata=self.ca_pem)
+        context.load_verify_locations(cadata=self.authorities.pem)
         for path in self.crl_files:
             context.load_verify_locations(cafile=path)
         if self.crl_files:

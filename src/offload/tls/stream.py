@@ -54,10 +54,22 @@ _VERSION = frozenset({
     "INAPPROPRIATE_FALLBACK", "TLSV1_ALERT_PROTOCOL_VERSION",
 })
 
+_CLIENT_CERT = {  # OpenSSL's X509_V_ERR_* codes -> why a client certificate was refused
+    9: "not_yet_valid", 10: "expired", 23: "revoked", 26: "wrong_purpose",
+    2: "unknown_ca", 18: "unknown_ca", 19: "unknown_ca", 20: "unknown_ca", 21: "unknown_ca",
+    3: "crl_unavailable", 11: "crl_unavailable", 12: "crl_unavailable",
+}
+CLIENT_CERT_PREFIX = "client_cert_"
+"""Reasons starting with this are client certificates refused (the rest says why)."""
+
 
 def classify_handshake_error(error: BaseException) -> str:
     """A short, low-cardinality reason for a failed handshake (for counters and logs)."""
     reason = getattr(error, "reason", None) or ""
+    if isinstance(error, ssl.SSLCertVerificationError):  # only client certificates, here
+        return CLIENT_CERT_PREFIX + _CLIENT_CERT.get(error.verify_code, "invalid")
+    if reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
+        return CLIENT_CERT_PREFIX + "missing"
     if isinstance(error, ssl.SSLEOFError | ssl.SSLZeroReturnError):
         return "client_closed"
     if reason in _VERSION:
