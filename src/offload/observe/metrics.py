@@ -97,6 +97,10 @@ COUNTERS: dict[str, Spec] = {spec_key: spec for spec_key, spec in [
     ("server_state", Spec("offload_backend_server_transitions",
                           "Server health changes (down, up, ejected, returned)",
                           ("backend", "transition"))),
+    ("crl_fetch", Spec("offload_crl_fetches", "CRL downloads from distribution points",
+                       ("result",))),
+    ("client_crl_check", Spec("offload_client_crl_checks", "Client certificates checked "
+                              "against a fetched CRL", ("frontend", "verdict"))),
     ("internal_error", Spec("offload_internal_errors", "Unexpected errors (bugs)",
                             ("where",))),
 ]}
