@@ -11,6 +11,8 @@ from offload.observe.access_log import AccessLog
 from offload.observe.stats import Counters
 from offload.proto.http1 import HttpLimits
 from offload.proto.http_rewrite import ForwardPolicy, ResponsePolicy
+from offload.security.events import SecurityEvents
+from offload.security.limits import Limits
 
 
 class RequestIds:
@@ -55,6 +57,9 @@ class HttpSite:
     counters: Counters
     access_log: AccessLog | None
     limits: HttpLimits = field(init=False)
+    rate_limits: Limits | None = None
+    """The frontend's flood limits in this worker (shared with its listener); None: none set."""
+    events: SecurityEvents | None = None
     forward_policy: ForwardPolicy = field(init=False)
     response_policy: ResponsePolicy = field(init=False)
     client_auth: bool = field(init=False)

@@ -3,6 +3,11 @@
 Also the worker's connection registry: it counts open connections across frontends, pauses
 accepting at ``global.max_connections`` (the kernel queue holds new clients meanwhile, instead
 of the worker running out of memory or file descriptors) and tells the drain when it is empty.
+
+The frontend's flood limits (:class:`~offload.security.limits.Limits`, one per frontend per
+worker) are applied here: a connection over a limit is closed as soon as it is accepted, a full
+handshake over a limit before OpenSSL starts it; every refusal and every slow client cut off is
+a :class:`~offload.security.events.SecurityEvents` decision.
 """
 
 from __future__ import annotations
@@ -11,11 +16,14 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Callable
 
 from offload.acme.alpn import ChallengeLookup
 from offload.observe.log import fields
 from offload.observe.stats import Counters
+from offload.security.events import SecurityEvents
+from offload.security.limits import LimitDecision, Limits
 from offload.server.prepare import PreparedFrontend
 from offload.tls.stream import TLSServerStream
 from offload.writes import WriteBatcher
@@ -24,6 +32,8 @@ _log = logging.getLogger("offload.listener")
 
 RESUME_ACCEPT_RATIO = 0.9
 """Accepting resumes once open connections fall below this share of the maximum."""
+PRUNE_INTERVAL = 60.0
+"""Seconds between two sweeps that forget the rate buckets of clients gone quiet."""
 
 
 AppFactory = Callable[[TLSServerStream], asyncio.Protocol]
@@ -85,7 +95,8 @@ class Listener:
     def __init__(self, frontend: PreparedFrontend, app_factory: AppFactory,
                  sockets: list[socket.socket], registry: ConnectionRegistry,
                  counters: Counters, *, batcher: WriteBatcher | None = None,
-                 challenges: ChallengeLookup | None = None) -> None:
+                 challenges: ChallengeLookup | None = None, limits: Limits | None = None,
+                 events: SecurityEvents | None = None) -> None:
         self.frontend = frontend
         self.name = frontend.config.name
         self._app_factory = app_factory
@@ -96,6 +107,13 @@ class Listener:
         self._context = frontend.store.base
         self._handshake_timeout = frontend.config.handshake_timeout
         self._challenges = challenges
+        self._limits = limits
+        self._events = events if events is not None else SecurityEvents(counters)
+        config = limits.config if limits is not None else None
+        self._count_handshakes = config is not None and (
+            config.global_handshake_rate is not None or config.per_ip_handshake_rate is not None)
+        self._send_timeout = frontend.config.send_timeout
+        self._prune: asyncio.TimerHandle | None = None
         self._servers: list[asyncio.Server] = []
         self._accepting = False
         self._draining = False
@@ -104,7 +122,8 @@ class Listener:
 
     def _new_stream(self) -> TLSServerStream:
         return TLSServerStream(self, self._context, self._handshake_timeout, self._batcher,
-                               self._challenges)
+                               self._challenges, send_timeout=self._send_timeout,
+                               count_handshakes=self._count_handshakes)
 
     async def start(self) -> None:
         """Start accepting on every socket of this frontend."""
@@ -116,6 +135,14 @@ class Listener:
                                               backlog=self.frontend.config.backlog)
             self._servers.append(server)
         self._accepting = True
+        if self._limits is not None and self._prune is None:
+            self._prune = loop.call_later(PRUNE_INTERVAL, self._prune_limits)
+
+    def _prune_limits(self) -> None:
+        """Hand back the memory of per-client buckets that are full again (idle clients)."""
+        assert self._limits is not None
+        self._limits.prune(time.monotonic())
+        self._prune = asyncio.get_running_loop().call_later(PRUNE_INTERVAL, self._prune_limits)
 
     def pause_accepting(self) -> None:
         if self._accepting:
@@ -140,6 +167,9 @@ class Listener:
         """For the drain: stop for good and let go of the sockets."""
         self._draining = True
         self.pause_accepting()
+        if self._prune is not None:
+            self._prune.cancel()
+            self._prune = None
         for sock in self._sockets:
             sock.close()
 
@@ -148,6 +178,40 @@ class Listener:
     def stream_accepted(self, stream: TLSServerStream) -> None:
         self._counters.inc("accepted", self.name)
         self._registry.add(stream)
+        limits = self._limits
+        if limits is not None:
+            address = _address(stream)
+            try:
+                key = limits.client_key(address)
+            except ValueError:  # not an IP address: counted under what the socket said
+                key = address or "unknown"
+            decision = limits.on_connect(key, time.monotonic())
+            if decision.limit is None:
+                stream.client_key = key
+            else:
+                stream.refuse()
+                self._refused(stream, decision)
+
+    def stream_full_handshake(self, stream: TLSServerStream) -> bool:
+        """Whether a full handshake may go ahead (see :meth:`Limits.on_full_handshake`)."""
+        limits = self._limits
+        if limits is None or not stream.client_key:
+            return True
+        decision = limits.on_full_handshake(stream.client_key, time.monotonic())
+        if decision.limit is None:
+            return True
+        self._refused(stream, decision)
+        return False  # the stream closes itself
+
+    def _refused(self, stream: TLSServerStream, decision: LimitDecision) -> None:
+        assert decision.limit is not None
+        self._events.decision("connection_refused", decision.limit, self.name, _address(stream),
+                              offence="limit_hit" if decision.per_client else None)
+
+    def stream_too_slow(self, stream: TLSServerStream, cause: str) -> None:
+        """A slow client is cut off (``send_timeout``: it stopped reading our answer)."""
+        self._counters.inc("timeout", cause.removesuffix("_timeout"))
+        self._events.decision("slow_client", cause, self.name, _address(stream))
 
     def stream_opened(self, stream: TLSServerStream) -> asyncio.Protocol:
         self._counters.inc("handshake", self.name, "resumed" if stream.resumed else "full")
@@ -155,6 +219,10 @@ class Listener:
 
     def stream_failed(self, stream: TLSServerStream, reason: str, detail: str) -> None:
         self._counters.inc("handshake_failed", self.name, reason)
+        if reason == "timeout":
+            self._counters.inc("timeout", "handshake")
+            self._events.decision("slow_client", "handshake_timeout", self.name,
+                                  _address(stream))
         if _log.isEnabledFor(logging.DEBUG):
             peer = stream.get_extra_info("peername") or ("", 0)
             _log.debug("handshake failed", extra=fields(
@@ -166,5 +234,13 @@ class Listener:
             frontend=self.name, challenge="tls-alpn-01", name=stream.server_name))
 
     def stream_closed(self, stream: TLSServerStream) -> None:
+        if stream.client_key and self._limits is not None:
+            self._limits.on_disconnect(stream.client_key)
         self._registry.discard(stream)
+
+
+def _address(stream: TLSServerStream) -> str:
+    """The client's IP address, as the limits, the bans and the security log name it."""
+    peer = stream.get_extra_info("peername")
+    return str(peer[0]) if peer else ""
 

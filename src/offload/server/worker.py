@@ -37,6 +37,8 @@ from offload.observe.access_log import AccessLog
 from offload.observe.log import LogSetup, fields
 from offload.observe.stats import Counters
 from offload.proto.http1 import HttpLimits
+from offload.security.events import SecurityEvents
+from offload.security.limits import Limits, worker_limits
 from offload.server.control import CertificatesChanged, Inbox
 from offload.server.listener import AppFactory, ConnectionRegistry, Listener
 from offload.server.prepare import Prepared
@@ -145,14 +147,19 @@ class _Apps:
         self.sites: list[HttpSite] = []
         self.listeners: list[Listener] = []
         self.redirects: list[asyncio.Server] = []
+        self.events = SecurityEvents(counters)
         storage = spec.prepared.acme_storage
         tls_alpn = ChallengeContexts(storage).lookup if storage is not None else None
+        workers = spec.prepared.config.global_.workers
         for frontend in spec.prepared.frontends:
+            shares = worker_limits(frontend.config.limits, workers)
+            limits = Limits(shares) if shares is not None else None
             self.listeners.append(Listener(
-                frontend, self._factory(frontend.config),
+                frontend, self._factory(frontend.config, limits),
                 [spec.sockets[address] for address in frontend.config.bind], registry, counters,
                 batcher=self.batcher, challenges=self._acme(frontend.config, "tls-alpn-01",
-                                                            tls_alpn)))
+                                                            tls_alpn),
+                limits=limits, events=self.events))
 
     def _acme(self, frontend: FrontendConfig, challenge: AcmeChallenge, answer: _T) -> _T | None:
         """``answer`` if this frontend answers ACME ``challenge`` validations, else None."""
@@ -161,7 +168,7 @@ class _Apps:
             return None
         return answer
 
-    def _factory(self, frontend: FrontendConfig) -> AppFactory:
+    def _factory(self, frontend: FrontendConfig, limits: Limits | None) -> AppFactory:
         prepared, counters = self.spec.prepared, self.counters
         config = prepared.config.backend(frontend.backend)
         servers = prepared.servers[frontend.backend]
@@ -181,7 +188,8 @@ class _Apps:
             log = self.access_logs.get(key)
             if log is None:
                 log = self.access_logs[key] = AccessLog(*key)
-        site = HttpSite(frontend, http_backend, counters, log)
+        site = HttpSite(frontend, http_backend, counters, log, rate_limits=limits,
+                        events=self.events)
         self.sites.append(site)
         return lambda stream: HttpConnection(stream, site)
 
