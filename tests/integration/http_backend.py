@@ -110,6 +110,14 @@ class HttpTestBackend:
             return _send(conn, self.fail_status, b"failing\n", self.name)
         if parts[0] == "bytes":
             return _send(conn, 200, pattern(int(parts[1])), self.name)
+        if parts[0] == "stream":  # like bytes/N, without holding the whole body in memory
+            size = int(parts[1])
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Backend: %b\r\n\r\n"
+                         % (size, self.name.encode()))
+            block = pattern(65536)
+            for start in range(0, size, len(block)):
+                conn.sendall(block[: size - start])
+            return True
         if parts[0] == "chunked":
             data = pattern(int(parts[1]))
             head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Backend: %b\r\n\r\n" % (

@@ -16,6 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from offload.config.model import FrontendLimits
+from offload.config.units import EventRate
 from offload.security.buckets import (
     ConcurrencyLimit,
     KeyedBuckets,
@@ -23,7 +25,14 @@ from offload.security.buckets import (
     client_key,
     parse_address,
 )
-from offload.security.limits import ALLOWED, LimitDecision, Limits, LimitsConfig, Rate
+from offload.security.limits import (
+    ALLOWED,
+    LimitDecision,
+    Limits,
+    LimitsConfig,
+    Rate,
+    worker_limits,
+)
 
 EPSILON = 1e-9
 
@@ -516,3 +525,37 @@ def test_limits_never_exceed_either_rate(per_ip: tuple[float, int], total: tuple
 
 def test_parsed_addresses_agree_with_keys() -> None:
     assert ip_address(client_key("::ffff:198.51.100.7")) == parse_address("::ffff:198.51.100.7")
+
+
+# ------------------------------------------------------------------- configured limits per worker
+
+
+def test_worker_limits_share_global_limits_and_keep_per_client_ones() -> None:
+    settings = FrontendLimits(
+        max_connections=1000, max_connections_per_ip=20, connection_rate=EventRate(100, 200),
+        connection_rate_per_ip=EventRate(5, 10), handshake_rate=EventRate(9, 9),
+        handshake_rate_per_ip=EventRate(2, 4), request_rate=EventRate(300, 3),
+        request_rate_per_ip=EventRate(20, 40), ipv4_prefix=24, ipv6_prefix=48,
+        max_tracked_clients=1000)
+    config = worker_limits(settings, 4)
+    assert config == LimitsConfig(
+        global_connections=250, per_ip_connections=20,
+        global_connection_rate=Rate(25, 50), per_ip_connection_rate=Rate(5, 10),
+        global_handshake_rate=Rate(2.25, 2.25), per_ip_handshake_rate=Rate(2, 4),
+        global_request_rate=Rate(75, 1), per_ip_request_rate=Rate(20, 40),  # burst 3/4 -> 1
+        max_clients=1000, v4_prefix=24, v6_prefix=48)
+    assert worker_limits(FrontendLimits(max_connections=10), 3) == LimitsConfig(
+        global_connections=4)  # rounded up: the workers together allow at least the figure
+    assert worker_limits(settings, 1) == LimitsConfig(
+        global_connections=1000, per_ip_connections=20,
+        global_connection_rate=Rate(100, 200), per_ip_connection_rate=Rate(5, 10),
+        global_handshake_rate=Rate(9, 9), per_ip_handshake_rate=Rate(2, 4),
+        global_request_rate=Rate(300, 3), per_ip_request_rate=Rate(20, 40),
+        max_clients=1000, v4_prefix=24, v6_prefix=48)
+
+
+def test_worker_limits_none_when_nothing_is_limited() -> None:
+    assert worker_limits(FrontendLimits(), 8) is None
+    assert worker_limits(FrontendLimits(ipv6_prefix=56, max_tracked_clients=10), 8) is None
+    only = worker_limits(FrontendLimits(request_rate_per_ip=EventRate(1, 1)), 8)
+    assert only == LimitsConfig(per_ip_request_rate=Rate(1, 1))

@@ -12,12 +12,15 @@ from __future__ import annotations
 import functools
 import ssl
 import struct
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tls_helpers import handshake, issued, write_bundle
 
 from offload.errors import ProtocolError
 from offload.proto.client_hello import (
@@ -353,8 +356,9 @@ def test_built_hello() -> None:
 def test_no_extensions_at_all() -> None:
     """RFC 5246 §7.4.1.2: extensions may be absent; versions fall back to legacy_version."""
     hello = parse_client_hello(Parts(legacy_version=0x0302, extensions=None).record())
-    assert hello == ClientHello(None, (), (0x0302,), 3, 0x0302)
-    assert parse_client_hello(Parts(extensions=()).record()) == ClientHello(None, (), (TLS12,), 3, TLS12)
+    assert hello == ClientHello(None, (), (0x0302,), 3, 0x0302, offers_resumption=True)
+    hello = parse_client_hello(Parts(session_id=b"", extensions=()).record())
+    assert hello == ClientHello(None, (), (TLS12,), 3, TLS12)
 
 
 def test_grease_versions_are_dropped() -> None:
@@ -378,6 +382,65 @@ def test_pre_shared_key_must_be_last() -> None:
     psk = ext(41, b"\x00")
     assert parse_client_hello(Parts(extensions=(sni_ext(b"a"), psk)).record()) is not None
     rejects(Parts(extensions=(psk, sni_ext(b"a"))).record(), "pre_shared_key")
+
+
+@functools.cache
+def resuming_hello(tls12_only: bool) -> tuple[bytes, bytes]:
+    """(a genuine first hello, the same client's hello resuming the session it got)."""
+    with tempfile.TemporaryDirectory() as directory:
+        bundle = write_bundle(Path(directory), "server.pem", issued((HOST,)))
+        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server.load_cert_chain(bundle)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    if tls12_only:
+        client.maximum_version = ssl.TLSVersion.TLSv1_2
+    first, _ = handshake(client, server, HOST)
+    with pytest.raises(ssl.SSLWantReadError):
+        first.read()  # takes the TLS 1.3 NewSessionTicket
+    assert first.session is not None and first.session.has_ticket
+    hellos = []
+    for session in (None, first.session):
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        again = client.wrap_bio(incoming, outgoing, server_hostname=HOST, session=session)
+        with pytest.raises(ssl.SSLWantReadError):
+            again.do_handshake()
+        hellos.append(outgoing.read())
+    return hellos[0], hellos[1]
+
+
+@pytest.mark.parametrize("tls12_only", [False, True])
+def test_genuine_resumption_offer(tls12_only: bool) -> None:
+    """A client with a session offers it (TLS 1.3: pre_shared_key; TLS 1.2: the ticket), and
+    one without offers nothing, though a TLS 1.3 client always sends a session id."""
+    fresh, resuming = resuming_hello(tls12_only)
+    first = parse_client_hello(fresh)
+    again = parse_client_hello(resuming)
+    assert first is not None and not first.offers_resumption
+    assert again is not None and again.offers_resumption
+    kinds = {kind for kind, _ in take_apart(resuming).extensions or ()}
+    assert (41 in kinds) != tls12_only
+    if not tls12_only:
+        assert take_apart(fresh).session_id  # the compatibility id is not an offer
+
+
+@pytest.mark.parametrize(("parts", "offers"), [
+    (Parts(session_id=b"", extensions=(versions_ext(TLS13, TLS12),)), False),
+    (Parts(session_id=b"\x01" * 32, extensions=(versions_ext(TLS13, TLS12),)), False),
+    (Parts(session_id=b"\x01" * 32, extensions=(versions_ext(TLS12),)), True),
+    (Parts(session_id=b"\x01", extensions=()), True),
+    (Parts(session_id=b"", extensions=(ext(35, b""),)), False),
+    (Parts(session_id=b"", extensions=(ext(35, b"ticket"),)), True),
+    (Parts(session_id=b"", extensions=(versions_ext(TLS13), ext(35, b"ticket"))), True),
+    (Parts(session_id=b"", extensions=(versions_ext(TLS13), ext(41, b"\x00"))), True),
+    (Parts(session_id=b"\x01" * 32, extensions=(versions_ext(TLS13), ext(41, b""))), True),
+])
+def test_resumption_offer(parts: Parts, offers: bool) -> None:
+    """RFC 8446 §4.2.11 (pre_shared_key), RFC 5077 §3.2 (a non-empty SessionTicket), RFC 5246
+    §7.4.1.2 (a session id, meaningful only without TLS 1.3: RFC 8446 §D.4)."""
+    hello = parse_client_hello(parts.record())
+    assert hello is not None and hello.offers_resumption is offers
 
 
 @pytest.mark.parametrize("kind", [0, 16, 43, 10, 23, 0xFFCE])
@@ -468,9 +531,9 @@ def test_every_truncation_of_the_body() -> None:
     no_extensions = len(replace(parts, extensions=None).body())
     for cut in range(len(body)):
         message = message_of(body[:cut])
-        if cut == no_extensions:
+        if cut == no_extensions:  # a TLS 1.2 hello with a session id: a resumption offer
             assert parse_client_hello(records(message)) == ClientHello(
-                None, (), (TLS12,), len(parts.suites) // 2, TLS12)
+                None, (), (TLS12,), len(parts.suites) // 2, TLS12, offers_resumption=True)
         else:
             rejects(records(message))
     matches(parse_client_hello(records(message_of(body))), expected)
@@ -605,7 +668,7 @@ extension_block_like = st.binary(max_size=300).map(
     lambda raw: records(message_of(Parts(extensions=None).body() + u16(raw))))
 extension_like = st.builds(
     lambda kind, raw: Parts(extensions=((kind, raw),)).record(),
-    st.sampled_from([0, 16, 41, 43]), st.binary(max_size=40))
+    st.sampled_from([0, 16, 35, 41, 43]), st.binary(max_size=40))
 
 
 @settings(max_examples=1000)
@@ -644,7 +707,7 @@ protocol_names = st.binary(min_size=1, max_size=255)
        st.binary(max_size=32), st.lists(st.integers(0x0100, 0xFFCD), unique=True, max_size=5))
 def test_built_hellos_round_trip(server_name: str | None, alpn: list[bytes], versions: list[int],
                                  suites: int, session_id: bytes, others: list[int]) -> None:
-    extensions = [ext(kind, b"\x00" * (kind % 7)) for kind in others if kind != 41]
+    extensions = [ext(kind, b"\x00" * (kind % 7)) for kind in others if kind not in (35, 41)]
     if server_name is not None:
         extensions.insert(len(extensions) // 2, sni_ext(server_name.encode()))
     if alpn:
@@ -652,6 +715,7 @@ def test_built_hellos_round_trip(server_name: str | None, alpn: list[bytes], ver
     extensions.insert(0, versions_ext(*versions))
     parts = Parts(session_id=session_id, suites=bytes(2 * suites), extensions=tuple(extensions))
     grease = {0x0A0A + 0x1010 * i for i in range(16)}
+    offered = tuple(v for v in versions if v not in grease)
     assert parse_client_hello(parts.record()) == ClientHello(
-        server_name, tuple(name.decode("latin-1") for name in alpn),
-        tuple(v for v in versions if v not in grease), suites, TLS12)
+        server_name, tuple(name.decode("latin-1") for name in alpn), offered, suites, TLS12,
+        offers_resumption=bool(session_id) and TLS13 not in offered)

@@ -12,8 +12,8 @@ import pytest
 from pydantic import ValidationError
 
 from offload.config.loader import load_file, validate
-from offload.config.model import CertificateRef, Config, UnixAddress
-from offload.config.units import HostPort
+from offload.config.model import CertificateRef, Config, FrontendLimits, UnixAddress
+from offload.config.units import EventRate, HostPort
 from offload.errors import ConfigError, Issue
 
 Raw = dict[str, Any]
@@ -108,6 +108,45 @@ def test_defaults_fill_only_keys_a_section_leaves_out() -> None:
     assert api.server_timeout == 90.0
     assert static.server_timeout == 60.0
     assert static.balance == "roundrobin"
+
+
+def test_limits_and_slow_client_settings() -> None:
+    raw = minimal()
+    raw["frontends"][0].update(min_body_rate="1KiB/s", send_timeout="20s", limits={
+        "max_connections": 1000, "max_connections_per_ip": 20, "connection_rate": "100/s",
+        "handshake_rate_per_ip": "10/m burst 5", "request_rate_per_ip": "20/s burst 40",
+        "ipv6_prefix": 56})
+    web, admin = validate(raw, "test.toml").frontends
+    limits = web.limits
+    assert (limits.max_connections, limits.max_connections_per_ip) == (1000, 20)
+    assert limits.connection_rate == EventRate(100.0, 100.0)
+    assert limits.handshake_rate_per_ip == EventRate(10 / 60, 5.0)
+    assert limits.request_rate_per_ip == EventRate(20.0, 40.0)
+    assert limits.request_rate is limits.handshake_rate is limits.connection_rate_per_ip is None
+    assert (limits.ipv4_prefix, limits.ipv6_prefix, limits.max_tracked_clients) == (32, 56, 65536)
+    assert limits.any and not admin.limits.any
+    assert (web.min_body_rate, web.send_timeout) == (1024.0, 20.0)
+    # safe defaults for slow clients; no flood limit unless asked for
+    assert (admin.min_body_rate, admin.send_timeout, admin.body_timeout) == (500.0, 60.0, 60.0)
+    assert admin.limits == FrontendLimits()
+    assert limits.model_dump()["request_rate_per_ip"] == "20/s burst 40"
+
+
+def test_limits_in_defaults_merge_key_by_key() -> None:
+    """A frontend's own limits table adds to [defaults] limits; "off" lifts one of them."""
+    raw = minimal()
+    raw["defaults"] = {"limits": {"max_connections_per_ip": 50, "request_rate_per_ip": "10/s"},
+                       "min_body_rate": "off", "send_timeout": "15s"}
+    raw["frontends"][0]["limits"] = {"request_rate_per_ip": "off", "handshake_rate": "50/s"}
+    raw["frontends"][1]["min_body_rate"] = "2KiB/s"
+    web, admin = validate(raw, "test.toml").frontends
+    assert web.limits.max_connections_per_ip == 50
+    assert web.limits.request_rate_per_ip is None
+    assert web.limits.handshake_rate == EventRate(50.0, 50.0)
+    assert admin.limits.max_connections_per_ip == 50
+    assert admin.limits.request_rate_per_ip == EventRate(10.0, 10.0)
+    assert (web.min_body_rate, admin.min_body_rate) == (0.0, 2048.0)
+    assert web.send_timeout == admin.send_timeout == 15.0
 
 
 def test_built_in_defaults_without_a_defaults_table() -> None:
@@ -315,6 +354,31 @@ BAD = [
     ("misspelled rule key", put("frontends.0.inspect", {"rules": [
         {"name": "r", "action": "deny", "paht": "^/x"}]}),
      "frontends[0].inspect.rules[0].paht", ['did you mean "path"?']),
+    # Flood limits and slow clients.
+    ("limits misspelled key", put("frontends.0.limits", {"request_rate_per_addr": "5/s"}),
+     "frontends[0].limits.request_rate_per_addr", ['did you mean "request_rate_per_ip"?']),
+    ("rate without a unit", put("frontends.0.limits", {"request_rate": "20"}),
+     "frontends[0].limits.request_rate", ["not a rate", '"20/s burst 40"']),
+    ("rate of zero", put("frontends.0.limits", {"handshake_rate_per_ip": "0/s"}),
+     "frontends[0].limits.handshake_rate_per_ip", ["above zero", '"off"']),
+    ("rate per day", put("frontends.0.limits", {"connection_rate": "100/d"}),
+     "frontends[0].limits.connection_rate", ["per second, minute or hour"]),
+    ("rate as a number", put("frontends.0.limits", {"connection_rate": 100}),
+     "frontends[0].limits.connection_rate", ["not a rate"]),
+    ("burst of zero", put("frontends.0.limits", {"request_rate": "5/s burst 0"}),
+     "frontends[0].limits.request_rate", ["burst must be at least 1"]),
+    ("connections of zero", put("frontends.0.limits", {"max_connections_per_ip": 0}),
+     "frontends[0].limits.max_connections_per_ip", ["greater than or equal to 1"]),
+    ("connections quoted", put("frontends.0.limits", {"max_connections": "10"}),
+     "frontends[0].limits.max_connections", ["write a whole number"]),
+    ("prefix out of range", put("frontends.0.limits", {"ipv6_prefix": 129}),
+     "frontends[0].limits.ipv6_prefix", ["less than or equal to 128"]),
+    ("bad default limit", put("defaults.limits", {"request_rate": "fast"}),
+     "defaults.limits.request_rate", ["not a rate"]),
+    ("min_body_rate without per second", put("frontends.0.min_body_rate", "500B"),
+     "frontends[0].min_body_rate", ["not a byte rate", '"500B/s"']),
+    ("send_timeout without a unit", put("frontends.0.send_timeout", 30),
+     "frontends[0].send_timeout", ["needs a unit"]),
 ]
 
 

@@ -9,7 +9,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from offload.config.units import HostPort, format_duration, parse_duration, parse_hostport, parse_size
+from offload.config.units import (
+    EventRate,
+    HostPort,
+    format_duration,
+    parse_byte_rate,
+    parse_duration,
+    parse_hostport,
+    parse_rate,
+    parse_size,
+)
 
 # --- parse_duration -----------------------------------------------------------------------------
 
@@ -254,3 +263,70 @@ def test_hostport_is_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         address.port = 81  # type: ignore[misc]
     assert address.port == 80
+
+
+# --- parse_rate, parse_byte_rate -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "per_second", "burst"),
+    [
+        ("20/s", 20.0, 20.0),
+        ("1/s", 1.0, 1.0),
+        ("0.5/s", 0.5, 1.0),  # one second's worth, but at least 1
+        ("2.5/s", 2.5, 3.0),  # rounded up
+        ("120/m", 2.0, 2.0),
+        ("100/m", 100 / 60, 2.0),
+        ("3600/h", 1.0, 1.0),
+        ("20/s burst 40", 20.0, 40.0),
+        ("20/s burst 1", 20.0, 1.0),
+        ("10/m burst 5", 10 / 60, 5.0),
+        (" 20 / S  Burst  40 ", 20.0, 40.0),
+    ],
+)
+def test_parse_rate(text: str, per_second: float, burst: float) -> None:
+    assert parse_rate(text) == EventRate(per_second, burst)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("20", "not a rate"),
+        ("20/d", "not a rate"),
+        ("20 per second", "not a rate"),
+        ("/s", "not a rate"),
+        ("-1/s", "not a rate"),
+        ("20/s burst", "not a rate"),
+        ("20/s burst 2.5", "not a rate"),
+        ("20/s 40", "not a rate"),
+        (20, "not a rate"),
+        (None, "not a rate"),
+        ("0/s", "above zero"),
+        ("0.0/m", "above zero"),
+        ("20/s burst 0", "at least 1"),
+    ],
+)
+def test_parse_rate_refuses(value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_rate(value)
+
+
+def test_event_rate_text_round_trips() -> None:
+    for text in ["20/s", "100/m", "7/h burst 3", "0.25/s burst 9"]:
+        rate = parse_rate(text)
+        assert parse_rate(str(rate)) == rate
+
+
+@pytest.mark.parametrize(
+    ("text", "rate"),
+    [("500B/s", 500.0), ("1KiB/s", 1024.0), ("2 MB / s", 2e6), ("0/s", 0.0), ("off", 0.0),
+     ("OFF", 0.0), ("64/s", 64.0)],
+)
+def test_parse_byte_rate(text: str, rate: float) -> None:
+    assert parse_byte_rate(text) == rate
+
+
+@pytest.mark.parametrize("value", ["500", "500B", "1KiB/m", "fast/s", "-5B/s", 500, None, "on"])
+def test_parse_byte_rate_refuses(value: object) -> None:
+    with pytest.raises(ValueError, match="not a byte rate"):
+        parse_byte_rate(value)

@@ -29,6 +29,7 @@ from offload.config.model import (
     DefaultsConfig,
     EjectionConfig,
     FrontendConfig,
+    FrontendLimits,
     GlobalConfig,
     HealthCheckConfig,
     ServerConfig,
@@ -49,6 +50,7 @@ _SECTION_MODELS: dict[str, type[BaseModel]] = {
     "servers": ServerConfig,
     "health_check": HealthCheckConfig,
     "ejection": EjectionConfig,
+    "limits": FrontendLimits,
     "acme": AcmeConfig,
     "admin": AdminConfig,
     "bans": BansConfig,
@@ -126,7 +128,8 @@ def issues_from_validation(error: ValidationError, prefix: Loc = ()) -> list[Iss
 def _merge_defaults(
     raw: dict[str, Any], defaults: DefaultsConfig, raw_defaults: Mapping[str, Any]
 ) -> None:
-    """Copy each default that a frontend or backend does not set itself, in place."""
+    """Copy each default that a frontend or backend does not set itself, in place. A table
+    (``limits``) is merged key by key: the section's own keys win."""
     present = {key for key, value in defaults.model_dump().items() if value is not None}
     for section, keys in (("frontends", FRONTEND_DEFAULT_KEYS), ("backends", BACKEND_DEFAULT_KEYS)):
         entries = raw.get(section)
@@ -135,8 +138,12 @@ def _merge_defaults(
         for entry in entries:
             if isinstance(entry, dict):
                 for key in keys:
-                    if key in present and key not in entry:
+                    if key not in present:
+                        continue
+                    if key not in entry:
                         entry[key] = raw_defaults[key]
+                    elif isinstance(entry[key], dict) and isinstance(raw_defaults[key], dict):
+                        entry[key] = {**raw_defaults[key], **entry[key]}
 
 
 def _cross_check(config: Config) -> list[Issue]:

@@ -17,15 +17,19 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     PlainValidator,
     Strict,
 )
 
 from offload.config.units import (
+    EventRate,
     HostPort,
+    parse_byte_rate,
     parse_duration,
     parse_hostport,
     parse_network,
+    parse_rate,
     parse_size,
 )
 from offload.security.rules_config import RuleSetConfig
@@ -41,6 +45,24 @@ Flag = Annotated[bool, Strict()]
 AlpnName = Annotated[str, Field(min_length=1, max_length=255)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 """Bytes, written with a unit in the file (``"64KiB"``)."""
+ByteRate = Annotated[float, BeforeValidator(parse_byte_rate)]
+"""Bytes per second, written ``"500B/s"``; ``"off"`` is 0."""
+
+
+def _off_is_none(value: object) -> object:
+    """``"off"`` turns a limit off (to override a limit set in ``[defaults]``)."""
+    return None if isinstance(value, str) and value.strip().lower() == "off" else value
+
+
+def _rate_or_off(value: object) -> EventRate | None:
+    return None if _off_is_none(value) is None else parse_rate(value)
+
+
+Rate = Annotated[EventRate | None, PlainValidator(_rate_or_off),
+                 PlainSerializer(lambda rate: None if rate is None else str(rate))]
+"""Events per time, ``"20/s"`` or ``"20/s burst 40"``; ``"off"`` is no limit."""
+Ceiling = Annotated[Count | None, BeforeValidator(_off_is_none)]
+"""A whole number of at least 1, or ``"off"``: no limit."""
 
 Mode = Literal["tcp", "http"]
 TlsPolicyName = Literal["modern", "intermediate", "legacy"]
@@ -156,6 +178,37 @@ class CertificateRef(Model):
     passphrase_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+class FrontendLimits(Model):
+    """A frontend's flood limits (``[frontends.limits]``), every one off unless set.
+
+    The plain keys hold for the whole frontend and are shared out evenly between the workers;
+    the ``_per_ip`` keys hold for one client (an address, IPv6 by its ``ipv6_prefix``) in each
+    worker (see docs/security.md)."""
+
+    max_connections: Ceiling = None
+    max_connections_per_ip: Ceiling = None
+    connection_rate: Rate = None
+    connection_rate_per_ip: Rate = None
+    handshake_rate: Rate = None
+    handshake_rate_per_ip: Rate = None
+    request_rate: Rate = None
+    request_rate_per_ip: Rate = None
+    ipv4_prefix: Annotated[int, Strict(), Field(ge=0, le=32)] = 32
+    ipv6_prefix: Annotated[int, Strict(), Field(ge=0, le=128)] = 64
+    max_tracked_clients: Count = 65536
+
+    @property
+    def any(self) -> bool:
+        """Whether any limit is set."""
+        return any(getattr(self, name) is not None for name in LIMIT_KEYS)
+
+
+LIMIT_KEYS = (
+    "max_connections", "max_connections_per_ip", "connection_rate", "connection_rate_per_ip",
+    "handshake_rate", "handshake_rate_per_ip", "request_rate", "request_rate_per_ip",
+)
+
+
 class FrontendConfig(Model):
     """Where offload accepts TLS, with which certificates and policy, and where it sends traffic."""
 
@@ -183,6 +236,8 @@ class FrontendConfig(Model):
     """Fetch a CRL again after this long even if its nextUpdate is later."""
     client_crl_retry: Timeout = 30.0
     """After a failed fetch, wait this long before trying that URL again."""
+    limits: FrontendLimits = Field(default_factory=FrontendLimits)
+    send_timeout: Timeout = 60.0
     # mode http
     trusted_proxies: tuple[Network, ...] = ()
     forwarded: Flag = False
@@ -196,6 +251,7 @@ class FrontendConfig(Model):
     request_timeout: Timeout = 10.0
     keepalive_timeout: Timeout = 60.0
     body_timeout: Timeout = 60.0
+    min_body_rate: ByteRate = 500.0
     access_log: str = "stderr"
     access_log_format: Literal["json", "combined"] = "json"
     inspect: RuleSetConfig = Field(default_factory=RuleSetConfig)
@@ -273,6 +329,9 @@ class DefaultsConfig(Model):
     request_timeout: Timeout | None = None
     keepalive_timeout: Timeout | None = None
     body_timeout: Timeout | None = None
+    min_body_rate: ByteRate | None = None
+    send_timeout: Timeout | None = None
+    limits: FrontendLimits | None = None
     access_log: str | None = None
     access_log_format: Literal["json", "combined"] | None = None
     balance: BalanceAlgorithm | None = None
@@ -285,7 +344,7 @@ FRONTEND_DEFAULT_KEYS = (
     "mode", "tls_policy", "alpn", "handshake_timeout", "idle_timeout", "trusted_proxies",
     "forwarded", "hsts", "server_header", "max_request_line", "max_header_size",
     "max_header_count", "max_body_size", "request_timeout", "keepalive_timeout", "body_timeout",
-    "access_log", "access_log_format",
+    "access_log", "access_log_format", "min_body_rate", "send_timeout", "limits",
 )
 BACKEND_DEFAULT_KEYS = ("balance", "connect_timeout", "server_timeout", "proxy_protocol")
 
@@ -410,6 +469,7 @@ __all__ = [
     "DefaultsConfig",
     "Duration",
     "FrontendConfig",
+    "FrontendLimits",
     "GlobalConfig",
     "ServerConfig",
     "Size",

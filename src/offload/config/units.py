@@ -6,6 +6,7 @@ and a config that means one and gets the other is a classic outage.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network
@@ -19,6 +20,8 @@ _SIZE_UNITS = {
     "g": 1024**3, "gib": 1024**3, "gb": 1000**3,
 }
 _SIZE_RE = re.compile(r"([0-9]+)\s*([a-zA-Z]*)")
+_RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_RATE_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*/\s*(s|m|h)(?:\s+burst\s+([0-9]+))?")
 
 
 def parse_duration(value: object) -> float:
@@ -59,6 +62,56 @@ def parse_size(value: object) -> int:
             f"{value!r} is not a size; write a number with a unit: B, KiB, MiB, GiB (or KB, MB, GB)"
         )
     return int(match.group(1)) * _SIZE_UNITS[unit]
+
+
+@dataclass(frozen=True)
+class EventRate:
+    """A rate limit as written: ``per_second`` on average, ``burst`` at once."""
+
+    per_second: float
+    burst: float
+
+    def __str__(self) -> str:
+        """As it would be written: whole events per second, minute or hour where possible."""
+        for unit, seconds in _RATE_UNITS.items():
+            count = self.per_second * seconds
+            if abs(count - round(count)) < 1e-9 * max(1.0, count):
+                return f"{round(count)}/{unit} burst {self.burst:g}"
+        return f"{self.per_second!r}/s burst {self.burst:g}"
+
+
+def parse_rate(value: object) -> EventRate:
+    """A rate of events: ``"20/s"``, ``"100/m"``, ``"500/h"``, with an optional burst
+    (``"20/s burst 40"``). Without one the burst is one second's worth, and at least 1."""
+    if isinstance(value, EventRate):
+        return value
+    match = _RATE_RE.fullmatch(value.strip().lower()) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"{value!r} is not a rate; write events per second, minute or hour, "
+                         "with an optional burst: \"20/s\", \"100/m\", \"20/s burst 40\"")
+    per_second = float(match.group(1)) / _RATE_UNITS[match.group(2)]
+    if per_second <= 0:
+        raise ValueError(f"{value!r}: a rate must be above zero; to turn a limit off, "
+                         "write \"off\" or leave the key out")
+    burst = float(match.group(3)) if match.group(3) else max(1.0, float(math.ceil(per_second)))
+    if burst < 1:
+        raise ValueError(f"{value!r}: the burst must be at least 1")
+    return EventRate(per_second, burst)
+
+
+def parse_byte_rate(value: object) -> float:
+    """Bytes per second for ``"500B/s"``, ``"1KiB/s"``; ``"off"`` is 0 (no minimum)."""
+    if isinstance(value, str) and value.strip().lower() == "off":
+        return 0.0
+    size, slash, unit = value.rpartition("/") if isinstance(value, str) else ("", "", "")
+    if not slash or unit.strip() != "s":
+        raise ValueError(f"{value!r} is not a byte rate; write a size per second, like "
+                         "\"500B/s\" or \"1KiB/s\", or \"off\"")
+    try:
+        return float(parse_size(size.strip()))
+    except ValueError:
+        raise ValueError(f"{value!r} is not a byte rate; write a size per second, like "
+                         "\"500B/s\" or \"1KiB/s\", or \"off\"") from None
 
 
 def format_duration(seconds: float) -> str:

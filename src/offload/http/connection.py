@@ -7,12 +7,19 @@ pauses) until the exchange before it has finished, so answers leave in request o
 
     state             what the deadline means
     waiting           keepalive_timeout (nothing received: close quietly), or request_timeout
-                      once the first byte of a head arrived (408)
-    receiving body    body_timeout without a body byte (408, or close if answered already)
+                      for the whole head once its first byte arrived (408: slowloris)
+    receiving body    the body's pace (security/body_pace.py): min_body_rate on average, no
+                      stall of body_timeout (408, or close if answered already)
     otherwise         none (the exchange has its own server timeout)
 
 Reading from the client pauses for three reasons, each released on its own: the exchange is
-opening a backend connection, the backend cannot take more bytes, or pipelined requests wait.
+opening a backend connection, the backend cannot take more bytes, or pipelined requests wait;
+the body's clock stops meanwhile. While the client does not read our answers (writes paused),
+no further pipelined request is started, and the backend's silence is not held against it.
+
+A request over the frontend's request rate limit is answered 429 with Retry-After and never
+reaches the backend; the connection stays open when the request had no body (as nginx's
+limit_req does), so the client can slow down without paying for a new handshake.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ from offload.observe.log import fields
 from offload.proto import http_rewrite as rewrite
 from offload.proto.http1 import RequestParser
 from offload.proto.http_types import Data, EndOfMessage, Event, Request, header_value
+from offload.security.body_pace import BodyPace
+from offload.security.limits import LimitDecision
 from offload.timers import Deadline
 from offload.tls.client_certs import host_matches_sni, identity_fields
 from offload.tls.stream import TLSServerStream
@@ -56,6 +65,9 @@ class HttpConnection(asyncio.Protocol):
         self._inbox: deque[Event] = deque()
         self._paused: set[str] = set()
         self._closing = False
+        self._writing_paused = False
+        self._pumping = False
+        self._pace = BodyPace(site.frontend.min_body_rate, site.frontend.body_timeout)
         self._head_started = False
         self._client_eof = False
         self._deferred: ProtocolError | None = None
@@ -90,7 +102,9 @@ class HttpConnection(asyncio.Protocol):
             self._head_started = True
             self._deadline.set(self._loop.time() + self.site.frontend.request_timeout)
         elif self._receiving is not None:
-            self._deadline.set(self._loop.time() + self.site.frontend.body_timeout)
+            when = self._pace.received(len(data), self._loop.time())
+            if not self._pace.paused:
+                self._deadline.set(when)
         try:
             events = self.parser.feed(data)
         except ProtocolError as error:
@@ -114,29 +128,48 @@ class HttpConnection(asyncio.Protocol):
         self.server_deadline.cancel()
         for exchange in (self.exchange, self._receiving):
             if exchange is not None and not exchange.finished:
+                if isinstance(exc, TimeoutError):  # the stream's send_timeout
+                    exchange.reason = str(exc)
                 exchange.client_gone()
                 self._log_exchange(exchange)
         self.exchange = self._receiving = None
 
     def pause_writing(self) -> None:
+        self._writing_paused = True
         upstream = self.exchange.upstream if self.exchange is not None else None
         if upstream is not None and upstream.transport is not None:
             upstream.transport.pause_reading()
+            self.server_deadline.clear()  # the backend waits for the client, not vice versa
 
     def resume_writing(self) -> None:
-        upstream = self.exchange.upstream if self.exchange is not None else None
+        self._writing_paused = False
+        exchange = self.exchange
+        upstream = exchange.upstream if exchange is not None else None
         if upstream is not None and upstream.transport is not None:
             upstream.transport.resume_reading()
+            self.server_deadline.set(self._loop.time() + self.backend.config.server_timeout)
+        if self._inbox and exchange is None and self._receiving is None and not self._closing:
+            self._pump()
 
     # ------------------------------------------------------------ requests
 
     def _pump(self) -> None:
+        if self._pumping:
+            return  # called back from inside the loop below, which goes on by itself
+        self._pumping = True
+        try:
+            self._pump_inbox()
+        finally:
+            self._pumping = False
+
+    def _pump_inbox(self) -> None:
         inbox = self._inbox
         while inbox and not self._closing:
             event = inbox[0]
             if isinstance(event, Request):
-                if self.exchange is not None or self._receiving is not None:
-                    break  # pipelined: wait for the current exchange
+                if self.exchange is not None or self._receiving is not None \
+                        or self._writing_paused:
+                    break  # pipelined: wait for the current exchange, or for the client to read
                 inbox.popleft()
                 self._start(event)
             elif isinstance(event, Data):
@@ -180,12 +213,40 @@ class HttpConnection(asyncio.Protocol):
         self._requests += 1
         self._head_started = False
         exchange = Exchange(self, request, self._request_id(request))
+        limits = self.site.rate_limits
+        if limits is not None and self.stream.client_key:
+            decision = limits.on_request(self.stream.client_key, time.monotonic())
+            if decision.limit is not None:
+                self._rate_limited(exchange, decision)
+                return
         self.exchange = self._receiving = exchange
         if request.has_body:
-            self._deadline.set(self._loop.time() + self.site.frontend.body_timeout)
+            now = self._loop.time()
+            self._deadline.set(self._pace.start(now))
+            if self._paused:
+                self._pace.pause(now)
+                self._deadline.clear()
         else:
             self._deadline.clear()
         exchange.start()
+
+    def _rate_limited(self, exchange: Exchange, decision: LimitDecision) -> None:
+        """429 with Retry-After (RFC 6585 §4); a body-less request keeps the connection."""
+        assert decision.limit is not None
+        request = exchange.request
+        self.site.security.decision(
+            "rate_limited", decision.limit, self.site.name, self.client_facts.address,
+            retry_after=decision.retry_after,
+            offence="limit_hit" if decision.per_client else None)
+        keep_alive = (request.keep_alive and request.version == b"1.1" and not request.has_body
+                      and not self.draining and not self._client_eof)
+        self.stream.write(rewrite.error_response(
+            429, keep_alive=keep_alive, policy=self.response_policy,
+            extra_headers=[(b"Retry-After", b"%d" % decision.retry_after)]))
+        self._log_local(429, decision.limit, exchange)
+        if not keep_alive:
+            self._close()
+        # else the request's EndOfMessage, next in the inbox, settles the connection
 
     def _request_id(self, request: Request) -> bytes:
         if self.trusted:
@@ -224,6 +285,9 @@ class HttpConnection(asyncio.Protocol):
     def pause_client(self, reason: str) -> None:
         if not self._paused:
             self.stream.pause_reading()
+            if self._receiving is not None:  # the body's clock stops while we do not read
+                self._pace.pause(self._loop.time())
+                self._deadline.clear()
         self._paused.add(reason)
 
     def resume_client(self, reason: str) -> None:
@@ -231,6 +295,8 @@ class HttpConnection(asyncio.Protocol):
             self._paused.discard(reason)
             if not self._paused and not self._closing:
                 self.stream.resume_reading()
+                if self._receiving is not None and self._pace.paused:
+                    self._deadline.set(self._pace.resume(self._loop.time()))
 
     def proxy_header(self) -> bytes:
         return proxy_header(self.stream, self.backend.config.proxy_protocol)
@@ -327,26 +393,33 @@ class HttpConnection(asyncio.Protocol):
     def _on_deadline(self) -> None:
         receiving = self._receiving
         if receiving is not None:
-            self.site.counters.inc("timeout", "body")
-            receiving.reason = "body_timeout"
+            cause = self._pace.cause(self._loop.time())
+            self.site.counters.inc("timeout", "body" if cause == "body_timeout" else "body_rate")
+            self._too_slow(cause)
+            receiving.reason = cause
             if receiving.response_started:
-                self._reject(ProtocolError("request body timeout", 408, "body_timeout"))
+                self._reject(ProtocolError("request body too slow", 408, cause))
             else:
                 receiving.client_gone()
                 self.exchange = self._receiving = None
                 self.stream.write(rewrite.error_response(408, policy=self.response_policy))
-                self._log_local(408, "body_timeout", receiving)
+                self._log_local(408, cause, receiving)
                 self._close()
             return
         if self.exchange is not None:
             return
         if self._head_started:
             self.site.counters.inc("timeout", "request_header")
+            self._too_slow("request_timeout")
             self.stream.write(rewrite.error_response(408, policy=self.response_policy))
             self._log_local(408, "request_timeout")
         else:
             self.site.counters.inc("timeout", "keepalive")
         self._close()
+
+    def _too_slow(self, cause: str) -> None:
+        self.site.security.decision("slow_client", cause, self.site.name,
+                                    self.client_facts.address)
 
     def drain(self) -> None:
         """The worker is stopping: close now if idle, else after the current response."""

@@ -14,6 +14,7 @@ from offload.proto.http1 import HttpLimits
 from offload.proto.http_rewrite import ForwardPolicy, ResponsePolicy
 from offload.security.ban_list import BannedClients
 from offload.security.events import SecurityEvents
+from offload.security.limits import Limits
 from offload.security.rules import compile_rules
 from offload.tls.ca_bundle import CaBundle
 
@@ -61,6 +62,8 @@ class HttpSite:
     access_log: AccessLog | None
     security: SecurityEvents
     limits: HttpLimits = field(init=False)
+    rate_limits: Limits | None = None
+    """The frontend's flood limits in this worker (shared with its listener); None: none set."""
     forward_policy: ForwardPolicy = field(init=False)
     response_policy: ResponsePolicy = field(init=False)
     client_auth: bool = field(init=False)

@@ -147,7 +147,9 @@ class TcpRelay(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._closed:
-            self._finish("client_closed" if exc is None else "client_error")
+            self._finish("client_closed" if exc is None
+                         else str(exc) if isinstance(exc, TimeoutError)  # the send_timeout
+                         else "client_error")
 
     # ------------------------------------------------------------ backend side
 

@@ -2,11 +2,13 @@
 
 offload runs TLS itself on memory BIOs, so it sees what the client sent before OpenSSL does.
 From the ClientHello it needs the offered ALPN protocols (an ACME TLS-ALPN-01 validator offers
-exactly ``acme-tls/1``, RFC 8737 §3), the SNI host name, and for logs and metrics the offered
-versions and the number of cipher suites. OpenSSL still parses and validates the whole hello
-afterwards; this reader only has to be right about what it returns, never be fooled into
-reading past a vector, never raise anything but :class:`ClientHelloError`, and stay cheap,
-because it runs on every new connection, possibly once per read until the hello is complete.
+exactly ``acme-tls/1``, RFC 8737 §3), the SNI host name, whether the client offers to resume a
+session (a handshake rate limit refuses full handshakes before OpenSSL signs anything), and for
+logs and metrics the offered versions and the number of cipher suites. OpenSSL still parses
+and validates the whole hello afterwards; this reader only has to be right about what it
+returns, never be fooled into reading past a vector, never raise anything but
+:class:`ClientHelloError`, and stay cheap, because it runs on every new connection, possibly
+once per read until the hello is complete.
 
 Theory of operation: the input is the byte stream from the client so far. The records at its
 start are walked (RFC 8446 §5.1); each must be a non-empty handshake record, and their payloads
@@ -38,8 +40,10 @@ _HANDSHAKE = 22  # ContentType.handshake, RFC 8446 §5.1
 _CLIENT_HELLO = 1  # HandshakeType.client_hello, RFC 8446 §4
 _EXT_SERVER_NAME = 0  # RFC 6066 §3
 _EXT_ALPN = 16  # RFC 7301 §3.1
+_EXT_SESSION_TICKET = 35  # RFC 5077 §3.2
 _EXT_PRE_SHARED_KEY = 41  # RFC 8446 §4.2.11
 _EXT_SUPPORTED_VERSIONS = 43  # RFC 8446 §4.2.1
+_TLS13 = 0x0304
 _MAX_HOST_NAME = 255  # a DNS name; OpenSSL's TLSEXT_MAXLEN_host_name
 _HOST_NAME_BYTES = bytes(range(0x21, 0x7F))  # printable ASCII without space
 _EXTENSION_HEADER = struct.Struct("!HH")  # extension_type, extension_data length
@@ -67,6 +71,12 @@ class ClientHello:
     cipher_suites: int
     """How many cipher suites were offered (signalling and GREASE values included)."""
     legacy_version: int
+    offers_resumption: bool = False
+    """Whether the client offers a session to resume: a pre_shared_key (RFC 8446 §4.2.11), a
+    non-empty SessionTicket (RFC 5077 §3.2), or a session id when TLS 1.3 is not offered (a
+    TLS 1.2 session-id resumption, RFC 5246 §7.4.1.2; a TLS 1.3 client sends a random id for
+    middlebox compatibility, RFC 8446 §D.4, and resumes with a pre_shared_key instead). An
+    offer is not a promise: the server may still fall back to a full handshake."""
 
 
 def _u16(data: bytes, pos: int) -> int:
@@ -217,11 +227,13 @@ def _parse_body(body: bytes) -> ClientHello:
     alpn: tuple[str, ...] = ()
     versions: tuple[int, ...] = (legacy_version,)
     if pos == end:  # no extensions (RFC 5246 §7.4.1.2)
-        return ClientHello(server_name, alpn, versions, suites // 2, legacy_version)
+        return ClientHello(server_name, alpn, versions, suites // 2, legacy_version,
+                           session_id > 0 and _TLS13 not in versions)
     if pos + 2 > end or _u16(body, pos) != end - pos - 2:
         raise ClientHelloError("extensions do not fill the ClientHello exactly")
     pos += 2
     seen: set[int] = set()
+    ticket = False
     header = _EXTENSION_HEADER.unpack_from
     while pos < end:
         if pos + 4 > end:
@@ -240,10 +252,14 @@ def _parse_body(body: bytes) -> ClientHello:
             alpn = _alpn(body, pos, stop)
         elif kind == _EXT_SUPPORTED_VERSIONS:
             versions = _versions(body, pos, stop)
+        elif kind == _EXT_SESSION_TICKET:
+            ticket = length > 0
         elif kind == _EXT_PRE_SHARED_KEY and stop != end:
             raise ClientHelloError("pre_shared_key is not the last extension")  # RFC 8446 §4.2.11
         pos = stop
-    return ClientHello(server_name, alpn, versions, suites // 2, legacy_version)
+    resumes = (ticket or _EXT_PRE_SHARED_KEY in seen
+               or (session_id > 0 and _TLS13 not in versions))
+    return ClientHello(server_name, alpn, versions, suites // 2, legacy_version, resumes)
 
 
 def parse_client_hello(data: bytes | bytearray | memoryview) -> ClientHello | None:

@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from offload.security.buckets import ConcurrencyLimit, KeyedBuckets, TokenBucket, client_key
+
+if TYPE_CHECKING:
+    from offload.config.model import FrontendLimits
+    from offload.config.units import EventRate
 
 LimitName = Literal[
     "per_ip_connections", "per_ip_connection_rate", "per_ip_handshake_rate",
@@ -233,6 +237,38 @@ class Limits:
                 + self._requests.prune(now))
 
 
+def worker_limits(settings: FrontendLimits, workers: int) -> LimitsConfig | None:
+    """One worker's share of a frontend's configured limits; None when none is set.
+
+    A global limit is a figure for the whole frontend (the machine's capacity), so each of the
+    ``workers`` enforces an even share of it (rounded up): across many clients the kernel
+    spreads connections evenly. A per-client limit is enforced whole in every worker: one
+    client's few connections do not spread evenly, and a share would refuse it early.
+    """
+    if not settings.any:
+        return None
+
+    def share(rate: EventRate | None, divide: int) -> Rate | None:
+        if rate is None:
+            return None
+        return Rate(rate.per_second / divide, max(1.0, rate.burst / divide))
+
+    total = settings.max_connections
+    return LimitsConfig(
+        global_connections=None if total is None else -(-total // workers),
+        per_ip_connections=settings.max_connections_per_ip,
+        global_connection_rate=share(settings.connection_rate, workers),
+        per_ip_connection_rate=share(settings.connection_rate_per_ip, 1),
+        global_handshake_rate=share(settings.handshake_rate, workers),
+        per_ip_handshake_rate=share(settings.handshake_rate_per_ip, 1),
+        global_request_rate=share(settings.request_rate, workers),
+        per_ip_request_rate=share(settings.request_rate_per_ip, 1),
+        max_clients=settings.max_tracked_clients,
+        v4_prefix=settings.ipv4_prefix,
+        v6_prefix=settings.ipv6_prefix,
+    )
+
+
 __all__ = [
-    "ALLOWED", "LimitDecision", "LimitName", "Limits", "LimitsConfig", "Rate",
+    "ALLOWED", "LimitDecision", "LimitName", "Limits", "LimitsConfig", "Rate", "worker_limits",
 ]

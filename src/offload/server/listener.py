@@ -3,6 +3,11 @@
 Also the worker's connection registry: it counts open connections across frontends, pauses
 accepting at ``global.max_connections`` (the kernel queue holds new clients meanwhile, instead
 of the worker running out of memory or file descriptors) and tells the drain when it is empty.
+
+The frontend's flood limits (:class:`~offload.security.limits.Limits`, one per frontend per
+worker) are applied here: a connection over a limit is closed as soon as it is accepted, a full
+handshake over a limit before OpenSSL starts it; every refusal and every slow client cut off is
+a :class:`~offload.security.events.SecurityEvents` decision.
 """
 
 from __future__ import annotations
@@ -11,12 +16,15 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Callable
 
 from offload.acme.alpn import ChallengeLookup
 from offload.observe.log import fields
 from offload.observe.stats import Counters
+from offload.security.ban_list import BannedClients
 from offload.security.events import SecurityEvents
+from offload.security.limits import LimitDecision, Limits
 from offload.server.prepare import PreparedFrontend
 from offload.tls.crl_gate import RevocationGate
 from offload.tls.stream import CLIENT_CERT_PREFIX, TLSServerStream
@@ -30,6 +38,8 @@ browsers racing connections) and a name we have no certificate for are not attac
 
 RESUME_ACCEPT_RATIO = 0.9
 """Accepting resumes once open connections fall below this share of the maximum."""
+PRUNE_INTERVAL = 60.0
+"""Seconds between two sweeps that forget the rate buckets of clients gone quiet."""
 
 
 AppFactory = Callable[[TLSServerStream], asyncio.Protocol]
@@ -91,9 +101,10 @@ class Listener:
     def __init__(self, frontend: PreparedFrontend, app_factory: AppFactory,
                  sockets: list[socket.socket], registry: ConnectionRegistry,
                  counters: Counters, *, batcher: WriteBatcher | None = None,
-                 challenges: ChallengeLookup | None = None,
+                 challenges: ChallengeLookup | None = None, limits: Limits | None = None,
                  events: SecurityEvents | None = None,
-                 revocation: RevocationGate | None = None) -> None:
+                 revocation: RevocationGate | None = None,
+                 banned: BannedClients | None = None) -> None:
         self.frontend = frontend
         self.name = frontend.config.name
         self._app_factory = app_factory
@@ -104,9 +115,17 @@ class Listener:
         self._context = frontend.store.base
         self._handshake_timeout = frontend.config.handshake_timeout
         self._challenges = challenges
-        self._events = events
         self._revocation = revocation
         """Checks client certificates against fetched CRLs before the application starts."""
+        self._banned = banned if banned is not None else BannedClients()
+        """Clients the ban jail refused: closed before the handshake."""
+        self._limits = limits
+        self._events = events if events is not None else SecurityEvents(counters)
+        config = limits.config if limits is not None else None
+        self._count_handshakes = config is not None and (
+            config.global_handshake_rate is not None or config.per_ip_handshake_rate is not None)
+        self._send_timeout = frontend.config.send_timeout
+        self._prune: asyncio.TimerHandle | None = None
         self._servers: list[asyncio.Server] = []
         self._accepting = False
         self._draining = False
@@ -117,7 +136,8 @@ class Listener:
 
     def _new_stream(self) -> TLSServerStream:
         return TLSServerStream(self, self._context, self._handshake_timeout, self._batcher,
-                               self._challenges)
+                               self._challenges, send_timeout=self._send_timeout,
+                               count_handshakes=self._count_handshakes)
 
     async def start(self) -> None:
         """Start accepting on every socket of this frontend."""
@@ -129,6 +149,14 @@ class Listener:
                                               backlog=self.frontend.config.backlog)
             self._servers.append(server)
         self._accepting = True
+        if self._limits is not None and self._prune is None:
+            self._prune = loop.call_later(PRUNE_INTERVAL, self._prune_limits)
+
+    def _prune_limits(self) -> None:
+        """Hand back the memory of per-client buckets that are full again (idle clients)."""
+        assert self._limits is not None
+        self._limits.prune(time.monotonic())
+        self._prune = asyncio.get_running_loop().call_later(PRUNE_INTERVAL, self._prune_limits)
 
     def pause_accepting(self) -> None:
         if self._accepting:
@@ -153,6 +181,9 @@ class Listener:
         """For the drain: stop for good and let go of the sockets."""
         self._draining = True
         self.pause_accepting()
+        if self._prune is not None:
+            self._prune.cancel()
+            self._prune = None
         for sock in self._sockets:
             sock.close()
 
@@ -162,6 +193,44 @@ class Listener:
         self._counters.inc("accepted", self.name)
         self.open += 1
         self._registry.add(stream)
+        if self._banned and self._banned.banned(_address(stream), time.monotonic()):
+            stream.refuse()
+            self._events.decision("connection_refused", "banned", self.name, _address(stream))
+            return
+        limits = self._limits
+        if limits is not None:
+            address = _address(stream)
+            try:
+                key = limits.client_key(address)
+            except ValueError:  # not an IP address: counted under what the socket said
+                key = address or "unknown"
+            decision = limits.on_connect(key, time.monotonic())
+            if decision.limit is None:
+                stream.client_key = key
+            else:
+                stream.refuse()
+                self._refused(stream, decision)
+
+    def stream_full_handshake(self, stream: TLSServerStream) -> bool:
+        """Whether a full handshake may go ahead (see :meth:`Limits.on_full_handshake`)."""
+        limits = self._limits
+        if limits is None or not stream.client_key:
+            return True
+        decision = limits.on_full_handshake(stream.client_key, time.monotonic())
+        if decision.limit is None:
+            return True
+        self._refused(stream, decision)
+        return False  # the stream closes itself
+
+    def _refused(self, stream: TLSServerStream, decision: LimitDecision) -> None:
+        assert decision.limit is not None
+        self._events.decision("connection_refused", decision.limit, self.name, _address(stream),
+                              offence="limit_hit" if decision.per_client else None)
+
+    def stream_too_slow(self, stream: TLSServerStream, cause: str) -> None:
+        """A slow client is cut off (``send_timeout``: it stopped reading our answer)."""
+        self._counters.inc("timeout", cause.removesuffix("_timeout"))
+        self._events.decision("slow_client", cause, self.name, _address(stream))
 
     def stream_opened(self, stream: TLSServerStream) -> asyncio.Protocol:
         counters = self._counters
@@ -174,15 +243,17 @@ class Listener:
 
     def stream_failed(self, stream: TLSServerStream, reason: str, detail: str) -> None:
         self._counters.inc("handshake_failed", self.name, reason)
-        if reason.startswith(CLIENT_CERT_PREFIX) and self._events is not None:
-            peer = stream.get_extra_info("peername") or ("", 0)
-            self._events.decision("client_certificate_refused", reason[len(CLIENT_CERT_PREFIX):],
-                                  self.name, str(peer[0]), offence="handshake_failure")
-            return
         events = self._events
-        if events is not None and events.offence is not None and reason not in NOT_OFFENCES:
-            peer = stream.get_extra_info("peername") or ("", 0)
-            events.offence(str(peer[0]), "handshake_failure")
+        if reason.startswith(CLIENT_CERT_PREFIX):
+            events.decision("client_certificate_refused", reason[len(CLIENT_CERT_PREFIX):],
+                            self.name, _address(stream), offence="handshake_failure")
+            return
+        if reason == "timeout":
+            self._counters.inc("timeout", "handshake")
+            events.decision("slow_client", "handshake_timeout", self.name, _address(stream),
+                            offence="handshake_failure")
+        elif events.offence is not None and reason not in NOT_OFFENCES:
+            events.offence(_address(stream), "handshake_failure")
         if _log.isEnabledFor(logging.DEBUG):
             peer = stream.get_extra_info("peername") or ("", 0)
             _log.debug("handshake failed", extra=fields(
@@ -197,5 +268,13 @@ class Listener:
         self.open -= 1
         self._counters.inc("bytes_in", self.name, amount=stream.bytes_in)
         self._counters.inc("bytes_out", self.name, amount=stream.bytes_out)
+        if stream.client_key and self._limits is not None:
+            self._limits.on_disconnect(stream.client_key)
         self._registry.discard(stream)
+
+
+def _address(stream: TLSServerStream) -> str:
+    """The client's IP address, as the limits, the bans and the security log name it."""
+    peer = stream.get_extra_info("peername")
+    return str(peer[0]) if peer else ""
 

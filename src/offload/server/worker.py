@@ -40,6 +40,7 @@ from offload.proto.http1 import HttpLimits
 from offload.security.ban_list import BannedClients, OffenceBatch
 from offload.security.bans import BanEvent
 from offload.security.events import SecurityEvents
+from offload.security.limits import Limits, worker_limits
 from offload.server.control import (
     BanList,
     CertificatesChanged,
@@ -171,15 +172,18 @@ class _Apps:
         self.redirects: list[asyncio.Server] = []
         storage = spec.prepared.acme_storage
         tls_alpn = ChallengeContexts(storage).lookup if storage is not None else None
+        workers = spec.prepared.config.global_.workers
         for frontend in spec.prepared.frontends:
             gate = RevocationGate.of(frontend.config, frontend.client_auth, self.crls,
                                      self.security)
+            shares = worker_limits(frontend.config.limits, workers)
+            limits = Limits(shares) if shares is not None else None
             self.listeners.append(Listener(
-                frontend, self._factory(frontend),
+                frontend, self._factory(frontend, limits),
                 [spec.sockets[address] for address in frontend.config.bind], registry, counters,
                 batcher=self.batcher, challenges=self._acme(frontend.config, "tls-alpn-01",
                                                             tls_alpn),
-                events=self.security, revocation=gate))
+                limits=limits, events=self.security, revocation=gate, banned=self.banned))
 
     def _acme(self, frontend: FrontendConfig, challenge: AcmeChallenge, answer: _T) -> _T | None:
         """``answer`` if this frontend answers ACME ``challenge`` validations, else None."""
@@ -188,7 +192,7 @@ class _Apps:
             return None
         return answer
 
-    def _factory(self, prepared_frontend: PreparedFrontend) -> AppFactory:
+    def _factory(self, prepared_frontend: PreparedFrontend, limits: Limits | None) -> AppFactory:
         prepared, counters = self.spec.prepared, self.counters
         frontend, client_auth = prepared_frontend.config, prepared_frontend.client_auth
         config = prepared.config.backend(frontend.backend)
@@ -209,8 +213,8 @@ class _Apps:
             log = self.access_logs.get(key)
             if log is None:
                 log = self.access_logs[key] = AccessLog(*key)
-        site = HttpSite(frontend, http_backend, counters, log, self.security,
-                        client_auth.authorities if client_auth is not None else None,
+        site = HttpSite(frontend, http_backend, counters, log, self.security, rate_limits=limits,
+                        client_cas=client_auth.authorities if client_auth is not None else None,
                         banned=self.banned)
         self.sites.append(site)
         return lambda stream: HttpConnection(stream, site)

@@ -20,6 +20,12 @@ never tell the application why a handshake failed. Here:
     OPEN        app.write_eof()             send close_notify; we can still read
     OPEN        both directions closed      close the TCP connection
     any         app.close()                 close_notify (if OPEN), flush, close
+    any         writes paused send_timeout  the client stopped reading: abort
+
+Flood limits: the owner may refuse a connection as soon as it is accepted (``refuse``: closed
+before any TLS byte is read), and with ``count_handshakes`` it is asked about every full
+handshake: before OpenSSL starts one when the ClientHello offers no session to resume (so a
+refusal costs no signature), or after the handshake when an offered session was not resumed.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Any, Protocol, cast
 
 from offload.acme.alpn import ACME_TLS_ALPN, ChallengeLookup
 from offload.proto.client_hello import ClientHelloError, parse_client_hello
+from offload.timers import Deadline
 from offload.tls.sni import SNI_ATTRIBUTE, SNI_MATCHED_ATTRIBUTE
 from offload.writes import WriteBatcher
 
@@ -94,21 +101,30 @@ class StreamOwner(Protocol):
     def stream_failed(self, stream: TLSServerStream, reason: str, detail: str) -> None: ...
     def stream_answered_challenge(self, stream: TLSServerStream) -> None: ...
     def stream_closed(self, stream: TLSServerStream) -> None: ...
+    def stream_full_handshake(self, stream: TLSServerStream) -> bool: ...
+    def stream_too_slow(self, stream: TLSServerStream, cause: str) -> None: ...
+
+
+SEND_TIMEOUT = "send_timeout"
+"""The cause a stream reports when the client stopped reading for ``send_timeout``."""
 
 
 class TLSServerStream(asyncio.Protocol, asyncio.Transport):
     """A TLS server connection: a Protocol for the TCP transport, a Transport for the app."""
 
     __slots__ = (
-        "_acme", "_app", "_batcher", "_challenges", "_held", "_hello", "_incoming", "_loop",
-        "_outgoing", "_owner", "_peer_eof", "_reading_paused", "_ssl", "_state", "_tcp", "_timer",
-        "_write_eof", "accepted_at", "bytes_in", "bytes_out", "handshake_seconds",
+        "_acme", "_app", "_batcher", "_challenges", "_count_handshakes", "_held", "_hello",
+        "_incoming", "_loop", "_outgoing", "_owner", "_peer_eof", "_reading_paused",
+        "_recheck_handshake", "_send_deadline", "_send_timeout", "_ssl", "_state", "_tcp",
+        "_timer", "_write_eof", "accepted_at", "bytes_in", "bytes_out", "client_key",
+        "handshake_seconds",
         "handshake_timeout",
     )
 
     def __init__(self, owner: StreamOwner, context: ssl.SSLContext,
                  handshake_timeout: float, batcher: WriteBatcher | None = None,
-                 challenges: ChallengeLookup | None = None) -> None:
+                 challenges: ChallengeLookup | None = None, *, send_timeout: float = 0.0,
+                 count_handshakes: bool = False) -> None:
         super().__init__()
         self._owner = owner
         self._batcher = batcher
@@ -125,9 +141,18 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
         self._write_eof = False
         self._held = b""
         self._challenges = challenges
-        self._hello: bytearray | None = bytearray() if challenges is not None else None
-        """The ClientHello so far, while we look for an ACME TLS-ALPN-01 validation."""
+        self._count_handshakes = count_handshakes
+        self._recheck_handshake = False
+        """The ClientHello offered a session: ask the owner after the handshake if not resumed."""
+        self._hello: bytearray | None = (bytearray() if challenges is not None or count_handshakes
+                                         else None)
+        """The ClientHello so far, while we look for an ACME TLS-ALPN-01 validation or whether
+        a session is offered."""
         self._acme = False
+        self._send_timeout = send_timeout
+        self._send_deadline: Deadline | None = None
+        self.client_key = ""
+        """The client's key for the owner's limits, set when they admitted it ("" otherwise)."""
         self.handshake_timeout = handshake_timeout
         self.accepted_at = 0.0
         self.handshake_seconds = 0.0
@@ -158,23 +183,30 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
         """Look at the ClientHello before OpenSSL does; True once it is complete (or broken).
 
         A ClientHello offering exactly ``acme-tls/1`` for a name with a pending challenge is
-        answered with the validation certificate (RFC 8737 §3), never the site's."""
+        answered with the validation certificate (RFC 8737 §3), never the site's. False too
+        when the owner refused a full handshake (the stream is then closed)."""
         hello = self._hello
         assert hello is not None
         hello += data
         try:
             parsed = parse_client_hello(hello)
         except ClientHelloError:
-            self._hello = None  # OpenSSL will refuse it with the right alert
-            return True
-        if parsed is None:
-            return False
+            parsed = None  # OpenSSL will refuse it with the right alert
+        else:
+            if parsed is None:
+                return False
         self._hello = None
-        if parsed.alpn == (ACME_TLS_ALPN,) and self._challenges is not None:
+        if parsed is not None and parsed.alpn == (ACME_TLS_ALPN,) and self._challenges is not None:
             context = self._challenges(parsed.server_name)
             if context is not None:
                 self._ssl.context = context
                 self._acme = True
+        if self._count_handshakes and not self._acme:
+            if parsed is not None and parsed.offers_resumption:
+                self._recheck_handshake = True
+            elif not self._owner.stream_full_handshake(self):
+                self.refuse()  # before OpenSSL has seen a byte
+                return False
         return True
 
     def eof_received(self) -> bool:
@@ -195,6 +227,8 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._send_deadline is not None:
+            self._send_deadline.cancel()
         if was == HANDSHAKE:
             self._owner.stream_failed(self, "client_closed",
                                       f"connection lost during the handshake: {exc}")
@@ -204,12 +238,30 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
         self._owner.stream_closed(self)
 
     def pause_writing(self) -> None:
+        if self._send_timeout > 0:
+            deadline = self._send_deadline
+            if deadline is None:
+                deadline = self._send_deadline = Deadline(self._loop, self._send_timed_out)
+            deadline.set(self._loop.time() + self._send_timeout)
         if self._app is not None:
             self._app.pause_writing()
 
     def resume_writing(self) -> None:
+        if self._send_deadline is not None:
+            self._send_deadline.clear()
         if self._app is not None:
             self._app.resume_writing()
+
+    def _send_timed_out(self) -> None:
+        """Our writes stayed paused for ``send_timeout``: the client stopped reading."""
+        if self._state == CLOSED:
+            return
+        self._owner.stream_too_slow(self, SEND_TIMEOUT)
+        self._state = CLOSING
+        app, self._app = self._app, None
+        self._tcp_close(abort=True)  # a graceful close would wait for the reader for ever
+        if app is not None:
+            app.connection_lost(TimeoutError(SEND_TIMEOUT))
 
     # ----------------------------------------------------------------- TLS work
 
@@ -254,6 +306,12 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
             self._timer.cancel()
             self._timer = None
         self.handshake_seconds = time.monotonic() - self.accepted_at
+        if self._recheck_handshake and not self.resumed \
+                and not self._owner.stream_full_handshake(self):
+            self._state = CLOSING  # an offered session did not resume: a full handshake
+            self._send_close_notify()
+            self._tcp_close()
+            return
         if self._acme:  # the validation needs the handshake only (RFC 8737 §3)
             self._state = CLOSING
             self._owner.stream_answered_challenge(self)
@@ -399,6 +457,15 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
         if was_open and notify and not self._write_eof:
             self._write_eof = True
             self._send_close_notify()
+        self._tcp_close()
+
+    def refuse(self) -> None:
+        """Close the connection at once, without a TLS answer (a flood limit refused it)."""
+        self._state = max(self._state, CLOSING)
+        self._hello = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._tcp_close()
 
     def abort(self) -> None:
