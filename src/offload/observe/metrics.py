@@ -22,7 +22,8 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from offload.observe.stats import LATENCY_BUCKETS, WorkerStats
+from offload.observe.snapshot import WorkerStats
+from offload.observe.stats import LATENCY_BUCKETS
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

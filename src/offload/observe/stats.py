@@ -3,14 +3,14 @@
 Plain counters keyed by short, low-cardinality tuples (``("handshake_failed", "web",
 "timeout")``); the first element names the metric (see :mod:`offload.observe.metrics`), the rest
 are its label values. Updating one is a dict increment, cheap enough for every request; the
-supervisor asks each worker for a :class:`WorkerStats` snapshot when ``/metrics`` is scraped.
+supervisor asks each worker for a snapshot (:mod:`offload.observe.snapshot`) when ``/metrics``
+is scraped.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
-from dataclasses import dataclass, field
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                    1.0, 2.5, 5.0, 10.0, 30.0)
@@ -54,40 +54,3 @@ class Counters:
         if histogram is None:
             histogram = self.histograms[key] = Histogram()
         histogram.observe(value)
-
-
-@dataclass(frozen=True)
-class ServerReport:
-    """One backend server as one worker sees it."""
-
-    backend: str
-    server: str
-    address: str
-    weight: int
-    backup: bool
-    healthy: bool
-    """Passing its health checks and not ejected for failed requests."""
-    admin: str
-    active: int
-    idle: int
-
-
-@dataclass(frozen=True)
-class WorkerStats:
-    """A snapshot of one worker, sent to the supervisor: counters and histograms only grow
-    (the supervisor keeps the last ones of a worker that exited), gauges are the present."""
-
-    counters: dict[tuple[str, ...], int] = field(default_factory=dict)
-    histograms: dict[tuple[str, ...], tuple[tuple[int, ...], float]] = field(
-        default_factory=dict)
-    gauges: dict[tuple[str, ...], float] = field(default_factory=dict)
-    servers: tuple[ServerReport, ...] = ()
-
-
-def snapshot(counters: Counters, gauges: dict[tuple[str, ...], float],
-             servers: tuple[ServerReport, ...]) -> WorkerStats:
-    """Freeze ``counters`` (copies, so the worker goes on counting) with the present gauges."""
-    return WorkerStats(
-        counters=dict(counters.values),
-        histograms={key: (tuple(h.counts), h.total) for key, h in counters.histograms.items()},
-        gauges=gauges, servers=servers)

@@ -13,7 +13,7 @@ import os
 import pickle
 from dataclasses import dataclass, field
 
-from offload.observe.stats import WorkerStats
+from offload.observe.snapshot import WorkerStats
 from offload.security.bans import BanEvent
 from offload.tls.store import FileCertificates
 from offload.upstream.balancer import AdminState

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from offload.observe.metrics import Merged
-from offload.observe.stats import WorkerStats
+from offload.observe.snapshot import WorkerStats
 
 COLLECT_TIMEOUT = 1.0
 """Seconds a scrape waits for the workers' answers."""

@@ -35,7 +35,8 @@ from offload.http.upstream import HttpBackend
 from offload.l4.relay import TcpRelay
 from offload.observe.access_log import AccessLog
 from offload.observe.log import LogSetup, fields
-from offload.observe.stats import Counters, ServerReport, WorkerStats, snapshot
+from offload.observe.snapshot import ServerReport, WorkerStats, snapshot
+from offload.observe.stats import Counters
 from offload.proto.http1 import HttpLimits
 from offload.security.ban_list import BannedClients, OffenceBatch
 from offload.security.bans import BanEvent

@@ -12,7 +12,8 @@ import logging
 
 from offload.config.model import BackendConfig
 from offload.observe.log import fields
-from offload.observe.stats import Counters, ServerReport
+from offload.observe.snapshot import ServerReport
+from offload.observe.stats import Counters
 from offload.upstream.balancer import AdminState, make_balancer, server_states
 from offload.upstream.health import HealthTracker
 from offload.upstream.probe import HealthChecker
