@@ -298,6 +298,21 @@ def test_token_is_required_and_refusals_are_audited(pki, localhost_bundle, http_
     assert TOKEN not in audit.read_text()
 
 
+def test_health_endpoints_may_go_without_the_token(pki, localhost_bundle, http_backend, offload,
+                                                   port, tmp_path):
+    backend = http_backend()
+    admin_port = free_port()
+    token_file = tmp_path / "admin.token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o600)
+    offload(with_admin(http_config(port, [localhost_bundle], [backend.address]), admin_port,
+                       f'token_file = "{token_file}"\nhealth_without_token = true'))
+    assert admin(admin_port, "/healthz")[0] == 200
+    assert admin(admin_port, "/readyz")[0] == 200
+    assert admin(admin_port, "/api/status")[0] == 401
+    assert admin(admin_port, "/metrics")[0] == 401
+
+
 def test_reload_through_the_api_refuses_a_broken_config(pki, localhost_bundle, http_backend,
                                                         offload, port):
     backend = http_backend()

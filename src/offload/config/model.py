@@ -438,6 +438,8 @@ class AdminConfig(Model):
         "127.0.0.1", ADMIN_DEFAULT_PORT)
     token_file: str | None = None
     """A file holding the access token; requests then need ``Authorization: Bearer``."""
+    health_without_token: Flag = False
+    """Answer /healthz and /readyz without the token, for balancers that cannot send one."""
 
 
 

@@ -81,10 +81,11 @@ class SupervisorAdmin:
             self._admin_config = None
             return True
         if self._admin is not None and self._admin_config == config:
-            self._admin_api = AdminApi(self, token)
+            self._admin_api = AdminApi(self, token,
+                                       health_without_token=config.health_without_token)
             self._admin.api = self._admin_api
             return True
-        api = AdminApi(self, token)
+        api = AdminApi(self, token, health_without_token=config.health_without_token)
         old, self._admin = self._admin, None
         if old is not None and old.address == config.bind:
             old.close()  # same address: it must be let go before binding again
