@@ -173,6 +173,13 @@ def summary(prepared: Prepared) -> str:
         proxy = "" if backend.proxy_protocol == "none" else f", PROXY {backend.proxy_protocol}"
         lines.append(f"  backend \"{backend.name}\" ({backend.balance}, connect "
                      f"{format_duration(backend.connect_timeout)}{proxy}): {servers}")
+    if config.admin is not None:
+        access = "token required" if config.admin.token_file else "no token, loopback only"
+        lines.append(f"  admin: http://{config.admin.bind}/ ({access})")
+    if config.bans is not None:
+        bans = config.bans
+        lines.append(f"  bans: {bans.threshold} offences within {format_duration(bans.window)} "
+                     f"ban a client for {format_duration(bans.ban_time)}")
     lines.extend(f"  warning: {warning}" for warning in prepared.warnings)
     return "\n".join(lines)
 

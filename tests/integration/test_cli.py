@@ -36,7 +36,7 @@ def test_check_valid_config_prints_a_summary(pki, tmp_path, backend):
     ecdsa = pki.bundle(["www.example.test", "example.test"], name="site.pem", directory=tmp_path)
     config = tmp_path / "offload.toml"
     config.write_text(tcp_config(8443, [Path("site.pem")], [server.address]).replace(
-        'log_level = "debug"', ""))
+        'log_level = "debug"', "") + '\n[admin]\nbind = "9404"\n[bans]\nthreshold = 5\n')
     result = offload_cli("check", "-c", str(config), cwd=ROOT)  # relative to the file's dir
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -46,6 +46,8 @@ def test_check_valid_config_prints_a_summary(pki, tmp_path, backend):
     assert "certificate www.example.test, example.test [ECDSA 256] expires" in result.stdout
     assert f"from {ecdsa}" in result.stdout and "days left" in result.stdout
     assert f'backend "app" (roundrobin, connect 2s): {server.address}' in result.stdout
+    assert "admin: http://127.0.0.1:9404/ (no token, loopback only)" in result.stdout
+    assert "bans: 5 offences within 1m ban a client for 10m" in result.stdout
     assert len(lines) < 25
 
 
