@@ -15,6 +15,7 @@ from pathlib import Path
 
 from offload import __version__, certs_cli
 from offload.config.loader import load_file
+from offload.config.model import AdminConfig
 from offload.config.quick import QuickOptions, flag_for, quick_config
 from offload.config.units import format_duration
 from offload.demo.pki import demo_files
@@ -88,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="where the demo CA and certificate live (default: "
                            "$XDG_DATA_HOME/offload/demo or ~/.local/share/offload/demo)")
     demo.add_argument("--workers", type=int, default=1, metavar="N")
+    demo.add_argument("--admin", default="127.0.0.1:8404", metavar="HOST:PORT|off",
+                      help="the status page, metrics and admin API (default 127.0.0.1:8404; "
+                           "skipped if that port is taken)")
 
     commands.add_parser("version", help="print the version")
     return parser
@@ -207,18 +211,28 @@ def _demo(args: argparse.Namespace) -> int:
     files = demo_files(_data_dir(args.data_dir))
     backend_socket = socket.create_server(("127.0.0.1", 0))
     port = backend_socket.getsockname()[1]
+    admin = None if args.admin == "off" else args.admin
+    if admin is not None and not _port_free(admin):
+        print(f"offload demo: {admin} is taken; running without the status page "
+              "(choose another with --admin HOST:PORT)", file=sys.stderr)
+        admin = None
     options = QuickOptions(listen=args.listen, certs=(str(files.bundle),),
                            backends=(f"127.0.0.1:{port}",), mode="http",
-                           workers=args.workers, extra_global={"log_format": "text"})
+                           workers=args.workers, extra_global={"log_format": "text"},
+                           admin=admin)
     prepared = prepare(quick_config(options), "demo", rename=flag_for)
     host_port = args.listen.rpartition(":")
     url_host = "localhost" if host_port[0] in ("127.0.0.1", "localhost", "[::1]") else host_port[0]
     url = f"https://{url_host}:{host_port[2]}/"
 
+    admin_bind = prepared.config.admin.bind if prepared.config.admin is not None else None
+    status_page = (f"Status page and metrics: http://{admin_bind}/ and "
+                   f"http://{admin_bind}/metrics\n\n" if admin_bind is not None else "")
+
     def announce() -> None:
         print(f"\noffload demo is running: HTTPS on {args.listen}, plain HTTP to the built-in "
               f"backend on 127.0.0.1:{port}.\nTry it:\n\n    curl --cacert {files.ca} {url}\n\n"
-              "Stop it with Ctrl-C.\n", flush=True)
+              f"{status_page}Stop it with Ctrl-C.\n", flush=True)
 
     backend = subprocess.Popen(
         [sys.executable, "-m", "offload.demo.backend", "--fd", str(backend_socket.fileno())],
@@ -231,6 +245,19 @@ def _demo(args: argparse.Namespace) -> int:
     finally:
         backend.terminate()
         backend.wait()
+
+
+def _port_free(address: str) -> bool:
+    """Whether ``address`` (an admin address as the config takes it) can be bound now."""
+    try:
+        bind = AdminConfig.model_validate({"bind": address}).bind
+    except ValueError:
+        return True  # not an address: the configuration check names the flag and the fix
+    try:
+        with socket.create_server((bind.host.strip("[]"), bind.port)):
+            return True
+    except OSError:
+        return False
 
 
 def _version() -> int:

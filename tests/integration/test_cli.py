@@ -192,9 +192,15 @@ def test_quick_mode_with_a_directory_of_bundles(pki, tmp_path, backend):
 def test_demo_runs_and_reuses_its_ca(tmp_path):
     data = tmp_path / "demo"
     port = free_port()
-    demo = Offload("", args=["demo", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}"])
+    admin_port = free_port()
+    demo = Offload("", args=["demo", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}",
+                             "--admin", str(admin_port)])
     try:
         demo.wait_for(lambda e: "curl --cacert" in e.get("raw", ""))
+        assert any(f"http://127.0.0.1:{admin_port}/" in e.get("raw", "") for e in demo.events)
+        with socket.create_connection(("127.0.0.1", admin_port), timeout=5) as admin:
+            admin.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert recv_all(admin).startswith(b"HTTP/1.1 200 OK")
         command = next(e["raw"].strip() for e in demo.events if "curl --cacert" in e.get("raw", ""))
         assert command == f"curl --cacert {data / 'ca.crt'} https://localhost:{port}/"
         with tls_connect(port, client_context(data / "ca.crt")) as tls:
@@ -215,13 +221,27 @@ def test_demo_runs_and_reuses_its_ca(tmp_path):
         assert demo.process.wait(15) == 0
         demo.kill()
     ca_before = (data / "ca.crt").read_bytes()
-    again = Offload("", args=["demo", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}"])
+    again = Offload("", args=["demo", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}",
+                              "--admin", "off"])
     try:
         again.wait_for(lambda e: "curl --cacert" in e.get("raw", ""))
         assert (data / "ca.crt").read_bytes() == ca_before
         assert (data / "ca.key").stat().st_mode & 0o077 == 0
     finally:
         again.kill()
+
+
+def test_demo_goes_on_without_the_status_page_when_its_port_is_taken(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        admin_port = taken.getsockname()[1]
+        demo = Offload("", args=["demo", "--data-dir", str(tmp_path), "--listen",
+                                 f"127.0.0.1:{free_port()}", "--admin", f"127.0.0.1:{admin_port}"])
+        try:
+            demo.wait_for(lambda e: "curl --cacert" in e.get("raw", ""))
+            assert any(f"127.0.0.1:{admin_port} is taken" in e.get("raw", "")
+                       for e in demo.events)
+        finally:
+            demo.kill()
 
 
 def test_demo_port_in_use_is_a_clear_error(tmp_path):
