@@ -69,6 +69,8 @@ def test_exited_workers_keep_their_counters_but_not_their_gauges() -> None:
     assert merged.gauges["connections_active", "web"] == 1
     assert merged.histograms["request_seconds", "web"][0][3] == 2  # 3 ms: the 5 ms bucket
     assert len(merged.workers) == 1
+    again = hub.merged()  # summing does not change what is kept
+    assert again.counters == merged.counters and again.histograms == merged.histograms
 
 
 def test_a_worker_exiting_mid_scrape_completes_it() -> None:

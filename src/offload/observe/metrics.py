@@ -51,6 +51,13 @@ class Merged:
             self.gauges.update(stats.gauges)
             self.workers.append(stats)
 
+    def copy(self) -> Merged:
+        """A copy to add to, leaving this one as it is."""
+        return Merged(Counter(self.counters),
+                      {key: (list(counts), total)
+                       for key, (counts, total) in self.histograms.items()},
+                      Counter(self.gauges), list(self.workers))
+
 
 @dataclass(frozen=True)
 class Spec:

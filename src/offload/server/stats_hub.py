@@ -72,10 +72,7 @@ class StatsHub:
 
     def merged(self) -> Merged:
         """Every live worker's latest snapshot plus the counters of the exited ones."""
-        total = Merged()
-        total.add(WorkerStats(counters=dict(self._retired.counters), histograms={
-            key: (tuple(counts), value) for key, (counts, value) in
-            self._retired.histograms.items()}), live=False)
+        total = self._retired.copy()
         for stats in self._latest.values():
             total.add(stats, live=True)
         return total
