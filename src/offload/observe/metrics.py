@@ -9,8 +9,9 @@ metric families built at scrape time, so nothing on the data path pays for it.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from prometheus_client.core import (
     CollectorRegistry,
@@ -167,48 +168,27 @@ class _Collector(Collector):
         yield from self._supervisor()
 
     def _counters(self) -> Iterator[Metric]:
-        families: dict[str, CounterMetricFamily] = {}
-        for key, value in sorted(self._merged.counters.items()):
-            spec = COUNTERS.get(key[0])
-            if spec is None or len(key) - 1 != len(spec.labels):
-                continue
-            family = families.get(spec.name)
-            if family is None:
-                family = families[spec.name] = CounterMetricFamily(
-                    spec.name, spec.help, labels=spec.labels)
-            family.add_metric(list(key[1:]), value)
-        yield from families.values()
+        def add(family: CounterMetricFamily, labels: list[str], value: int) -> None:
+            family.add_metric(labels, value)
+        return _families(self._merged.counters, COUNTERS, CounterMetricFamily, add)
 
     def _histograms(self) -> Iterator[Metric]:
-        families: dict[str, HistogramMetricFamily] = {}
         bounds = [*(f"{b:g}" for b in LATENCY_BUCKETS), "+Inf"]
-        for key, (counts, total) in sorted(self._merged.histograms.items()):
-            spec = HISTOGRAMS.get(key[0])
-            if spec is None or len(key) - 1 != len(spec.labels):
-                continue
-            family = families.get(spec.name)
-            if family is None:
-                family = families[spec.name] = HistogramMetricFamily(
-                    spec.name, spec.help, labels=spec.labels)
+
+        def add(family: HistogramMetricFamily, labels: list[str],
+                value: tuple[list[int], float]) -> None:
+            counts, total = value
             cumulative, running = [], 0
             for bound, count in zip(bounds, counts, strict=True):
                 running += count
                 cumulative.append((bound, float(running)))
-            family.add_metric(list(key[1:]), cumulative, total)
-        yield from families.values()
+            family.add_metric(labels, cumulative, total)
+        return _families(self._merged.histograms, HISTOGRAMS, HistogramMetricFamily, add)
 
     def _gauges(self) -> Iterator[Metric]:
-        families: dict[str, GaugeMetricFamily] = {}
-        for key, value in sorted(self._merged.gauges.items()):
-            spec = GAUGES.get(key[0])
-            if spec is None or len(key) - 1 != len(spec.labels):
-                continue
-            family = families.get(spec.name)
-            if family is None:
-                family = families[spec.name] = GaugeMetricFamily(
-                    spec.name, spec.help, labels=spec.labels)
-            family.add_metric(list(key[1:]), value)
-        yield from families.values()
+        def add(family: GaugeMetricFamily, labels: list[str], value: float) -> None:
+            family.add_metric(labels, value)
+        return _families(self._merged.gauges, GAUGES, GaugeMetricFamily, add)
 
     def _servers(self) -> Iterator[Metric]:
         labels = ["backend", "server"]
@@ -256,6 +236,27 @@ class _Collector(Collector):
         banned = GaugeMetricFamily("offload_bans_active", "Bans in force")
         banned.add_metric([], facts.bans_active)
         yield from (info, start, workers, reloads, restarts, expiry, bans, banned)
+
+
+_Family = TypeVar("_Family", CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily)
+_Value = TypeVar("_Value")
+
+
+def _families(values: Mapping[tuple[str, ...], _Value], specs: dict[str, Spec],
+              make: Callable[..., _Family],
+              add: Callable[[_Family, list[str], _Value], None]) -> Iterator[_Family]:
+    """One family per metric named in ``specs``, holding its keys' values (the rest of a key is
+    the label values; keys with no spec, or the wrong number of labels, are left out)."""
+    families: dict[str, _Family] = {}
+    for key, value in sorted(values.items()):
+        spec = specs.get(key[0])
+        if spec is None or len(key) - 1 != len(spec.labels):
+            continue
+        family = families.get(spec.name)
+        if family is None:
+            family = families[spec.name] = make(spec.name, spec.help, labels=spec.labels)
+        add(family, list(key[1:]), value)
+    yield from families.values()
 
 
 @dataclass(frozen=True)
