@@ -30,6 +30,7 @@ import datetime as dt
 import hmac
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Protocol
@@ -54,6 +55,8 @@ PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-i
             "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
             "frame-ancestors 'none'")
 """The status page runs its own inline script and fetches only the API beside it."""
+BANS_PREFIX = "/api/bans/"
+BACKENDS_PREFIX = "/api/backends/"
 ACTIONS: dict[str, AdminState] = {"drain": "drain", "disable": "disabled", "enable": "enabled"}
 
 
@@ -154,6 +157,22 @@ class AdminApi:
         self._token = token
         self._health_without_token = health_without_token
         self._page: bytes | None = None
+        self._gets: dict[str, Callable[[], AdminResponse]] = {
+            "/healthz": lambda: _json(200, {"status": "alive"}),
+            "/readyz": self._readyz,
+            "/metrics": lambda: AdminResponse(
+                200, render(self._host.merged(), self._host.facts()), CONTENT_TYPE),
+            "/api/status": self._status,
+            "/api/backends": self._backends,
+            "/api/certificates": self._certificates,
+            "/api/bans": self._bans,
+            "/": self._status_page,
+        }
+        self._posts: dict[str, Callable[[AdminRequest], AdminResponse]] = {
+            "/api/reload": self._reload,
+            "/api/drain": lambda request: self._rotation(request, wanted=False),
+            "/api/ready": lambda request: self._rotation(request, wanted=True),
+        }
 
     @staticmethod
     def needs_stats(request: AdminRequest) -> bool:
@@ -179,43 +198,23 @@ class AdminApi:
 
     def handle(self, request: AdminRequest) -> AdminResponse:
         path, method = request.path, request.method
-        if method == "GET":
-            getter = {
-                "/healthz": lambda: _json(200, {"status": "alive"}),
-                "/readyz": self._readyz,
-                "/metrics": lambda: AdminResponse(
-                    200, render(self._host.merged(), self._host.facts()), CONTENT_TYPE),
-                "/api/status": self._status,
-                "/api/backends": self._backends,
-                "/api/certificates": self._certificates,
-                "/api/bans": self._bans,
-                "/": self._status_page,
-            }.get(path)
-            if getter is not None:
-                return getter()
-        if method == "DELETE" and path.startswith("/api/bans/"):
-            client = unquote(path.removeprefix("/api/bans/"))
+        if method == "GET" and path in self._gets:
+            return self._gets[path]()
+        if method == "POST" and path in self._posts:
+            return self._posts[path](request)
+        if method == "DELETE" and path.startswith(BANS_PREFIX):
+            client = unquote(path.removeprefix(BANS_PREFIX))
             problem = self._host.unban(client, self._who(request))
             if problem is not None:
                 return _error(404, problem)
             return _json(200, {"unbanned": client})
-        if method == "POST":
-            if path == "/api/reload":
-                return self._reload(request)
-            if path in ("/api/drain", "/api/ready"):
-                wanted = path == "/api/ready"
-                self._host.set_in_rotation(wanted)
-                self._audit(request, path.removeprefix("/api/") + " instance", "done")
-                return _json(200, {"status": "ready" if wanted else "draining"})
+        if method == "POST" and path.startswith(BACKENDS_PREFIX):
             parts = path.split("/")
-            if len(parts) == 7 and parts[:3] == ["", "api", "backends"] and parts[4] == "servers":
+            if len(parts) == 7 and parts[4] == "servers":
                 return self._server_action(request, unquote(parts[3]), unquote(parts[5]),
                                            parts[6])
-        known = path in ("/healthz", "/readyz", "/metrics", "/api/status", "/api/backends",
-                         "/api/certificates", "/", "/api/reload", "/api/drain",
-                         "/api/ready", "/api/bans") or path.startswith(
-                             ("/api/backends/", "/api/bans/"))
-        if known:
+        if path in self._gets or path in self._posts or path.startswith(
+                (BANS_PREFIX, BACKENDS_PREFIX)):
             return _error(405, f"{method} is not allowed on {path}")
         return _error(404, f"no such endpoint: {path}")
 
@@ -325,6 +324,11 @@ class AdminApi:
         if problem:
             return _error(404, problem)
         return _json(200, {"backend": backend, "server": server, "admin": state})
+
+    def _rotation(self, request: AdminRequest, *, wanted: bool) -> AdminResponse:
+        self._host.set_in_rotation(wanted)
+        self._audit(request, ("ready" if wanted else "drain") + " instance", "done")
+        return _json(200, {"status": "ready" if wanted else "draining"})
 
     def _reload(self, request: AdminRequest) -> AdminResponse:
         accepted, message = self._host.reload(self._who(request))
