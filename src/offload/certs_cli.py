@@ -27,7 +27,7 @@ from cryptography.x509.oid import NameOID
 from offload.acme.storage import AcmeStorage
 from offload.config.loader import load_file
 from offload.errors import CertificateError
-from offload.tls.certs import KeyPolicy, directory_entries, load_certificate
+from offload.tls.certs import KeyPolicy, directory_entries, load_certificate, readable_by
 from offload.tls.expiry import WARN_DAYS, days_text, days_until
 
 DEFAULT_CHECK_DAYS = 30
@@ -267,7 +267,7 @@ def inspect_file(cert: str, key: str | None, now: dt.datetime, *, frontends: tup
         return _status(_describe(row, guess, now), now, broken=f"key {key_data}")
     key_notes: list[tuple[str, bool]] = []
     mode = _mode(key_path)
-    if _KEY_MARKER in key_data and mode & 0o077:
+    if _KEY_MARKER in key_data and readable_by(mode):
         note = f"key readable by others (mode {mode:04o}{', allowed' if allow_readable else ''})"
         key_notes.append((note, not allow_readable))
     if any(marker in key_data for marker in _ENCRYPTED_MARKERS):

@@ -356,6 +356,7 @@ def test_token_file_readable_by_others_is_refused(tmp_path, localhost_bundle):
                              capture_output=True, text=True, timeout=60, check=False)
     assert checked.returncode == 1
     assert "admin.token_file" in checked.stderr and "chmod 600" in checked.stderr
+    assert "readable by group and others (mode 644)" in checked.stderr
 
 
 def test_quick_mode_admin_flag(pki, localhost_bundle, http_backend, tmp_path):

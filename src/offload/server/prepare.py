@@ -18,7 +18,7 @@ from pathlib import Path
 from offload.acme.storage import AcmeStorage
 from offload.config.model import Config, FrontendConfig
 from offload.errors import ConfigError, Issue
-from offload.tls.certs import LoadedCertificate
+from offload.tls.certs import LoadedCertificate, readable_by
 from offload.tls.client_certs import load_client_auth
 from offload.tls.policy import POLICIES, ClientAuth, server_context
 from offload.tls.sources import FrontendSources
@@ -99,8 +99,9 @@ def _read_admin_token(config: Config, base_dir: Path) -> tuple[bytes | None, lis
     if len(token) < MIN_TOKEN_LENGTH or any(c <= 32 or c > 126 for c in token):
         return None, [Issue(where, f"{path} must hold one token of at least {MIN_TOKEN_LENGTH} "
                             "printable characters", f"`openssl rand -hex 32 > {path}`")]
-    if mode & 0o077 and not config.global_.allow_readable_keys:
-        return None, [Issue(where, f"{path} is readable by other users (mode {mode & 0o777:o})",
+    who = readable_by(mode)
+    if who is not None and not config.global_.allow_readable_keys:
+        return None, [Issue(where, f"{path} is readable by {who} (mode {mode & 0o777:o})",
                             f"run `chmod 600 {path}`")]
     return token, []
 

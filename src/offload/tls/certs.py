@@ -152,6 +152,13 @@ class KeyPolicy:
     passphrase: bytes | None = field(default=None, repr=False)
 
 
+def readable_by(mode: int) -> str | None:
+    """Who besides the owner may read a file of ``mode`` (``"group"``, ``"others"``, ``"group
+    and others"``), or None: the rule for every secret offload reads (keys, the admin token)."""
+    who = " and ".join(w for w, bits in (("group", 0o070), ("others", 0o007)) if mode & bits)
+    return who or None
+
+
 def _check_key_mode(path: str, policy: KeyPolicy) -> None:
     """A private key readable by other users is a key other users have: refuse it."""
     if policy.allow_readable:
@@ -160,8 +167,8 @@ def _check_key_mode(path: str, policy: KeyPolicy) -> None:
         mode = os.stat(path).st_mode
     except OSError:
         return  # reading it will report the problem
-    if mode & 0o077:
-        who = " and ".join(w for w, bits in (("group", 0o070), ("others", 0o007)) if mode & bits)
+    who = readable_by(mode)
+    if who is not None:
         raise CertificateError(
             path, f"the private key file is readable by {who} (mode {mode & 0o777:o})",
             f"run `chmod 600 {path}`, or set global.allow_readable_keys = true if this is on "
