@@ -193,13 +193,15 @@ class Listener:
         self._counters.inc("accepted", self.name)
         self.open += 1
         self._registry.add(stream)
-        if self._banned and self._banned.banned(_address(stream), time.monotonic()):
-            stream.refuse()
-            self._events.decision("connection_refused", "banned", self.name, _address(stream))
-            return
         limits = self._limits
+        if not self._banned and limits is None:
+            return
+        address = _address(stream)
+        if self._banned and self._banned.banned(address, time.monotonic()):
+            stream.refuse()
+            self._events.decision("connection_refused", "banned", self.name, address)
+            return
         if limits is not None:
-            address = _address(stream)
             try:
                 key = limits.client_key(address)
             except ValueError:  # not an IP address: counted under what the socket said
