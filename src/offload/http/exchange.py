@@ -263,6 +263,7 @@ class Exchange:
                 if self.framing == "chunked":
                     out.append(last_chunk(event.trailers))
                 self._response_complete = True
+                break  # one response per request: the parser never gives more, and neither do we
         if out:
             self.conn.write(b"".join(out))
         if self._response_complete and not self.finished:
@@ -326,7 +327,8 @@ class Exchange:
         raise AssertionError("raw data reached an exchange")
 
     def backend_failed(self, error: ProtocolError) -> None:
-        self.backend.counters.inc("backend_bad_response", self.backend.name)
+        if self.upstream is not None:
+            self.backend.protocol_error(self.upstream, error.reason, str(error))
         self.backend.report(self.server_index, False, self.conn.loop.time())
         # the server did answer, if badly: sending the request again is not safe
         self._upstream_broken(error.reason, 502, retry=False)

@@ -3,17 +3,30 @@
 A pooled connection is in exactly one of four states: *busy* (an exchange owns it), *idle* (in
 its server's pool), *expired* (idle too long: closed by the sweep) or *closed*. An idle
 connection that receives anything (data, EOF) is closed at once: a server may only speak when
-asked. A connection goes back to the pool only when its last response was read completely and
-the server allowed keep-alive (the exchange decides, :meth:`HttpBackend.release`).
+asked. A connection goes back to the pool only when its last response was read completely, it
+ended exactly where the bytes read ended, and the server allowed keep-alive (the exchange
+decides, :meth:`HttpBackend.release`); it is checked once more, for bytes waiting in the
+socket that the loop has not delivered yet, when it is taken from the pool.
+
+A backend that breaks HTTP (a second response, a body after a response that has none, bytes
+on an idle connection, a malformed head) never gets its extra bytes read as somebody else's
+answer: the connection is marked spoiled, whatever complete answer came before the error is
+still delivered to its own request, and the connection is closed, counted
+(``backend_protocol_error`` by reason) and logged once, by :meth:`HttpBackend.protocol_error`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import select
+import socket
 from typing import Protocol, cast
 
 from offload.config.model import BackendConfig
 from offload.errors import ProtocolError
+from offload.observe.log import CappedLog, fields
 from offload.observe.stats import Counters
 from offload.proto.http1 import HttpLimits, ResponseParser
 from offload.proto.http_types import Event
@@ -23,6 +36,8 @@ from offload.upstream.servers import Server
 from offload.writes import WriteBatcher
 
 SWEEP_INTERVAL = 1.0
+
+_log = logging.getLogger("offload.upstream")
 
 
 class UpstreamUser(Protocol):
@@ -37,18 +52,27 @@ class UpstreamUser(Protocol):
     def backend_raw(self, data: bytes) -> None: ...
 
 
+class ConnectionOwner(Protocol):
+    """Where a backend connection reports a server that broke HTTP."""
+
+    def protocol_error(self, connection: BackendConnection, reason: str, detail: str) -> None:
+        ...
+
+
 class BackendConnection(asyncio.Protocol):
     """One HTTP/1.1 connection to a backend server."""
 
-    __slots__ = ("batcher", "closed", "idle_since", "index", "parser", "private", "raw",
-                 "requests", "transport", "user")
+    __slots__ = ("batcher", "closed", "fd", "idle_since", "index", "owner", "parser", "private",
+                 "raw", "requests", "spoiled", "transport", "user")
 
-    def __init__(self, index: int, limits: HttpLimits, batcher: WriteBatcher | None = None
-                 ) -> None:
+    def __init__(self, index: int, limits: HttpLimits, owner: ConnectionOwner | None = None,
+                 batcher: WriteBatcher | None = None) -> None:
         self.index = index
+        self.owner = owner
         self.batcher = batcher
         self.parser = ResponseParser(limits)
         self.transport: asyncio.Transport | None = None
+        self.fd = -1
         self.user: UpstreamUser | None = None
         self.idle_since = 0.0
         self.closed = False
@@ -57,14 +81,18 @@ class BackendConnection(asyncio.Protocol):
         """Tunnel mode (after 101): bytes are passed on unparsed."""
         self.private = False
         """Bound to one client connection (PROXY protocol): never shared through the pool."""
+        self.spoiled = False
+        """The server broke HTTP on this connection: it is closed, never pooled."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        self.fd = sock.fileno() if sock is not None else -1
 
     def data_received(self, data: bytes) -> None:
         user = self.user
-        if user is None:
-            self.close()  # idle connections must stay silent
+        if user is None:  # idle connections must stay silent
+            self._broken("unsolicited", "the server sent data on an idle connection")
             return
         if self.raw:
             user.backend_raw(data)
@@ -72,10 +100,46 @@ class BackendConnection(asyncio.Protocol):
         try:
             events = self.parser.feed(data)
         except ProtocolError as error:
-            user.backend_failed(error)
+            self._parse_error(user, error)
             return
         if events:
             user.backend_events(events)
+
+    def _parse_error(self, user: UpstreamUser, error: ProtocolError) -> None:
+        """Deliver the complete answer that came before the error, if any, then drop the
+        connection: the exchange still waiting is told (502 or a cut response); an exchange
+        already answered keeps its answer."""
+        self.spoiled = True
+        if error.before:
+            user.backend_events(cast(list[Event], error.before))
+        if self.user is user and not self.closed:
+            user.backend_failed(error)  # the exchange reports it and drops the connection
+        else:
+            self._broken(error.reason, str(error))
+
+    def _broken(self, reason: str, detail: str) -> None:
+        self.spoiled = True
+        if self.owner is not None:
+            self.owner.protocol_error(self, reason, detail)
+        self.abort()
+
+    def data_waiting(self) -> None:
+        """Found readable while idle: closed; if it holds bytes rather than an EOF, that is a
+        server speaking unasked."""
+        if _peek(self.fd):
+            self._broken("unsolicited", "the server sent data on an idle connection")
+        else:
+            self.abort()
+
+    def has_input(self) -> bool:
+        """Bytes (or an EOF) wait in the socket that the loop has not delivered yet."""
+        if self.fd < 0:
+            return False
+        try:
+            readable, _, _ = select.select((self.fd,), (), (), 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
 
     def eof_received(self) -> bool:
         user = self.user
@@ -125,6 +189,15 @@ class BackendConnection(asyncio.Protocol):
             self.transport.abort()
 
 
+def _peek(fd: int) -> bytes:
+    """The first byte waiting on socket ``fd`` without taking it (b"" at EOF or on error)."""
+    try:
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError:
+        return b""
+
+
 class ConnectionPool:
     """Idle connections to one server, most recently used first (LIFO keeps few connections
     warm and lets the rest expire)."""
@@ -136,12 +209,18 @@ class ConnectionPool:
         self.idle: list[BackendConnection] = []
 
     def take(self) -> BackendConnection | None:
-        """An idle connection that is still open, or None."""
+        """An idle connection that is still open and silent, or None. One with bytes waiting
+        that the loop has not delivered yet (a late body, an unsolicited answer, a close) is
+        dropped here, before any request can be written to it."""
         idle = self.idle
         while idle:
             connection = idle.pop()
-            if not connection.closed:
-                return connection
+            if connection.closed:
+                continue
+            if connection.has_input():
+                connection.data_waiting()
+                continue
+            return connection
         return None
 
     def give(self, connection: BackendConnection, now: float) -> bool:
@@ -177,6 +256,19 @@ class HttpBackend(ServerGroup):
         self.batcher = batcher
         self.pools = [ConnectionPool(config.pool_max_idle) for _ in servers]
         self._sweeper: asyncio.TimerHandle | None = None
+        self._error_log = CappedLog()
+
+    def protocol_error(self, connection: BackendConnection, reason: str, detail: str) -> None:
+        """A server broke HTTP on ``connection`` (which is then closed): count it by reason and
+        log it (capped, so a hostile server cannot flood the log)."""
+        self.counters.inc("backend_protocol_error", self.name, reason)
+        suppressed = self._error_log.admit(reason)
+        if suppressed >= 0:
+            server = self.servers[connection.index]
+            extra = fields(event="backend_protocol_error", backend=self.name,
+                           server=server.label, address=str(server), reason=reason,
+                           detail=detail, **({"suppressed": suppressed} if suppressed else {}))
+            _log.warning("backend protocol error: %s", reason, extra=extra)
 
     def start(self) -> None:
         """Start the idle sweep and the active health checks (in the running loop)."""
@@ -216,7 +308,7 @@ class HttpBackend(ServerGroup):
         """A new connection to server ``index``; raises OSError or TimeoutError."""
         loop = asyncio.get_running_loop()
         server = self.servers[index]
-        connection = BackendConnection(index, self.limits, self.batcher)
+        connection = BackendConnection(index, self.limits, self, self.batcher)
         async with asyncio.timeout(self.config.connect_timeout):
             if server.unix_path:
                 await loop.create_unix_connection(lambda: connection, server.unix_path)
@@ -228,6 +320,7 @@ class HttpBackend(ServerGroup):
         """An exchange is done with ``connection``: pool it or close it."""
         connection.user = None
         if (reusable and not connection.closed and not connection.private
+                and not connection.spoiled and connection.parser.answered
                 and self.pools[connection.index].give(connection, now)):
             return
         connection.close()

@@ -13,6 +13,8 @@ import logging
 import logging.handlers
 import queue
 import sys
+import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 LOGGER = "offload"
@@ -23,6 +25,36 @@ AUDIT_LOGGER = "offload.audit"
 def fields(**values: Any) -> dict[str, dict[str, Any]]:
     """``extra=`` argument carrying structured fields: ``log.info("x", extra=fields(a=1))``."""
     return {"fields": values}
+
+
+LINES_PER_SECOND = 10.0
+"""Log lines per second a :class:`CappedLog` allows for each key, with a burst of twice as many."""
+
+
+class CappedLog:
+    """A cap on log lines per key (a flood must not become a log flood): :meth:`admit` says
+    whether to write this line, and how many were left out since the last one written."""
+
+    __slots__ = ("_allowance", "_clock", "_rate")
+
+    def __init__(self, rate: float = LINES_PER_SECOND,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = rate
+        self._clock = clock
+        self._allowance: dict[object, tuple[float, float, int]] = {}
+        """key -> (tokens, when, lines suppressed since the last one written)."""
+
+    def admit(self, key: object) -> int:
+        """-1 if this line is over the cap; else how many lines were left out before it."""
+        now = self._clock()
+        burst = 2 * self._rate
+        tokens, when, suppressed = self._allowance.get(key, (burst, now, 0))
+        tokens = min(burst, tokens + (now - when) * self._rate)
+        if tokens < 1:
+            self._allowance[key] = (tokens, now, suppressed + 1)
+            return -1
+        self._allowance[key] = (tokens - 1, now, 0)
+        return suppressed
 
 
 class JsonFormatter(logging.Formatter):

@@ -95,8 +95,10 @@ COUNTERS: dict[str, Spec] = {spec_key: spec for spec_key, spec in [
     ("backend_unavailable", Spec("offload_backend_unavailable",
                                  "Requests or connections with no usable server",
                                  ("backend",))),
-    ("backend_bad_response", Spec("offload_backend_bad_responses",
-                                  "Malformed responses from backend servers", ("backend",))),
+    ("backend_protocol_error", Spec("offload_backend_protocol_errors",
+                                    "Backend connections closed because the server broke "
+                                    "HTTP (malformed or extra responses)",
+                                    ("backend", "reason"))),
     ("backend_reset", Spec("offload_backend_resets", "Backend connections reset mid-stream",
                            ("backend",))),
     ("backend_auth_failure", Spec("offload_backend_auth_failures",

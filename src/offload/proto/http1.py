@@ -12,9 +12,15 @@ what a proxy needs on top, and refuses (never repairs) anything ambiguous:
   Transfer-Encoding in an HTTP/1.0 request (§6.1), a missing, repeated or invalid Host (§3.2),
   fragments and non-ASCII bytes in the target, CONNECT (405), unknown Expect values (417);
 * normalisation: absolute-form targets become origin-form with the authority as host (§3.2.2);
-* responses: HEAD (no body whatever Content-Length says), interim 1xx, 101, bodies that end
-  when the server closes (httptools cannot be told about EOF, so we end them here), and
-  non-chunked transfer codings, which a proxy cannot re-frame, refused (502).
+* responses (RFC 9112 §6.3): no body for HEAD, 1xx, 204 and 304 whatever Content-Length says;
+  interim 1xx, 101, bodies that end when the server closes (httptools cannot be told about
+  EOF, so we end them here); non-chunked transfer codings, which a proxy cannot re-frame, and
+  a 1xx carrying Content-Length or Transfer-Encoding refused (502);
+* exactly one final response per request: once it is complete, any further byte but the empty
+  lines llhttp skips between messages is an error (``data_after_response``) until
+  :meth:`ResponseParser.expect` announces the next request. A backend that answers twice, or
+  sends a body after a response that has none, never has the extra bytes read as the answer to
+  someone else's request.
 
 Every error is a :class:`ProtocolError` carrying the status to answer with; after one, the
 parser is finished and the connection must be closed.
@@ -389,6 +395,9 @@ class ResponseParser(_Parser):
         self._method = b"GET"
         self._response: Response | None = None
         self._head_buffer: bytearray | None = None
+        self._answered = True
+        """The request announced by :meth:`expect` has its final response (or none was
+        announced): a new message now is one nobody asked for."""
         self.upgrade_tail: bytes | None = None
         """After a 101 response: the bytes that followed it (already tunnel data)."""
 
@@ -396,7 +405,13 @@ class ResponseParser(_Parser):
         """A response to a ``method`` request comes next."""
         self._method = method
         self._response = None
+        self._answered = False
         self._head_buffer = bytearray() if method == b"HEAD" else None
+
+    @property
+    def answered(self) -> bool:
+        """The final response to the last announced request is complete."""
+        return self._answered
 
     @property
     def until_close(self) -> bool:
@@ -423,6 +438,7 @@ class ResponseParser(_Parser):
         """The server closed: ends a body delimited by the close, else the response is cut."""
         if self._response is not None and self._response.until_close:
             self._response = None
+            self._answered = True
             return [EndOfMessage()]
         self._failed = ProtocolError("the server closed before the response was complete", 502,
                                      "backend_closed")
@@ -445,14 +461,31 @@ class ResponseParser(_Parser):
         if self._response is not None and self._response.status < 200:
             # interim response: the final one follows
             self._head_buffer = bytearray()
-            return events + (self._feed_head_only(rest) if rest else [])
+            if not rest:
+                return events
+            try:
+                return events + self._feed_head_only(rest)
+            except ProtocolError as error:
+                error.before = events + error.before
+                raise
         self._parser = httptools.HttpResponseParser(self)
         self._head_buffer = None
         self._response = None
+        self._answered = True
         self._message_done()
-        if rest:
-            raise ProtocolError("data after the response to HEAD", 502, "parse_error")
-        return [*events, EndOfMessage()]
+        events.append(EndOfMessage())
+        if rest.strip(b"\r\n"):
+            extra = ProtocolError("the backend sent a body or more after its answer to HEAD",
+                                  502, "data_after_response")
+            extra.before = list(events)
+            raise extra
+        return events
+
+    def on_message_begin(self) -> None:
+        if self._answered:
+            raise ProtocolError("the backend sent more than one response to a request", 502,
+                                "data_after_response")
+        super().on_message_begin()
 
     def on_status(self, reason: bytes) -> None:
         message = self._message
@@ -474,11 +507,18 @@ class ResponseParser(_Parser):
                                 "parse_error")
         chunked = bool(transfer)
         length = None if chunked else _content_length(message)
+        if status < 200 and (chunked or length is not None):
+            # RFC 9110 §8.6, RFC 9112 §6.1: an interim response is a head and nothing else
+            raise ProtocolError("an interim (1xx) response with body framing", 502,
+                                "bad_interim")
         bodiless = (self._method == b"HEAD" or status < 200 or status in (204, 304))
+        # A 204 that announces a body (or a 304 with chunked framing) breaks RFC 9110 §8.6:
+        # the announced bytes may still come, so the connection is not used again.
+        suspect = (status == 204 and (chunked or bool(length))) or (status == 304 and chunked)
         response = Response(
             status=status, reason=message.reason, version=version, headers=headers,
             content_length=length, chunked=chunked,
-            keep_alive=self._parser.should_keep_alive(), has_body=not bodiless,
+            keep_alive=self._parser.should_keep_alive() and not suspect, has_body=not bodiless,
             until_close=not bodiless and not chunked and length is None,
         )
         self._response = response
@@ -495,6 +535,7 @@ class ResponseParser(_Parser):
             return  # httptools never ends these; feed_eof does
         self._events.append(EndOfMessage(message.trailers))
         self._response = None
+        self._answered = True
 
     def _upgraded(self, tail: bytes) -> bytes | None:
         self.upgrade_tail = tail

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from offload.observe.log import fields
+from offload.observe.log import CappedLog, fields
 from offload.observe.stats import Counters
 from offload.security.bans import BanEvent
 
@@ -33,9 +33,8 @@ class SecurityEvents:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.counters = counters
         self.offence = offence
-        self._clock = clock
-        self._allowance: dict[tuple[str, str], tuple[float, float, int]] = {}
-        """(kind, cause) -> (tokens, when, lines suppressed since the last one logged)."""
+        self._lines = CappedLog(LOG_LINES_PER_SECOND, clock)
+        """Capped per (kind, cause)."""
 
     def decision(self, kind: str, cause: str, frontend: str, client: str, *,
                  offence: BanEvent | None = None, **details: object) -> None:
@@ -44,7 +43,7 @@ class SecurityEvents:
         self.counters.inc("security", frontend, kind, cause)
         if offence is not None and self.offence is not None:
             self.offence(client, offence)
-        suppressed = self._admit(kind, cause)
+        suppressed = self._lines.admit((kind, cause))
         if suppressed < 0:
             return
         extra = {"event": kind, "cause": cause, "frontend": frontend, "client": client,
@@ -52,15 +51,3 @@ class SecurityEvents:
         if suppressed:
             extra["suppressed"] = suppressed
         _log.warning("%s: %s", kind.replace("_", " "), cause, extra=fields(**extra))
-
-    def _admit(self, kind: str, cause: str) -> int:
-        """-1 if this line is over the cap; else how many lines were left out before it."""
-        now = self._clock()
-        key = (kind, cause)
-        tokens, when, suppressed = self._allowance.get(key, (2 * LOG_LINES_PER_SECOND, now, 0))
-        tokens = min(2 * LOG_LINES_PER_SECOND, tokens + (now - when) * LOG_LINES_PER_SECOND)
-        if tokens < 1:
-            self._allowance[key] = (tokens, now, suppressed + 1)
-            return -1
-        self._allowance[key] = (tokens - 1, now, 0)
-        return suppressed
