@@ -50,6 +50,11 @@ action = "deny"
 header = { User-Agent = "(?i)badbot" }
 
 [[frontends.inspect.rules]]
+name = "no-admin-host"
+action = "deny"
+header = { Host = "(?i)^admin\\.example(:[0-9]+)?$" }
+
+[[frontends.inspect.rules]]
 name = "no-debug"
 action = "deny"
 query = "(^|&)debug=1(&|$)"
@@ -332,6 +337,50 @@ def test_tag_header_reaches_the_backend_and_cannot_be_forged(pki, ruled, port):
     response, _ = get(conn, "/plain", **{"x-offload-tag": "forged"})
     assert response.status == 200
     assert server.requests[-1].headers_named("X-Offload-Tag") == []
+
+
+@pytest.mark.parametrize("connection", [
+    "X-Offload-Tag", "keep-alive, x-offload-tag", "X-Forwarded-For, X-Offload-Tag, X-Request-ID",
+])
+def test_a_clients_connection_field_cannot_remove_the_tag(pki, ruled, port, connection):
+    """Hop-by-hop removal is applied to what the client sent, before offload adds its fields:
+    naming the tag header in Connection must not strip the tag the backend relies on."""
+    server, _ = ruled
+    conn = https(port, pki.ca)
+    response, _ = get(conn, "/api/orders", Connection=connection)
+    assert response.status == 200
+    seen = server.requests[-1]
+    assert seen.headers_named("X-Offload-Tag") == ["api-call"]
+    assert seen.headers_named("X-Forwarded-For") == ["127.0.0.1"]
+    assert len(seen.headers_named("X-Request-ID")) == 1
+
+
+@pytest.mark.parametrize("target", [
+    b"https://admin.example/", b"HTTP://admin.example/x", b"https://ADMIN.example:443/",
+    b"http://admin.example",
+])
+@pytest.mark.parametrize("version", [b"1.1", b"1.0"])
+def test_absolute_form_authority_is_the_host_rules_see(pki, ruled, port, target, version):
+    """A rule on Host sees the authority of an absolute-form target, the one the backend would
+    get, not a Host header that says something else."""
+    server, instance = ruled
+    answer = _raw(port, pki.ca, b"GET %b HTTP/%b\r\nHost: localhost\r\n\r\n" % (target, version))
+    assert answer.startswith(b"HTTP/1.1 403 "), answer[:200]
+    line = _decision(instance, "rule_denied", "no-admin-host")
+    assert line["client"] == "127.0.0.1"
+    assert not any((r.header("Host") or "").lower().startswith("admin.example")
+                   for r in server.requests)
+
+
+def test_absolute_form_authority_is_the_host_the_backend_gets(pki, ruled, port):
+    server, _ = ruled
+    answer = _raw(port, pki.ca, b"GET https://localhost:443/ok HTTP/1.1\r\nHost: admin.example\r\n"
+                                b"Connection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    seen = server.requests[-1]
+    assert seen.target == "/ok"
+    assert seen.headers_named("Host") == ["localhost:443"]
+    assert seen.headers_named("X-Forwarded-Host") == ["localhost:443"]
 
 
 def test_log_action_forwards_and_logs(pki, ruled, port):

@@ -170,10 +170,17 @@ VALID: list[tuple[str, bytes, list[Snapshot], bytes | None]] = [
      [request(b"GET", b"/", [(b"Host", b"example.com"), (b"Connection", b"close")],
               keep_alive=False), end()], None),
     ("absolute-form", b"GET http://other.example:8080/p?q=1 HTTP/1.1\r\n" + H + b"\r\n",
-     [request(b"GET", b"/p?q=1", [(b"Host", b"example.com")], host=b"other.example:8080"),
-      end()], None),
+     [request(b"GET", b"/p?q=1", [(b"Host", b"other.example:8080")],
+              host=b"other.example:8080"), end()], None),
     ("absolute-form-no-path", b"GET https://other.example HTTP/1.1\r\n" + H + b"\r\n",
-     [request(b"GET", b"/", [(b"Host", b"example.com")], host=b"other.example"), end()], None),
+     [request(b"GET", b"/", [(b"Host", b"other.example")], host=b"other.example"), end()], None),
+    ("absolute-form-host-later", b"GET http://other.example/ HTTP/1.1\r\nX: 1\r\n" + H
+     + b"Y: 2\r\n\r\n",
+     [request(b"GET", b"/", [(b"X", b"1"), (b"Host", b"other.example"), (b"Y", b"2")],
+              host=b"other.example"), end()], None),
+    ("absolute-form-http10-no-host", b"GET HTTP://other.example/a HTTP/1.0\r\n\r\n",
+     [request(b"GET", b"/a", [(b"Host", b"other.example")], host=b"other.example",
+              version=b"1.0", keep_alive=False), end()], None),
     ("ipv6-host", b"GET / HTTP/1.1\r\nHost: [::1]:8443\r\n\r\n",
      [request(b"GET", b"/", [(b"Host", b"[::1]:8443")], host=b"[::1]:8443"), end()], None),
     ("options-asterisk", b"OPTIONS * HTTP/1.1\r\n" + H + b"\r\n",
@@ -203,7 +210,7 @@ VALID: list[tuple[str, bytes, list[Snapshot], bytes | None]] = [
 ]
 VALID_PARAMS = [pytest.param(*case[1:], id=case[0]) for case in VALID]
 
-_CLOSING = {"http10", "connection-close"}
+_CLOSING = {"http10", "connection-close", "absolute-form-http10-no-host"}
 """Requests after which the connection closes: what follows them may be refused, as long as
 the complete request is still handed out (ProtocolError.before) to be answered first."""
 

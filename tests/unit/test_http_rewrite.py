@@ -210,6 +210,30 @@ def test_connection_cannot_remove_the_fields_offload_adds() -> None:
     assert values(head, b"content-length") == [b"2"]
 
 
+OURS = [b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port",
+        b"forwarded", b"x-request-id", b"client-cert", b"x-ssl-client-verify", b"x-offload-tag"]
+"""Every field offload adds to a request (with forwarded on, a client identity and a tag)."""
+
+
+@pytest.mark.parametrize("client", [UNTRUSTED, PROXY], ids=["untrusted", "trusted-proxy"])
+@pytest.mark.parametrize("named", [*OURS, b"all"])
+def test_a_clients_connection_field_never_removes_what_offload_adds(client: ClientFacts,
+                                                                    named: bytes) -> None:
+    """Hop-by-hop removal applies to the client's fields only: ours are written after it."""
+    tokens = b", ".join(OURS) if named == b"all" else named
+    identity = ClientFacts(client.address, client.port, client.local_port,
+                           identity=b"Client-Cert: :Zm9v:\r\nX-SSL-Client-Verify: SUCCESS\r\n")
+    request = req([(b"Connection", b"keep-alive, " + tokens), (b"Accept", b"*/*")])
+    request.added = ((b"X-Offload-Tag", b"api-call"),)
+    policy = ForwardPolicy(trusted_proxies=NETS, forwarded=True)
+    head = forward(request, identity, policy)
+    names = lower_names(head)
+    for field in OURS:
+        assert names.count(field) == 1, (field, head)
+    assert values(head, b"x-offload-tag") == [b"api-call"]
+    assert values(head, b"accept") == [b"*/*"]
+
+
 def test_duplicate_fields_keep_their_order_and_spelling() -> None:
     request = req([(b"Accept", b"a"), (b"x-Custom-HEADER", b"1"), (b"accept", b"b"),
                    (b"Cookie", b"k=1"), (b"Cookie", b"k=2"), (b"ACCEPT", b"c")])

@@ -90,7 +90,8 @@ class Inspection:
     def forward(self, request: Request, verdict: Verdict) -> None:
         """Rewrite the request's tag header for the backend: the client's own is dropped, so the
         backend can trust it, and the tags of the rules that fired are added."""
-        request.headers = self.rules.forward_headers(request.headers, verdict)
+        request.headers, added = self.rules.forward_headers(request.headers, verdict)
+        request.added += added
 
     def _report(self, matches: tuple[Match, ...], client: str, request: Request,
                 request_id: bytes) -> None:

@@ -11,7 +11,9 @@ what a proxy needs on top, and refuses (never repairs) anything ambiguous:
 * RFC 9112 rules llhttp lets through: HTTP/0.9 and versions other than 1.0/1.1 (505),
   Transfer-Encoding in an HTTP/1.0 request (§6.1), a missing, repeated or invalid Host (§3.2),
   fragments and non-ASCII bytes in the target, CONNECT (405), unknown Expect values (417);
-* normalisation: absolute-form targets become origin-form with the authority as host (§3.2.2);
+* normalisation: absolute-form targets become origin-form, and the target's authority becomes
+  the one Host everything downstream sees — routing, rules, the backend's Host and
+  X-Forwarded-Host, the Host-versus-SNI check (§3.2.2: the received Host is replaced);
 * responses (RFC 9112 §6.3): no body for HEAD, 1xx, 204 and 304 whatever Content-Length says;
   interim 1xx, 101, bodies that end when the server closes (httptools cannot be told about
   EOF, so we end them here); non-chunked transfer codings, which a proxy cannot re-frame, and
@@ -234,6 +236,23 @@ def _content_length(message: _Message) -> int | None:
     return int(values[0]) if values else None
 
 
+def _with_host(headers: Headers, host: bytes) -> Headers:
+    """``headers`` with ``host`` as the one Host field (in the first Host's place, else
+    first): a rule that reads the Host field must see the authority the backend will get."""
+    out: Headers = []
+    placed = False
+    for name, value in headers:
+        if name.lower() == b"host":
+            if not placed:
+                out.append((name, host))
+                placed = True
+        else:
+            out.append((name, value))
+    if not placed:
+        out.insert(0, (b"Host", host))
+    return out
+
+
 def _validate_host(value: bytes) -> None:
     if not _HOST_RE.fullmatch(value):
         raise ProtocolError("invalid Host", 400, "bad_host")
@@ -322,7 +341,10 @@ class RequestParser(_Parser):
         if hosts and host != self._valid_host:
             _validate_host(host)
             self._valid_host = host  # a connection mostly asks for one host: check it once
-        target, host = self._target(message.url, method, host)
+        target, authority = self._target(message.url, method, host)
+        if authority is not host:  # absolute-form: its authority replaces every Host
+            headers = _with_host(headers, authority)
+            host = authority
         transfer = message.tokens(b"transfer-encoding")
         if transfer and version == b"1.0":
             raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request", 400, "bad_framing")

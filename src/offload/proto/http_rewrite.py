@@ -219,7 +219,10 @@ def backend_request_head(request: Request, client: ClientFacts, policy: ForwardP
     """The HTTP/1.1 request head to send to the backend, and the request id it carries.
 
     Our own fields follow the client's, in this order: Expect, X-Forwarded-For, -Proto,
-    -Host, -Port, Forwarded, the request id, Connection and Upgrade (WebSocket), framing.
+    -Host, -Port, Forwarded, the request id, the client-certificate fields, the fields in
+    ``request.added`` (rule tags), Connection and Upgrade (WebSocket), framing. They are
+    written after the client's fields are filtered, so a client's Connection field naming one
+    of them removes only the client's own copy.
     Raises :class:`ProtocolError` (400) if a value would break a line.
     """
     if trusted is None:  # callers that serve many requests for one client pass it in
@@ -264,6 +267,9 @@ def backend_request_head(request: Request, client: ClientFacts, policy: ForwardP
     if client.identity:
         out.append(client.identity)
         lines += client.identity_lines
+    for name, value in request.added:
+        out += (name, _SEP, value, _CRLF)
+        lines += 1
     if request.websocket:  # RFC 6455 §4.1, RFC 9110 §7.8
         out.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
         lines += 2

@@ -38,6 +38,9 @@ class Request:
     websocket: bool = False
     """A WebSocket upgrade was asked for (``Upgrade: websocket`` with ``Connection: upgrade``)."""
     expect_continue: bool = False
+    added: tuple[tuple[bytes, bytes], ...] = ()
+    """Fields offload adds (rule tags): written after the client's fields are filtered, so no
+    hop-by-hop rule (a client's ``Connection: X-Offload-Tag``) can remove them."""
 
     @property
     def has_body(self) -> bool:

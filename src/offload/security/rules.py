@@ -10,8 +10,10 @@ Theory of operation, for the request path:
    hold the head and the body's first ``rules.body_inspect_bytes`` bytes (or the whole body,
    if shorter; ``b""`` if there is none), then ``verdict = rules.check_body(prefix, verdict)``.
    That is all that is ever buffered; the rest of the body streams as usual.
-3. Send the head with ``rules.forward_headers(headers, verdict)`` — always, even when no rule
-   matched, because it also drops a tag header sent by the client, so the backend can trust it.
+3. Send the head with the headers ``rules.forward_headers(headers, verdict)`` returns, plus
+   the tag field it returns written after the client's fields are filtered — always, even
+   when no rule matched, because it also drops a tag header sent by the client, so the
+   backend can trust it.
 
 How values are matched, to defeat simple evasion without surprising the operator: a path is
 matched as sent, percent-decoded once, and decoded with dot segments and empty segments
@@ -264,12 +266,14 @@ class RuleSet:
         fired = [rule for rule in head.pending if rule.body is not None and _search(rule.body, forms)]
         return self._verdict(head, fired, (), False)
 
-    def forward_headers(self, headers: Headers, verdict: Verdict) -> Headers:
-        """The headers for the backend: the client's own tag header dropped, the tags added."""
+    def forward_headers(self, headers: Headers, verdict: Verdict
+                        ) -> tuple[Headers, tuple[tuple[bytes, bytes], ...]]:
+        """The client's headers without its own tag header, and the tag field to add (none
+        when no tag rule fired)."""
         kept = [(name, value) for name, value in headers if name.lower() != self._tag_key]
-        if verdict.tags:
-            kept.append((self.tag_header, ", ".join(verdict.tags).encode("ascii")))
-        return kept
+        if not verdict.tags:
+            return kept, ()
+        return kept, ((self.tag_header, ", ".join(verdict.tags).encode("ascii")),)
 
     def _verdict(self, before: Verdict, fired: list[Rule], pending: tuple[Rule, ...],
                  form: bool) -> Verdict:
