@@ -262,9 +262,22 @@ CORPUS: list[Case] = [
                    b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n") + HIDDEN,
               Forwarded("GET", "/", absent=("Upgrade", "Connection", "HTTP2-Settings")),
               Forwarded("GET", "/admin")),
-    rejected("h2c-upgrade-with-body",
-             _post(b"Upgrade: h2c\r\nConnection: Upgrade\r\nContent-Length: %d\r\n" % len(HIDDEN),
-                   HIDDEN)),
+    # An upgrade offload does not tunnel is a plain request: its body is framed as any other
+    # (llhttp stops at such a head; the body must never be read as the next request).
+    *(forwarded(f"upgrade-{name}-{kind}-body-is-framed",
+                _post(field + b": Upgrade\r\nUpgrade: " + proto + b"\r\n" + framing, body)
+                + b"GET /after HTTP/1.1\r\n" + H + b"\r\n",
+                Forwarded("POST", "/", HIDDEN, absent=("Upgrade", "Connection",
+                                                       "Proxy-Connection")),
+                Forwarded("GET", "/after"))
+      for name, field, proto in (("h2c", b"Connection", b"h2c"),
+                                 ("h2c-proxy-connection", b"Proxy-Connection", b"h2c"),
+                                 ("websocket-proxy-connection", b"Proxy-Connection",
+                                  b"websocket"),
+                                 ("tls-proxy-connection", b"Proxy-Connection", b"TLS/1.2"))
+      for kind, framing, body in (
+          ("length", b"Content-Length: %d\r\n" % len(HIDDEN), HIDDEN),
+          ("chunked", TE, b"%x\r\n%b\r\n0\r\n\r\n" % (len(HIDDEN), HIDDEN)))),
     forwarded("upgrade-without-connection-then-pipelined",
               _get(H + b"Upgrade: websocket\r\n") + HIDDEN,
               Forwarded("GET", "/", absent=("Upgrade",)), Forwarded("GET", "/admin")),

@@ -401,9 +401,6 @@ REJECTED: list[tuple[str, bytes, int, str, HttpLimits | None]] = [
     ("expect-unknown", _get(H + b"Expect: teapot\r\n"), 417, "bad_expect", None),
     ("expect-continue-and-more", _post(b"Expect: 100-continue, x\r\nContent-Length: 1\r\n", b"x"),
      417, "bad_expect", None),
-    ("h2c-upgrade-with-body",
-     _post(b"Upgrade: h2c\r\nConnection: Upgrade\r\nContent-Length: 3\r\n", b"abc"),
-     400, "bad_upgrade", None),
     # limits
     ("target-over-limit", _get(target=b"/" + b"a" * 100), 414, "uri_too_long", LIMITS),
     ("header-section-over-limit", _get(H + b"X: " + b"v" * 300 + b"\r\n"), 431,
@@ -525,6 +522,30 @@ def test_oversized_chunk_size_line_is_refused():
             fed += 8192
     assert caught.value.status == 400
     assert fed < 128 * 8192
+
+
+SMUGGLE = b"GET /smuggled HTTP/1.1\r\nHost: example.com\r\n\r\n"
+
+
+@pytest.mark.parametrize("connection", [b"Connection", b"Proxy-Connection", b"connection",
+                                        b"PROXY-CONNECTION"])
+@pytest.mark.parametrize("upgrade", [b"h2c", b"websocket", b"h2c, websocket", b"TLS/1.2"])
+@pytest.mark.parametrize("chunked", [False, True], ids=["length", "chunked"])
+def test_a_body_behind_an_upgrade_we_do_not_tunnel_is_framed(connection: bytes, upgrade: bytes,
+                                                             chunked: bool):
+    """An upgrade offload will not tunnel (anything but a GET WebSocket handshake) is a plain
+    request: its body is framed by its length or chunks, never parsed as the next request."""
+    framing = (TE if chunked else b"Content-Length: %d\r\n" % len(SMUGGLE))
+    body = b"%x\r\n%b\r\n0\r\n\r\n" % (len(SMUGGLE), SMUGGLE) if chunked else SMUGGLE
+    raw = (b"POST /upload HTTP/1.1\r\n" + H + connection + b": Upgrade\r\nUpgrade: " + upgrade
+           + b"\r\n" + framing + b"\r\n" + body + b"GET /next HTTP/1.1\r\n" + H + b"\r\n")
+    for pieces in ([raw], bytewise(raw), cut(raw, [len(raw) // 3, len(raw) // 2])):
+        events = feed_pieces(RequestParser(), pieces)
+        heads = [e.target for e in events if isinstance(e, Request)]
+        assert heads == [b"/upload", b"/next"]
+        assert b"".join(e.data for e in events if isinstance(e, Data)) == SMUGGLE
+        kinds = [type(e).__name__ for e in events if not isinstance(e, Data)]
+        assert kinds == ["Request", "EndOfMessage", "Request", "EndOfMessage"]
 
 
 @pytest.mark.parametrize("framing", [b"Content-Length: 5\r\n", TE], ids=["length", "chunked"])

@@ -272,6 +272,8 @@ class RequestParser(_Parser):
         self._parser: httptools.HttpRequestParser = httptools.HttpRequestParser(self)
         self._request: Request | None = None
         self._valid_host = b"\x00"
+        self._priming = False
+        """A synthetic head is being fed to set the framing of a body llhttp stopped before."""
         self.upgrade_tail: bytes | None = None
         """Set after a WebSocket upgrade request: the bytes that followed its head. Parsing
         stops until :meth:`resume` (the backend refused) or for good (tunnel)."""
@@ -301,6 +303,8 @@ class RequestParser(_Parser):
         message = self._message
         assert message is not None
         self._end_head()
+        if self._priming:
+            return
         request = self._build(message)
         self._request = request
         self._events.append(request)
@@ -316,11 +320,29 @@ class RequestParser(_Parser):
         if request is not None and request.websocket:
             self.upgrade_tail = tail
             return None
-        # Another upgrade (h2c...) is never forwarded: the request goes on as plain HTTP/1.1
-        # (one with a body was refused in _build).
+        # Another upgrade (h2c..., named in Connection or Proxy-Connection) is never forwarded:
+        # the request goes on as plain HTTP/1.1. llhttp stopped right after its head, even
+        # when a body follows; that body is framed by its Content-Length or chunked coding
+        # like any other, never read as the next request.
         self._parser = httptools.HttpRequestParser(self)
         self._message_done()
+        if request is not None and request.has_body:
+            events = self._events
+            if events and isinstance(events[-1], EndOfMessage):
+                events.pop()  # llhttp ended the message at its head; its body ends it
+            self._frame_body(request)
         return tail or None
+
+    def _frame_body(self, request: Request) -> None:
+        """Make the fresh parser expect ``request``'s body next: it is fed a head of ours
+        with the same framing, whose callbacks produce no event."""
+        framing = (b"Transfer-Encoding: chunked" if request.chunked
+                   else b"Content-Length: %d" % (request.content_length or 0))
+        self._priming = True
+        try:
+            self._parser.feed_data(b"POST / HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n\r\n")
+        finally:
+            self._priming = False
 
     def _build(self, message: _Message) -> Request:
         version = _VERSIONS.get(self._parser.get_http_version())
@@ -356,11 +378,6 @@ class RequestParser(_Parser):
             raise ProtocolError("unsupported transfer coding", 501, "bad_framing")
         chunked = bool(transfer)
         length = None if chunked else _content_length(message)
-        if (chunked or length) and b"upgrade" in message.fields and (
-                b"upgrade" in message.tokens(b"connection")):
-            # llhttp ends an upgrade request at its head: a body would be read as the next
-            # request (or as tunnel bytes), so such a request cannot be framed safely
-            raise ProtocolError("upgrade request with a body", 400, "bad_upgrade")
         limit = self.limits.max_body_size
         if limit is not None and length is not None and length > limit:
             raise ProtocolError("body larger than allowed", 413, "body_too_large")
@@ -370,6 +387,10 @@ class RequestParser(_Parser):
         websocket = (b"upgrade" in message.fields and method == b"GET" and version == b"1.1"
                      and b"websocket" in message.tokens(b"upgrade")
                      and b"upgrade" in message.tokens(b"connection"))
+        if websocket and (chunked or length):
+            # RFC 6455 §4.1: the opening handshake is a GET without a body; bytes after its
+            # head are the tunnel's, or the next request's if the backend refuses
+            raise ProtocolError("WebSocket upgrade request with a body", 400, "bad_upgrade")
         return Request(
             method=method, target=target, version=version, headers=headers, host=host,
             content_length=length, chunked=chunked,
