@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 
 import pytest
@@ -181,6 +182,69 @@ def test_websocket_echo(pki, localhost_bundle, http_backend, offload, port):
     received = server.requests[-1]
     assert received.header("Upgrade") == "websocket"
     assert received.header("Sec-WebSocket-Key") == "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def _websocket(port: int, ca, message: bytes) -> None:
+    """Open a WebSocket through offload, echo ``message`` once, close it."""
+    pipe = TlsPipe(port, client_context(ca))
+    pipe.send(b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+              b"Sec-WebSocket-Version: 13\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += pipe.recv()
+    assert data.startswith(b"HTTP/1.1 101")
+    pipe.send(message)
+    echoed = data.partition(b"\r\n\r\n")[2]
+    while len(echoed) < len(message):
+        echoed += pipe.recv()
+    assert echoed == message
+    pipe.close()
+
+
+def test_a_closed_websocket_gives_back_its_servers_slot(pki, localhost_bundle, http_backend,
+                                                        offload, port):
+    """With max_connections = 1, a server must take requests again once a tunnel closed (it
+    answered 503 forever after the first WebSocket)."""
+    server = http_backend()
+    instance = offload(http_config(
+        port, [localhost_bundle],
+        [f'{{ name = "only", address = "{server.address}", max_connections = 1 }}']))
+    for round_ in range(3):
+        mark = len(instance.events)
+        _websocket(port, pki.ca, b"x" * (1000 + round_))
+        instance.wait_for(lambda e: e.get("path") == "/ws" and e.get("status") == 101, after=mark)
+        conn = https(port, pki.ca)
+        response, body = get(conn, "/bytes/5")
+        assert (response.status, body) == (200, pattern(5)), f"round {round_}"
+        conn.close()
+
+
+def test_websocket_access_log_line_has_the_tunnels_bytes_and_duration(
+        pki, localhost_bundle, http_backend, offload, port):
+    server = http_backend()
+    instance = offload(http_config(port, [localhost_bundle], [server.address]))
+    started = time.monotonic()
+    pipe = TlsPipe(port, client_context(pki.ca))
+    pipe.send(b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+              b"Sec-WebSocket-Version: 13\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += pipe.recv()
+    echoed = data.partition(b"\r\n\r\n")[2]
+    for message in (b"a" * 3000, b"b" * 7000):
+        pipe.send(message)
+        while len(echoed) < len(message):
+            echoed += pipe.recv()
+        echoed = echoed[len(message):]
+    threading.Event().wait(0.3)  # the tunnel stays open a known while
+    pipe.close()
+    entry = instance.wait_for(lambda e: e.get("path") == "/ws" and "status" in e)
+    assert entry["status"] == 101
+    assert (entry["bytes_in"], entry["bytes_out"]) == (10_000, 10_000)
+    assert 300 <= entry["total_ms"] <= (time.monotonic() - started) * 1000 + 50
+    assert entry["reason"] in ("closed", "client_closed")
 
 
 def test_h2c_upgrade_is_never_forwarded(pki, localhost_bundle, http_backend, offload, port):

@@ -365,8 +365,10 @@ class HttpConnection(asyncio.Protocol):
 
     def start_tunnel(self, exchange: Exchange, upstream: BackendConnection,
                      backend_tail: bytes) -> None:
-        """101 Switching Protocols: relay bytes both ways from now on."""
-        self._log_exchange(exchange)
+        """101 Switching Protocols: relay bytes both ways from now on. The request is counted
+        now; its access-log line is written when the tunnel ends, with the tunnel's bytes and
+        duration, and only then is the server's connection slot given back."""
+        self._count_exchange(exchange)
         self.exchange = self._receiving = None
         self._deadline.cancel()
         transport = upstream.transport
@@ -378,8 +380,19 @@ class HttpConnection(asyncio.Protocol):
                          backend_name=self.backend.name)
         self.stream.set_app(relay)
         client_tail = self.parser.upgrade_tail or b""
-        relay.adopt(transport, self.backend.servers[upstream.index], to_backend=client_tail,
-                    to_client=backend_tail)
+        index = upstream.index
+        backend = self.backend
+
+        def tunnel_ended(relay: TcpRelay) -> None:
+            backend.released(index)
+            exchange.bytes_in, exchange.bytes_out = relay.bytes_in, relay.bytes_out
+            exchange.reason = relay.reason
+            if self.site.access_log is not None:
+                self.site.access_log.write(self._entry(exchange, exchange.status,
+                                                       exchange.reason))
+
+        relay.adopt(transport, self.backend.servers[index], to_backend=client_tail,
+                    to_client=backend_tail, on_end=tunnel_ended)
         self._paused.clear()
         self.stream.resume_reading()
 
@@ -448,15 +461,18 @@ class HttpConnection(asyncio.Protocol):
             self.site.access_log.write(self._entry(None, status, reason))
 
     def _log_exchange(self, exchange: Exchange) -> None:
-        status = exchange.status
+        self._count_exchange(exchange)
+        if self.site.access_log is not None:
+            self.site.access_log.write(self._entry(exchange, exchange.status, exchange.reason))
+
+    def _count_exchange(self, exchange: Exchange) -> None:
         counters = self.site.counters
-        counters.inc("requests", self.site.name, self.backend.name, _STATUS_CLASS[status // 100])
+        counters.inc("requests", self.site.name, self.backend.name,
+                     _STATUS_CLASS[exchange.status // 100])
         counters.observe(time.monotonic() - exchange.started, "request_seconds", self.site.name)
         if exchange.t_first_byte and exchange.t_connected:
             counters.observe(exchange.t_first_byte - exchange.t_connected,
                              "backend_response_seconds", self.backend.name)
-        if self.site.access_log is not None:
-            self.site.access_log.write(self._entry(exchange, status, exchange.reason))
 
     def _entry(self, exchange: Exchange | None, status: int, reason: str) -> dict[str, object]:
         stream = self.stream

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from offload.errors import UpstreamError
 from offload.observe.log import fields
@@ -49,6 +50,7 @@ class TcpRelay(asyncio.Protocol):
         self._closed = False
         self._early: list[bytes] = []
         self._server_index = -1
+        self._on_end: Callable[[TcpRelay], None] | None = None
         self.bytes_in = 0
         self.bytes_out = 0
         self.reason = ""
@@ -62,12 +64,14 @@ class TcpRelay(asyncio.Protocol):
         self._connect_task = loop.create_task(self._connect())
 
     def adopt(self, upstream: asyncio.Transport, server: Server, *, to_backend: bytes,
-              to_client: bytes) -> None:
+              to_client: bytes, on_end: Callable[[TcpRelay], None] | None = None) -> None:
         """Take over an established backend connection (a WebSocket after 101): from now on
         both sides are relayed as bytes. ``to_backend``/``to_client`` are bytes that arrived
-        after the HTTP heads on either side."""
+        after the HTTP heads on either side; ``on_end`` is called once when the relay ends
+        (the owner of the connection gives back the server's slot and logs the tunnel)."""
         self._idle = IdleTimer(asyncio.get_running_loop(), self._idle_timeout, self._on_idle)
         self._upstream, self._server = upstream, server
+        self._on_end = on_end
         upstream.set_protocol(_BackendSide(self))
         if to_client:
             self.backend_data(to_client)
@@ -205,6 +209,9 @@ class TcpRelay(asyncio.Protocol):
             self._backend.released(self._server_index)
             self._server_index = -1
         self._stream.close(notify=notify)
+        if self._on_end is not None:
+            on_end, self._on_end = self._on_end, None
+            on_end(self)
         if _log.isEnabledFor(logging.DEBUG):
             self._log_close(reason)
 
