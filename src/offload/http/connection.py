@@ -14,7 +14,10 @@ pauses) until the exchange before it has finished, so answers leave in request o
 
 Reading from the client pauses for three reasons, each released on its own: the exchange is
 opening a backend connection, the backend cannot take more bytes, or pipelined requests wait;
-the body's clock stops meanwhile. While the client does not read our answers (writes paused),
+the body's clock stops meanwhile. Bytes are parsed only as far as they can be served: heads in
+small pieces, a body whole; once a pipelined request waits, the rest of the read stays raw
+bytes until its turn (a client that pipelines thousands of requests and never reads the
+answers holds one read's worth of bytes, not thousands of parsed requests). While the client does not read our answers (writes paused),
 no further pipelined request is started, and the backend's silence is not held against it.
 
 A request over the frontend's request rate limit is answered 429 with Retry-After and never
@@ -49,6 +52,12 @@ _log = logging.getLogger("offload.http")
 
 _STATUS_CLASS = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
 
+HEAD_SLICE = 1024
+"""Bytes fed to the parser at a time outside a body: what a pipelining client can make us parse
+beyond the request being served is a few heads, not a whole read."""
+CHUNKED_SLICE = 16 * 1024
+"""Bytes fed at a time inside a chunked body (whose end we cannot see coming)."""
+
 
 class HttpConnection(asyncio.Protocol):
     """The application protocol of one client TLS stream in HTTP mode."""
@@ -63,6 +72,8 @@ class HttpConnection(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self._receiving: Exchange | None = None
         self._inbox: deque[Event] = deque()
+        self._unparsed = b""
+        """Bytes received but not parsed yet: they follow a pipelined request that waits."""
         self._paused: set[str] = set()
         self._closing = False
         self._writing_paused = False
@@ -105,20 +116,38 @@ class HttpConnection(asyncio.Protocol):
             when = self._pace.received(len(data), self._loop.time())
             if not self._pace.paused:
                 self._deadline.set(when)
+        self._unparsed = self._unparsed + data if self._unparsed else data
+        self._pump()
+
+    def _parse_some(self) -> None:
+        """Feed the parser the next piece of :attr:`_unparsed` (all of it after an error or an
+        upgrade: it is answered, or waits for the backend's 101)."""
+        parser = self.parser
+        data = self._unparsed
+        left = parser.body_left
+        size = left if left > 0 else CHUNKED_SLICE if left < 0 else HEAD_SLICE
+        if len(data) > size:
+            piece, self._unparsed = data[:size], data[size:]
+        else:
+            piece, self._unparsed = data, b""
         try:
-            events = self.parser.feed(data)
+            events = parser.feed(piece)
         except ProtocolError as error:
+            self._unparsed = b""
             self._parse_error(error)
             return
         if events:
             self._inbox.extend(events)
-            self._pump()
-        if self.parser.upgrade_tail is not None:
+        if parser.upgrade_tail is not None:
+            if self._unparsed:  # everything after the head waits for the backend's 101
+                parser.feed(self._unparsed)
+                self._unparsed = b""
             self.pause_client("upgrade")  # the backend decides whether this becomes a tunnel
 
     def eof_received(self) -> bool:
         self._client_eof = True
-        if self.exchange is None and self._receiving is None:
+        if (self.exchange is None and self._receiving is None and not self._inbox
+                and not self._unparsed):
             self._close()
         return True
 
@@ -148,19 +177,30 @@ class HttpConnection(asyncio.Protocol):
         if upstream is not None and upstream.transport is not None:
             upstream.transport.resume_reading()
             self.server_deadline.set(self._loop.time() + self.backend.config.server_timeout)
-        if self._inbox and exchange is None and self._receiving is None and not self._closing:
+        if ((self._inbox or self._unparsed) and exchange is None and self._receiving is None
+                and not self._closing):
             self._pump()
 
     # ------------------------------------------------------------ requests
 
     def _pump(self) -> None:
+        """Hand out parsed events, parsing more while nothing waits in the inbox."""
         if self._pumping:
             return  # called back from inside the loop below, which goes on by itself
         self._pumping = True
         try:
-            self._pump_inbox()
+            while True:
+                self._pump_inbox()
+                if (self._inbox or not self._unparsed or self._closing
+                        or self.parser.upgrade_tail is not None):
+                    break
+                self._parse_some()  # an error empties _unparsed: the next turn pumps what's left
         finally:
             self._pumping = False
+        if self._inbox or self._unparsed:
+            self.pause_client("pipeline")
+        else:
+            self.resume_client("pipeline")
 
     def _pump_inbox(self) -> None:
         inbox = self._inbox
@@ -185,10 +225,6 @@ class HttpConnection(asyncio.Protocol):
                 self._settle()
             else:
                 inbox.popleft()
-        if inbox:
-            self.pause_client("pipeline")
-        else:
-            self.resume_client("pipeline")
 
     def _parse_error(self, error: ProtocolError) -> None:
         """Answer what was parsed before the error first; the error ends the connection."""
@@ -354,13 +390,16 @@ class HttpConnection(asyncio.Protocol):
             error, self._deferred = self._deferred, None
             self._reject(error)
             return
-        if self._client_eof and not self._inbox:
+        if self._client_eof and not self._inbox and not self._unparsed:
             self._close()
             return
-        self._head_started = False
-        timeout = self.site.frontend.keepalive_timeout
-        self._deadline.set(self._loop.time() + timeout)
-        if self._inbox:
+        if self._unparsed:  # the next request has begun: its head gets request_timeout
+            self._head_started = True
+            self._deadline.set(self._loop.time() + self.site.frontend.request_timeout)
+        else:
+            self._head_started = False
+            self._deadline.set(self._loop.time() + self.site.frontend.keepalive_timeout)
+        if self._inbox or self._unparsed:
             self._pump()
 
     def start_tunnel(self, exchange: Exchange, upstream: BackendConnection,

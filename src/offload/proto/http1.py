@@ -285,6 +285,18 @@ class RequestParser(_Parser):
             return []
         return self._run(data)
 
+    @property
+    def body_left(self) -> int:
+        """Bytes still to come of a Content-Length body being read; -1 inside a chunked body;
+        0 between messages or inside a head (so a caller can feed a body whole but heads in
+        small pieces, and stop parsing ahead of what it can serve)."""
+        request = self._request
+        if self._in_head or request is None:
+            return 0
+        if request.chunked:
+            return -1
+        return (request.content_length or 0) - self._body_bytes
+
     def resume(self) -> list[Event]:
         """The upgrade was refused: parse what followed the request as HTTP again."""
         tail, self.upgrade_tail = self.upgrade_tail or b"", None
