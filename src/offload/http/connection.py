@@ -17,8 +17,9 @@ opening a backend connection, the backend cannot take more bytes, or pipelined r
 the body's clock stops meanwhile. Bytes are parsed only as far as they can be served: heads in
 small pieces, a body whole; once a pipelined request waits, the rest of the read stays raw
 bytes until its turn (a client that pipelines thousands of requests and never reads the
-answers holds one read's worth of bytes, not thousands of parsed requests). While the client does not read our answers (writes paused),
-no further pipelined request is started, and the backend's silence is not held against it.
+answers holds one read's worth of bytes, not thousands of parsed requests). While the client
+does not read our answers (writes paused), no further pipelined request is started, and the
+backend's silence is not held against it.
 
 A request over the frontend's request rate limit is answered 429 with Retry-After and never
 reaches the backend; the connection stays open when the request had no body (as nginx's
