@@ -20,6 +20,7 @@ from offload.config.model import Config, FrontendConfig
 from offload.errors import ConfigError, Issue
 from offload.tls.certs import LoadedCertificate, readable_by
 from offload.tls.client_certs import load_client_auth
+from offload.tls.groups import groups_problem
 from offload.tls.policy import POLICIES, ClientAuth, server_context
 from offload.tls.sources import FrontendSources
 from offload.tls.store import CertificateStore
@@ -118,6 +119,11 @@ def prepare(config: Config, source: str, rename: Callable[[str], str] | None = N
     issues: list[Issue] = []
     warnings: list[str] = []
     frontends: list[PreparedFrontend] = []
+    groups = groups_problem()
+    if groups is not None:
+        warnings.append(f"TLS key-exchange groups cannot be limited to X25519, P-256 and P-384 "
+                        f"on this Python ({groups}): OpenSSL's defaults stay accepted, FFDHE "
+                        "included")
     for index, frontend in enumerate(config.frontends):
         where = f"frontends[{index}]"
         alpn = frontend.alpn or (HTTP_ALPN if frontend.mode == "http" else ())
