@@ -43,6 +43,16 @@ class PreparedFrontend:
     def certificates(self) -> list[LoadedCertificate]:
         return self.store.certificates()
 
+    @property
+    def alpn(self) -> tuple[str, ...]:
+        """The ALPN protocols this frontend serves (none: ALPN is ignored)."""
+        return served_alpn(self.config)
+
+
+def served_alpn(frontend: FrontendConfig) -> tuple[str, ...]:
+    """The frontend's ``alpn``, or HTTP mode's default when it names none."""
+    return frontend.alpn or (HTTP_ALPN if frontend.mode == "http" else ())
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -126,7 +136,7 @@ def prepare(config: Config, source: str, rename: Callable[[str], str] | None = N
                         "included")
     for index, frontend in enumerate(config.frontends):
         where = f"frontends[{index}]"
-        alpn = frontend.alpn or (HTTP_ALPN if frontend.mode == "http" else ())
+        alpn = served_alpn(frontend)
         if frontend.mode == "http" and "http/1.1" not in alpn:
             issues.append(Issue(f"{where}.alpn", "an HTTP frontend must offer \"http/1.1\"",
                                 "add \"http/1.1\" to alpn, or leave alpn out"))
