@@ -124,12 +124,45 @@ def test_passive_ejection_after_server_errors(pki, localhost_bundle, http_backen
     bad.fail_status = 500
     instance = offload(http_config(
         port, [localhost_bundle], [_server("good", good), _server("bad", bad)],
-        backend='ejection = { failures = 2, duration = "30s" }'))
+        backend='ejection = { failures = 2, duration = "30s", count_5xx = true }'))
     conn = https(port, pki.ca)
     statuses = [get(conn, "/bytes/1")[0].status for _ in range(6)]
     assert statuses.count(500) == 2, "two 5xx answers, then the server is ejected"
     instance.wait_for(lambda e: e.get("msg") == "backend server ejected" and e.get("server") == "bad")
     assert _backend_names(conn, "/bytes/1", 5) == {"good": 5}
+
+
+def test_a_path_answering_500_ejects_no_server(pki, localhost_bundle, http_backend, offload,
+                                               port):
+    """The attacker's move: hammer a path that makes every server answer 500. With the default
+    ejection settings no server may go, so everyone else keeps getting answers from all."""
+    servers = [http_backend(name) for name in "abc"]
+    instance = offload(http_config(port, [localhost_bundle],
+                                   [_server(s.name, s) for s in servers],
+                                   backend='ejection = { failures = 2, duration = "60s" }'))
+    attacker = https(port, pki.ca)
+    statuses = [get(attacker, "/status/500")[0].status for _ in range(30)]
+    assert statuses == [500] * 30, "every 500 is the backend's answer, passed on"
+    assert all(len(s.requests) == 10 for s in servers)
+    client = https(port, pki.ca)
+    assert _backend_names(client, "/bytes/1", 6) == {"a": 2, "b": 2, "c": 2}
+    assert not instance.messages("backend server ejected")
+
+
+def test_with_5xx_counted_half_the_servers_stay(pki, localhost_bundle, http_backend, offload,
+                                               port):
+    """``count_5xx`` on: the attacker can eject, but at most half of the servers."""
+    servers = [http_backend(name) for name in "abc"]
+    instance = offload(http_config(
+        port, [localhost_bundle], [_server(s.name, s) for s in servers],
+        backend='ejection = { failures = 2, duration = "60s", count_5xx = true }'))
+    attacker = https(port, pki.ca)
+    for _ in range(30):
+        get(attacker, "/status/500")
+    ejected = {e["server"] for e in instance.messages("backend server ejected")}
+    assert len(ejected) == 1, "3 servers at 50 %: one may go"
+    client = https(port, pki.ca)
+    assert set(_backend_names(client, "/bytes/1", 6)) == {"a", "b", "c"} - ejected
 
 
 def test_connect_failure_moves_to_the_next_server(pki, localhost_bundle, http_backend, offload,

@@ -27,8 +27,11 @@ from offload.proto.client_hello import (
     MAX_CLIENT_HELLO,
     MAX_RECORD_LENGTH,
     MAX_RECORDS,
+    NO_APPLICATION_PROTOCOL,
     ClientHello,
     ClientHelloError,
+    ServedProtocols,
+    fatal_alert,
     parse_client_hello,
     peek_alpn_and_sni,
 )
@@ -719,3 +722,67 @@ def test_built_hellos_round_trip(server_name: str | None, alpn: list[bytes], ver
     assert parse_client_hello(parts.record()) == ClientHello(
         server_name, tuple(name.decode("latin-1") for name in alpn), offered, suites, TLS12,
         offers_resumption=bool(session_id) and TLS13 not in offered)
+
+
+# ------------------------------------------------------------------ ALPN refusal (RFC 7301 §3.2)
+
+
+def test_nothing_served_refuses_nothing() -> None:
+    assert ServedProtocols.of(()) is None
+
+
+@pytest.mark.parametrize(("offered", "refused"), [
+    ((), False),  # no ALPN extension: no refusal, the handshake goes on without ALPN
+    (("http/1.1",), False),
+    (("h2", "http/1.1"), False),
+    (("h2",), True),
+    (("acme-tls/1",), True),
+    (("foo", "bar", "http/1.1"), False),
+    (("HTTP/1.1",), True),  # RFC 7301 §6: names are compared as bytes
+])
+def test_refuses_only_when_nothing_offered_is_served(offered: tuple[str, ...],
+                                                     refused: bool) -> None:
+    served = ServedProtocols.of(("http/1.1",))
+    assert served is not None
+    hello = ClientHello(HOST, offered, (TLS13, TLS12), 3, TLS12)
+    assert served.refuses(hello) is refused
+
+
+@pytest.mark.parametrize(("alpn", "found"), [
+    (H2_H1, True), (("http/1.1",), True), (("h2",), False), ((), False), (ACME, False),
+])
+def test_quick_search_on_genuine_hellos(alpn: tuple[str, ...], found: bool) -> None:
+    """The search finds a served name in a real first flight without parsing it; when it does
+    not, the caller parses (so a miss is never a wrong refusal)."""
+    served = ServedProtocols.of(("http/1.1",))
+    assert served is not None
+    data = genuine(alpn, HOST, False)
+    assert served.surely_offered(data) is found
+    hello = parse_client_hello(data)
+    assert hello is not None
+    assert served.refuses(hello) is (bool(alpn) and not found)
+
+
+@settings(max_examples=200)
+@given(st.lists(protocol_names, min_size=1, max_size=6), st.lists(protocol_names, min_size=1,
+                                                                   max_size=3))
+def test_quick_search_never_misses_a_served_name_in_one_record(offered: list[bytes],
+                                                               served_names: list[bytes]) -> None:
+    """A served name in a one-record hello is always found by the search: the parse is needed
+    only for hellos that offer none of them (or that arrive in pieces)."""
+    served = ServedProtocols.of(tuple(name.decode("latin-1") for name in served_names))
+    assert served is not None
+    data = Parts(extensions=(sni_ext(HOST.encode()), alpn_ext(*offered))).record()
+    hello = parse_client_hello(data)
+    assert hello is not None
+    if not served.refuses(hello):
+        assert served.surely_offered(data)
+
+
+def test_fatal_alert_record() -> None:
+    """RFC 8446 §5.1 / §6: alert record, TLS 1.2 record version, fatal, description 120."""
+    assert fatal_alert(NO_APPLICATION_PROTOCOL) == bytes([21, 3, 3, 0, 2, 2, 120])
+    modern = ClientHello(HOST, ("h2",), (TLS13, TLS12), 3, TLS12)
+    assert fatal_alert(NO_APPLICATION_PROTOCOL, modern)[1:3] == b"\x03\x03"
+    old = ClientHello(HOST, ("h2",), (0x0301,), 3, 0x0301)
+    assert fatal_alert(NO_APPLICATION_PROTOCOL, old)[1:3] == b"\x03\x01"

@@ -49,12 +49,41 @@ def test_common_options(policy: str) -> None:
     assert context.verify_mode == ssl.CERT_NONE
 
 
-@pytest.mark.parametrize(("policy", "preference"), [
-    ("intermediate", True), ("legacy", True), ("modern", False),
-])
-def test_server_cipher_preference(policy: str, preference: bool) -> None:
+@pytest.mark.parametrize("policy", ALL)
+def test_the_client_chooses_the_cipher(policy: str) -> None:
+    """Mozilla's current guidance, in every policy: the client knows whether it has AES
+    hardware (ChaCha20 first) or not."""
     context = policy_context(policy)
-    assert bool(context.options & ssl.OP_CIPHER_SERVER_PREFERENCE) is preference
+    assert not context.options & ssl.OP_CIPHER_SERVER_PREFERENCE
+
+
+@pytest.mark.parametrize("policy", ["intermediate", "legacy"])
+@pytest.mark.parametrize("first", ["ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-ECDSA-AES128-GCM-SHA256",
+                                   "ECDHE-ECDSA-AES256-GCM-SHA384"])
+def test_tls12_suite_is_the_clients_first(policy: str, first: str,
+                                          certificate: LoadedCertificate) -> None:
+    suites = ["ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
+              "ECDHE-ECDSA-CHACHA20-POLY1305"]
+    suites.remove(first)
+    client_ctx = client_context(maximum=ssl.TLSVersion.TLSv1_2, ciphers=":".join([first, *suites]))
+    client, _ = handshake(client_ctx, _serving(policy, certificate), "policy.example.com")
+    assert cipher_name(client) == first
+
+
+def test_legacy_suites_exactly() -> None:
+    """docs/tls.md lists these; static-RSA key exchange included, like Mozilla's "old"."""
+    names = [cipher["name"] for cipher in policy_context("legacy").get_ciphers()
+             if cipher["protocol"] != "TLSv1.3"]
+    assert sorted(names) == sorted([
+        "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+        "ECDHE-ECDSA-AES128-SHA256", "ECDHE-RSA-AES128-SHA256",
+        "ECDHE-ECDSA-AES128-SHA", "ECDHE-RSA-AES128-SHA",
+        "ECDHE-ECDSA-AES256-SHA384", "ECDHE-RSA-AES256-SHA384",
+        "ECDHE-ECDSA-AES256-SHA", "ECDHE-RSA-AES256-SHA",
+        "AES128-GCM-SHA256", "AES256-GCM-SHA384", "AES128-SHA", "AES256-SHA",
+    ])
 
 
 def test_intermediate_ciphers_are_ecdhe_aead_only() -> None:

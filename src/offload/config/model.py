@@ -288,11 +288,16 @@ class HealthCheckConfig(Model):
 
 
 class EjectionConfig(Model):
-    """Passive health: eject a server for ``duration`` after ``failures`` consecutive connect
-    failures or 5xx answers (0 turns it off)."""
+    """Passive health: eject a server for ``duration`` after ``failures`` consecutive failed
+    requests (0 turns it off). Connect failures, resets, timeouts and malformed answers count;
+    5xx answers only with ``count_5xx`` (a client can make any server answer 500). Passive
+    ejection never holds out more than ``max_ejected_percent`` of the servers, and never the
+    last one in rotation."""
 
     failures: Annotated[int, Strict(), Field(ge=0)] = 5
     duration: Timeout = 30.0
+    count_5xx: Flag = False
+    max_ejected_percent: Annotated[int, Strict(), Field(ge=0, le=100)] = 50
 
 
 class BackendConfig(Model):

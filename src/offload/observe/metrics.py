@@ -114,6 +114,8 @@ COUNTERS: dict[str, Spec] = {spec_key: spec for spec_key, spec in [
                               "against a fetched CRL", ("frontend", "verdict"))),
     ("internal_error", Spec("offload_internal_errors", "Unexpected errors (bugs)",
                             ("where",))),
+    ("access_log_dropped", Spec("offload_access_log_dropped", "Access log lines lost "
+                                "(queue_full, write_error, format_error)", ("log", "reason"))),
 ]}
 
 HISTOGRAMS: dict[str, Spec] = {

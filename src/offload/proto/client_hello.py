@@ -274,6 +274,56 @@ def parse_client_hello(data: bytes | bytearray | memoryview) -> ClientHello | No
     return None if body is None else _parse_body(body)
 
 
+@dataclass(frozen=True, slots=True)
+class ServedProtocols:
+    """The ALPN protocols a frontend serves, for refusing clients that offer only others.
+
+    RFC 7301 §3.2: a server that supports none of the client's protocols answers with a fatal
+    ``no_application_protocol`` alert (nginx does; Python's ``ssl`` cannot, it ignores the
+    extension instead). Deciding needs the ClientHello, but parsing one costs microseconds per
+    connection, so :meth:`surely_offered` looks first for a served name, length byte included,
+    in the raw bytes: real clients offer what the server serves, and then no parse is needed.
+    Those bytes appearing elsewhere in a ClientHello only skip the refusal (the handshake goes
+    on without ALPN, as before); a name split across reads or records is found by the parse.
+    """
+
+    names: frozenset[str]
+    wire: tuple[bytes, ...]
+    """Each name as it appears in a protocol_name_list: a length byte, then the name."""
+
+    @classmethod
+    def of(cls, names: tuple[str, ...]) -> ServedProtocols | None:
+        """For a frontend serving ``names`` (None when there are none: nothing is refused)."""
+        if not names:
+            return None
+        return cls(frozenset(names),
+                   tuple(bytes((len(name),)) + name.encode("latin-1") for name in names))
+
+    def surely_offered(self, data: bytes) -> bool:
+        """Whether a served name appears in the client's first bytes (no parse needed)."""
+        for name in self.wire:  # noqa: SIM110 - a plain loop: any() over a generator costs 1 µs
+            if name in data:
+                return True
+        return False
+
+    def refuses(self, hello: ClientHello) -> bool:
+        """Whether ``hello`` offers ALPN protocols, none of which is served."""
+        return bool(hello.alpn) and self.names.isdisjoint(hello.alpn)
+
+
+_ALERT = 21  # ContentType.alert, RFC 8446 §5.1
+_FATAL = 2  # AlertLevel.fatal
+NO_APPLICATION_PROTOCOL = 120  # AlertDescription, RFC 7301 §3.2
+
+
+def fatal_alert(description: int, hello: ClientHello | None = None) -> bytes:
+    """A plaintext fatal alert record, sent instead of a ServerHello (RFC 8446 §6, RFC 5246
+    §7.2). Its record version is TLS 1.2's (RFC 8446 §5.1), or the client's own when it
+    offered only older versions."""
+    version = 0x0303 if hello is None else max(0x0301, min(hello.legacy_version, 0x0303))
+    return struct.pack("!BHHBB", _ALERT, version, 2, _FATAL, description)
+
+
 def peek_alpn_and_sni(data: bytes | bytearray | memoryview) -> tuple[str | None, tuple[str, ...]] | None:
     """``(server_name, alpn)`` from the ClientHello, None while incomplete, ``(None, ())`` when
     the bytes are not a valid ClientHello (OpenSSL will then refuse the handshake itself)."""

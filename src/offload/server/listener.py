@@ -22,6 +22,7 @@ from collections.abc import Callable
 from offload.acme.alpn import ChallengeLookup
 from offload.observe.log import fields
 from offload.observe.stats import Counters
+from offload.proto.client_hello import ServedProtocols
 from offload.security.ban_list import BannedClients
 from offload.security.events import SecurityEvents
 from offload.security.limits import LimitDecision, Limits
@@ -32,9 +33,10 @@ from offload.writes import WriteBatcher
 
 _log = logging.getLogger("offload.listener")
 
-NOT_OFFENCES = frozenset({"client_closed", "unknown_sni"})
+NOT_OFFENCES = frozenset({"client_closed", "unknown_sni", "no_application_protocol"})
 """Handshake failures a ban does not count: a client hanging up (port checks, health checks,
-browsers racing connections) and a name we have no certificate for are not attacks."""
+browsers racing connections), a name we have no certificate for and a protocol we do not
+serve are not attacks."""
 
 RESUME_ACCEPT_RATIO = 0.9
 """Accepting resumes once open connections fall below this share of the maximum."""
@@ -125,6 +127,8 @@ class Listener:
         self._count_handshakes = config is not None and (
             config.global_handshake_rate is not None or config.per_ip_handshake_rate is not None)
         self._send_timeout = frontend.config.send_timeout
+        self._served = ServedProtocols.of(frontend.alpn)
+        """Clients offering ALPN without any of these are refused (RFC 7301 §3.2)."""
         self._prune: asyncio.TimerHandle | None = None
         self._servers: list[asyncio.Server] = []
         self._accepting = False
@@ -137,7 +141,7 @@ class Listener:
     def _new_stream(self) -> TLSServerStream:
         return TLSServerStream(self, self._context, self._handshake_timeout, self._batcher,
                                self._challenges, send_timeout=self._send_timeout,
-                               count_handshakes=self._count_handshakes)
+                               count_handshakes=self._count_handshakes, served=self._served)
 
     async def start(self) -> None:
         """Start accepting on every socket of this frontend."""

@@ -20,6 +20,7 @@ from offload.config.model import Config, FrontendConfig
 from offload.errors import ConfigError, Issue
 from offload.tls.certs import LoadedCertificate, readable_by
 from offload.tls.client_certs import load_client_auth
+from offload.tls.groups import groups_problem
 from offload.tls.policy import POLICIES, ClientAuth, server_context
 from offload.tls.sources import FrontendSources
 from offload.tls.store import CertificateStore
@@ -41,6 +42,16 @@ class PreparedFrontend:
     @property
     def certificates(self) -> list[LoadedCertificate]:
         return self.store.certificates()
+
+    @property
+    def alpn(self) -> tuple[str, ...]:
+        """The ALPN protocols this frontend serves (none: ALPN is ignored)."""
+        return served_alpn(self.config)
+
+
+def served_alpn(frontend: FrontendConfig) -> tuple[str, ...]:
+    """The frontend's ``alpn``, or HTTP mode's default when it names none."""
+    return frontend.alpn or (HTTP_ALPN if frontend.mode == "http" else ())
 
 
 @dataclass(frozen=True)
@@ -118,9 +129,14 @@ def prepare(config: Config, source: str, rename: Callable[[str], str] | None = N
     issues: list[Issue] = []
     warnings: list[str] = []
     frontends: list[PreparedFrontend] = []
+    groups = groups_problem()
+    if groups is not None:
+        warnings.append(f"TLS key-exchange groups cannot be limited to X25519, P-256 and P-384 "
+                        f"on this Python ({groups}): OpenSSL's defaults stay accepted, FFDHE "
+                        "included")
     for index, frontend in enumerate(config.frontends):
         where = f"frontends[{index}]"
-        alpn = frontend.alpn or (HTTP_ALPN if frontend.mode == "http" else ())
+        alpn = served_alpn(frontend)
         if frontend.mode == "http" and "http/1.1" not in alpn:
             issues.append(Issue(f"{where}.alpn", "an HTTP frontend must offer \"http/1.1\"",
                                 "add \"http/1.1\" to alpn, or leave alpn out"))

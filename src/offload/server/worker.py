@@ -273,13 +273,16 @@ class _Apps:
         """What this worker counted so far, with its present connections and servers."""
         counters = self.counters
         gauges: dict[tuple[str, ...], float] = {}
-        live = Counters()  # bytes of open connections, not yet in the counters
+        live = Counters()  # open connections' bytes, access logs' own counts: not in counters
         for listener in self.listeners:
             gauges["connections_active", listener.name] = listener.open
         for stream in self.registry.streams:
             owner = stream.owner_name
             live.inc("bytes_in", owner, amount=stream.bytes_in)
             live.inc("bytes_out", owner, amount=stream.bytes_out)
+        for (target, _), log in self.access_logs.items():
+            for reason, lost in log.dropped().items():
+                live.inc("access_log_dropped", target, reason, amount=lost)
         now = asyncio.get_running_loop().time()
         servers: list[ServerReport] = []
         for group in self.groups():

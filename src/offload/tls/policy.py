@@ -2,8 +2,11 @@
 
 ``intermediate`` (the default) follows Mozilla's intermediate profile minus the DHE suites
 (ECDHE and AEAD only); ``modern`` is TLS 1.3 only; ``legacy`` also allows TLS 1.0/1.1 with CBC
-suites for old clients and is announced with a warning at start. Every policy disables TLS
-compression and client-initiated renegotiation and turns session resumption on.
+suites and static-RSA key exchange for old clients (like Mozilla's "old") and is announced with
+a warning at start. Every policy disables TLS compression and client-initiated renegotiation,
+turns session resumption on, lets the client choose among the suites it shares with the server
+(Mozilla's current guidance: a client without AES hardware puts ChaCha20 first, one with it
+AES-GCM) and accepts only the key-exchange groups of :mod:`offload.tls.groups`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import ssl
 from dataclasses import dataclass
 
 from offload.tls.ca_bundle import CaBundle
+from offload.tls.groups import restrict_groups
 
 INTERMEDIATE_TLS12_CIPHERS = ":".join((
     "ECDHE-ECDSA-AES128-GCM-SHA256",
@@ -45,21 +49,19 @@ class TlsPolicy:
     name: str
     minimum: ssl.TLSVersion
     ciphers: str
-    server_preference: bool
+    """TLS 1.2 and older suites (TLS 1.3 uses OpenSSL's three default suites)."""
     warning: str = ""
 
 
 POLICIES = {
-    "modern": TlsPolicy("modern", ssl.TLSVersion.TLSv1_3, INTERMEDIATE_TLS12_CIPHERS, False),
-    "intermediate": TlsPolicy(
-        "intermediate", ssl.TLSVersion.TLSv1_2, INTERMEDIATE_TLS12_CIPHERS, True
-    ),
+    "modern": TlsPolicy("modern", ssl.TLSVersion.TLSv1_3, INTERMEDIATE_TLS12_CIPHERS),
+    "intermediate": TlsPolicy("intermediate", ssl.TLSVersion.TLSv1_2,
+                              INTERMEDIATE_TLS12_CIPHERS),
     "legacy": TlsPolicy(
         "legacy",
         ssl.TLSVersion.TLSv1,
         # OpenSSL 3 needs security level 0 to sign TLS 1.0/1.1 handshakes with SHA-1.
         f"{INTERMEDIATE_TLS12_CIPHERS}:{LEGACY_EXTRA_CIPHERS}:@SECLEVEL=0",
-        True,
         warning="tls_policy \"legacy\" allows TLS 1.0 and 1.1 and CBC cipher suites; "
         "use it only for clients that cannot do TLS 1.2",
     ),
@@ -94,10 +96,8 @@ def server_context(policy_name: str, alpn: tuple[str, ...] = (),
     context.maximum_version = ssl.TLSVersion.MAXIMUM_SUPPORTED
     context.set_ciphers(policy.ciphers)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_SINGLE_ECDH_USE
-    if policy.server_preference:
-        context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
-    else:
-        context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    # The client's order wins, in TLS 1.3 and 1.2 alike: it knows whether it has AES hardware.
+    context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     context.options &= ~ssl.OP_NO_TICKET
     # One TLS 1.3 ticket per handshake: clients keep one anyway, and each costs CPU.
     context.num_tickets = 1
@@ -106,4 +106,5 @@ def server_context(policy_name: str, alpn: tuple[str, ...] = (),
         client_auth.apply(context)
     if alpn:
         context.set_alpn_protocols(list(alpn))
+    restrict_groups(context)  # when it cannot, offload warned at start (groups_problem)
     return context

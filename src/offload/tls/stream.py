@@ -22,6 +22,11 @@ never tell the application why a handshake failed. Here:
     any         app.close()                 close_notify (if OPEN), flush, close
     any         writes paused send_timeout  the client stopped reading: abort
 
+ALPN (RFC 7301 §3.2): with ``served`` protocols, a client offering ALPN but none of them is
+refused with a fatal ``no_application_protocol`` alert before OpenSSL sees its hello (OpenSSL,
+through Python, would carry on without ALPN). The first read is searched for a served name;
+only when none is there is the ClientHello parsed (see :class:`ServedProtocols`).
+
 Flood limits: the owner may refuse a connection as soon as it is accepted (``refuse``: closed
 before any TLS byte is read), and with ``count_handshakes`` it is asked about every full
 handshake: before OpenSSL starts one when the ClientHello offers no session to resume (so a
@@ -36,7 +41,14 @@ import time
 from typing import Any, Protocol, cast
 
 from offload.acme.alpn import ACME_TLS_ALPN, ChallengeLookup
-from offload.proto.client_hello import ClientHelloError, parse_client_hello
+from offload.proto.client_hello import (
+    NO_APPLICATION_PROTOCOL,
+    ClientHello,
+    ClientHelloError,
+    ServedProtocols,
+    fatal_alert,
+    parse_client_hello,
+)
 from offload.timers import Deadline
 from offload.tls.sni import SNI_ATTRIBUTE, SNI_MATCHED_ATTRIBUTE
 from offload.writes import WriteBatcher
@@ -53,7 +65,8 @@ _BAD_HELLO = frozenset({
     "BAD_LENGTH", "WRONG_SSL_VERSION", "DECODE_ERROR",
 })
 _NO_SHARED = frozenset({
-    "NO_SHARED_CIPHER", "NO_SHARED_GROUPS", "NO_SUITABLE_SIGNATURE_ALGORITHM",
+    "NO_SHARED_CIPHER", "NO_SHARED_GROUPS", "NO_SUITABLE_KEY_SHARE",
+    "NO_SUITABLE_SIGNATURE_ALGORITHM",
     "NO_SHARED_SIGNATURE_ALGORITHMS", "NO_APPLICATION_PROTOCOL",
 })
 _VERSION = frozenset({
@@ -113,10 +126,11 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
     """A TLS server connection: a Protocol for the TCP transport, a Transport for the app."""
 
     __slots__ = (
-        "_acme", "_app", "_batcher", "_challenges", "_count_handshakes", "_held", "_hello",
-        "_incoming", "_loop", "_outgoing", "_owner", "_peer_eof", "_reading_paused",
-        "_recheck_handshake", "_send_deadline", "_send_timeout", "_ssl", "_state", "_tcp",
-        "_timer", "_write_eof", "accepted_at", "bytes_in", "bytes_out", "client_key",
+        "_acme", "_alpn_pending", "_app", "_batcher", "_challenges", "_count_handshakes",
+        "_held", "_hello", "_incoming", "_loop", "_outgoing", "_owner", "_peer_eof",
+        "_reading_paused", "_recheck_handshake", "_send_deadline", "_send_timeout", "_served",
+        "_ssl", "_state", "_tcp", "_timer", "_write_eof", "accepted_at", "bytes_in",
+        "bytes_out", "client_key",
         "handshake_seconds",
         "handshake_timeout",
     )
@@ -124,7 +138,8 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
     def __init__(self, owner: StreamOwner, context: ssl.SSLContext,
                  handshake_timeout: float, batcher: WriteBatcher | None = None,
                  challenges: ChallengeLookup | None = None, *, send_timeout: float = 0.0,
-                 count_handshakes: bool = False) -> None:
+                 count_handshakes: bool = False, served: ServedProtocols | None = None
+                 ) -> None:
         super().__init__()
         self._owner = owner
         self._batcher = batcher
@@ -146,8 +161,11 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
         """The ClientHello offered a session: ask the owner after the handshake if not resumed."""
         self._hello: bytearray | None = (bytearray() if challenges is not None or count_handshakes
                                          else None)
-        """The ClientHello so far, while we look for an ACME TLS-ALPN-01 validation or whether
-        a session is offered."""
+        """The ClientHello so far, while we look for an ACME TLS-ALPN-01 validation, whether
+        a session is offered, or which ALPN protocols are."""
+        self._served = served
+        self._alpn_pending = served is not None
+        """The first read has yet to be searched for a served ALPN protocol."""
         self._acme = False
         self._send_timeout = send_timeout
         self._send_deadline: Deadline | None = None
@@ -175,6 +193,12 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
             if not self._reading_paused:
                 self._read()
         elif self._state == HANDSHAKE:
+            if self._alpn_pending:
+                self._alpn_pending = False
+                served = self._served
+                if served is not None and self._hello is None \
+                        and not served.surely_offered(data):
+                    self._hello = bytearray()  # parse it, to see whether to refuse
             if self._hello is not None and not self._peek(data):
                 return  # the ClientHello is not complete yet
             self._handshake()
@@ -184,7 +208,8 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
 
         A ClientHello offering exactly ``acme-tls/1`` for a name with a pending challenge is
         answered with the validation certificate (RFC 8737 §3), never the site's. False too
-        when the owner refused a full handshake (the stream is then closed)."""
+        when the client offers only protocols we do not serve, or when the owner refused a full
+        handshake (the stream is then closed)."""
         hello = self._hello
         assert hello is not None
         hello += data
@@ -201,6 +226,11 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
             if context is not None:
                 self._ssl.context = context
                 self._acme = True
+        served = self._served
+        if served is not None and parsed is not None and not self._acme \
+                and served.refuses(parsed):
+            self._refuse_alpn(parsed)
+            return False
         if self._count_handshakes and not self._acme:
             if parsed is not None and parsed.offers_resumption:
                 self._recheck_handshake = True
@@ -208,6 +238,12 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
                 self.refuse()  # before OpenSSL has seen a byte
                 return False
         return True
+
+    def _refuse_alpn(self, hello: ClientHello) -> None:
+        """RFC 7301 §3.2: none of the client's protocols is served."""
+        self._send(fatal_alert(NO_APPLICATION_PROTOCOL, hello))
+        self._fail("no_application_protocol",
+                   f"the client offers ALPN {', '.join(hello.alpn)}, none of them served")
 
     def eof_received(self) -> bool:
         if self._state == HANDSHAKE:

@@ -39,11 +39,11 @@ class Backend(ServerGroup):
                 reason = "timeout" if isinstance(error, TimeoutError) else (
                     error.strerror or type(error).__name__)
                 self.counters.inc("backend_connect_failed", self.name)
-                self.report(index, False, loop.time())
+                self.report(index, "connect_failed", loop.time())
                 _log.debug("backend connect failed", extra=fields(
                     backend=self.name, server=server.label, address=str(server), reason=reason))
                 continue
-            self.report(index, True, loop.time())
+            self.report(index, "ok", loop.time())
             self.acquired(index)
             return transport, index
         raise UpstreamError(f"no server of backend {self.name} accepted a connection",

@@ -15,7 +15,7 @@ from offload.observe.log import fields
 from offload.observe.snapshot import ServerReport
 from offload.observe.stats import Counters
 from offload.upstream.balancer import AdminState, make_balancer, server_states
-from offload.upstream.health import HealthTracker
+from offload.upstream.health import EjectionBudget, HealthTracker, Outcome, is_failure
 from offload.upstream.probe import HealthChecker
 from offload.upstream.servers import Server
 
@@ -33,12 +33,13 @@ class ServerGroup:
         self.counters = counters
         self.states = server_states(config)
         self.balancer = make_balancer(config.balance, self.states)
-        self.trackers = [HealthTracker(state, config.health_check, config.ejection)
+        self.budget = EjectionBudget(self.states, config.ejection.max_ejected_percent)
+        """How many servers passive checks may hold out; its ``ejected`` count tells when the
+        trackers must be asked whether an ejection has run out (keeps the common path free of
+        per-server calls)."""
+        self.trackers = [HealthTracker(state, config.health_check, config.ejection, self.budget)
                          for state in self.states]
         self.checker: HealthChecker | None = None
-        self._ejected = 0
-        """Servers ejected by passive checks: only then must the trackers be asked whether an
-        ejection has run out (keeps the common path free of per-server calls)."""
 
     def start(self) -> None:
         """Start the active health checks, if configured (in the running loop)."""
@@ -53,10 +54,6 @@ class ServerGroup:
             self.checker = None
 
     def health_changed(self, index: int, transition: str) -> None:
-        if transition == "ejected":
-            self._ejected += 1
-        elif transition == "returned":
-            self._ejected -= 1
         server = self.servers[index]
         self.counters.inc("server_state", self.name, transition)
         log = _log.warning if transition in ("down", "ejected") else _log.info
@@ -91,11 +88,8 @@ class ServerGroup:
 
     def candidates(self, key: bytes, now: float) -> list[int]:
         """Servers to try, first choice first (only usable ones; backups if no primary is)."""
-        if self._ejected:
-            for tracker in self.trackers:
-                change = tracker.refresh(now)
-                if change is not None:
-                    self.health_changed(tracker.server.index, change)
+        if self.budget.ejected:
+            self._refresh(now)
         states = self.states
         if len(states) == 1:  # nothing to balance
             return [0] if states[0].usable(now) else []
@@ -107,9 +101,23 @@ class ServerGroup:
     def released(self, index: int) -> None:
         self.states[index].active -= 1
 
-    def report(self, index: int, ok: bool, now: float) -> None:
-        """Passive health: a connection or request to server ``index`` succeeded or failed."""
-        change = self.trackers[index].record_request(ok, now)
+    def _refresh(self, now: float) -> None:
+        """Notice (and log) the ejections that have run out by ``now``."""
+        for tracker in self.trackers:
+            change = tracker.refresh(now)
+            if change is not None:
+                self.health_changed(tracker.server.index, change)
+
+    def report(self, index: int, outcome: Outcome | bool, now: float) -> None:
+        """Passive health: what a connection or request to server ``index`` came to.
+
+        ``outcome`` says what happened (:data:`~offload.upstream.health.Outcome`); whether it
+        counts against the server is the configuration's business. A bool is the older form
+        (``False``: a failure of unknown kind, counted as one).
+        """
+        if self.budget.ejected and is_failure(outcome, self.config.ejection):
+            self._refresh(now)  # so the budget does not count ejections that ran out
+        change = self.trackers[index].record_request(outcome, now)
         if change is not None:
             self.health_changed(index, change)
 

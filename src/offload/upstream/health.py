@@ -3,8 +3,8 @@
 Two independent signals change a :class:`~offload.upstream.balancer.ServerState`:
 
 * **active checks** (:mod:`offload.upstream.probe` produces the results) move ``up``;
-* **passive ejection** — consecutive failed requests (connect failures or 5xx answers, the
-  caller decides) — moves ``ejected_until``.
+* **passive ejection** — consecutive failed requests (connect failures, resets, timeouts; 5xx
+  answers only when configured) — moves ``ejected_until``.
 
 Nothing here reads a clock or touches a socket: every result comes with ``now``, taken from the
 clock the balancer is given (normally ``loop.time()``). Each method returns the transition it
@@ -25,14 +25,25 @@ a server that has not yet passed a check goes down at its first failed check rat
 ``fall`` of them, so a server that is dead at start-up does not get traffic for
 ``fall * interval``.
 
-Passive ejection (``failures`` consecutive failed requests, 0 = off)::
+Passive ejection (``failures`` consecutive failed requests, 0 = off). The caller says what
+happened (an :data:`Outcome`); connect failures, resets, timeouts and malformed answers are
+failures, a 5xx answer only with ``count_5xx`` (otherwise it counts as an answer: the server is
+alive, and any client can make it answer 500 by asking for a broken path)::
 
     state     result   effect                                     transition
     in        ok       failures = 0                               -
-    in        fail     failures += 1; at ``failures``:            "ejected"
-                       ejected_until = now + duration
+    in        fail     failures += 1; at ``failures``, if the     "ejected"
+                       budget allows: ejected_until = now +
+                       duration (else it stays in, and the next
+                       failure asks again)
     ejected   any      ignored (requests started before ejection)  -
     ejected   time     now >= ejected_until, noticed by any call  "returned" (once)
+
+The :class:`EjectionBudget` is shared by a backend's servers: passive ejection never holds out
+more than ``max_ejected_percent`` of them (at least one when the share rounds to zero, like
+Envoy's ``max_ejection_percent``) and never the last server in rotation, so a single-server
+backend is never ejected (as nginx ignores ``max_fails`` for a lone server). Failing requests
+cannot then take a whole backend down; what is left of it answers, or fails on its own.
 
 An ejected server is back in rotation as soon as ``now >= ejected_until`` (the balancer checks
 the time itself); "returned" only reports that moment, from :meth:`~HealthTracker.refresh` or
@@ -42,6 +53,7 @@ the next ``record_*`` call. If one call both ends an ejection and starts a new o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -50,17 +62,81 @@ if TYPE_CHECKING:
 
 CheckTransition = Literal["down", "up"]
 RequestTransition = Literal["ejected", "returned"]
+Outcome = Literal["ok", "connect_failed", "reset", "timeout", "bad_response", "status_5xx"]
+"""What one request (HTTP mode) or connection (TCP mode) to a server came to:
+
+* ``ok``: connected (TCP mode), or a response head below 500 arrived;
+* ``connect_failed``: no connection within ``connect_timeout`` (refused, unreachable, timeout);
+* ``reset``: the connection broke before the response was complete;
+* ``timeout``: the server stayed silent for ``server_timeout``;
+* ``bad_response``: the server answered with something that is not valid HTTP;
+* ``status_5xx``: a response head of 500 or more (a failure only with ``count_5xx``).
+"""
+
+ALWAYS_FAILURES: frozenset[str] = frozenset({"connect_failed", "reset", "timeout",
+                                             "bad_response"})
+"""Outcomes that count as failures whatever the configuration (nginx's ``error`` and
+``timeout``; Envoy's gateway failures)."""
+
+
+def is_failure(outcome: Outcome | bool, ejection: EjectionConfig) -> bool:
+    """Whether ``outcome`` counts towards ejection under ``ejection``.
+
+    A bool is the older form of the call (``True``: ok, ``False``: a failure of unknown
+    kind, counted as one).
+    """
+    if outcome is True or outcome == "ok":
+        return False
+    if outcome == "status_5xx":
+        return ejection.count_5xx
+    return True
+
+
+def ejection_limit(servers: int, percent: int) -> int:
+    """How many of ``servers`` passive ejection may hold out at once: ``percent`` of them,
+    rounded down but at least one when ``percent`` is above zero, and never all of them."""
+    if servers < 2 or percent <= 0:
+        return 0
+    return min(servers - 1, max(1, servers * percent // 100))
+
+
+class EjectionBudget:
+    """The share of one backend's servers (in one worker) that passive ejection may hold out.
+
+    Shared by the backend's trackers: each asks before ejecting and reports ejections and
+    returns. ``ejected`` may include ejections that have run out but that no call has noticed
+    yet; the owner refreshes the trackers before asking when that matters.
+    """
+
+    __slots__ = ("_servers", "ejected", "limit")
+
+    def __init__(self, servers: Sequence[ServerState], percent: int) -> None:
+        self._servers = servers
+        self.limit = ejection_limit(len(servers), percent)
+        self.ejected = 0
+
+    def allows(self, server: ServerState, now: float) -> bool:
+        """Whether ``server`` may be ejected now: under the limit, and another server stays in
+        rotation (up, not ejected, enabled)."""
+        if self.ejected >= self.limit:
+            return False
+        return any(other is not server and other.up and now >= other.ejected_until
+                   and other.admin == "enabled" and other.weight > 0
+                   for other in self._servers)
 
 
 class HealthTracker:
     """Health state of one server in one worker; updates the server's ``up``/``ejected_until``."""
 
-    __slots__ = ("_check", "_check_failures", "_check_successes", "_confirmed", "_ejected",
-                 "_ejection", "_request_failures", "server")
+    __slots__ = ("_budget", "_check", "_check_failures", "_check_successes", "_confirmed",
+                 "_ejected", "_ejection", "_request_failures", "server")
 
     def __init__(self, server: ServerState, check: HealthCheckConfig | None,
-                 ejection: EjectionConfig) -> None:
+                 ejection: EjectionConfig, budget: EjectionBudget | None = None) -> None:
+        """``budget``: the backend's shared :class:`EjectionBudget` (None: this server alone
+        decides, with no limit)."""
         self.server = server
+        self._budget = budget
         self._check = check
         self._ejection = ejection
         self._check_failures = 0
@@ -106,25 +182,34 @@ class HealthTracker:
         """"returned" once, the first time it is called after an ejection has run out."""
         if self._ejected and now >= self.server.ejected_until:
             self._ejected = False
+            if self._budget is not None:
+                self._budget.ejected -= 1
             return "returned"
         return None
 
-    def record_request(self, ok: bool, now: float) -> RequestTransition | None:
-        """Count one request outcome (``ok=False``: connect failure or 5xx answer)."""
-        if ok and not self._request_failures and not self._ejected:
+    def record_request(self, outcome: Outcome | bool, now: float) -> RequestTransition | None:
+        """Count one request outcome (see :data:`Outcome`; which ones are failures depends on
+        the configuration, :func:`is_failure`)."""
+        failed = is_failure(outcome, self._ejection)
+        if not failed and not self._request_failures and not self._ejected:
             return None  # the common case: nothing to count, nothing to end
         transition = self.refresh(now)
         limit = self._ejection.failures
         if limit == 0 or self._ejected:
             return transition
-        if ok:
+        if not failed:
             self._request_failures = 0
             return transition
-        self._request_failures += 1
+        self._request_failures = min(self._request_failures + 1, limit)
         if self._request_failures < limit:
             return transition
+        budget = self._budget
+        if budget is not None and not budget.allows(self.server, now):
+            return transition  # held in: the next failure asks again
         self._request_failures = 0
         self._ejected = True
+        if budget is not None:
+            budget.ejected += 1
         self.server.ejected_until = now + self._ejection.duration
         return "ejected"
 
@@ -144,4 +229,5 @@ class HealthTracker:
         }
 
 
-__all__ = ["CheckTransition", "HealthTracker", "RequestTransition"]
+__all__ = ["ALWAYS_FAILURES", "CheckTransition", "EjectionBudget", "HealthTracker", "Outcome",
+           "RequestTransition", "ejection_limit", "is_failure"]
