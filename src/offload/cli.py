@@ -14,9 +14,9 @@ from importlib.metadata import version
 from pathlib import Path
 
 from offload import __version__, certs_cli
-from offload.config.loader import load_file
+from offload.config.loader import admin_flag, load_file
 from offload.config.model import AdminConfig
-from offload.config.quick import QuickOptions, flag_for, quick_config
+from offload.config.quick import QuickOptions, quick_config, quick_issue
 from offload.config.units import format_duration
 from offload.demo.pki import demo_files
 from offload.errors import ConfigError, Issue, OffloadError
@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     quick.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     quick.add_argument("--access-log", metavar="stderr|off|FILE",
                        help="HTTP mode: where the access log goes (default stderr)")
+    quick.add_argument("--allow-readable-keys", action="store_true",
+                       help="load key files that group or others may read (refused otherwise)")
 
     check = commands.add_parser("check", help="validate a configuration without running it")
     check.add_argument("-c", "--config", required=True, help="TOML configuration file")
@@ -109,6 +111,7 @@ def _quick_options(args: argparse.Namespace) -> QuickOptions:
         proxy_protocol=args.proxy_protocol, tls_policy=args.tls_policy,
         upstream_timeout=args.upstream_timeout, log_level=args.log_level,
         access_log=args.access_log, client_ca=tuple(args.client_ca), admin=args.admin,
+        allow_readable_keys=args.allow_readable_keys,
     )
 
 
@@ -120,15 +123,16 @@ def _loader(args: argparse.Namespace) -> Callable[[], Prepared]:
     """A function that loads and prepares the configuration (called again on SIGHUP)."""
     quick_flags = [args.listen, args.cert, args.key, args.backend, args.workers,
                    args.proxy_protocol, args.tls_policy, args.upstream_timeout, args.access_log,
-                   args.client_ca]
+                   args.client_ca, args.allow_readable_keys]
     if args.config:
         if any(quick_flags):
             raise UsageError("give either -c FILE or the quick-mode flags, not both")
         path, admin = args.config, args.admin
-        return lambda: prepare(load_file(path, admin_bind=admin), path,
+        rewrite = admin_flag if admin is not None else None
+        return lambda: prepare(load_file(path, admin_bind=admin), path, rewrite,
                                base_dir=Path(path).resolve().parent)
     options = _quick_options(args)
-    return lambda: prepare(quick_config(options), "command line", rename=flag_for)
+    return lambda: prepare(quick_config(options), "command line", quick_issue)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -220,7 +224,7 @@ def _demo(args: argparse.Namespace) -> int:
                            backends=(f"127.0.0.1:{port}",), mode="http",
                            workers=args.workers, extra_global={"log_format": "text"},
                            admin=admin)
-    prepared = prepare(quick_config(options), "demo", rename=flag_for)
+    prepared = prepare(quick_config(options), "demo", quick_issue)
     host_port = args.listen.rpartition(":")
     url_host = "localhost" if host_port[0] in ("127.0.0.1", "localhost", "[::1]") else host_port[0]
     url = f"https://{url_host}:{host_port[2]}/"

@@ -103,6 +103,28 @@ def test_example_config_is_valid():
     assert config.frontends[0].mode == "tcp"
 
 
+def test_check_reports_an_http_key_on_a_tcp_frontend(tmp_path):
+    """The issue's case: hsts on a TCP frontend used to pass the check and send nothing."""
+    config = tmp_path / "tcp.toml"
+    config.write_text("""
+[[frontends]]
+name = "web"
+mode = "tcp"
+bind = ":8443"
+backend = "app"
+certificates = ["site.pem"]
+hsts = "max-age=600"
+
+[[backends]]
+name = "app"
+servers = ["127.0.0.1:8080"]
+""")
+    result = offload_cli("check", "-c", str(config))
+    assert result.returncode == 1
+    assert ('frontends[0].hsts: hsts only applies to HTTP requests, and this frontend is in '
+            'mode "tcp"\n      fix: set mode = "http" on this frontend, or remove hsts') in result.stderr
+
+
 @pytest.mark.parametrize(("args", "code", "message"), [
     (["run", "--listen", "127.0.0.1:1"], 2, "quick mode needs --cert, --backend"),
     (["run", "--listen", "127.0.0.1:1", "--cert", "x", "--backend", "127.0.0.1:2",
@@ -111,11 +133,14 @@ def test_example_config_is_valid():
       "--client-ca", "/nonexistent-ca.pem"], 1, "--client-ca: cannot read /nonexistent-ca.pem"),
     (["run", "-c", "x.toml", "--listen", "127.0.0.1:1"], 2, "give either -c FILE or the quick"),
     (["run", "--listen", "nowhere", "--cert", "x", "--backend", "127.0.0.1:2"], 1,
-     "--listen: 'nowhere' has no port"),
+     '--listen: "nowhere" has no port'),
+    (["run", "--listen", "8443", "--cert", "x", "--backend", "127.0.0.1:2"], 1,
+     '--listen: "8443" is a port without a host\n      fix: write ":8443" to listen on every '
+     'address (IPv4 and IPv6), or a host and the port, like "127.0.0.1:8443"'),
     (["run", "--listen", "127.0.0.1:1", "--cert", "/nonexistent.pem", "--backend", "127.0.0.1:2"],
      1, "--cert: /nonexistent.pem: certificate file not found"),
     (["run", "--listen", "127.0.0.1:1", "--cert", "x", "--backend", "127.0.0.1:2",
-      "--upstream-timeout", "30"], 1, "--upstream-timeout: '30' is not a duration"),
+      "--upstream-timeout", "30"], 1, '--upstream-timeout: "30" is not a duration'),
     (["run", "--mode", "ftp"], 2, "invalid choice: 'ftp'"),
 ])
 def test_command_line_errors(args, code, message):
@@ -250,6 +275,23 @@ def test_demo_port_in_use_is_a_clear_error(tmp_path):
         result = offload_cli("demo", "--data-dir", str(tmp_path), "--listen", f"127.0.0.1:{port}")
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
+
+
+def test_a_quick_mode_readable_key_suggests_the_flag_that_allows_it(pki, tmp_path, backend):
+    bundle = pki.bundle(["localhost"], directory=tmp_path)
+    bundle.chmod(0o644)
+    args = ["run", "--listen", f"127.0.0.1:{free_port()}", "--cert", str(bundle), "--backend",
+            "127.0.0.1:9", "--workers", "1"]
+    refused = offload_cli(*args)
+    assert refused.returncode == 1
+    assert "--cert: " in refused.stderr and "readable by group and others" in refused.stderr
+    assert "add --allow-readable-keys if this is on purpose" in refused.stderr
+    assert "global.allow_readable_keys" not in refused.stderr
+    instance = Offload("", args=[*args, "--allow-readable-keys"])
+    try:
+        instance.wait_ready()
+    finally:
+        instance.kill()
 
 
 def test_check_refuses_an_unknown_user(pki, tmp_path):
