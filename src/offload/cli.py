@@ -15,13 +15,14 @@ from pathlib import Path
 
 from offload import __version__, certs_cli
 from offload.config.loader import admin_flag, load_file
-from offload.config.model import AdminConfig
+from offload.config.model import AdminConfig, is_loopback
 from offload.config.quick import QuickOptions, quick_config, quick_issue
-from offload.config.units import format_duration
+from offload.config.units import HostPort, format_duration
 from offload.demo.pki import demo_files
 from offload.errors import ConfigError, Issue, OffloadError
 from offload.observe.log import LogSetup
 from offload.server.prepare import Prepared, prepare
+from offload.server.sockets import bind_listener
 from offload.server.supervisor import Supervisor
 
 
@@ -225,9 +226,7 @@ def _demo(args: argparse.Namespace) -> int:
                            workers=args.workers, extra_global={"log_format": "text"},
                            admin=admin)
     prepared = prepare(quick_config(options), "demo", quick_issue)
-    host_port = args.listen.rpartition(":")
-    url_host = "localhost" if host_port[0] in ("127.0.0.1", "localhost", "[::1]") else host_port[0]
-    url = f"https://{url_host}:{host_port[2]}/"
+    url = _demo_url(prepared.config.frontends[0].bind[0])
 
     admin_bind = prepared.config.admin.bind if prepared.config.admin is not None else None
     status_page = (f"Status page and metrics: http://{admin_bind}/ and "
@@ -251,6 +250,13 @@ def _demo(args: argparse.Namespace) -> int:
         backend.wait()
 
 
+def _demo_url(bind: HostPort) -> str:
+    """The address to try the demo at: its certificate is for localhost."""
+    local = bind.all_addresses or bind.host in ("0.0.0.0", "::") or is_loopback(bind)
+    host = "localhost" if local else f"[{bind.host}]" if ":" in bind.host else bind.host
+    return f"https://{host}:{bind.port}/"
+
+
 def _port_free(address: str) -> bool:
     """Whether ``address`` (an admin address as the config takes it) can be bound now."""
     try:
@@ -258,10 +264,10 @@ def _port_free(address: str) -> bool:
     except ValueError:
         return True  # not an address: the configuration check names the flag and the fix
     try:
-        with socket.create_server((bind.host.strip("[]"), bind.port)):
-            return True
+        bind_listener(bind, 1, reuseport=False).close()
     except OSError:
         return False
+    return True
 
 
 def _version() -> int:

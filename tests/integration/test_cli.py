@@ -274,7 +274,41 @@ def test_demo_port_in_use_is_a_clear_error(tmp_path):
         port = taken.getsockname()[1]
         result = offload_cli("demo", "--data-dir", str(tmp_path), "--listen", f"127.0.0.1:{port}")
     assert result.returncode == 1
-    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
+    assert (f"offload: demo: --listen: cannot listen on 127.0.0.1:{port}: Address already in use; "
+            f"fix: stop what holds port {port}") in result.stderr
+
+
+@pytest.mark.parametrize("key", ["frontends[0].bind[1]", "frontends[0].redirect_http[0]",
+                                 "admin.bind"])
+def test_an_address_in_use_at_start_names_the_key_and_the_fix(pki, tmp_path, key):
+    bundle = pki.bundle(["localhost"], directory=tmp_path)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        free = free_port()
+        binds = {"frontends[0].bind[1]": f'bind = ["127.0.0.1:{free}", "127.0.0.1:{port}"]',
+                 "frontends[0].redirect_http[0]": f'bind = "127.0.0.1:{free}"\n'
+                                                  f'redirect_http = "127.0.0.1:{port}"',
+                 "admin.bind": f'bind = "127.0.0.1:{free}"'}[key]
+        admin = f'\n[admin]\nbind = "{port}"\n' if key == "admin.bind" else ""
+        config = tmp_path / "inuse.toml"
+        config.write_text(f"""
+[[frontends]]
+name = "web"
+{binds}
+backend = "app"
+certificates = ["{bundle}"]
+
+[[backends]]
+name = "app"
+servers = ["127.0.0.1:9"]
+{admin}""")
+        result = offload_cli("run", "-c", str(config))
+    assert result.returncode == 1
+    line = (f"offload: {config}: {key}: cannot listen on 127.0.0.1:{port}: Address already in "
+            f"use; fix: stop what holds port {port} (`ss -ltnp 'sport = :{port}'` shows it), or "
+            "choose another address")
+    assert line in result.stderr.splitlines(), result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_a_quick_mode_readable_key_suggests_the_flag_that_allows_it(pki, tmp_path, backend):
@@ -290,6 +324,66 @@ def test_a_quick_mode_readable_key_suggests_the_flag_that_allows_it(pki, tmp_pat
     instance = Offload("", args=[*args, "--allow-readable-keys"])
     try:
         instance.wait_ready()
+    finally:
+        instance.kill()
+
+
+# --- ":PORT": every address, IPv4 and IPv6 ------------------------------------------------------
+
+
+def test_a_dual_stack_listener_reports_ipv4_clients_as_ipv4(pki, localhost_bundle, backend):
+    """On ":PORT" an IPv4 client arrives as ::ffff:127.0.0.1; the backend must learn
+    127.0.0.1 (PROXY TCP4), as from an IPv4 socket."""
+    from harness import record
+
+    server = backend(record)
+    port = free_port()
+    instance = Offload("", args=["run", "--listen", f":{port}", "--cert", str(localhost_bundle),
+                                 "--backend", server.address, "--mode", "tcp", "--workers", "1",
+                                 "--proxy-protocol", "v1"])
+    try:
+        instance.wait_ready()
+        assert instance.messages("offload ready")[0]["listening"] == [f":{port}"]
+        with tls_connect(port, client_context(pki.ca)):
+            pass
+        recording = server.wait_connections(1)[0]
+        assert recording.closed.wait(10)
+        assert recording.data.startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 ")
+    finally:
+        instance.kill()
+
+
+def test_a_deny_rule_for_a_network_holds_on_a_dual_stack_listener(pki, localhost_bundle,
+                                                                  http_backend, tmp_path):
+    """A rule for 127.0.0.0/8 must match a client of ":PORT" whose address the kernel gives as
+    ::ffff:127.0.0.1; otherwise every rule on IPv4 networks is bypassed."""
+    server = http_backend()
+    port = free_port()
+    config = tmp_path / "dual.toml"
+    config.write_text(f"""
+[global]
+workers = 1
+
+[[frontends]]
+name = "web"
+bind = ":{port}"
+backend = "app"
+certificates = ["{localhost_bundle}"]
+access_log = "off"
+inspect = {{ rules = [{{ name = "no-loopback", action = "deny", client = ["127.0.0.0/8"] }}] }}
+
+[[backends]]
+name = "app"
+servers = ["{server.address}"]
+""")
+    instance = Offload(config)
+    try:
+        instance.wait_ready()
+        with tls_connect(port, client_context(pki.ca)) as tls:  # from 127.0.0.1
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            answer = recv_all(tls)
+        assert answer.startswith(b"HTTP/1.1 403 "), answer[:100]
+        assert server.requests == []
     finally:
         instance.kill()
 
