@@ -9,8 +9,9 @@ on a selector for three kinds of events: signals (through ``signal.set_wakeup_fd
                                   before it is ready, stop everything and exit 1
     worker dies unexpectedly      fork a new one for its slot after a backoff (0.1 s doubling
                                   to 10 s; reset once a worker has lived 30 s)
-    certificate file changes      (watched with inotify, 200 ms debounce) read the changed files;
-                                  a broken one is logged and its old certificate stays; send the
+    certificate file changes      (watched with inotify, 200 ms debounce) read the changed files
+                                  once they (and their key files) have been still for 200 ms; a
+                                  broken one is logged and its old certificate stays; send the
                                   change to every worker, which swaps its certificates in place
     SIGHUP                        load and prepare the configuration again; on error log it and
                                   keep running; if only certificate files changed, apply them in
@@ -518,7 +519,10 @@ class Supervisor(SupervisorAdmin):
         now = dt.datetime.now(dt.UTC)
         for frontend in self._current.frontends:
             name = frontend.config.name
-            result = frontend.sources.refresh(now, frontend.store.files())
+            result = frontend.sources.refresh(now, frontend.store.files(),
+                                              settle=CERTIFICATE_DEBOUNCE, clock=time.monotonic())
+            if result.unsettled:  # a pair half replaced: judge it once both files are still
+                self._debounce.note(time.monotonic(), result.unsettled)
             for path, reason in result.rejected:
                 _log.error("certificate rejected, the previous one keeps serving",
                            extra=fields(event="certificate_rejected", frontend=name, file=path,
