@@ -17,13 +17,14 @@ from offload import __version__, certs_cli
 from offload.config.loader import admin_flag, load_file
 from offload.config.model import AdminConfig, is_loopback
 from offload.config.quick import QuickOptions, quick_config, quick_issue
-from offload.config.units import HostPort, format_duration
+from offload.config.units import HostPort
 from offload.demo.pki import demo_files
 from offload.errors import ConfigError, Issue, OffloadError
 from offload.observe.log import LogSetup
 from offload.server.prepare import Prepared, prepare
 from offload.server.sockets import bind_listener
 from offload.server.supervisor import Supervisor
+from offload.summary import summary
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -156,41 +157,6 @@ def _check(args: argparse.Namespace) -> int:
                        base_dir=Path(args.config).resolve().parent)
     print(summary(prepared))
     return 0
-
-
-def summary(prepared: Prepared) -> str:
-    """The one-screen summary ``offload check`` prints."""
-    config = prepared.config
-    settings = config.global_
-    now = dt.datetime.now(dt.UTC)
-    lines = [
-        f"{prepared.source}: configuration is valid",
-        f"  global: {settings.workers} worker(s), up to {settings.max_connections} connections "
-        f"each, drain {format_duration(settings.drain_timeout)}",
-    ]
-    for frontend in prepared.frontends:
-        fc = frontend.config
-        binds = ", ".join(str(address) for address in fc.bind)
-        lines.append(f"  frontend \"{fc.name}\": {binds} ({fc.mode}, tls_policy {fc.tls_policy}) "
-                     f"-> backend \"{fc.backend}\"")
-        for certificate in frontend.certificates:
-            lines.append(f"    certificate {certificate.describe()} "
-                         f"({certificate.days_left(now)} days left)")
-    for backend in config.backends:
-        servers = ", ".join(f"{server.label}" + ("" if server.label == str(server) else f"={server}")
-                            for server in prepared.servers[backend.name])
-        proxy = "" if backend.proxy_protocol == "none" else f", PROXY {backend.proxy_protocol}"
-        lines.append(f"  backend \"{backend.name}\" ({backend.balance}, connect "
-                     f"{format_duration(backend.connect_timeout)}{proxy}): {servers}")
-    if config.admin is not None:
-        access = "token required" if config.admin.token_file else "no token, loopback only"
-        lines.append(f"  admin: http://{config.admin.bind}/ ({access})")
-    if config.bans is not None:
-        bans = config.bans
-        lines.append(f"  bans: {bans.threshold} offences within {format_duration(bans.window)} "
-                     f"ban a client for {format_duration(bans.ban_time)}")
-    lines.extend(f"  warning: {warning}" for warning in prepared.warnings)
-    return "\n".join(lines)
 
 
 def _certs(args: argparse.Namespace) -> int:

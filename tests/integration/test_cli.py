@@ -48,7 +48,88 @@ def test_check_valid_config_prints_a_summary(pki, tmp_path, backend):
     assert f'backend "app" (roundrobin, connect 2s): {server.address}' in result.stdout
     assert "admin: http://127.0.0.1:9404/ (no token, loopback only)" in result.stdout
     assert "bans: 5 offences within 1m ban a client for 10m" in result.stdout
+    assert "no active health check; ejected for 30s after 5 failures in a row" in result.stdout
     assert len(lines) < 25
+
+
+def test_check_shows_everything_that_changes_behaviour(pki, tmp_path):
+    """HSTS, redirect listeners, client certificates, limits, rules, health checks, settings
+    changed from their defaults, ACME, admin and bans: on one screen."""
+    pki.bundle(["www.example.test"], name="site.pem", directory=tmp_path)
+    (tmp_path / "ca.pem").write_bytes(pki.ca.read_bytes())
+    config = tmp_path / "offload.toml"
+    config.write_text("""
+[global]
+workers = 2
+
+[[frontends]]
+name = "web"
+bind = [":8443", "127.0.0.1:9443"]
+backend = "app"
+certificates = ["site.pem"]
+hsts = "max-age=63072000"
+redirect_http = ":8080"
+client_auth = "optional"
+client_ca = "ca.pem"
+max_body_size = "10MiB"
+idle_timeout = "1m"
+limits = { max_connections_per_ip = 50, request_rate_per_ip = "20/s burst 40" }
+inspect = { builtin = ["sqli"], dry_run = true, rules = [
+    { name = "no-admin", action = "deny", path = "^/admin" }] }
+
+[[frontends]]
+name = "mail"
+mode = "tcp"
+bind = "127.0.0.1:9993"
+backend = "app"
+certificates = ["site.pem"]
+
+[[backends]]
+name = "app"
+servers = ["127.0.0.1:8081"]
+proxy_protocol = "none"
+pool_max_idle = 8
+health_check = { path = "/health", interval = "2s", fall = 2 }
+ejection = { failures = 0 }
+
+[acme]
+agree_to_terms = true
+frontends = ["web"]
+storage = "acme"
+
+[[acme.certificates]]
+names = ["example.org", "www.example.org"]
+
+[admin]
+bind = "9404"
+
+[bans]
+threshold = 5
+""")
+    result = offload_cli("check", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for text in [
+        'frontend "web": :8443 (IPv4 and IPv6), 127.0.0.1:9443 (http, tls_policy intermediate)',
+        '    HSTS "max-age=63072000"',
+        "    redirect plain HTTP on :8080 (IPv4 and IPv6) to https port 8443",
+        "    client certificates: optional, 1 CA file(s), no revocation check",
+        "    limits: max_connections_per_ip 50, request_rate_per_ip 20/s burst 40",
+        "    inspection: 1 rule(s) (1 deny); built-in sqli (deny); DRY RUN: nothing denied",
+        "    settings: idle_timeout 1m, max_body_size 10MiB",
+        'frontend "mail": 127.0.0.1:9993 (tcp, tls_policy intermediate)',
+        "    health check GET /health expecting 200-399 every 2s (timeout 2s, down after 2, "
+        "up after 2); passive ejection off",
+        "    settings: pool_max_idle 8",
+        "  acme: example.org, www.example.org from https://acme-v02.api.letsencrypt.org/directory "
+        "(tls-alpn-01, http-01; for web; storage acme)",
+        "  admin: http://127.0.0.1:9404/ (no token, loopback only)",
+        "  bans: 5 offences within 1m ban a client for 10m",
+    ]:
+        assert text in out, f"{text!r} not in:\n{out}"
+    mail = out.split('frontend "mail"')[1].split("backend")[0]
+    assert "HSTS" not in mail, "a TCP frontend has no HSTS line"
+    assert len(out.splitlines()) <= 30
 
 
 def test_check_lists_every_error_with_path_and_fix(tmp_path):
