@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import logging
 import os
 import socket
 import ssl
@@ -14,6 +15,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from offload import __version__, certs_cli
+from offload.build_info import data_path
 from offload.config.loader import admin_flag, load_file
 from offload.config.model import AdminConfig, is_loopback
 from offload.config.quick import QuickOptions, quick_config, quick_issue
@@ -137,6 +139,13 @@ def _loader(args: argparse.Namespace) -> Callable[[], Prepared]:
     return lambda: prepare(quick_config(options), "command line", quick_issue)
 
 
+def _warn_if_not_compiled() -> None:
+    """An install that meant to compile the data path and runs it as pure Python says so."""
+    warning = data_path().warning()
+    if warning is not None:
+        logging.getLogger("offload").warning(warning)
+
+
 def _run(args: argparse.Namespace) -> int:
     load = _loader(args)
     prepared = load()
@@ -149,6 +158,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(prepared.source, [Issue(
             "global.audit_log", f"cannot open {settings.audit_log}: {error.strerror}",
             "name a file offload can write, or \"stderr\"")]) from None
+    _warn_if_not_compiled()
     return Supervisor(prepared, load, logs).run()
 
 
@@ -239,6 +249,7 @@ def _port_free(address: str) -> bool:
 def _version() -> int:
     print(f"offload {__version__} (Python {sys.version.split()[0]}, {ssl.OPENSSL_VERSION}, "
           f"uvloop {version('uvloop')})")
+    print(data_path().describe())
     return 0
 
 

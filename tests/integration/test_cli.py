@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,18 @@ def test_version():
     assert result.returncode == 0
     assert result.stdout.startswith(f"offload {__version__} (Python ")
     assert "OpenSSL" in result.stdout
+
+
+def test_version_says_whether_the_data_path_is_compiled():
+    """The install the test runs from: compiled (.venv-compiled) or pure Python (.venv)."""
+    import offload.tls.stream
+
+    compiled = offload.tls.stream.__file__.endswith(tuple(EXTENSION_SUFFIXES))
+    line = offload_cli("version").stdout.splitlines()[1]
+    if compiled:
+        assert line.startswith("data path compiled (mypyc, ")
+    else:
+        assert line.startswith("data path pure Python (not compiled: ")
 
 
 def test_check_valid_config_prints_a_summary(pki, tmp_path, backend):
