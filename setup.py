@@ -5,16 +5,21 @@ fully typed Python; mypyc turns it into C extensions for about a fifth less CPU 
 lower latency. The same sources run uncompiled: editable installs (``pip install -e``, as
 ``./dev`` uses for development) are never compiled, so an edited module is never shadowed by a
 stale compiled one; ``OFFLOAD_COMPILE=0`` skips compiling any install; and the build falls back
-to pure Python when there is no C compiler.
+to pure Python when there is no C compiler, says so, and records it in ``offload/_build.json``
+so that ``offload version`` tells and every start logs a warning.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import sys
+from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 COMPILED = [
     "src/offload/timers.py",
@@ -35,31 +40,82 @@ COMPILED = [
     "src/offload/http/exchange.py",
     "src/offload/http/connection.py",
 ]
+BUILD_RECORD = "offload/_build.json"
+"""What the build did about compiling, read by ``offload version`` and at start
+(offload/build_info.py)."""
+
+
+def _module(path: str) -> str:
+    return path.removeprefix("src/").removesuffix(".py").replace("/", ".")
+
+
+def _short(error: BaseException) -> str:
+    """A build error in a line: which command failed, not its hundred arguments."""
+    text = str(error)
+    failed = re.search(r"Command '\['([^']+)'.*returned non-zero exit status (\d+)", text)
+    if failed:
+        return f"{failed.group(1)} exited with status {failed.group(2)}"
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _announce(message: str) -> None:
+    """Say it so that it stands out in a build log (``pip install -v``)."""
+    line = "*" * 78
+    print(f"\n{line}\noffload: {message}\n{line}\n", file=sys.stderr)
+
+
+def _plan() -> tuple[list[object], dict[str, object]]:
+    """The extensions to build, and the record of that decision."""
+    modules = [_module(path) for path in COMPILED]
+    if os.environ.get("OFFLOAD_COMPILE", "1") == "0":
+        return [], {"compile": "skipped", "reason": "OFFLOAD_COMPILE=0", "modules": modules}
+    if {"editable_wheel", "develop"} & set(sys.argv):
+        return [], {"compile": "skipped", "reason": "editable install", "modules": modules}
+    try:
+        from mypyc.build import mypycify  # noqa: PLC0415 - only a build needs it
+    except ImportError as error:
+        reason = f"mypyc is not available ({error})"
+        _announce(f"compiling the data path failed: {reason}; this install runs as pure "
+                  "Python, about a fifth slower")
+        return [], {"compile": "failed", "reason": reason, "modules": modules}
+    return list(mypycify(COMPILED, opt_level="3")), {"compile": "compiled", "reason": "",
+                                                      "modules": modules}
+
+
+EXTENSIONS, RECORD = _plan()
+
+
+def _write_record(build_lib: str, record: dict[str, object]) -> None:
+    target = Path(build_lib) / BUILD_RECORD
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+class RecordingBuildPy(build_py):
+    """Ship the record of what the build did about compiling (not in editable installs,
+    which always run the sources as they are)."""
+
+    def run(self) -> None:
+        super().run()
+        if not getattr(self, "editable_mode", False):
+            _write_record(self.build_lib, RECORD)
 
 
 class OptionalBuildExt(build_ext):
-    """Compile if we can; otherwise the pure-Python modules are used as they are."""
+    """Compile if we can; otherwise the pure-Python modules are used as they are, and the
+    build says so (and so does offload, at every start)."""
 
     def run(self) -> None:
         try:
             super().run()
         except Exception as error:  # any build failure means: ship pure Python
-            print(f"offload: compiling the data path failed ({error}); using pure Python",
-                  file=sys.stderr)
+            _announce(f"compiling the data path failed ({_short(error)}); this install runs as "
+                      "pure Python, about a fifth slower")
             self.extensions = []
+            if not self.inplace:
+                _write_record(self.build_lib, {**RECORD, "compile": "failed",
+                                               "reason": _short(error)})
 
 
-def extensions() -> list[object]:
-    if os.environ.get("OFFLOAD_COMPILE", "1") == "0":
-        return []
-    if {"editable_wheel", "develop"} & set(sys.argv):
-        return []
-    try:
-        from mypyc.build import mypycify  # noqa: PLC0415 - only a build needs it
-    except ImportError:
-        print("offload: mypyc is not available; using pure Python", file=sys.stderr)
-        return []
-    return list(mypycify(COMPILED, opt_level="3"))
-
-
-setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
+setup(ext_modules=EXTENSIONS,
+      cmdclass={"build_ext": OptionalBuildExt, "build_py": RecordingBuildPy})

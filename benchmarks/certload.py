@@ -46,7 +46,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from offload.config.quick import QuickOptions, flag_for, quick_config
+from offload.config.quick import QuickOptions, quick_config, quick_issue
 from offload.demo.pki import Authority, KeyType, key_pem, write_private
 from offload.server.prepare import prepare
 
@@ -114,7 +114,7 @@ def measure(bundles: Path, contexts: int, *, trace: bool, profile: bool) -> dict
     started = time.perf_counter()
     if profiler is not None:
         profiler.enable()
-    prepared = prepare(config, "certload", rename=flag_for)
+    prepared = prepare(config, "certload", quick_issue)
     if profiler is not None:
         profiler.disable()
     load_s = time.perf_counter() - started

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import logging
 import os
 import socket
 import ssl
@@ -14,15 +15,18 @@ from importlib.metadata import version
 from pathlib import Path
 
 from offload import __version__, certs_cli
-from offload.config.loader import load_file
-from offload.config.model import AdminConfig
-from offload.config.quick import QuickOptions, flag_for, quick_config
-from offload.config.units import format_duration
+from offload.build_info import data_path
+from offload.config.loader import admin_flag, load_file
+from offload.config.model import AdminConfig, is_loopback
+from offload.config.quick import QuickOptions, quick_config, quick_issue
+from offload.config.units import HostPort
 from offload.demo.pki import demo_files
 from offload.errors import ConfigError, Issue, OffloadError
 from offload.observe.log import LogSetup
 from offload.server.prepare import Prepared, prepare
+from offload.server.sockets import bind_listener
 from offload.server.supervisor import Supervisor
+from offload.summary import summary
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     quick.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     quick.add_argument("--access-log", metavar="stderr|off|FILE",
                        help="HTTP mode: where the access log goes (default stderr)")
+    quick.add_argument("--allow-readable-keys", action="store_true",
+                       help="load key files that group or others may read (refused otherwise)")
 
     check = commands.add_parser("check", help="validate a configuration without running it")
     check.add_argument("-c", "--config", required=True, help="TOML configuration file")
@@ -109,6 +115,7 @@ def _quick_options(args: argparse.Namespace) -> QuickOptions:
         proxy_protocol=args.proxy_protocol, tls_policy=args.tls_policy,
         upstream_timeout=args.upstream_timeout, log_level=args.log_level,
         access_log=args.access_log, client_ca=tuple(args.client_ca), admin=args.admin,
+        allow_readable_keys=args.allow_readable_keys,
     )
 
 
@@ -120,15 +127,23 @@ def _loader(args: argparse.Namespace) -> Callable[[], Prepared]:
     """A function that loads and prepares the configuration (called again on SIGHUP)."""
     quick_flags = [args.listen, args.cert, args.key, args.backend, args.workers,
                    args.proxy_protocol, args.tls_policy, args.upstream_timeout, args.access_log,
-                   args.client_ca]
+                   args.client_ca, args.allow_readable_keys]
     if args.config:
         if any(quick_flags):
             raise UsageError("give either -c FILE or the quick-mode flags, not both")
         path, admin = args.config, args.admin
-        return lambda: prepare(load_file(path, admin_bind=admin), path,
+        rewrite = admin_flag if admin is not None else None
+        return lambda: prepare(load_file(path, admin_bind=admin), path, rewrite,
                                base_dir=Path(path).resolve().parent)
     options = _quick_options(args)
-    return lambda: prepare(quick_config(options), "command line", rename=flag_for)
+    return lambda: prepare(quick_config(options), "command line", quick_issue)
+
+
+def _warn_if_not_compiled() -> None:
+    """An install that meant to compile the data path and runs it as pure Python says so."""
+    warning = data_path().warning()
+    if warning is not None:
+        logging.getLogger("offload").warning(warning)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -143,6 +158,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(prepared.source, [Issue(
             "global.audit_log", f"cannot open {settings.audit_log}: {error.strerror}",
             "name a file offload can write, or \"stderr\"")]) from None
+    _warn_if_not_compiled()
     return Supervisor(prepared, load, logs).run()
 
 
@@ -151,41 +167,6 @@ def _check(args: argparse.Namespace) -> int:
                        base_dir=Path(args.config).resolve().parent)
     print(summary(prepared))
     return 0
-
-
-def summary(prepared: Prepared) -> str:
-    """The one-screen summary ``offload check`` prints."""
-    config = prepared.config
-    settings = config.global_
-    now = dt.datetime.now(dt.UTC)
-    lines = [
-        f"{prepared.source}: configuration is valid",
-        f"  global: {settings.workers} worker(s), up to {settings.max_connections} connections "
-        f"each, drain {format_duration(settings.drain_timeout)}",
-    ]
-    for frontend in prepared.frontends:
-        fc = frontend.config
-        binds = ", ".join(str(address) for address in fc.bind)
-        lines.append(f"  frontend \"{fc.name}\": {binds} ({fc.mode}, tls_policy {fc.tls_policy}) "
-                     f"-> backend \"{fc.backend}\"")
-        for certificate in frontend.certificates:
-            lines.append(f"    certificate {certificate.describe()} "
-                         f"({certificate.days_left(now)} days left)")
-    for backend in config.backends:
-        servers = ", ".join(f"{server.label}" + ("" if server.label == str(server) else f"={server}")
-                            for server in prepared.servers[backend.name])
-        proxy = "" if backend.proxy_protocol == "none" else f", PROXY {backend.proxy_protocol}"
-        lines.append(f"  backend \"{backend.name}\" ({backend.balance}, connect "
-                     f"{format_duration(backend.connect_timeout)}{proxy}): {servers}")
-    if config.admin is not None:
-        access = "token required" if config.admin.token_file else "no token, loopback only"
-        lines.append(f"  admin: http://{config.admin.bind}/ ({access})")
-    if config.bans is not None:
-        bans = config.bans
-        lines.append(f"  bans: {bans.threshold} offences within {format_duration(bans.window)} "
-                     f"ban a client for {format_duration(bans.ban_time)}")
-    lines.extend(f"  warning: {warning}" for warning in prepared.warnings)
-    return "\n".join(lines)
 
 
 def _certs(args: argparse.Namespace) -> int:
@@ -220,10 +201,8 @@ def _demo(args: argparse.Namespace) -> int:
                            backends=(f"127.0.0.1:{port}",), mode="http",
                            workers=args.workers, extra_global={"log_format": "text"},
                            admin=admin)
-    prepared = prepare(quick_config(options), "demo", rename=flag_for)
-    host_port = args.listen.rpartition(":")
-    url_host = "localhost" if host_port[0] in ("127.0.0.1", "localhost", "[::1]") else host_port[0]
-    url = f"https://{url_host}:{host_port[2]}/"
+    prepared = prepare(quick_config(options), "demo", quick_issue)
+    url = _demo_url(prepared.config.frontends[0].bind[0])
 
     admin_bind = prepared.config.admin.bind if prepared.config.admin is not None else None
     status_page = (f"Status page and metrics: http://{admin_bind}/ and "
@@ -247,6 +226,13 @@ def _demo(args: argparse.Namespace) -> int:
         backend.wait()
 
 
+def _demo_url(bind: HostPort) -> str:
+    """The address to try the demo at: its certificate is for localhost."""
+    local = bind.all_addresses or bind.host in ("0.0.0.0", "::") or is_loopback(bind)
+    host = "localhost" if local else f"[{bind.host}]" if ":" in bind.host else bind.host
+    return f"https://{host}:{bind.port}/"
+
+
 def _port_free(address: str) -> bool:
     """Whether ``address`` (an admin address as the config takes it) can be bound now."""
     try:
@@ -254,15 +240,16 @@ def _port_free(address: str) -> bool:
     except ValueError:
         return True  # not an address: the configuration check names the flag and the fix
     try:
-        with socket.create_server((bind.host.strip("[]"), bind.port)):
-            return True
+        bind_listener(bind, 1, reuseport=False).close()
     except OSError:
         return False
+    return True
 
 
 def _version() -> int:
     print(f"offload {__version__} (Python {sys.version.split()[0]}, {ssl.OPENSSL_VERSION}, "
           f"uvloop {version('uvloop')})")
+    print(data_path().describe())
     return 0
 
 

@@ -44,6 +44,17 @@ class ConfigError(OffloadError):
         return "\n".join([head, *("  " + issue.render().replace("\n", "\n  ") for issue in self.issues)])
 
 
+class StartError(OffloadError):
+    """offload could not start (an address in use, a port it may not bind): one line that
+    names the key, the problem and the fix, for the terminal."""
+
+    def __init__(self, source: str, issue: Issue) -> None:
+        self.source = source
+        self.issue = issue
+        where = f"{issue.where}: " if issue.where else ""
+        super().__init__(f"{source}: {where}{issue.what}; fix: {issue.fix}")
+
+
 class CertificateError(OffloadError):
     """A certificate or key file cannot be served; the message names the file and the reason."""
 

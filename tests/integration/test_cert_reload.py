@@ -187,3 +187,36 @@ def test_sessions_resume_on_every_worker_after_a_reload(pki, backend, offload, p
     _replace(bundle, pki.authority.issue(["localhost"]).bundle(), "rename")
     _wait_workers_updated(instance, mark)
     assert_resumes_on_every_worker(instance, port, context)
+
+
+def test_a_pair_replaced_in_two_steps_names_the_file_that_changed(pki, backend, offload, port,
+                                                                   tmp_path):
+    """site.crt replaced, site.key not yet: the rejection is site.crt's (it used to name the
+    key, which had not changed); once the key follows, the new pair serves."""
+    directory = tmp_path / "certs"
+    directory.mkdir(mode=0o700)
+    first = pki.authority.issue(["localhost"])
+    (directory / "site.crt").write_bytes(first.cert_chain())
+    write_private(directory / "site.key", key_pem(first.key))
+    server = backend(echo)
+    instance = offload(tcp_config(port, [directory], [server.address], workers=2))
+    context = client_context(pki.ca)
+
+    fresh = pki.authority.issue(["localhost"])
+    mark = len(instance.events)
+    _replace(directory / "site.crt", fresh.cert_chain(), "rename")
+    rejected = instance.wait_msg("certificate rejected, the previous one keeps serving",
+                                 after=mark)
+    assert rejected["file"] == str(directory / "site.crt")
+    assert rejected["reason"] == (
+        f"the private key does not match the certificate: {directory / 'site.crt'} changed and "
+        f"{directory / 'site.key'} did not; replace both files of the pair")
+    for _ in range(4):
+        assert _served(port, context) == _fingerprint_of(first)
+
+    mark = len(instance.events)
+    _replace(directory / "site.key", key_pem(fresh.key), "rename")
+    _wait_workers_updated(instance, mark)
+    for _ in range(4):
+        assert _served(port, context) == _fingerprint_of(fresh)
+    assert not [e for e in instance.events[mark:] if e.get("msg") == rejected["msg"]]

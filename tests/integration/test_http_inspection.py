@@ -523,5 +523,6 @@ def test_rules_on_a_tcp_frontend_are_a_config_error(tmp_path, localhost_bundle):
     result = _check(tmp_path, tcp_config(8443, [localhost_bundle], ["127.0.0.1:8080"], frontend=(
         '[frontends.inspect]\nbuiltin = ["sqli"]\n')))
     assert result.returncode == 1
-    assert "frontends[0].inspect: inspection rules read HTTP requests" in result.stderr
+    assert ('frontends[0].inspect: inspect only applies to HTTP requests, and this frontend is '
+            'in mode "tcp"') in result.stderr
     assert 'set mode = "http"' in result.stderr

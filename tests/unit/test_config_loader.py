@@ -4,16 +4,28 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import tomllib
+import typing
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
+from offload.config.base import takes_a_list
+from offload.config.checks import http_only_keys
 from offload.config.loader import load_file, validate
-from offload.config.model import CertificateRef, Config, FrontendLimits, UnixAddress
-from offload.config.units import EventRate, HostPort
+from offload.config.model import (
+    CertificateRef,
+    Config,
+    FrontendConfig,
+    FrontendLimits,
+    UnixAddress,
+)
+from offload.config.translate import path_of
+from offload.config.units import ALL_ADDRESSES, EventRate, HostPort
 from offload.errors import ConfigError, Issue
 
 Raw = dict[str, Any]
@@ -152,7 +164,7 @@ def test_limits_in_defaults_merge_key_by_key() -> None:
 def test_built_in_defaults_without_a_defaults_table() -> None:
     config = validate(minimal(), "test.toml")
     frontend, backend = config.frontends[0], config.backends[0]
-    assert (frontend.mode, frontend.tls_policy, frontend.alpn) == ("tcp", "intermediate", ())
+    assert (frontend.mode, frontend.tls_policy, frontend.alpn) == ("http", "intermediate", ())
     assert (frontend.handshake_timeout, frontend.idle_timeout, frontend.backlog) == (10.0, 300.0, 1024)
     assert (backend.balance, backend.proxy_protocol) == ("roundrobin", "none")
     assert (backend.connect_timeout, backend.server_timeout) == (5.0, 60.0)
@@ -249,14 +261,20 @@ BAD = [
      "frontends[0].certificates[0].cert", ["required key is missing"]),
     # Wrong types.
     ("workers not a number", put("global.workers", "many"), "global.workers",
-     ["write a whole number, without quotes"]),
-    ("workers zero", put("global.workers", 0), "global.workers", ["greater than or equal to 1"]),
+     ['"many" is not a whole number', "write a whole number without quotes"]),
+    ("workers zero", put("global.workers", 0), "global.workers",
+     ["0 is out of range: it must be from 1 to 1024", "fix: write a whole number from 1 to 1024"]),
+    ("workers too many", put("global.workers", 5000), "global.workers",
+     ["5000 is out of range", "from 1 to 1024"]),
     ("reuseport not a bool", put("global.reuseport", [1]), "global.reuseport",
      ["write true or false"]),
-    ("name not a string", put("frontends.1.name", 5), "frontends[1].name", ["write a quoted string"]),
+    ("name not a string", put("frontends.1.name", 5), "frontends[1].name",
+     ["5 is not text", "write it in quotes"]),
     ("certificate key not a string", put("frontends.0.certificates", ["a.pem", {"cert": "b.pem", "key": 5}]),
-     "frontends[0].certificates[1].key", ["write a quoted string"]),
-    ("alpn not a list", put("frontends.0.alpn", "h2"), "frontends[0].alpn", ["valid tuple"]),
+     "frontends[0].certificates[1].key", ["write it in quotes"]),
+    ("alpn entry not text", put("frontends.0.alpn", 5), "frontends[0].alpn[0]", ["5 is not text"]),
+    ("limits not a table", put("frontends.0.limits", "strict"), "frontends[0].limits",
+     ['"strict" is not a table', "{ key = "]),
     # Durations.
     ("bare-number duration", put("frontends.0.idle_timeout", 30), "frontends[0].idle_timeout",
      ["needs a unit", '"10s"']),
@@ -265,27 +283,35 @@ BAD = [
      ["not a duration", "ms, s, m, h, d"]),
     # Literals.
     ("bad mode", put("frontends.0.mode", "https"), "frontends[0].mode",
-     ["'tcp' or 'http'", "use one of the values listed"]),
+     ['"https" is not one of the accepted values', 'use one of: "tcp", "http"']),
     ("bad tls_policy", put("frontends.1.tls_policy", "strict"), "frontends[1].tls_policy",
-     ["use one of the values listed"]),
+     ['use one of: "modern", "intermediate", "legacy"']),
     ("bad proxy_protocol", put("backends.1.proxy_protocol", "v3"), "backends[1].proxy_protocol",
-     ["use one of the values listed"]),
+     ['use one of: "none", "v1", "v2"']),
     ("bad balance", put("backends.0.balance", "fastest"), "backends[0].balance",
-     ["use one of the values listed"]),
-    ("bad default literal", put("defaults.mode", "udp"), "defaults.mode", ["use one of the values listed"]),
-    ("bad log_level", put("global.log_level", "loud"), "global.log_level", ["use one of the values listed"]),
+     ['use one of: "roundrobin"']),
+    ("bad default literal", put("defaults.mode", "udp"), "defaults.mode", ['use one of: "tcp", "http"']),
+    ("bad log_level", put("global.log_level", "loud"), "global.log_level", ['"debug", "info"']),
     # Empty lists.
     ("empty servers", put("backends.0.servers", []), "backends[0].servers", ["give at least one entry"]),
     ("empty bind", put("frontends.1.bind", []), "frontends[1].bind", ["give at least one entry"]),
     # Addresses.
-    ("listen without port", put("frontends.0.bind", "localhost"), "frontends[0].bind[0]", ["has no port"]),
+    ("listen without port", put("frontends.0.bind", "localhost"), "frontends[0].bind[0]",
+     ["has no port", '"localhost:8443"']),
+    ("listen without host", put("frontends.0.bind", "8443"), "frontends[0].bind[0]",
+     ['"8443" is a port without a host', 'write ":8443" to listen on every address']),
+    ("redirect port alone", put("frontends.0.redirect_http", 8080), "frontends[0].redirect_http[0]",
+     ["8080 is a port without a host", '":8080"']),
     ("listen port out of range", put("frontends.1.bind", ["127.0.0.1:9444", "0.0.0.0:70000"]),
      "frontends[1].bind[1]", ["port must be a number from 1 to 65535"]),
-    ("listen not a string", put("frontends.0.bind", [443]), "frontends[0].bind[0]", ["not an address"]),
+    ("listen not a string", put("frontends.0.bind", [True]), "frontends[0].bind[0]",
+     ["true is not an address"]),
     ("server unbracketed IPv6", put("backends.1.servers", ["127.0.0.1:80", "::1:80"]),
-     "backends[1].servers[1].address", ["in brackets"]),
+     "backends[1].servers[1].address", ["needs brackets", '"[::1]:443"']),
+    ("server port alone", put("backends.1.servers", [8080]), "backends[1].servers[0].address",
+     ["8080 is a port without a host", '"127.0.0.1:8080"']),
     ("server address wildcard", put("backends.0.servers", ["*:80", "127.0.0.1:81"]),
-     "backends[0].servers[0].address", ["has no host"]),
+     "backends[0].servers[0].address", ["has no host", "only for listening"]),
     ("relative unix path", put("backends.0.servers", ["unix:run/app.sock", "127.0.0.1:81"]),
      "backends[0].servers[0].address", ["must be absolute"]),
     # Cross-section checks.
@@ -330,7 +356,8 @@ BAD = [
      "acme.agree_to_terms", ["terms of service", "agree_to_terms = true"]),
     ("acme wildcard name", put("acme", {"agree_to_terms": True,
                                         "certificates": [{"names": ["*.example.com"]}]}),
-     "acme.certificates[0].names[0]", ["should match pattern"]),
+     "acme.certificates[0].names[0]", ['"*.example.com" is not a lower-case DNS name without a '
+                                       "wildcard"]),
     ("acme unknown frontend", put("acme", {"agree_to_terms": True, "frontends": ["wbe"],
                                            "certificates": [{"names": ["a.example.com"]}]}),
      "acme.frontends[0]", ['no frontend is called "wbe"', "web"]),
@@ -344,8 +371,10 @@ BAD = [
     ("acme misspelled key", put("acme", {"agree_to_terms": True, "certificates": [
         {"nmes": ["a.example.com"]}]}), "acme.certificates[0].nmes", ['did you mean "names"?']),
     # Inspection rules.
-    ("rules on a tcp frontend", put("frontends.0.inspect", {"builtin": ["sqli"]}),
-     "frontends[0].inspect", ["read HTTP requests", 'mode "tcp"', 'set mode = "http"']),
+    ("rules on a tcp frontend", lambda raw: (put("frontends.0.inspect", {"builtin": ["sqli"]})(raw),
+                                             put("frontends.0.mode", "tcp")(raw)),
+     "frontends[0].inspect", ["inspect only applies to HTTP requests", 'mode "tcp"',
+                              'set mode = "http"']),
     ("bad rule regex", put("frontends.0.inspect", {"rules": [
         {"name": "admin-only", "action": "deny", "path": "^/admin(("}]}),
      "frontends[0].inspect.rules[0].path", ['rule "admin-only"', "not a valid regular expression"]),
@@ -368,11 +397,11 @@ BAD = [
     ("burst of zero", put("frontends.0.limits", {"request_rate": "5/s burst 0"}),
      "frontends[0].limits.request_rate", ["burst must be at least 1"]),
     ("connections of zero", put("frontends.0.limits", {"max_connections_per_ip": 0}),
-     "frontends[0].limits.max_connections_per_ip", ["greater than or equal to 1"]),
+     "frontends[0].limits.max_connections_per_ip", ["0 is out of range: it must be at least 1"]),
     ("connections quoted", put("frontends.0.limits", {"max_connections": "10"}),
      "frontends[0].limits.max_connections", ["write a whole number"]),
     ("prefix out of range", put("frontends.0.limits", {"ipv6_prefix": 129}),
-     "frontends[0].limits.ipv6_prefix", ["less than or equal to 128"]),
+     "frontends[0].limits.ipv6_prefix", ["129 is out of range", "from 0 to 128"]),
     ("bad default limit", put("defaults.limits", {"request_rate": "fast"}),
      "defaults.limits.request_rate", ["not a rate"]),
     ("min_body_rate without per second", put("frontends.0.min_body_rate", "500B"),
@@ -450,6 +479,356 @@ def test_every_cross_section_problem_is_reported() -> None:
     assert sorted(issue.where for issue in caught.value.issues) == [
         "backends[1].servers[1]", "frontends[0].backend", "frontends[1].bind[0]", "frontends[1].name"]
     assert caught.value.render().startswith("test.toml: 4 errors\n")
+
+
+# --- defaults: HTTP mode, and keys HTTP mode alone reads ----------------------------------------
+
+HTTP_ONLY_SAMPLES: dict[str, object] = {
+    "trusted_proxies": ["10.0.0.0/8"], "forwarded": True, "hsts": "max-age=600",
+    "server_header": "", "max_request_line": "4KiB", "max_header_size": "16KiB",
+    "max_header_count": 50, "max_body_size": "1MiB", "request_timeout": "5s",
+    "keepalive_timeout": "30s", "body_timeout": "30s", "min_body_rate": "1KiB/s",
+    "access_log": "off", "access_log_format": "combined", "inspect": {"builtin": ["sqli"]},
+    "limits.request_rate": "10/s", "limits.request_rate_per_ip": "5/s",
+}
+
+
+def _all_http_only_keys() -> set[str]:
+    return set(http_only_keys(FrontendConfig)) | {
+        f"limits.{key}" for key in http_only_keys(FrontendLimits)}
+
+
+def test_every_http_only_key_has_a_sample() -> None:
+    """A key marked HttpOnly later gets checked below without a line more than its sample."""
+    assert set(HTTP_ONLY_SAMPLES) == _all_http_only_keys()
+
+
+def test_mode_defaults_to_http_in_a_file_as_in_quick_mode() -> None:
+    raw = minimal()
+    raw["frontends"][0].update(hsts="max-age=600", redirect_http=":8080")
+    web = validate(raw, "test.toml").frontends[0]
+    assert web.mode == "http"
+    assert web.hsts == "max-age=600"
+    assert web.redirect_http == (HostPort(ALL_ADDRESSES, 8080),)
+
+
+@pytest.mark.parametrize("key", sorted(HTTP_ONLY_SAMPLES))
+def test_an_http_only_key_on_a_tcp_frontend_is_an_error_naming_it(key: str) -> None:
+    raw = minimal()
+    raw["frontends"][0]["mode"] = "tcp"
+    put(f"frontends.0.{key}", HTTP_ONLY_SAMPLES[key])(raw)
+    [issue] = issues_of(raw)
+    assert issue.where == f"frontends[0].{key}"
+    name = key.rpartition(".")[2]
+    assert issue.what.startswith(f'{name} only applies to HTTP requests, and this frontend is '
+                                 'in mode "tcp"')
+    assert issue.fix == f'set mode = "http" on this frontend, or remove {name}'
+    raw["frontends"][0]["mode"] = "http"
+    validate(raw, "test.toml")
+
+
+def test_request_timeout_on_a_tcp_frontend_times_its_redirect_listener() -> None:
+    raw = minimal()
+    raw["frontends"][0].update(mode="tcp", request_timeout="3s", redirect_http=":8080")
+    assert validate(raw, "test.toml").frontends[0].request_timeout == 3.0
+
+
+def test_http_only_defaults_are_left_out_of_tcp_frontends() -> None:
+    raw = minimal()
+    raw["defaults"] = {"hsts": "max-age=600", "request_timeout": "3s",
+                       "limits": {"request_rate_per_ip": "5/s", "max_connections": 5}}
+    raw["frontends"][0]["mode"] = "tcp"
+    tcp, http = validate(raw, "test.toml").frontends
+    assert (tcp.hsts, tcp.request_timeout, tcp.limits.request_rate_per_ip) == (None, 10.0, None)
+    assert tcp.limits.max_connections == 5
+    assert (http.hsts, http.request_timeout) == ("max-age=600", 3.0)
+    assert http.limits.request_rate_per_ip == EventRate(5.0, 5.0)
+    assert http.limits.max_connections == 5
+
+
+def test_http_only_defaults_no_frontend_takes_are_reported() -> None:
+    raw = minimal()
+    raw["defaults"] = {"mode": "tcp", "hsts": "max-age=600", "limits": {"request_rate": "5/s"}}
+    assert sorted(issue.where for issue in issues_of(raw)) == [
+        "defaults.hsts", "defaults.limits.request_rate"]
+
+
+# --- a single value stands for a list of one, for every list key --------------------------------
+
+
+def rich() -> Raw:
+    """A valid config with every section, table and list key present (lists of one entry)."""
+    return {
+        "global": {"workers": 2, "user": "nobody"},
+        "defaults": {"mode": "http", "alpn": ["http/1.1"], "trusted_proxies": ["10.0.0.0/8"],
+                     "limits": {"max_connections": 100}, "hsts": "max-age=60"},
+        "frontends": [{
+            "name": "web", "bind": [":8443"], "backend": "app",
+            "certificates": [{"cert": "site.crt", "key": "site.key"}],
+            "alpn": ["http/1.1"], "client_auth": "required", "client_ca": ["ca.pem"],
+            "client_crl": ["crl.pem"], "client_crl_fetch": True, "client_crl_timeout": "2s",
+            "trusted_proxies": ["10.0.0.0/8"], "redirect_http": [":8080"],
+            "limits": {"request_rate": "5/s", "ipv4_prefix": 24},
+            "inspect": {"builtin": ["sqli"], "rules": [{
+                "name": "r", "action": "tag", "tag": "t", "path": "^/x", "query": "a", "body": "b",
+                "client": ["10.0.0.0/8"], "not_client": ["10.1.0.0/16"], "methods": ["GET"],
+                "method_not_in": ["POST"], "header": {"X-A": "."}}]},
+        }],
+        "backends": [{"name": "app", "servers": [{"address": "127.0.0.1:8081", "weight": 2}],
+                      "health_check": {"path": "/health", "expect": "200-299", "rise": 1},
+                      "ejection": {"failures": 1}}],
+        "acme": {"agree_to_terms": True, "email": "a@example.com", "frontends": ["web"],
+                 "challenges": ["tls-alpn-01"], "certificates": [{"names": ["a.example.com"]}]},
+        "admin": {"bind": "127.0.0.1:9404"},
+        "bans": {"events": ["limit_hit"], "allow": ["10.0.0.0/8"]},
+    }
+
+
+def _model_paths(model: type[BaseModel], prefix: tuple[str | int, ...] = ()
+                 ) -> Iterator[tuple[tuple[str | int, ...], FieldInfo]]:
+    """Every key of ``model`` and of the tables under it (the first entry of a list of tables)."""
+    for name, field in model.model_fields.items():
+        path = (*prefix, field.alias or name)
+        yield path, field
+        inner = next((arg for arg in _type_args(field.annotation)
+                      if isinstance(arg, type) and issubclass(arg, BaseModel)), None)
+        if inner is not None:
+            yield from _model_paths(inner, (*path, 0) if takes_a_list(field.annotation) else path)
+
+
+def _type_args(annotation: object) -> Iterator[object]:
+    yield annotation
+    for arg in typing.get_args(annotation):
+        yield from _type_args(arg)
+
+
+def _get(raw: Any, path: tuple[str | int, ...]) -> Any:
+    for part in path:
+        raw = raw[part]
+    return raw
+
+
+def _set(raw: Any, path: tuple[str | int, ...], value: object) -> None:
+    _get(raw, path[:-1])[path[-1]] = value
+
+
+LIST_KEYS = [path for path, field in _model_paths(Config) if takes_a_list(field.annotation)]
+
+
+def test_the_rich_sample_is_valid_and_has_every_list_key() -> None:
+    validate(rich(), "test.toml")
+    for path in LIST_KEYS:
+        value = _get(rich(), path)
+        assert isinstance(value, list) and len(value) == 1, path
+
+
+@pytest.mark.parametrize("path", LIST_KEYS, ids=path_of)
+def test_every_list_key_takes_a_single_value(path: tuple[str | int, ...]) -> None:
+    as_list = validate(rich(), "test.toml")
+    raw = rich()
+    _set(raw, path, _get(raw, path)[0])
+    assert validate(raw, "test.toml") == as_list
+
+
+def test_single_values_from_the_issue() -> None:
+    raw = minimal()
+    raw["frontends"][0].update(certificates="certs/", redirect_http=":8080")
+    raw["backends"][0]["servers"] = {"address": "127.0.0.1:9000", "weight": 3}
+    config = validate(raw, "test.toml")
+    assert config.frontends[0].certificates == (CertificateRef(cert="certs/"),)
+    assert config.frontends[0].redirect_http == (HostPort(ALL_ADDRESSES, 8080),)
+    assert config.backends[0].servers[0].weight == 3
+
+
+# --- no message of the validation library reaches the user --------------------------------------
+
+LIBRARY_WORDS = ("Input should be", "valid tuple", "greater than or equal", "less than or equal",
+                 "Field required", "Extra inputs", "validation error", "type=", "should match",
+                 "should have", "should be", "after validation", "String should", "Value error",
+                 "Assertion failed", "pydantic", "For further information")
+WRONG_TYPES: tuple[object, ...] = (True, 12345, 1.5, "~not~valid~", {"unexpected": 1}, [[1, 2]])
+
+
+def _bounds(field: FieldInfo) -> Iterator[object]:
+    """Values just outside a key's numeric and length bounds, written every way a key of that
+    kind may be written (a number, a duration, a size, a string, a list)."""
+    metadata = list(field.metadata)
+    for arg in _type_args(field.annotation):
+        if typing.get_origin(arg) is typing.Annotated:
+            metadata += typing.get_args(arg)[1:]
+    for item in metadata:
+        outside = [getattr(item, "ge", None), getattr(item, "gt", None), getattr(item, "le", None),
+                   getattr(item, "lt", None)]
+        for index, bound in enumerate(outside):
+            if bound is None:
+                continue
+            value = int(bound) - 1 if index == 0 else int(bound) + (1 if index == 2 else 0)
+            value = value if index != 1 else int(bound)
+            yield from (value, f"{value}s", f"{value}B", f"{value}/s")
+        if getattr(item, "min_length", None):
+            yield from ("", [])
+        if getattr(item, "max_length", None):
+            count = int(item.max_length) + 1  # type: ignore[attr-defined]
+            yield from ("x" * count, ["a.example.com"] * count)
+
+
+def _clean(path: tuple[str | int, ...], value: object) -> int:
+    """Load the rich config with ``value`` at ``path``; if refused, check every message.
+    Returns how many issues name the key (0: the value was accepted)."""
+    raw = rich()
+    _set(raw, path, value)
+    try:
+        validate(raw, "/etc/offload/offload.toml")
+    except ConfigError as error:
+        text = error.render()
+        assert text.startswith("/etc/offload/offload.toml: "), text
+        for word in LIBRARY_WORDS:
+            assert word not in text, f"{path_of(path)} = {value!r}:\n{text}"
+        for issue in error.issues:
+            assert issue.fix, f"{path_of(path)} = {value!r}: no fix in\n{text}"
+            assert f"    fix: {issue.fix}" in text
+        return len([i for i in error.issues if i.where.startswith(path_of(path))])
+    return 0
+
+
+@pytest.mark.parametrize(("path", "field"), list(_model_paths(Config)),
+                         ids=[path_of(path) for path, _ in _model_paths(Config)])
+def test_every_key_explains_a_wrong_value_in_offloads_words(
+        path: tuple[str | int, ...], field: FieldInfo) -> None:
+    """Every key of the model, with values of the wrong type and just out of range: each
+    refusal names the file and the key, has a fix, and has none of pydantic's wording."""
+    refused = sum(_clean(path, value) > 0 for value in WRONG_TYPES)
+    assert refused, f"{path_of(path)} accepted every wrong type"
+    bounded = list(_bounds(field))
+    if bounded:
+        assert sum(_clean(path, value) > 0 for value in bounded), \
+            f"{path_of(path)} accepted every out-of-range value"
+
+
+# --- addresses, listeners that collide, loops ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("written", "address"), [
+    (":8443", HostPort(ALL_ADDRESSES, 8443)),
+    ("*:8443", HostPort("0.0.0.0", 8443)),
+    ("0.0.0.0:8443", HostPort("0.0.0.0", 8443)),
+    ("[::]:8443", HostPort("::", 8443)),
+    ("127.0.0.1:8443", HostPort("127.0.0.1", 8443)),
+    ("localhost:8443", HostPort("localhost", 8443)),
+])
+def test_bind_and_redirect_forms(written: str, address: HostPort) -> None:
+    raw = minimal()
+    raw["frontends"][0].update(bind=written, redirect_http=written.replace("8443", "8080"))
+    web = validate(raw, "test.toml").frontends[0]
+    assert web.bind == (address,)
+    assert web.redirect_http == (HostPort(address.host, 8080),)
+
+
+@pytest.mark.parametrize(("written", "address"), [
+    ("9000", HostPort("127.0.0.1", 9000)),
+    (9000, HostPort("127.0.0.1", 9000)),
+    ("127.0.0.2", HostPort("127.0.0.2", 8404)),
+    ("[::1]", HostPort("::1", 8404)),
+    ("[::1]:9000", HostPort("::1", 9000)),
+])
+def test_admin_bind_forms(written: object, address: HostPort) -> None:
+    raw = minimal()
+    raw["admin"] = {"bind": written}
+    config = validate(raw, "test.toml")
+    assert config.admin is not None and config.admin.bind == address
+
+
+def test_admin_colon_port_is_every_address_and_needs_a_token() -> None:
+    raw = minimal()
+    raw["admin"] = {"bind": ":9000"}
+    [issue] = issues_of(raw)
+    assert issue.where == "admin.bind"
+    assert "reachable from other machines without a token" in issue.what
+
+
+@pytest.mark.parametrize(("first", "second", "text"), [
+    (":443", "127.0.0.1:443", "already bound by frontends[0].bind[0], which listens on :443"),
+    (":443", "[::]:443", "(IPv4 and IPv6)"),
+    ("0.0.0.0:443", "127.0.0.1:443", "which listens on 0.0.0.0:443: every address on port 443 (IPv4)"),
+    ("[::]:443", "[::1]:443", "(IPv6)"),
+    ("127.0.0.1:443", ":443", ":443 would take over 127.0.0.1:443, already bound by frontends[0].bind[0]"),
+    ("localhost:443", "0.0.0.0:443", "would take over"),
+])
+def test_listeners_that_overlap_are_reported(first: str, second: str, text: str) -> None:
+    raw = minimal()
+    raw["frontends"][0]["bind"] = first
+    raw["frontends"][1]["bind"] = second
+    [issue] = issues_of(raw)
+    assert issue.where == "frontends[1].bind[0]"
+    assert text in issue.what
+    assert issue.fix == "listen on each address from one place only"
+
+
+@pytest.mark.parametrize(("first", "second"), [
+    ("0.0.0.0:443", "[::]:443"), ("127.0.0.1:443", "127.0.0.2:443"), (":443", ":444"),
+    ("127.0.0.1:443", "[::1]:443"),
+])
+def test_listeners_that_do_not_overlap(first: str, second: str) -> None:
+    raw = minimal()
+    raw["frontends"][0]["bind"] = first
+    raw["frontends"][1]["bind"] = second
+    validate(raw, "test.toml")
+
+
+def test_a_redirect_listener_on_a_frontend_port_and_the_admin_on_it_are_reported() -> None:
+    raw = minimal()
+    raw["frontends"][0]["redirect_http"] = ["127.0.0.1:9443"]
+    raw["admin"] = {"bind": "127.0.0.1:8443"}
+    issues = {issue.where: issue for issue in issues_of(raw)}
+    assert set(issues) == {"frontends[1].bind[0]", "admin.bind"}
+    assert issues["frontends[1].bind[0]"].what == (
+        "127.0.0.1:9443 is already bound by frontends[0].redirect_http[0]")
+    assert issues["admin.bind"].fix == "give the admin listener an address of its own"
+
+
+@pytest.mark.parametrize(("bind", "server"), [
+    ("127.0.0.1:8443", "127.0.0.1:8443"),
+    (":8443", "127.0.0.1:8443"),
+    (":8443", "localhost:8443"),
+    ("0.0.0.0:8443", "127.0.0.1:8443"),
+    ("[::]:8443", "[::1]:8443"),
+    ("localhost:8443", "127.0.0.1:8443"),
+])
+def test_a_frontend_bound_to_its_own_backend_is_a_loop(bind: str, server: str) -> None:
+    raw = minimal()
+    raw["frontends"][0]["bind"] = bind
+    raw["backends"][0]["servers"] = [server]
+    [issue] = issues_of(raw)
+    assert issue.where == "frontends[0].bind[0]"
+    assert "every connection would loop back into this frontend" in issue.what
+    assert "backends[0].servers[0]" in issue.what
+    assert issue.fix.startswith('point backend "api" at the application')
+
+
+@pytest.mark.parametrize(("bind", "server"), [
+    ("127.0.0.1:8443", "127.0.0.1:8080"),
+    ("[::]:8443", "127.0.0.1:8443"),
+    ("0.0.0.0:8443", "[::1]:8443"),
+    ("127.0.0.1:8443", "127.0.0.2:8443"),
+    (":8443", "app.internal:8443"),
+])
+def test_not_a_loop(bind: str, server: str) -> None:
+    raw = minimal()
+    raw["frontends"][0]["bind"] = bind
+    raw["backends"][0]["servers"] = [server]
+    validate(raw, "test.toml")
+
+
+def test_the_readme_example_means_what_the_readme_says() -> None:
+    """README: HTTP mode is the default; its example sends HSTS and redirects plain HTTP."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    raw = tomllib.loads(block)
+    for frontend in raw["frontends"]:
+        frontend.pop("mode", None)  # the default
+    frontend = validate(raw, "README.md").frontends[0]
+    assert frontend.mode == "http"
+    assert frontend.hsts and frontend.redirect_http
 
 
 # --- known bugs ---------------------------------------------------------------------------------

@@ -8,7 +8,15 @@ import dataclasses
 import pytest
 
 from offload.config.model import CertificateRef, UnixAddress
-from offload.config.quick import QUICK_NAME, QuickOptions, flag_for, quick_config, raw_config
+from offload.config.quick import (
+    QUICK_NAME,
+    QuickOptions,
+    flag_for,
+    quick_config,
+    quick_fix,
+    quick_issue,
+    raw_config,
+)
 from offload.config.units import HostPort
 from offload.errors import ConfigError, Issue
 
@@ -112,20 +120,25 @@ def test_quick_config_built_in_defaults() -> None:
         pytest.param({"listen": "localhost"}, "--listen", "has no port", id="listen-no-port"),
         pytest.param({"listen": "[::1]:99999"}, "--listen", "port must be a number", id="listen-port"),
         pytest.param({"backends": ("nowhere",)}, "--backend", "has no port", id="backend-no-port"),
-        pytest.param({"backends": ("127.0.0.1:80", "::1:80")}, "--backend", "in brackets",
+        pytest.param({"backends": ("127.0.0.1:80", "::1:80")}, "--backend", "needs brackets",
                      id="second-backend"),
         pytest.param({"backends": ("unix:app.sock",)}, "--backend", "must be absolute", id="backend-unix"),
         pytest.param({"backends": ()}, "--backend", "give at least one entry", id="no-backend"),
         pytest.param({"certs": ()}, "--cert", "has no certificates", id="no-cert"),
-        pytest.param({"certs": ("a.pem", "")}, "--cert", "at least 1 character", id="empty-cert"),
+        pytest.param({"certs": ("a.pem", "")}, "--cert", "it is empty", id="empty-cert"),
         pytest.param({"upstream_timeout": "60"}, "--upstream-timeout", "unit", id="timeout-bare"),
-        pytest.param({"upstream_timeout": "0s"}, "--upstream-timeout", "greater than 0", id="timeout-zero"),
-        pytest.param({"tls_policy": "strict"}, "--tls-policy", "use one of the values listed",
+        pytest.param({"upstream_timeout": "0s"}, "--upstream-timeout", "it must be more than 0s",
+                     id="timeout-zero"),
+        pytest.param({"tls_policy": "strict"}, "--tls-policy", 'use one of: "modern"',
                      id="tls-policy"),
-        pytest.param({"proxy_protocol": "v9"}, "--proxy-protocol", "use one of the values listed",
+        pytest.param({"proxy_protocol": "v9"}, "--proxy-protocol", 'use one of: "none", "v1"',
                      id="proxy-protocol"),
-        pytest.param({"mode": "udp"}, "--mode", "use one of the values listed", id="mode"),
-        pytest.param({"workers": 0}, "--workers", "greater than or equal to 1", id="workers"),
+        pytest.param({"mode": "udp"}, "--mode", 'use one of: "tcp", "http"', id="mode"),
+        pytest.param({"workers": 0}, "--workers", "from 1 to 1024", id="workers"),
+        pytest.param({"listen": "8443"}, "--listen", 'write ":8443" to listen on every address',
+                     id="listen-port-only"),
+        pytest.param({"mode": "tcp", "access_log": "off"}, "--access-log",
+                     "give --mode http, or leave out --access-log", id="access-log-in-tcp"),
         pytest.param({"certs": ("a.crt",), "keys": ("a.key", "b.key")}, "--key",
                      "more --key than --cert", id="too-many-keys"),
     ],
@@ -198,3 +211,43 @@ def test_one_bad_flag_gives_one_issue(changes: dict[str, object]) -> None:
 def test_bad_log_level_names_the_flag() -> None:
     issues = issues_of(options(log_level="loud"))
     assert [issue.where for issue in issues] == ["--log-level"]
+
+
+# --- fixes quick mode can apply -----------------------------------------------------------------
+
+
+def test_allow_readable_keys_flag_sets_the_global_key() -> None:
+    assert raw_config(options(allow_readable_keys=True))["global"] == {"allow_readable_keys": True}
+    assert quick_config(options(allow_readable_keys=True)).global_.allow_readable_keys
+    assert "allow_readable_keys" not in raw_config(options())["global"]
+
+
+def test_a_readable_key_is_fixed_with_the_flag_not_the_key() -> None:
+    """The key check's advice names global.allow_readable_keys, which has no place on the
+    command line: quick mode offers its flag instead."""
+    issue = quick_issue(Issue("frontends[0].certificates[0]", "the private key file is readable "
+                              "by others (mode 644)", "run `chmod 600 site.pem`, or set "
+                              "global.allow_readable_keys = true if this is on purpose"))
+    assert issue.where == "--cert"
+    assert issue.fix == "run `chmod 600 site.pem`, or add --allow-readable-keys if this is on purpose"
+
+
+def test_a_non_loopback_admin_address_is_fixed_with_the_flag() -> None:
+    [issue] = issues_of(options(admin="0.0.0.0:8404"))
+    assert issue.where == "--admin"
+    assert "give --admin a 127.0.0.1 address" in issue.fix
+    assert "set admin.token_file" not in issue.fix
+
+
+@pytest.mark.parametrize("fix", [
+    "set client_crl_fetch = true, or remove this key",
+    "add \"http/1.1\" to alpn, or set defaults.alpn",
+    "set global.user to an account",
+])
+def test_advice_no_flag_can_follow_says_it_needs_a_file(fix: str) -> None:
+    assert quick_fix(fix).endswith("(that is a setting of a configuration file: run with -c FILE)")
+
+
+def test_advice_a_flag_can_follow_is_left_as_it_is() -> None:
+    fix = "write a number with a unit: ms, s, m, h, d (\"10s\", \"500ms\", \"1m30s\")"
+    assert quick_fix(fix) == fix

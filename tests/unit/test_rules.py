@@ -88,7 +88,7 @@ def test_bad_header_regex_names_rule_and_header() -> None:
     ({"name": "r", "action": "deny", "path": ""}, "at least 1 character"),
     ({"name": "r", "action": "deny", "header": {"X-A": ".", "x-a": "."}}, "given twice"),
     ({"name": "r", "action": "deny", "header": {"bad name": "."}}, "not a header field name"),
-    ({"name": "has space", "action": "deny", "path": "/"}, "should match pattern"),
+    ({"name": "has space", "action": "deny", "path": "/"}, "is not a rule name"),
     ({"name": "r", "action": "deny", "path": "/", "paht": "/"}, "Extra inputs are not permitted"),
     ({"action": "deny", "path": "/"}, "Field required"),
 ])

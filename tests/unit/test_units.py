@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from offload.config.base import Invalid, show
 from offload.config.units import (
+    ALL_ADDRESSES,
     EventRate,
     HostPort,
     format_duration,
@@ -51,9 +53,10 @@ def test_parse_duration_accepts_units(text: str, seconds: float) -> None:
 
 @pytest.mark.parametrize("value", [10, 0, 1.5, True, False, None, [10]])
 def test_parse_duration_refuses_non_strings_and_asks_for_a_unit(value: object) -> None:
-    with pytest.raises(ValueError, match="needs a unit") as caught:
+    with pytest.raises(Invalid, match="needs a unit") as caught:
         parse_duration(value)
-    assert repr(value) in str(caught.value)
+    assert show(value) in caught.value.what
+    assert '"10s"' in caught.value.fix
 
 
 @pytest.mark.parametrize(
@@ -62,10 +65,10 @@ def test_parse_duration_refuses_non_strings_and_asks_for_a_unit(value: object) -
      "1.s", ".5s", "1e3s", "1,5s", "10s garbage", "garbage 10s", "1m 30s"],
 )
 def test_parse_duration_refuses_text_without_a_valid_unit(text: str) -> None:
-    with pytest.raises(ValueError, match="unit") as caught:
+    with pytest.raises(Invalid, match="unit") as caught:
         parse_duration(text)
     message = str(caught.value)
-    assert repr(text) in message
+    assert show(text) in caught.value.what
     for unit in ("ms", "s", "m", "h", "d"):
         assert unit in message
 
@@ -198,11 +201,30 @@ def test_parse_hostport_accepts(text: str, host: str, port: int) -> None:
     assert parse_hostport(text, wildcard_ok=True) == HostPort(host, port)
 
 
-@pytest.mark.parametrize("text", ["*:443", ":443"])
-def test_parse_hostport_wildcard_only_when_allowed(text: str) -> None:
-    assert parse_hostport(text, wildcard_ok=True) == HostPort("0.0.0.0", 443)
-    with pytest.raises(ValueError, match="has no host"):
+@pytest.mark.parametrize(("text", "host"), [("*:443", "0.0.0.0"), (":443", ALL_ADDRESSES)])
+def test_parse_hostport_wildcard_only_when_allowed(text: str, host: str) -> None:
+    assert parse_hostport(text, wildcard_ok=True) == HostPort(host, 443)
+    with pytest.raises(Invalid, match="has no host") as caught:
         parse_hostport(text)
+    assert "127.0.0.1:443" in caught.value.fix
+
+
+def test_colon_port_is_every_address_and_writes_back_as_written() -> None:
+    every = parse_hostport(":8443", wildcard_ok=True)
+    assert every.all_addresses and str(every) == ":8443"
+    assert not parse_hostport("*:8443", wildcard_ok=True).all_addresses
+    assert not parse_hostport("[::]:8443", wildcard_ok=True).all_addresses
+
+
+@pytest.mark.parametrize("wildcard_ok", [True, False])
+def test_a_port_alone_is_said_to_lack_the_host(wildcard_ok: bool) -> None:
+    """``bind = "8443"`` lacks the host, not the port; the fix shows both ways to write it."""
+    with pytest.raises(Invalid) as caught:
+        parse_hostport("8443", wildcard_ok=wildcard_ok)
+    assert caught.value.what == '"8443" is a port without a host'
+    assert "127.0.0.1:8443" in caught.value.fix
+    assert ('":8443"' in caught.value.fix) is wildcard_ok
+    assert "no port" not in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -210,7 +232,7 @@ def test_parse_hostport_wildcard_only_when_allowed(text: str) -> None:
     [
         ("localhost", "has no port"),
         ("127.0.0.1", "has no port"),
-        ("", "has no port"),
+        ("", "the address is empty"),
         ("localhost:", "port must be a number from 1 to 65535"),
         ("localhost:0", "port must be a number from 1 to 65535"),
         ("localhost:65536", "port must be a number from 1 to 65535"),
@@ -219,12 +241,13 @@ def test_parse_hostport_wildcard_only_when_allowed(text: str) -> None:
         ("localhost:-1", "port must be a number from 1 to 65535"),
         ("localhost:+80", "port must be a number from 1 to 65535"),
         ("localhost:8 0", "port must be a number from 1 to 65535"),
-        ("::1:443", "put an IPv6 address in brackets"),
-        ("2001:db8::1:443", "put an IPv6 address in brackets"),
-        ("::1", "put an IPv6 address in brackets"),
-        ("[::1]", r'write an IPv6 address as "\[::1\]:443"'),
-        ("[::1:443", r'write an IPv6 address as "\[::1\]:443"'),
-        ("[::1]443", r'write an IPv6 address as "\[::1\]:443"'),
+        ("::1:443", "an IPv6 address needs brackets"),
+        ("2001:db8::1:443", "an IPv6 address needs brackets"),
+        ("::1", "an IPv6 address needs brackets"),
+        ("[::1]", r'in brackets, then the port: "\[::1\]:443"'),
+        ("[::1:443", r'in brackets, then the port: "\[::1\]:443"'),
+        ("[::1]443", r'in brackets, then the port: "\[::1\]:443"'),
+        ("[127.0.0.1]:443", 'brackets are for IPv6 addresses'),
         ("[::1]:0", "port must be a number from 1 to 65535"),
     ],
 )

@@ -15,13 +15,13 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     PlainSerializer,
     PlainValidator,
     Strict,
 )
 
+from offload.config.base import HttpOnly, Invalid, Model, form, show
 from offload.config.units import (
     EventRate,
     HostPort,
@@ -31,6 +31,7 @@ from offload.config.units import (
     parse_network,
     parse_rate,
     parse_size,
+    port_only_fix,
 )
 from offload.security.rules_config import RuleSetConfig
 
@@ -84,37 +85,42 @@ class UnixAddress:
 ServerAddress = HostPort | UnixAddress
 
 
+def _address_text(value: object, *, listen: bool) -> str:
+    """The text of an address; a number alone is a port without a host, said as such."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise Invalid(f"{value} is a port without a host", port_only_fix(str(value), wildcard_ok=listen))
+    if not isinstance(value, str):
+        example = "\":443\" or \"127.0.0.1:8443\"" if listen else "\"127.0.0.1:8080\""
+        raise Invalid(f"{show(value)} is not an address", f"write a host and a port in quotes, "
+                      f"like {example}")
+    return value
+
+
 def _listen_address(value: object) -> HostPort:
     if isinstance(value, HostPort):
         return value
-    if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not an address; write \"host:port\", like \"0.0.0.0:443\"")
-    return parse_hostport(value, wildcard_ok=True)
+    return parse_hostport(_address_text(value, listen=True), wildcard_ok=True)
 
 
 def _server_address(value: object) -> ServerAddress:
     if isinstance(value, HostPort | UnixAddress):
         return value
-    if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not an address; write \"host:port\" or \"unix:/path\"")
-    if value.startswith("unix:"):
-        path = value[len("unix:") :]
+    text = _address_text(value, listen=False)
+    if text.startswith("unix:"):
+        path = text[len("unix:") :]
         if not path.startswith("/"):
-            raise ValueError(f"{value!r}: a unix socket path must be absolute (\"unix:/run/app.sock\")")
+            raise Invalid(f"{show(text)}: a unix socket path must be absolute",
+                          "write the whole path, like \"unix:/run/app.sock\"")
         return UnixAddress(path)
-    return parse_hostport(value)
-
-
-def _one_or_many(value: object) -> object:
-    """Let a single value stand where a list is expected (``bind = "0.0.0.0:443"``)."""
-    return [value] if isinstance(value, str | dict) else value
+    return parse_hostport(text)
 
 
 def _table_from_string(key: str) -> Any:
-    """Let ``"path"`` stand for ``{key = "path"}`` (``certificates = ["site.pem"]``)."""
+    """Let ``"path"`` stand for ``{key = "path"}`` (``certificates = ["site.pem"]``); any
+    other value that is not a table too, so that its key's own check explains it."""
 
     def convert(value: object) -> object:
-        return {key: value} if isinstance(value, str) else value
+        return value if isinstance(value, dict | BaseModel) else {key: value}
 
     return BeforeValidator(convert)
 
@@ -129,7 +135,8 @@ def _status_range(value: object) -> tuple[int, int]:
             first, last = int(low), int(high)
             if 100 <= first <= last <= 599:
                 return first, last
-    raise ValueError(f"{value!r} is not a status or range; write 200 or \"200-399\"")
+    raise Invalid(f"{show(value)} is not a status or range of statuses",
+                  "write a status from 100 to 599, or a range: 200 or \"200-399\"")
 
 
 ListenAddress = Annotated[HostPort, PlainValidator(_listen_address)]
@@ -141,12 +148,6 @@ BackendServerAddress = Annotated[ServerAddress, PlainValidator(_server_address)]
 def default_workers() -> int:
     """One worker per CPU this process may run on."""
     return len(os.sched_getaffinity(0)) or 1
-
-
-class Model(BaseModel):
-    """Frozen, and strict about unknown keys: a misspelled key is an error, never ignored."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
 class GlobalConfig(Model):
@@ -175,7 +176,8 @@ class CertificateRef(Model):
     cert: str = Field(min_length=1)
     key: str | None = None
     passphrase_file: str | None = None
-    passphrase_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    passphrase_env: Annotated[str, form(r"[A-Za-z_][A-Za-z0-9_]*", "an environment variable name",
+                                        "SITE_KEY_PASS")] | None = None
 
 
 class FrontendLimits(Model):
@@ -191,8 +193,8 @@ class FrontendLimits(Model):
     connection_rate_per_ip: Rate = None
     handshake_rate: Rate = None
     handshake_rate_per_ip: Rate = None
-    request_rate: Rate = None
-    request_rate_per_ip: Rate = None
+    request_rate: Annotated[Rate, HttpOnly()] = None
+    request_rate_per_ip: Annotated[Rate, HttpOnly()] = None
     ipv4_prefix: Annotated[int, Strict(), Field(ge=0, le=32)] = 32
     ipv6_prefix: Annotated[int, Strict(), Field(ge=0, le=128)] = 64
     max_tracked_clients: Count = 65536
@@ -213,19 +215,19 @@ class FrontendConfig(Model):
     """Where offload accepts TLS, with which certificates and policy, and where it sends traffic."""
 
     name: str = Field(min_length=1)
-    bind: Annotated[tuple[ListenAddress, ...], BeforeValidator(_one_or_many)] = Field(min_length=1)
+    bind: tuple[ListenAddress, ...] = Field(min_length=1)
     backend: str = Field(min_length=1)
     certificates: tuple[Annotated[CertificateRef, _table_from_string("cert")], ...] = ()
     """May be empty only when ``[acme]`` provides this frontend's certificates."""
-    mode: Mode = "tcp"
+    mode: Mode = "http"
     tls_policy: TlsPolicyName = "intermediate"
     alpn: tuple[AlpnName, ...] = ()
     handshake_timeout: Timeout = 10.0
     idle_timeout: Timeout = 300.0
     backlog: Count = 1024
     client_auth: Literal["none", "optional", "required"] = "none"
-    client_ca: Annotated[tuple[str, ...], BeforeValidator(_one_or_many)] = ()
-    client_crl: Annotated[tuple[str, ...], BeforeValidator(_one_or_many)] = ()
+    client_ca: tuple[str, ...] = ()
+    client_crl: tuple[str, ...] = ()
     client_crl_fetch: Flag = False
     """Also check client certificates against the CRLs at their http:// distribution points."""
     client_crl_failure: Literal["hard-fail", "soft-fail"] = "hard-fail"
@@ -238,23 +240,24 @@ class FrontendConfig(Model):
     """After a failed fetch, wait this long before trying that URL again."""
     limits: FrontendLimits = Field(default_factory=FrontendLimits)
     send_timeout: Timeout = 60.0
-    # mode http
-    trusted_proxies: tuple[Network, ...] = ()
-    forwarded: Flag = False
-    hsts: str | None = None
-    server_header: str | None = None
-    redirect_http: Annotated[tuple[ListenAddress, ...], BeforeValidator(_one_or_many)] = ()
-    max_request_line: Size = 8 * 1024
-    max_header_size: Size = 32 * 1024
-    max_header_count: Count = 100
-    max_body_size: Size | None = None
-    request_timeout: Timeout = 10.0
-    keepalive_timeout: Timeout = 60.0
-    body_timeout: Timeout = 60.0
-    min_body_rate: ByteRate = 500.0
-    access_log: str = "stderr"
-    access_log_format: Literal["json", "combined"] = "json"
-    inspect: RuleSetConfig = Field(default_factory=RuleSetConfig)
+    redirect_http: tuple[ListenAddress, ...] = ()
+    """Plain-HTTP listeners answering with a redirect (and ACME http-01), in either mode."""
+    # mode http only: an error on a TCP frontend, left out of them when set in [defaults]
+    trusted_proxies: Annotated[tuple[Network, ...], HttpOnly()] = ()
+    forwarded: Annotated[Flag, HttpOnly()] = False
+    hsts: Annotated[str | None, HttpOnly()] = None
+    server_header: Annotated[str | None, HttpOnly()] = None
+    max_request_line: Annotated[Size, HttpOnly()] = 8 * 1024
+    max_header_size: Annotated[Size, HttpOnly()] = 32 * 1024
+    max_header_count: Annotated[Count, HttpOnly()] = 100
+    max_body_size: Annotated[Size | None, HttpOnly()] = None
+    request_timeout: Annotated[Timeout, HttpOnly(unless="redirect_http")] = 10.0
+    keepalive_timeout: Annotated[Timeout, HttpOnly()] = 60.0
+    body_timeout: Annotated[Timeout, HttpOnly()] = 60.0
+    min_body_rate: Annotated[ByteRate, HttpOnly()] = 500.0
+    access_log: Annotated[str, HttpOnly()] = "stderr"
+    access_log_format: Annotated[Literal["json", "combined"], HttpOnly()] = "json"
+    inspect: Annotated[RuleSetConfig, HttpOnly()] = Field(default_factory=RuleSetConfig)
     """Inspection rules evaluated on every request (mode http only; docs/security.md)."""
 
 
@@ -278,7 +281,8 @@ class HealthCheckConfig(Model):
     and up again after ``rise`` successes."""
 
     kind: Literal["http", "tcp"] = "http"
-    path: str = Field(default="/", pattern=r"^/[\x21-\x7e]*$")
+    path: Annotated[str, form(r"/[\x21-\x7e]*", "a path starting with /, without spaces",
+                              "/health")] = "/"
     host: str | None = None
     expect: StatusRange = (200, 399)
     interval: Timeout = 5.0
@@ -356,9 +360,9 @@ BACKEND_DEFAULT_KEYS = ("balance", "connect_timeout", "server_timeout", "proxy_p
 
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 AcmeChallenge = Literal["tls-alpn-01", "http-01"]
-DnsName = Annotated[str, Field(max_length=253,
-                               pattern=r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+"
-                               r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+DnsName = Annotated[str, Field(max_length=253),
+                    form(r"([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?",
+                         "a lower-case DNS name without a wildcard", "www.example.com")]
 """A lower-case DNS name with at least two labels (no wildcard: that needs DNS-01)."""
 
 
@@ -371,8 +375,11 @@ class AcmeCertificateConfig(Model):
 class AcmeConfig(Model):
     """Automatic certificates from an ACME CA (RFC 8555): Let's Encrypt unless told otherwise."""
 
-    directory: str = Field(default=LETS_ENCRYPT, pattern=r"^https://\S+$")
-    email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+$")
+    directory: Annotated[str, form(r"https://\S+", "an https:// URL",
+                                   "https://acme-staging-v02.api.letsencrypt.org/directory")
+                         ] = LETS_ENCRYPT
+    email: Annotated[str, form(r"[^@\s]+@[^@\s]+", "an e-mail address",
+                               "ops@example.com")] | None = None
     agree_to_terms: Flag = False
     storage: str = "acme"
     directory_ca: str | None = None
@@ -410,19 +417,19 @@ ADMIN_DEFAULT_PORT = 8404
 
 
 def _admin_address(value: object) -> HostPort:
-    """``host:port``, ``:port`` or a bare port (both on 127.0.0.1), ``host`` (port 8404)."""
+    """The rules of every listen address, and two shorthands of the admin listener's own: a
+    port alone is on 127.0.0.1 (the admin API stays on this machine unless told otherwise),
+    a host alone gets port 8404. ``":PORT"`` means every address, as everywhere."""
+    if isinstance(value, HostPort):
+        return value
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    if isinstance(value, str):
-        text = value.strip()
-        if text.isdigit():
-            text = f"127.0.0.1:{text}"
-        elif text.startswith(":"):
-            text = "127.0.0.1" + text
-        elif ":" not in text or (text.startswith("[") and text.endswith("]")):
-            text = f"{text}:{ADMIN_DEFAULT_PORT}"
-        value = text
-    return _listen_address(value)
+    text = _address_text(value, listen=True).strip()
+    if text.isascii() and text.isdigit():
+        text = f"127.0.0.1:{text}"
+    elif text and (":" not in text or (text.startswith("[") and text.endswith("]"))):
+        text = f"{text}:{ADMIN_DEFAULT_PORT}"
+    return _listen_address(text)
 
 
 def is_loopback(address: HostPort) -> bool:

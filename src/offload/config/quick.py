@@ -1,7 +1,8 @@
 """Quick mode: a whole configuration from command-line flags, like ``hitch --frontend --backend``.
 
 The flags become the same raw mapping a TOML file would give, and go through the same
-validation; errors name the flag instead of the key path.
+validation; errors name the flag instead of the key path, and suggest only fixes a flag can
+make (or say that the fix needs a configuration file).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ _FLAG_OF_PATH = (
     (r"backends\[0\]\.server_timeout", "--upstream-timeout"),
     (r"global\.workers", "--workers"),
     (r"global\.log_level", "--log-level"),
+    (r"global\.allow_readable_keys", "--allow-readable-keys"),
     (r"admin\.bind", "--admin"),
 )
 
@@ -51,6 +53,7 @@ class QuickOptions:
     access_log: str | None = None
     client_ca: tuple[str, ...] = ()
     admin: str | None = None
+    allow_readable_keys: bool = False
     extra_global: dict[str, Any] = field(default_factory=dict)
 
 
@@ -60,6 +63,36 @@ def flag_for(path: str) -> str:
         if re.fullmatch(pattern, path):
             return flag
     return path
+
+
+# Advice given for a configuration file, and what to do instead with the flags.
+_FIX_OF_ADVICE = (
+    ("set global.allow_readable_keys = true", "add --allow-readable-keys"),
+    ("set admin.token_file (a file holding a long random token), or bind it to 127.0.0.1",
+     "give --admin a 127.0.0.1 address (quick mode has no token; to listen elsewhere use a "
+     "configuration file with admin.token_file)"),
+    ("set mode = \"http\" on this frontend", "give --mode http"),
+    ("or remove access_log", "or leave out --access-log"),
+)
+_CONFIG_KEY = re.compile(r"\b(global|defaults|admin|acme|bans)\.[a-z_]+|\b(frontends|backends)\[|"
+                         r"\bset [a-z_]+ = ")
+
+
+def quick_fix(fix: str) -> str:
+    """A fix as quick mode can apply it: flags instead of keys; a key no flag sets is said to
+    need a configuration file."""
+    translated = False
+    for advice, instead in _FIX_OF_ADVICE:
+        if advice in fix:
+            fix, translated = fix.replace(advice, instead), True
+    if not translated and _CONFIG_KEY.search(fix):
+        fix += " (that is a setting of a configuration file: run with -c FILE)"
+    return fix
+
+
+def quick_issue(issue: Issue) -> Issue:
+    """An issue of the generated configuration, in the words of the flags."""
+    return Issue(flag_for(issue.where), issue.what, quick_fix(issue.fix))
 
 
 def raw_config(options: QuickOptions) -> dict[str, Any]:
@@ -94,6 +127,8 @@ def raw_config(options: QuickOptions) -> dict[str, Any]:
         global_["workers"] = options.workers
     if options.log_level is not None:
         global_["log_level"] = options.log_level
+    if options.allow_readable_keys:
+        global_["allow_readable_keys"] = True
     raw: dict[str, Any] = {"global": global_, "frontends": [frontend], "backends": [backend]}
     if options.admin is not None:
         raw["admin"] = {"bind": options.admin}
@@ -108,4 +143,4 @@ def quick_config(options: QuickOptions) -> Config:
             "--key flags pair with --cert flags in order: the first --key belongs to the "
             "first --cert; give bundles (chain and key in one file) for the others",
         )])
-    return validate(raw_config(options), "command line", rename=flag_for)
+    return validate(raw_config(options), "command line", quick_issue)

@@ -17,9 +17,7 @@ from ipaddress import IPv4Network, IPv6Network
 from typing import Annotated, Literal
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     PlainValidator,
     Strict,
@@ -28,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from offload.config.base import Invalid, Model, form, show
 from offload.config.units import parse_network, parse_size
 
 RuleAction = Literal["deny", "log", "tag"]
@@ -51,16 +50,16 @@ backend reads the request (a smuggling vector), so they cannot be the tag header
 
 def _method(value: object) -> str:
     if not isinstance(value, str) or not _TOKEN.fullmatch(value):
-        raise ValueError(f"{value!r} is not an HTTP method; write a token like \"GET\"")
+        raise Invalid(f"{show(value)} is not an HTTP method", "write a method like \"GET\"")
     if value != value.upper():
-        raise ValueError(f"{value!r}: methods are case-sensitive; write \"{value.upper()}\"")
+        raise Invalid(f"{show(value)}: methods are case-sensitive", f"write \"{value.upper()}\"")
     return value
 
 
 def _body_size(value: object) -> int:
     size = parse_size(value)
     if not 1 <= size <= MAX_BODY_INSPECT:
-        raise ValueError(f"{value!r} is out of range; inspect between 1 byte and 128KiB of a body")
+        raise Invalid(f"{show(value)} is out of range", "inspect between 1 byte and 128KiB of a body")
     return size
 
 
@@ -69,9 +68,9 @@ def check_pattern(rule: str, key: str, pattern: str) -> str:
     try:
         re.compile(pattern)
     except re.error as error:
-        raise ValueError(
+        raise Invalid(
             f"rule \"{rule}\": {key} pattern {pattern!r} is not a valid regular expression "
-            f"({error}); fix the pattern (Python re syntax) or escape special characters "
+            f"({error})", "fix the pattern (Python re syntax) or escape special characters "
             "with a backslash") from None
     return pattern
 
@@ -81,17 +80,15 @@ Method = Annotated[str, PlainValidator(_method)]
 Pattern = Annotated[str, Strict(), Field(min_length=1, max_length=4096)]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class RuleConfig(_Model):
+class RuleConfig(Model):
     """One rule: conditions (all must match) and what to do when they do.
 
     Patterns are Python regular expressions, searched anywhere in the value (anchor with ``^``
     and ``$``), case-sensitive unless they start with ``(?i)``."""
 
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+    name: Annotated[str, Field(min_length=1, max_length=64),
+                    form(r"[A-Za-z0-9][A-Za-z0-9_.:-]*", "a rule name (letters, digits, _ . : -)",
+                         "block-admin")]
     action: RuleAction
     tag: str | None = None
     """The tag header's value (action ``tag``); the rule's name when not given."""
@@ -128,10 +125,11 @@ class RuleConfig(_Model):
         seen: set[str] = set()
         for name, pattern in value.items():
             if not _TOKEN.fullmatch(name):
-                raise ValueError(f"rule \"{rule}\": {name!r} is not a header field name")
+                raise Invalid(f"rule \"{rule}\": {show(name)} is not a header field name",
+                              "write a field name like \"User-Agent\"")
             if name.lower() in seen:
-                raise ValueError(f"rule \"{rule}\": header {name!r} is given twice (names ignore "
-                                 "case); merge the patterns with |")
+                raise Invalid(f"rule \"{rule}\": header {name!r} is given twice (names ignore "
+                              "case)", "merge the patterns with |")
             seen.add(name.lower())
             check_pattern(rule, f"header {name!r}", pattern)
         return value
@@ -140,18 +138,18 @@ class RuleConfig(_Model):
     @classmethod
     def _tag_value(cls, value: str | None) -> str | None:
         if value is not None and not _TAG_VALUE.fullmatch(value):
-            raise ValueError(f"{value!r} cannot be a header value; use visible ASCII characters")
+            raise Invalid(f"{show(value)} cannot be a header value", "use visible ASCII characters")
         return value
 
     @model_validator(mode="after")
     def _consistent(self) -> RuleConfig:
         if self.tag is not None and self.action != "tag":
-            raise ValueError(f"rule \"{self.name}\": tag is only used with action = \"tag\"; "
-                             "remove it or change the action")
+            raise Invalid(f"rule \"{self.name}\": tag is only used with action = \"tag\"",
+                          "remove it or change the action")
         if not self.conditions:
-            raise ValueError(f"rule \"{self.name}\" has no condition and would match every "
-                             "request; add one of client, not_client, methods, method_not_in, "
-                             "path, header, query, body")
+            raise Invalid(f"rule \"{self.name}\" has no condition and would match every "
+                          "request", "add one of client, not_client, methods, method_not_in, "
+                          "path, header, query, body")
         return self
 
     @property
@@ -161,7 +159,7 @@ class RuleConfig(_Model):
         return tuple(key for key in keys if getattr(self, key) is not None)
 
 
-class RuleSetConfig(_Model):
+class RuleSetConfig(Model):
     """The inspection settings of one frontend (``[frontends.inspect]``)."""
 
     rules: tuple[RuleConfig, ...] = ()
@@ -179,11 +177,11 @@ class RuleSetConfig(_Model):
         first: dict[str, int] = {}
         for index, rule in enumerate(rules):
             if rule.name.startswith(BUILTIN_PREFIX):
-                raise ValueError(f"rule \"{rule.name}\" (entry {index}): names starting with "
-                                 f"\"{BUILTIN_PREFIX}\" are reserved; rename it")
+                raise Invalid(f"rule \"{rule.name}\" (entry {index}): names starting with "
+                              f"\"{BUILTIN_PREFIX}\" are reserved", "rename it")
             if rule.name in first:
-                raise ValueError(f"rule \"{rule.name}\" is defined twice (entries {first[rule.name]} "
-                                 f"and {index}); give every rule its own name")
+                raise Invalid(f"rule \"{rule.name}\" is defined twice (entries {first[rule.name]} "
+                              f"and {index})", "give every rule its own name")
             first[rule.name] = index
         return rules
 
@@ -192,17 +190,18 @@ class RuleSetConfig(_Model):
     def _once(cls, names: tuple[str, ...]) -> tuple[str, ...]:
         for index, name in enumerate(names):
             if name in names[:index]:
-                raise ValueError(f"built-in set \"{name}\" is listed twice; list it once")
+                raise Invalid(f"built-in set \"{name}\" is listed twice", "list it once")
         return names
 
     @field_validator("tag_header")
     @classmethod
     def _header_name(cls, value: str) -> str:
         if not _TOKEN.fullmatch(value):
-            raise ValueError(f"{value!r} is not a header field name; write one like \"X-Offload-Tag\"")
+            raise Invalid(f"{show(value)} is not a header field name",
+                          "write one like \"X-Offload-Tag\"")
         if value.lower() in _RESERVED_HEADERS:
-            raise ValueError(f"{value!r} controls how the request is read and cannot carry tags; "
-                             "use a name of your own like \"X-Offload-Tag\"")
+            raise Invalid(f"{show(value)} controls how the request is read and cannot carry tags",
+                          "use a name of your own like \"X-Offload-Tag\"")
         return value
 
 

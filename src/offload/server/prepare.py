@@ -67,6 +67,14 @@ class Prepared:
     """Where relative file names in the configuration start from."""
     admin_token: bytes | None = None
     """The admin API's access token (``admin.token_file``), if one is configured."""
+    rewrite: Callable[[Issue], Issue] | None = None
+    """Turns an issue into what the user wrote (quick mode: flags); for errors found later,
+    like an address already in use."""
+
+    def issue(self, where: str, what: str, fix: str) -> Issue:
+        """An issue at a key path, as the user wrote the key."""
+        issue = Issue(where, what, fix)
+        return issue if self.rewrite is None else self.rewrite(issue)
 
     @property
     def acme_storage(self) -> AcmeStorage | None:
@@ -117,7 +125,7 @@ def _read_admin_token(config: Config, base_dir: Path) -> tuple[bytes | None, lis
     return token, []
 
 
-def prepare(config: Config, source: str, rename: Callable[[str], str] | None = None,
+def prepare(config: Config, source: str, rewrite: Callable[[Issue], Issue] | None = None,
             now: dt.datetime | None = None, base_dir: Path | None = None) -> Prepared:
     """Load and check everything ``config`` names; raise ConfigError listing every problem.
 
@@ -171,8 +179,8 @@ def prepare(config: Config, source: str, rename: Callable[[str], str] | None = N
         servers[backend.name] = resolved
         issues.extend(problems)
     if issues:
-        if rename is not None:
-            issues = [Issue(rename(issue.where), issue.what, issue.fix) for issue in issues]
+        if rewrite is not None:
+            issues = [rewrite(issue) for issue in issues]
         raise ConfigError(source, issues)
     return Prepared(config, source, tuple(frontends), servers, tuple(warnings), base_dir,
-                    admin_token)
+                    admin_token, rewrite)

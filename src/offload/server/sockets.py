@@ -4,11 +4,17 @@ With ``reuseport`` (the default) every worker slot gets its own ``SO_REUSEPORT``
 address and the kernel spreads connections evenly; otherwise all workers share one socket. A
 slot's socket outlives its worker: a restarted worker, or the next generation after a reload,
 accepts on the very same socket, so connections waiting in its queue are never dropped.
+
+Addresses: ``":443"`` (every address) is one IPv6 socket with ``IPV6_V6ONLY`` off, which takes
+IPv4 clients too (as mapped addresses, reported as plain IPv4 by the listener); on a kernel
+without IPv6 it falls back to an IPv4 socket on 0.0.0.0. ``"[::]:443"`` is IPv6 only, so that
+it can sit beside ``"0.0.0.0:443"`` as nginx and HAProxy configurations write it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
 from collections.abc import Iterable
 
@@ -17,26 +23,64 @@ from offload.config.units import HostPort
 TCP_FASTOPEN_QUEUE = 256
 
 
-def bind_listener(address: HostPort, backlog: int, *, reuseport: bool) -> socket.socket:
-    """A listening TCP socket with TCP_NODELAY, and TCP Fast Open where the kernel offers it."""
-    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+class ListenError(OSError):
+    """An address could not be bound; ``address`` says which."""
+
+    def __init__(self, address: HostPort, error: OSError) -> None:
+        super().__init__(error.errno, f"cannot listen on {address}: {error.strerror}")
+        self.address = address
+        self.reason = error.strerror or str(error)
+
+    def fix(self) -> str:
+        """What to do about it, for the common causes."""
+        port = self.address.port
+        if self.errno == errno.EADDRINUSE:
+            return (f"stop what holds port {port} (`ss -ltnp 'sport = :{port}'` shows it), or "
+                    "choose another address")
+        if self.errno == errno.EACCES:
+            return ("ports below 1024 need root or CAP_NET_BIND_SERVICE: start offload as "
+                    "root (global.user drops privileges in the workers), or use a port "
+                    "above 1023")
+        if self.errno == errno.EADDRNOTAVAIL:
+            return (f"{self.address.host} is not an address of this machine: use one it has "
+                    f"(`ip -brief address`), or \":{port}\" for every address")
+        return "check the address, or choose another one"
+
+
+def _open(family: socket.AddressFamily, host: str, address: HostPort, backlog: int, *,
+          reuseport: bool, v6only: bool) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuseport:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with contextlib.suppress(OSError, AttributeError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, TCP_FASTOPEN_QUEUE)
-        sock.bind((address.host, address.port))
+        sock.bind((host, address.port))
         sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def bind_listener(address: HostPort, backlog: int, *, reuseport: bool) -> socket.socket:
+    """A listening TCP socket with TCP_NODELAY, and TCP Fast Open where the kernel offers it."""
+    if address.all_addresses:
+        try:
+            return _open(socket.AF_INET6, "::", address, backlog, reuseport=reuseport,
+                         v6only=False)
+        except OSError as error:
+            if error.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                raise
+        return _open(socket.AF_INET, "0.0.0.0", address, backlog, reuseport=reuseport,
+                     v6only=False)
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    return _open(family, address.host, address, backlog, reuseport=reuseport, v6only=True)
 
 
 class SocketSet:
@@ -49,7 +93,7 @@ class SocketSet:
     def ensure(self, addresses: Iterable[tuple[HostPort, int]], slots: int) -> list[HostPort]:
         """Bind what is missing for ``slots`` workers; returns the addresses newly bound.
 
-        On failure, closes what this call bound and raises OSError naming the address.
+        On failure, closes what this call bound and raises :class:`ListenError`.
         """
         fresh: list[tuple[HostPort, int]] = []
         try:
@@ -60,8 +104,7 @@ class SocketSet:
                             self._sockets[(address, slot)] = bind_listener(
                                 address, backlog, reuseport=self.reuseport)
                         except OSError as error:
-                            raise OSError(error.errno, f"cannot listen on {address}: "
-                                          f"{error.strerror}") from None
+                            raise ListenError(address, error) from None
                         fresh.append((address, slot))
         except OSError:
             for key in fresh:

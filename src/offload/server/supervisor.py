@@ -9,8 +9,9 @@ on a selector for three kinds of events: signals (through ``signal.set_wakeup_fd
                                   before it is ready, stop everything and exit 1
     worker dies unexpectedly      fork a new one for its slot after a backoff (0.1 s doubling
                                   to 10 s; reset once a worker has lived 30 s)
-    certificate file changes      (watched with inotify, 200 ms debounce) read the changed files;
-                                  a broken one is logged and its old certificate stays; send the
+    certificate file changes      (watched with inotify, 200 ms debounce) read the changed files
+                                  once they (and their key files) have been still for 200 ms; a
+                                  broken one is logged and its old certificate stays; send the
                                   change to every worker, which swaps its certificates in place
     SIGHUP                        load and prepare the configuration again; on error log it and
                                   keep running; if only certificate files changed, apply them in
@@ -41,9 +42,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from offload.config.checks import listen_addresses
 from offload.config.model import AcmeConfig, AdminConfig
 from offload.config.units import HostPort
-from offload.errors import OffloadError
+from offload.errors import Issue, OffloadError, StartError
 from offload.observe.admin_api import (
     AdminApi,
 )
@@ -62,7 +64,7 @@ from offload.server.control import (
     StoppedAccepting,
 )
 from offload.server.prepare import Prepared
-from offload.server.sockets import SocketSet
+from offload.server.sockets import ListenError, SocketSet
 from offload.server.stats_hub import StatsHub
 from offload.server.supervisor_admin import SupervisorAdmin
 from offload.server.watch import Debounce, PathWatcher
@@ -128,6 +130,14 @@ def _hand_over(directory: Path, user: str | None, group: str | None) -> None:
         os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
 
 
+def _listen_issue(prepared: Prepared, error: ListenError) -> Issue:
+    """A failed bind as an issue of the key that asked for the address."""
+    where = next((key for key, address in listen_addresses(prepared.config)
+                  if address == error.address), "")
+    return prepared.issue(where, f"cannot listen on {error.address}: {error.reason}",
+                          error.fix())
+
+
 def _addresses(prepared: Prepared) -> list[tuple[HostPort, int]]:
     return [(address, frontend.backlog) for frontend in prepared.config.frontends
             for address in (*frontend.bind, *frontend.redirect_http)]
@@ -179,15 +189,20 @@ class Supervisor(SupervisorAdmin):
     # ------------------------------------------------------------------ main loop
 
     def run(self) -> int:
-        """Bind, fork, supervise; returns 0 after a clean stop, 1 if the start failed."""
+        """Bind, fork, supervise; returns 0 after a clean stop, 1 if the workers could not
+        start. Raises :class:`StartError` when an address cannot be bound."""
         prepared = self._current
         try:
             self._sockets.ensure(_addresses(prepared), prepared.config.global_.workers)
-        except OSError as error:
-            _log.error("cannot start: %s", error.strerror)
-            return 1
-        if not self._sync_admin():
-            return 1
+        except ListenError as error:
+            self._selector.close()
+            raise self._cannot_start(_listen_issue(prepared, error)) from None
+        admin_error = self._sync_admin()
+        if admin_error is not None and prepared.config.admin is not None:
+            self._sockets.close()
+            self._selector.close()
+            failed = ListenError(prepared.config.admin.bind, admin_error)
+            raise self._cannot_start(_listen_issue(prepared, failed))
         self._install_signals()
         self._lifeline_r, self._lifeline_w = os.pipe()
         os.set_inheritable(self._lifeline_r, False)
@@ -203,6 +218,11 @@ class Supervisor(SupervisorAdmin):
         finally:
             self._cleanup()
         return self._exit_code
+
+    def _cannot_start(self, issue: Issue) -> StartError:
+        """Log why offload cannot start, and the one-line error the command prints."""
+        _log.error("cannot start: %s", issue.what, extra=fields(key=issue.where, fix=issue.fix))
+        return StartError(self._current.source, issue)
 
     def _install_signals(self) -> None:
         self._signal_r, self._signal_w = os.pipe()
@@ -375,10 +395,12 @@ class Supervisor(SupervisorAdmin):
             return True, "configuration unchanged; certificate files re-read"
         try:
             fresh = self._sockets.ensure(_addresses(prepared), prepared.config.global_.workers)
-        except OSError as error:
-            _log.error("reload refused, the running configuration stays: %s", error.strerror,
-                       extra=fields(event="reload_failed"))
-            return False, f"cannot listen: {error.strerror}"
+        except ListenError as error:
+            issue = _listen_issue(prepared, error)
+            _log.error("reload refused, the running configuration stays: %s: %s", issue.where,
+                       issue.what, extra=fields(event="reload_failed", key=issue.where,
+                                                fix=issue.fix))
+            return False, f"{issue.where}: {issue.what}"
         self._start_generation(prepared, fresh)
         return True, f"starting generation {self._generation + 1}"
 
@@ -497,7 +519,10 @@ class Supervisor(SupervisorAdmin):
         now = dt.datetime.now(dt.UTC)
         for frontend in self._current.frontends:
             name = frontend.config.name
-            result = frontend.sources.refresh(now, frontend.store.files())
+            result = frontend.sources.refresh(now, frontend.store.files(),
+                                              settle=CERTIFICATE_DEBOUNCE, clock=time.monotonic())
+            if result.unsettled:  # a pair half replaced: judge it once both files are still
+                self._debounce.note(time.monotonic(), result.unsettled)
             for path, reason in result.rejected:
                 _log.error("certificate rejected, the previous one keeps serving",
                            extra=fields(event="certificate_rejected", frontend=name, file=path,

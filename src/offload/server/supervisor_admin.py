@@ -70,8 +70,9 @@ class SupervisorAdmin:
 
     # ------------------------------------------------------------------ admin listener
 
-    def _sync_admin(self) -> bool:
-        """Serve the admin API the current configuration asks for; False if it cannot listen."""
+    def _sync_admin(self) -> OSError | None:
+        """Serve the admin API the current configuration asks for; the error if it cannot
+        listen."""
         config = self._current.config.admin
         token = self._current.admin_token
         if config is None:
@@ -79,12 +80,12 @@ class SupervisorAdmin:
                 self._admin.close()
                 self._admin = self._admin_api = None
             self._admin_config = None
-            return True
+            return None
         if self._admin is not None and self._admin_config == config:
             self._admin_api = AdminApi(self, token,
                                        health_without_token=config.health_without_token)
             self._admin.api = self._admin_api
-            return True
+            return None
         api = AdminApi(self, token, health_without_token=config.health_without_token)
         old, self._admin = self._admin, None
         if old is not None and old.address == config.bind:
@@ -96,13 +97,13 @@ class SupervisorAdmin:
             _log.error("cannot serve the admin API", extra=fields(
                 address=str(config.bind), reason=error.strerror))
             self._admin = old
-            return False
+            return error
         if old is not None:
             old.close()
         self._admin_api, self._admin_config = api, config
         _log.info("admin API listening", extra=fields(address=str(config.bind),
                                                       token=token is not None))
-        return True
+        return None
 
     def _collect(self, done: Callable[[], None]) -> None:
         """Ask every worker for fresh statistics; ``done`` once they answered (or 1 s passed)."""

@@ -6,6 +6,13 @@ configuration error then) and, when a watched file or directory changes or on SI
 again: only files whose inode, size or modification time changed are read again. At run time a
 broken file is rejected (one log line naming it and why) and the certificate it held before
 keeps serving; a file that disappeared stops being served.
+
+A certificate and its key in two files are usually replaced in two steps. A changed pair is
+judged only once it has *settled*: both files unmodified for ``settle`` seconds (by their
+modification times, or, when those cannot be trusted, by two looks that long apart). Until
+then the previous certificate keeps serving and the caller is asked to look again. A pair that
+still does not match is rejected under the name of the file that changed, not the one the
+check happened to read last.
 """
 
 from __future__ import annotations
@@ -61,6 +68,8 @@ class Refresh:
     rejected: list[tuple[str, str]]
     """(file, reason) of files that could not be used; their previous content stays."""
     warnings: list[str]
+    unsettled: set[str] = field(default_factory=set)
+    """Files changed too recently to judge: look again in ``settle`` seconds."""
 
 
 class FrontendSources:
@@ -78,6 +87,8 @@ class FrontendSources:
         self._rejected: dict[str, Signature] = {}
         """Broken files as they were when rejected: not read (nor reported) again until
         they change."""
+        self._seen: dict[str, tuple[Signature, float]] = {}
+        """Changed files not yet settled: their signature and when it was first seen."""
 
     def watch_paths(self) -> list[str]:
         """The files and directories to watch for changes."""
@@ -172,8 +183,41 @@ class FrontendSources:
             warnings.extend(f"{c.source}: {text}" for c in group for text in c.warnings)
         return loaded, issues, warnings
 
-    def refresh(self, now: dt.datetime, current: Mapping[str, FileCertificates]) -> Refresh:
-        """Look again: read what changed, keep what did not, and what is broken."""
+    def _settled(self, path: str, signature: Signature, now: dt.datetime, clock: float,
+                 settle: float) -> bool:
+        """Whether a changed file (with its key file) has been still for ``settle`` seconds."""
+        if settle <= 0:
+            return True
+        newest = max((part[2] for part in signature if part is not None), default=0) / 1e9
+        age = now.timestamp() - newest
+        if age >= settle:
+            return True
+        first = self._seen.get(path)
+        if first is None or first[0] != signature:  # also: a modification time in the future
+            self._seen[path] = (signature, clock)
+            return False
+        return clock - first[1] >= settle
+
+    def _blame(self, source: SourceFile, signature: Signature,
+               error: CertificateError) -> tuple[str, str]:
+        """(file, reason) of a rejection: a pair that fails after one of its files changed is
+        the changed file's fault, whichever file the check read last."""
+        before = self._signatures.get(source.cert)
+        if source.key is None or before is None:
+            return error.path, error.reason
+        changed = [name for name, old, new in ((source.cert, before[0], signature[0]),
+                                               (source.key, before[1], signature[1]))
+                   if old != new]
+        if len(changed) != 1 or changed[0] == error.path:
+            return error.path, error.reason
+        other = source.key if changed[0] == source.cert else source.cert
+        return changed[0], (f"{error.reason}: {changed[0]} changed and {other} did not; "
+                            "replace both files of the pair")
+
+    def refresh(self, now: dt.datetime, current: Mapping[str, FileCertificates], *,
+                settle: float = 0.0, clock: float = 0.0) -> Refresh:
+        """Look again: read what changed and has settled, keep what did not, and what is
+        broken. ``clock`` is a monotonic time, for files whose modification times are odd."""
         files, issues = self.expand()
         result = Refresh([], {}, [(issue.where, issue.what) for issue in issues], [])
         if issues:  # an entry cannot be expanded at all: keep serving what it gave
@@ -188,10 +232,16 @@ class FrontendSources:
                 if path in current:
                     result.order.append(path)
                 continue
+            if not self._settled(path, signature, now, clock, settle):
+                result.unsettled.add(path)
+                if path in current:
+                    result.order.append(path)  # the previous certificate serves meanwhile
+                continue
+            self._seen.pop(path, None)
             try:
                 group = source.load(now)
             except CertificateError as error:
-                result.rejected.append((str(error.path), error.reason))
+                result.rejected.append(self._blame(source, signature, error))
                 self._rejected[path] = signature
                 if path in current:
                     result.order.append(path)  # the previous certificate keeps serving
@@ -205,4 +255,6 @@ class FrontendSources:
             if path not in result.order:
                 result.changed[path] = None
                 self._signatures.pop(path, None)
+        listed = {source.cert for source in files}
+        self._seen = {path: seen for path, seen in self._seen.items() if path in listed}
         return result

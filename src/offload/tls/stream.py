@@ -122,6 +122,18 @@ SEND_TIMEOUT = "send_timeout"
 """The cause a stream reports when the client stopped reading for ``send_timeout``."""
 
 
+def unmapped(address: Any) -> Any:
+    """An IPv4 client of a dual-stack listener (``":443"``) as the IPv4 address it is.
+
+    The kernel reports it as ``::ffff:192.0.2.7``; rules, limits, bans, X-Forwarded-For and
+    the PROXY header must all see ``192.0.2.7``, exactly as from an IPv4 socket (otherwise a
+    rule for ``192.0.2.0/24`` would not match it)."""
+    if (isinstance(address, tuple) and len(address) == 4 and isinstance(address[0], str)
+            and address[0].startswith("::ffff:") and "." in address[0]):
+        return address[0][7:], address[1]
+    return address
+
+
 class TLSServerStream(asyncio.Protocol, asyncio.Transport):
     """A TLS server connection: a Protocol for the TCP transport, a Transport for the app."""
 
@@ -546,7 +558,10 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
             return self._ssl
         if self._tcp is None:
             return default
-        return self._tcp.get_extra_info(name, default)
+        info = self._tcp.get_extra_info(name, default)
+        if name in ("peername", "sockname"):
+            return unmapped(info)
+        return info
 
     @property
     def app(self) -> asyncio.Protocol | None:
