@@ -28,8 +28,9 @@ TOKEN = "s3cret-token-0123456789abcdef"
 
 def admin(port: int, path: str, *, method: str = "GET", token: str | None = None,
           authorization: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    """A request as curl sends it; a change carries the header docs/admin.md asks for."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    headers: dict[str, str] = {}
+    headers: dict[str, str] = {} if method == "GET" else {"Offload-Admin": "1"}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     if authorization is not None:

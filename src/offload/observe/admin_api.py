@@ -30,12 +30,14 @@ import datetime as dt
 import hmac
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Protocol
 from urllib.parse import unquote
 
+from offload.observe.admin_guard import AdminGuard
 from offload.observe.log import fields
 from offload.observe.metrics import (
     CONTENT_TYPE,
@@ -69,6 +71,8 @@ class AdminRequest:
     """Lower-case names."""
     client: str
     """The peer's address, for the audit log."""
+    local: str = ""
+    """The address the connection arrived on (the admin guard's "own" address)."""
 
 
 @dataclass(frozen=True)
@@ -151,11 +155,14 @@ def _error(status: int, message: str) -> AdminResponse:
 class AdminApi:
     """Routes requests; one instance per admin listener."""
 
-    def __init__(self, host: AdminHost, token: bytes | None, *,
-                 health_without_token: bool = False) -> None:
+    def __init__(self, host: AdminHost, token: bytes | None, guard: AdminGuard, *,
+                 health_without_token: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._host = host
         self._token = token
+        self._guard = guard
         self._health_without_token = health_without_token
+        self._refusals = _AuditCap(clock)
         self._page: bytes | None = None
         self._gets: dict[str, Callable[[], AdminResponse]] = {
             "/healthz": lambda: _json(200, {"status": "alive"}),
@@ -180,7 +187,14 @@ class AdminApi:
             "/metrics", "/api/status", "/api/backends")
 
     def authorized(self, request: AdminRequest) -> AdminResponse | None:
-        """None when the request may proceed; else the 401 to answer (and an audit line)."""
+        """None when the request may proceed; else the 421, 403 or 401 to answer, and an audit
+        line. The browser checks (:mod:`offload.observe.admin_guard`) come first, so that a
+        page of another site never gets a credentials challenge."""
+        refusal = self._guard.check(request.method, request.path, request.headers,
+                                    request.local)
+        if refusal is not None:
+            self._refused(request, refusal.reason)
+            return _error(refusal.status, refusal.message)
         if self._token is None:
             return None
         if self._health_without_token and request.path in ("/healthz", "/readyz"):
@@ -188,13 +202,25 @@ class AdminApi:
         offered = _credential(request.headers.get("authorization", ""))
         if offered is not None and hmac.compare_digest(offered, self._token):
             return None
-        _audit.warning("admin request refused", extra=fields(
-            audit=True, who=request.client, what=f"{request.method} {request.path}",
-            result="refused: " + ("wrong token" if offered is not None else "no token")))
+        self._refused(request, "wrong token" if offered is not None else "no token")
         return AdminResponse(
             401, b'{"error": "a valid token is needed: Authorization: Bearer <token>"}\n',
             headers=(("WWW-Authenticate", 'Bearer realm="offload admin"'),
                      ("WWW-Authenticate", 'Basic realm="offload admin", charset="UTF-8"')))
+
+    def _refused(self, request: AdminRequest, reason: str) -> None:
+        """The audit line of a refused request, at most :data:`REFUSALS_PER_SECOND` a second
+        (a page looping over fetch() must not flood the log); the next line written says how
+        many were left out."""
+        suppressed = self._refusals.admit()
+        if suppressed < 0:
+            return
+        extra: dict[str, object] = {"audit": True, "who": request.client,
+                                    "what": f"{request.method} {request.path}",
+                                    "result": "refused: " + reason}
+        if suppressed:
+            extra["suppressed"] = suppressed
+        _audit.warning("admin request refused", extra=fields(**extra))
 
     def handle(self, request: AdminRequest) -> AdminResponse:
         path, method = request.path, request.method
@@ -342,6 +368,33 @@ class AdminApi:
     def _audit(self, request: AdminRequest, what: str, result: str) -> None:
         _audit.info("admin action", extra=fields(audit=True, who=self._who(request), what=what,
                                                  result=result))
+
+
+REFUSALS_PER_SECOND = 10.0
+"""Audit lines per second for refused admin requests, with a burst of twice as many."""
+
+
+class _AuditCap:
+    """A token bucket for refusal audit lines."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._tokens = 2 * REFUSALS_PER_SECOND
+        self._when = clock()
+        self._suppressed = 0
+
+    def admit(self) -> int:
+        """-1 if this line is over the cap; else how many lines were left out before it."""
+        now = self._clock()
+        self._tokens = min(2 * REFUSALS_PER_SECOND,
+                           self._tokens + (now - self._when) * REFUSALS_PER_SECOND)
+        self._when = now
+        if self._tokens < 1:
+            self._suppressed += 1
+            return -1
+        self._tokens -= 1
+        suppressed, self._suppressed = self._suppressed, 0
+        return suppressed
 
 
 def _credential(header: str) -> bytes | None:

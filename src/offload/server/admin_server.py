@@ -3,8 +3,15 @@
 The supervisor runs no event loop and no thread (it forks), so this is a small non-blocking
 server on the supervisor's own selector. Admin traffic is a scrape every few seconds and the odd
 click, so each connection carries one request (``Connection: close``), is bounded in size
-(:data:`LIMITS`) and in time (:data:`CONNECTION_TIMEOUT`), and at most :data:`MAX_CONNECTIONS`
-are open at once. Parsing is the data path's own strict HTTP/1.1 parser.
+(:data:`LIMITS`) and in time (the head within :data:`HEAD_TIMEOUT`, all of it within
+:data:`CONNECTION_TIMEOUT`). Parsing is the data path's own strict HTTP/1.1 parser; whether a
+request may come from where it says is :mod:`offload.observe.admin_guard`'s decision.
+
+Idle connections must not shut the load balancer's health checks out: at most
+:data:`MAX_PER_CLIENT` connections per client address and :data:`MAX_CONNECTIONS` in all, and
+when either is reached a new connection takes the place of the oldest one that has not sent its
+request head yet (:func:`admission`). Only connections whose request is being answered are safe,
+and they finish within :data:`CONNECTION_TIMEOUT`.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import logging
 import selectors
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 
 from offload.config.units import HostPort
@@ -27,21 +34,50 @@ _log = logging.getLogger("offload.admin")
 
 LIMITS = HttpLimits(max_request_line=4096, max_header_size=16 * 1024, max_header_count=50,
                     max_body_size=64 * 1024)
+HEAD_TIMEOUT = 3.0
+"""Seconds from accept to a complete request head (a health check sends it at once)."""
 CONNECTION_TIMEOUT = 10.0
+"""Seconds from accept to the end of the answer (a scrape may wait a second for workers)."""
 MAX_CONNECTIONS = 64
+MAX_PER_CLIENT = 8
+ACCEPT_BATCH = 4
+"""Connections accepted per readiness event, so that reads go on between accepts: a flood of
+new connections cannot push out one that is about to send its request."""
 READ_SIZE = 65536
 
 Collect = Callable[[Callable[[], None]], None]
 """Ask the workers for fresh statistics and call back once they are in (or overdue)."""
 
 
-class _Connection:
-    __slots__ = ("client", "closed", "deadline", "out", "parser", "request", "sock", "watched")
+def admission(open_connections: Sequence[tuple[str, bool]], client: str, *,
+              per_client: int = MAX_PER_CLIENT,
+              total: int = MAX_CONNECTIONS) -> tuple[bool, int | None]:
+    """Whether a new connection from ``client`` may stay, and which open one to close for it.
 
-    def __init__(self, sock: socket.socket, client: str, deadline: float) -> None:
+    ``open_connections`` lists (client, still waiting for its request head) per open connection,
+    oldest first. Over either cap, the oldest connection still waiting for its head (of the same
+    client, for the per-client cap) makes room; if there is none, the new one is refused.
+    """
+    mine = [i for i, (who, _) in enumerate(open_connections) if who == client]
+    if len(mine) >= per_client:
+        victims = [i for i in mine if open_connections[i][1]]
+    elif len(open_connections) >= total:
+        victims = [i for i, (_, idle) in enumerate(open_connections) if idle]
+    else:
+        return True, None
+    return (True, victims[0]) if victims else (False, None)
+
+
+class _Connection:
+    __slots__ = ("client", "closed", "deadline", "local", "opened", "out", "parser", "request",
+                 "sock", "watched")
+
+    def __init__(self, sock: socket.socket, client: str, local: str, opened: float) -> None:
         self.sock = sock
         self.client = client
-        self.deadline = deadline
+        self.local = local
+        self.opened = opened
+        self.deadline = opened + HEAD_TIMEOUT
         self.parser = RequestParser(LIMITS)
         self.request: Request | None = None
         self.out = b""
@@ -64,7 +100,7 @@ class AdminServer:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host or "127.0.0.1", address.port))
-            sock.listen(MAX_CONNECTIONS)
+            sock.listen(2 * MAX_CONNECTIONS)
         except OSError:
             sock.close()
             raise
@@ -102,7 +138,7 @@ class AdminServer:
             connection.watched = False
 
     def _accept(self) -> None:
-        while True:
+        for _ in range(ACCEPT_BATCH):
             try:
                 sock, peer = self._listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -110,11 +146,22 @@ class AdminServer:
             except OSError as error:
                 _log.warning("admin accept failed: %s", error.strerror)
                 return
-            if len(self._connections) >= MAX_CONNECTIONS:
+            client = str(peer[0])
+            connections = list(self._connections.values())  # oldest first
+            admit, victim = admission([(c.client, c.request is None and not c.out)
+                                       for c in connections], client)
+            if victim is not None:
+                self._drop(connections[victim])
+            if not admit:
                 sock.close()
                 continue
             sock.setblocking(False)
-            connection = _Connection(sock, str(peer[0]), time.monotonic() + CONNECTION_TIMEOUT)
+            try:
+                local = str(sock.getsockname()[0])
+            except OSError:
+                sock.close()
+                continue
+            connection = _Connection(sock, client, local, time.monotonic())
             self._connections[sock.fileno()] = connection
             self._watch(connection, selectors.EVENT_READ,
                         lambda c=connection: self._readable(c))  # type: ignore[misc]
@@ -138,6 +185,7 @@ class AdminServer:
         for event in events:
             if isinstance(event, Request):
                 connection.request = event
+                connection.deadline = connection.opened + CONNECTION_TIMEOUT
             elif isinstance(event, EndOfMessage) and connection.request is not None:
                 self._dispatch(connection, connection.request)
                 return
@@ -145,11 +193,13 @@ class AdminServer:
     def _dispatch(self, connection: _Connection, parsed: Request) -> None:
         self._unwatch(connection)
         target = parsed.target.decode("latin-1")
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1")
+                   for name, value in parsed.headers}
+        headers["host"] = parsed.host.decode("latin-1")  # an absolute-form target's authority
         request = AdminRequest(
             method=parsed.method.decode("latin-1"), path=target.partition("?")[0],
-            headers={name.decode("latin-1").lower(): value.decode("latin-1")
-                     for name, value in parsed.headers},
-            client=connection.client)
+            headers=headers,
+            client=connection.client, local=connection.local)
         refusal = self.api.authorized(request)
         if refusal is not None:
             self._respond(connection, refusal)

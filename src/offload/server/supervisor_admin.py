@@ -25,6 +25,7 @@ from offload.observe.admin_api import (
     ServedCertificate,
     WorkerInfo,
 )
+from offload.observe.admin_guard import AdminGuard
 from offload.observe.log import fields
 from offload.observe.metrics import CertificateExpiry, Merged, SupervisorFacts
 from offload.server.admin_server import AdminServer
@@ -80,16 +81,13 @@ class SupervisorAdmin:
                 self._admin = self._admin_api = None
             self._admin_config = None
             return True
-        if self._admin is not None and self._admin_config == config:
-            self._admin_api = AdminApi(self, token,
-                                       health_without_token=config.health_without_token)
-            self._admin.api = self._admin_api
+        api = AdminApi(self, token, AdminGuard(config.bind.port, config.hosts),
+                       health_without_token=config.health_without_token)
+        if self._admin is not None and self._admin.address == config.bind:
+            self._admin.api = self._admin_api = api  # the same socket, new rules and token
+            self._admin_config = config
             return True
-        api = AdminApi(self, token, health_without_token=config.health_without_token)
         old, self._admin = self._admin, None
-        if old is not None and old.address == config.bind:
-            old.close()  # same address: it must be let go before binding again
-            old = None
         try:
             self._admin = AdminServer(self._selector, config.bind, api, self._collect)
         except OSError as error:
