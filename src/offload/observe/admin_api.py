@@ -12,6 +12,9 @@ to the audit log (``offload.audit``: who, what, result; the log line carries the
     GET  /api/status                      version, uptime, workers, frontends, traffic totals
     GET  /api/backends                    servers: admin state, health, connections, weight
     GET  /api/certificates                names, key, issuer, expiry, source
+    GET  /api/history                     the last ten minutes in 10 s samples: request rate
+                                          and latency overall, per backend and per server;
+                                          server errors and waiting requests
     POST /api/backends/B/servers/S/ACTION drain | disable | enable a server (every worker)
     POST /api/reload                      reload the configuration (like SIGHUP)
     GET  /api/bans                        clients banned automatically ([bans])
@@ -105,6 +108,10 @@ class Overview:
     workers: tuple[WorkerInfo, ...]
     frontends: tuple[tuple[str, str, tuple[str, ...]], ...]
     """(name, mode, bind addresses)."""
+    redirects: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """(frontend name, addresses of its plain-HTTP redirect listeners)."""
+    admin: tuple[str, int] | None = None
+    """The admin listener's address and its open connections."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,8 @@ class AdminHost(Protocol):
     def facts(self) -> SupervisorFacts: ...
     def certificates(self) -> list[ServedCertificate]: ...
     def backend_balance(self) -> dict[str, str]: ...
+    def history(self) -> dict[str, object]:
+        """The recent samples (:meth:`offload.observe.history.History.as_json`)."""
     def set_server_admin(self, backend: str, server: str, state: AdminState) -> str | None:
         """Apply the state on every worker; an error message if there is no such server."""
     def reload(self, who: str) -> tuple[bool, str]:
@@ -173,6 +182,7 @@ class AdminApi:
             "/api/backends": self._backends,
             "/api/certificates": self._certificates,
             "/api/bans": self._bans,
+            "/api/history": lambda: _json(200, self._host.history()),
             "/": self._status_page,
         }
         self._posts: dict[str, Callable[[AdminRequest], AdminResponse]] = {
@@ -256,7 +266,8 @@ class AdminApi:
 
     def _status(self) -> AdminResponse:
         overview, merged = self._host.overview(), self._host.merged()
-        counters = merged.counters.items()
+        counters_of = merged.counters
+        counters = counters_of.items()
         active = labelled(merged.gauges.items(), "connections_active")
         handshakes = labelled(counters, "handshake")
         versions: dict[str, int] = {}
@@ -277,9 +288,15 @@ class AdminApi:
             "generation": overview.generation, "draining": overview.draining,
             "workers": [{"pid": w.pid, "slot": w.slot, "generation": w.generation,
                          "state": w.state} for w in overview.workers],
-            "frontends": [{"name": name, "mode": mode, "bind": list(bind),
-                           "connections": int(active.get((name,), 0))}
-                          for name, mode, bind in overview.frontends],
+            "frontends": [
+                *({"name": name, "mode": mode, "bind": list(bind),
+                   "connections": int(active.get((name,), 0))}
+                  for name, mode, bind in overview.frontends),
+                *({"name": name, "mode": "redirect", "bind": list(bind),
+                   "redirects": counters_of.get(("redirect", name), 0)}
+                  for name, bind in overview.redirects),
+                *([{"name": "admin", "mode": "admin", "bind": [overview.admin[0]],
+                    "connections": overview.admin[1]}] if overview.admin else [])],
             "connections": {"active": int(sum(active.values())),
                             "accepted": sum(labelled(counters, "accepted").values())},
             "tls": {"handshakes": kinds,
@@ -302,7 +319,8 @@ class AdminApi:
                 "name": view.server, "address": view.address, "weight": view.weight,
                 "backup": view.backup, "admin": view.admin, "health": view.health,
                 "healthy_workers": view.healthy_workers, "workers": view.workers,
-                "active": view.active, "idle": view.idle})
+                "active": view.active, "idle": view.idle, "waiting": view.waiting,
+                "oldest_wait": round(view.oldest_wait, 1)})
         balance = self._host.backend_balance()
         return _json(200, {"backends": [
             {"name": name, "balance": balance.get(name, ""), "servers": servers}

@@ -26,6 +26,7 @@ from http import HTTPStatus
 from offload.config.units import HostPort
 from offload.errors import ProtocolError
 from offload.observe.admin_api import AdminApi, AdminRequest, AdminResponse
+from offload.observe.history import SAMPLE_INTERVAL
 from offload.observe.log import fields
 from offload.proto.http1 import HttpLimits, RequestParser
 from offload.proto.http_types import EndOfMessage, Request
@@ -89,10 +90,16 @@ class AdminServer:
     """Accepts admin connections on ``address`` and answers them through ``api``."""
 
     def __init__(self, selector: selectors.BaseSelector, address: HostPort, api: AdminApi,
-                 collect: Collect) -> None:
+                 collect: Collect, *, sample: Callable[[], None] | None = None,
+                 sample_interval: float = SAMPLE_INTERVAL) -> None:
         self._selector = selector
         self.api = api
         self._collect = collect
+        self._sample = sample
+        """Called every ``sample_interval`` seconds, from the first loop turn on: the status
+        page's history is kept while the listener is there, whether anyone looks or not."""
+        self._sample_interval = sample_interval
+        self._next_sample = time.monotonic()
         self._connections: dict[int, _Connection] = {}
         host = address.host.strip("[]")
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -119,12 +126,23 @@ class AdminServer:
         self._selector.unregister(self._listener)
         self._listener.close()
 
+    @property
+    def open(self) -> int:
+        """Connections open now."""
+        return len(self._connections)
+
     def deadline(self) -> float | None:
-        return min((c.deadline for c in self._connections.values()), default=None)
+        deadlines = [c.deadline for c in self._connections.values()]
+        if self._sample is not None:
+            deadlines.append(self._next_sample)
+        return min(deadlines, default=None)
 
     def on_time(self, now: float) -> None:
         for connection in [c for c in self._connections.values() if c.deadline <= now]:
             self._drop(connection)
+        if self._sample is not None and self._next_sample <= now:
+            self._next_sample = now + self._sample_interval
+            self._sample()
 
     # ------------------------------------------------------------ events
 
