@@ -278,12 +278,16 @@ def test_idle_connections_do_not_shut_out_health_checks(pki, localhost_bundle, h
             sock.close()
 
 
-def test_a_slow_request_head_is_cut_off(pki, localhost_bundle, http_backend, offload, port):
+@pytest.mark.parametrize("start", [
+    b"GET /metrics HTTP/1.1\r\n",                                      # slowloris
+    b"POST /api/drain HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n0123",  # slow body
+], ids=["head", "body"])
+def test_a_slow_request_is_cut_off(pki, localhost_bundle, http_backend, offload, port, start):
     admin_port = free_port()
     offload(with_admin(http_config(port, [localhost_bundle], two_servers(http_backend)),
                        admin_port))
     with socket.create_connection(("127.0.0.1", admin_port), timeout=8) as sock:
-        sock.sendall(b"GET /metrics HTTP/1.1\r\n")
+        sock.sendall(start)
         started = time.monotonic()
         assert sock.recv(100) == b""
         waited = time.monotonic() - started

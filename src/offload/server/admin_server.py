@@ -3,14 +3,14 @@
 The supervisor runs no event loop and no thread (it forks), so this is a small non-blocking
 server on the supervisor's own selector. Admin traffic is a scrape every few seconds and the odd
 click, so each connection carries one request (``Connection: close``), is bounded in size
-(:data:`LIMITS`) and in time (the head within :data:`HEAD_TIMEOUT`, all of it within
+(:data:`LIMITS`) and in time (the request within :data:`HEAD_TIMEOUT`, the answer too within
 :data:`CONNECTION_TIMEOUT`). Parsing is the data path's own strict HTTP/1.1 parser; whether a
 request may come from where it says is :mod:`offload.observe.admin_guard`'s decision.
 
 Idle connections must not shut the load balancer's health checks out: at most
 :data:`MAX_PER_CLIENT` connections per client address and :data:`MAX_CONNECTIONS` in all, and
 when either is reached a new connection takes the place of the oldest one that has not sent its
-request head yet (:func:`admission`). Only connections whose request is being answered are safe,
+whole request yet (:func:`admission`). Only connections whose request is being answered are safe,
 and they finish within :data:`CONNECTION_TIMEOUT`.
 """
 
@@ -36,7 +36,8 @@ _log = logging.getLogger("offload.admin")
 LIMITS = HttpLimits(max_request_line=4096, max_header_size=16 * 1024, max_header_count=50,
                     max_body_size=64 * 1024)
 HEAD_TIMEOUT = 3.0
-"""Seconds from accept to a complete request head (a health check sends it at once)."""
+"""Seconds from accept to a complete request (a health check sends it at once; the API's
+requests have no body to speak of)."""
 CONNECTION_TIMEOUT = 10.0
 """Seconds from accept to the end of the answer (a scrape may wait a second for workers)."""
 MAX_CONNECTIONS = 64
@@ -55,8 +56,8 @@ def admission(open_connections: Sequence[tuple[str, bool]], client: str, *,
               total: int = MAX_CONNECTIONS) -> tuple[bool, int | None]:
     """Whether a new connection from ``client`` may stay, and which open one to close for it.
 
-    ``open_connections`` lists (client, still waiting for its request head) per open connection,
-    oldest first. Over either cap, the oldest connection still waiting for its head (of the same
+    ``open_connections`` lists (client, its request still incomplete) per open connection, oldest
+    first. Over either cap, the oldest connection whose request is still incomplete (of the same
     client, for the per-client cap) makes room; if there is none, the new one is refused.
     """
     mine = [i for i, (who, _) in enumerate(open_connections) if who == client]
@@ -70,8 +71,8 @@ def admission(open_connections: Sequence[tuple[str, bool]], client: str, *,
 
 
 class _Connection:
-    __slots__ = ("client", "closed", "deadline", "local", "opened", "out", "parser", "request",
-                 "sock", "watched")
+    __slots__ = ("client", "closed", "deadline", "dispatched", "local", "opened", "out", "parser",
+                 "request", "sock", "watched")
 
     def __init__(self, sock: socket.socket, client: str, local: str, opened: float) -> None:
         self.sock = sock
@@ -81,6 +82,8 @@ class _Connection:
         self.deadline = opened + HEAD_TIMEOUT
         self.parser = RequestParser(LIMITS)
         self.request: Request | None = None
+        self.dispatched = False
+        """The whole request is in: it is being answered and may not be closed for another."""
         self.out = b""
         self.closed = False
         self.watched = False
@@ -166,7 +169,7 @@ class AdminServer:
                 return
             client = str(peer[0])
             connections = list(self._connections.values())  # oldest first
-            admit, victim = admission([(c.client, c.request is None and not c.out)
+            admit, victim = admission([(c.client, not c.dispatched and not c.out)
                                        for c in connections], client)
             if victim is not None:
                 self._drop(connections[victim])
@@ -203,13 +206,14 @@ class AdminServer:
         for event in events:
             if isinstance(event, Request):
                 connection.request = event
-                connection.deadline = connection.opened + CONNECTION_TIMEOUT
             elif isinstance(event, EndOfMessage) and connection.request is not None:
                 self._dispatch(connection, connection.request)
                 return
 
     def _dispatch(self, connection: _Connection, parsed: Request) -> None:
         self._unwatch(connection)
+        connection.dispatched = True
+        connection.deadline = connection.opened + CONNECTION_TIMEOUT
         target = parsed.target.decode("latin-1")
         headers = {name.decode("latin-1").lower(): value.decode("latin-1")
                    for name, value in parsed.headers}
