@@ -41,7 +41,7 @@ from typing import Protocol
 from urllib.parse import unquote
 
 from offload.observe.admin_guard import AdminGuard
-from offload.observe.log import fields
+from offload.observe.log import CappedLog, fields
 from offload.observe.metrics import (
     CONTENT_TYPE,
     Merged,
@@ -171,7 +171,8 @@ class AdminApi:
         self._token = token
         self._guard = guard
         self._health_without_token = health_without_token
-        self._refusals = _AuditCap(clock)
+        self._refusals = CappedLog(clock=clock)
+        """Audit lines of refused requests, capped per status (a fixed set of keys)."""
         self._page: bytes | None = None
         self._gets: dict[str, Callable[[], AdminResponse]] = {
             "/healthz": lambda: _json(200, {"status": "alive"}),
@@ -203,7 +204,7 @@ class AdminApi:
         refusal = self._guard.check(request.method, request.path, request.headers,
                                     request.local)
         if refusal is not None:
-            self._refused(request, refusal.reason)
+            self._refused(request, refusal.reason, refusal.status)
             return _error(refusal.status, refusal.message)
         if self._token is None:
             return None
@@ -212,17 +213,17 @@ class AdminApi:
         offered = _credential(request.headers.get("authorization", ""))
         if offered is not None and hmac.compare_digest(offered, self._token):
             return None
-        self._refused(request, "wrong token" if offered is not None else "no token")
+        self._refused(request, "wrong token" if offered is not None else "no token", 401)
         return AdminResponse(
             401, b'{"error": "a valid token is needed: Authorization: Bearer <token>"}\n',
             headers=(("WWW-Authenticate", 'Bearer realm="offload admin"'),
                      ("WWW-Authenticate", 'Basic realm="offload admin", charset="UTF-8"')))
 
-    def _refused(self, request: AdminRequest, reason: str) -> None:
-        """The audit line of a refused request, at most :data:`REFUSALS_PER_SECOND` a second
-        (a page looping over fetch() must not flood the log); the next line written says how
-        many were left out."""
-        suppressed = self._refusals.admit()
+    def _refused(self, request: AdminRequest, reason: str, status: int) -> None:
+        """The audit line of a refused request, at most ten a second for each status (a page
+        looping over fetch() must not flood the log); the next line written says how many were
+        left out."""
+        suppressed = self._refusals.admit(status)
         if suppressed < 0:
             return
         extra: dict[str, object] = {"audit": True, "who": request.client,
@@ -386,33 +387,6 @@ class AdminApi:
     def _audit(self, request: AdminRequest, what: str, result: str) -> None:
         _audit.info("admin action", extra=fields(audit=True, who=self._who(request), what=what,
                                                  result=result))
-
-
-REFUSALS_PER_SECOND = 10.0
-"""Audit lines per second for refused admin requests, with a burst of twice as many."""
-
-
-class _AuditCap:
-    """A token bucket for refusal audit lines."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self._clock = clock
-        self._tokens = 2 * REFUSALS_PER_SECOND
-        self._when = clock()
-        self._suppressed = 0
-
-    def admit(self) -> int:
-        """-1 if this line is over the cap; else how many lines were left out before it."""
-        now = self._clock()
-        self._tokens = min(2 * REFUSALS_PER_SECOND,
-                           self._tokens + (now - self._when) * REFUSALS_PER_SECOND)
-        self._when = now
-        if self._tokens < 1:
-            self._suppressed += 1
-            return -1
-        self._tokens -= 1
-        suppressed, self._suppressed = self._suppressed, 0
-        return suppressed
 
 
 def _credential(header: str) -> bytes | None:
