@@ -28,8 +28,9 @@ TOKEN = "s3cret-token-0123456789abcdef"
 
 def admin(port: int, path: str, *, method: str = "GET", token: str | None = None,
           authorization: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    """A request as curl sends it; a change carries the header docs/admin.md asks for."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    headers: dict[str, str] = {}
+    headers: dict[str, str] = {} if method == "GET" else {"Offload-Admin": "1"}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     if authorization is not None:
@@ -182,7 +183,9 @@ def test_status_backends_and_certificates(pki, localhost_bundle, http_backend, o
     assert status["generation"] == 1 and status["draining"] is False
     assert [w["state"] for w in status["workers"]] == ["ready", "ready"]
     assert status["frontends"] == [{"name": "web", "mode": "http",
-                                    "bind": [f"127.0.0.1:{port}"], "connections": 1}]
+                                    "bind": [f"127.0.0.1:{port}"], "connections": 1},
+                                   {"name": "admin", "mode": "admin",
+                                    "bind": [f"127.0.0.1:{admin_port}"], "connections": 1}]
     assert status["connections"] == {"active": 1, "accepted": 1}
     assert status["tls"]["handshakes"] == {"full": 1, "resumed": 0}
     assert status["requests"] == {"total": 1, "by_class": {"2xx": 1}}
@@ -192,6 +195,7 @@ def test_status_backends_and_certificates(pki, localhost_bundle, http_backend, o
     assert server["address"] == backend.address
     assert server["health"] == "up" and server["workers"] == 2 and server["admin"] == "enabled"
     assert server["idle"] == 1  # the pooled keep-alive connection of the request above
+    assert server["waiting"] == 0 and server["oldest_wait"] == 0
     certificates = api(admin_port, "/api/certificates")["certificates"]
     assert [c["names"] for c in certificates] == [["localhost"]]
     assert certificates[0]["frontend"] == "web"

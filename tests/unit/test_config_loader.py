@@ -579,7 +579,7 @@ def rich() -> Raw:
                       "ejection": {"failures": 1}}],
         "acme": {"agree_to_terms": True, "email": "a@example.com", "frontends": ["web"],
                  "challenges": ["tls-alpn-01"], "certificates": [{"names": ["a.example.com"]}]},
-        "admin": {"bind": "127.0.0.1:9404"},
+        "admin": {"bind": "127.0.0.1:9404", "hosts": ["admin.example.test"]},
         "bans": {"events": ["limit_hit"], "allow": ["10.0.0.0/8"]},
     }
 

@@ -26,7 +26,7 @@ import offload.observe
 
 # The Chromium helper lives with the integration tests, which render a real instance's page too.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-from browser import dump_dom, png_summary, screenshot
+from browser import Browser, dump_dom, png_summary, screenshot
 
 PAGE = Path(offload.observe.__file__).with_name("status_page.html")
 
@@ -42,7 +42,10 @@ def snapshot(step: int, *, load: float | None = None) -> dict[str, Any]:
         "workers": [{"pid": 4243, "slot": 0, "generation": 3, "state": "ready"},
                     {"pid": 4244, "slot": 1, "generation": 3, "state": "starting"}],
         "frontends": [{"name": "web", "mode": "http", "bind": ["0.0.0.0:443", "[::]:443"],
-                       "connections": 12}],
+                       "connections": 12},
+                      {"name": "web", "mode": "redirect", "bind": ["0.0.0.0:80"], "redirects": 31},
+                      {"name": "admin", "mode": "admin", "bind": ["127.0.0.1:8404"],
+                       "connections": 2}],
         "connections": {"active": 12, "accepted": 1000 + round(40 * n)},
         "tls": {"handshakes": {"full": full, "resumed": resumed},
                 "failures": {"timeout": 3 + round(2 * n), "unknown_sni": 1},
@@ -66,11 +69,54 @@ WAVE = [snapshot(step, load=sum(1 + 0.6 * math.sin(i / 4) for i in range(step)))
 HOSTILE = '<img src=x onerror="document.title=1">'
 BACKENDS = {"backends": [{"name": "app", "balance": "roundrobin", "servers": [
     {"name": "s1", "address": "127.0.0.1:8080", "weight": 1, "backup": False, "admin": "enabled",
-     "health": "up", "healthy_workers": 2, "workers": 2, "active": 3, "idle": 4},
+     "health": "up", "healthy_workers": 2, "workers": 2, "active": 3, "idle": 4, "waiting": 1,
+     "oldest_wait": 0.1},
     {"name": "s2", "address": "127.0.0.1:8081", "weight": 2, "backup": False, "admin": "drain",
-     "health": "down", "healthy_workers": 0, "workers": 2, "active": 0, "idle": 0},
+     "health": "down", "healthy_workers": 0, "workers": 2, "active": 0, "idle": 0, "waiting": 0,
+     "oldest_wait": 0.0},
     {"name": HOSTILE, "address": "127.0.0.1:8082", "weight": 1, "backup": True, "admin": "enabled",
-     "health": "partial", "healthy_workers": 1, "workers": 2, "active": 1, "idle": 0}]}]}
+     "health": "partial", "healthy_workers": 1, "workers": 2, "active": 1, "idle": 0, "waiting": 0,
+     "oldest_wait": 0.0},
+    # accepts and never answers: four requests waiting, the oldest for 42 s; health checks pass
+    {"name": "frozen", "address": "127.0.0.1:8083", "weight": 1, "backup": False, "admin": "enabled",
+     "health": "up", "healthy_workers": 2, "workers": 2, "active": 4, "idle": 0, "waiting": 4,
+     "oldest_wait": 42.0}]},
+    {"name": "solo", "balance": "roundrobin", "servers": [
+        {"name": "only", "address": "127.0.0.1:9090", "weight": 1, "backup": False, "admin": "enabled",
+         "health": "up", "healthy_workers": 1, "workers": 1, "active": 0, "idle": 0, "waiting": 0,
+         "oldest_wait": 0.0}]}]}
+
+
+def history(samples: int = 30) -> dict[str, Any]:
+    """Five minutes of 10 s samples: latency that swells and ebbs, one server that went silent."""
+    end = 1_790_000_000.0
+    wave = [0.02 + 0.015 * math.sin(i / 3) for i in range(samples)]
+    quiet = [None] * 6 + [0.0] * (samples - 6)  # the frozen server was added by a reload
+
+    def constant(value: float | None) -> list[float | None]:
+        return [value] * samples
+
+    return {
+        "interval_seconds": 10, "window_seconds": 600,
+        "time": [end - 10 * (samples - 1 - i) for i in range(samples)],
+        "seconds": constant(10.0),
+        "total": {"rate": constant(250.0), "p50": [w * 1.2 for w in wave],
+                  "p99": [w * 8 for w in wave]},
+        "backends": {"app": {"rate": constant(250.0), "p50": wave, "p99": [w * 6 for w in wave]},
+                     "solo": {"rate": constant(0.0), "p50": constant(None), "p99": constant(None)}},
+        "servers": [
+            {"backend": "app", "server": "s1", "rate": constant(200.0), "p50": constant(0.012),
+             "p99": [w * 5 for w in wave], "errors": [*constant(0.0)[1:], 1.5],
+             "kinds": {"5xx": [*constant(0.0)[1:], 1.0], "timeout": [*constant(0.0)[1:], 0.5]},
+             "waiting": constant(1), "oldest_wait": constant(0.1)},
+            {"backend": "app", "server": "frozen", "rate": quiet, "p50": constant(None),
+             "p99": constant(None), "errors": quiet, "kinds": {}, "waiting": [None] * 6 + [4] * 24,
+             "oldest_wait": [None] * 6 + [float(10 * i) for i in range(24)]},
+        ],
+    }
+
+
+HISTORY = history()
 
 
 def certificate(names: list[str], days: int, not_after: str) -> dict[str, Any]:
@@ -99,6 +145,7 @@ class AdminFixture(ThreadingHTTPServer):
         self.challenge = challenge
         self.snapshots = snapshots
         self.requests: list[tuple[str, str | None]] = []
+        self.posts: list[tuple[str, dict[str, str]]] = []
         self.status_polls = 0
 
     @property
@@ -132,8 +179,20 @@ class Handler(BaseHTTPRequestHandler):
             self.json(BACKENDS)
         elif self.path == "/api/certificates":
             self.json(CERTIFICATES)
+        elif self.path == "/api/history":
+            self.json(HISTORY)
         else:
             self.answer(404, "text/plain", b"not found\n")
+
+    def do_POST(self) -> None:
+        """A server action: recorded with its headers, answered as offload does."""
+        self.server.posts.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+        if self.headers.get("Offload-Admin") is None:
+            self.answer(403, "application/json", b'{"error": "a change needs the header"}')
+            return
+        parts = self.path.split("/")
+        state = {"drain": "drain", "disable": "disabled", "enable": "enabled"}[parts[-1]]
+        self.json({"backend": parts[3], "server": parts[5], "admin": state})
 
     def json(self, body: dict[str, Any]) -> None:
         self.answer(200, "application/json", json.dumps(body).encode())
@@ -201,8 +260,8 @@ def open_page_locked_api() -> Iterator[AdminFixture]:
 
 
 class Dom(HTMLParser):
-    """Text of every element with an id or a data-server/data-cert key (words of separate elements
-    apart, whitespace collapsed), plus every tag seen."""
+    """Text of every element with an id or a data-server/-cert/-series/-frontend/-reason key
+    (words of separate elements apart, whitespace collapsed), plus every tag seen."""
 
     VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
                       "track", "wbr"})
@@ -221,7 +280,8 @@ class Dom(HTMLParser):
         self.handle_data(" ")  # elements are laid out apart: keep their words apart
         self.tags.append(tag)
         values = dict(attrs)
-        key = values.get("id") or values.get("data-server") or values.get("data-cert")
+        key = next((values[name] for name in ("id", "data-server", "data-cert", "data-series",
+                                              "data-frontend", "data-reason") if values.get(name)), None)
         if key is not None:
             self.text.setdefault(key, "")
             self.attrs[key] = values
@@ -300,11 +360,36 @@ def test_rendered_page_shows_rates_backends_and_certificates(admin: AdminFixture
     errors = page["errors"]
     assert "TLS timeout 7 1.0" in errors and "Security rate_limited / per_ip_request_rate 4 0" in errors
 
-    assert page["app/s1"] == "s1 127.0.0.1:8080 enabled up 3 4 1"
-    assert page["app/s2"] == "s2 127.0.0.1:8081 drain down 0 0 2"
-    assert page[f"app/{HOSTILE}"] == f"{HOSTILE} backup 127.0.0.1:8082 enabled partial (1/2 workers) 1 0 1"
+    # server, address and weight, admin state with buttons for the other two, health, req/s,
+    # errors/s, p50 / p99, (sparkline), waiting, active / idle
+    assert page["app/s1"] == ("s1 127.0.0.1:8080 · weight 1 enabled Drain Disable up 200 1.5 12 ms / 82 ms "
+                              "p99 response time of s1 over the last minutes 1 · oldest 100 ms 3 / 4")
+    assert page["app/s2"] == "s2 127.0.0.1:8081 · weight 2 drain Disable Enable down — — — — — 0 / 0"
+    assert page[f"app/{HOSTILE}"] == (f"{HOSTILE} backup 127.0.0.1:8082 · weight 1 enabled Drain Disable "
+                                      "partial (1/2 workers) — — — — — 1 / 0")
+    assert page["app/frozen"] == ("frozen 127.0.0.1:8083 · weight 1 enabled Drain Disable up no answer for "
+                                  "42 s 0 0 — / — — 4 · oldest 42 s 4 / 0")
     assert page.tags.count("img") == 0, "names from config are text, never markup"
-    assert page["backends-note"] == "3 servers: 1 up, 1 partial, 1 down"
+    assert page["backends-note"] == "5 servers: 3 up, 1 partial, 1 down, 1 not answering"
+    errors_cell = re.search(r'<tr data-server="app/s1">(?:.*?<td){5}[^>]*title="([^"]*)"', page.source, re.S)
+    assert errors_cell is not None
+    assert errors_cell.group(1) == "1.0/s: the server answered 5xx\n0.5/s: no answer within server_timeout"
+
+    assert page["total"].startswith("All requests p50 ")
+    assert "250/s" in page["total"] and "peak p99" in page["total"]
+    assert page["backend:app"].startswith("Backend app p50 ")
+    assert "p50 — · p99 —" in page["backend:solo"]
+    assert page["latency-note"] == "last 10 minutes, 10 s samples"
+
+    assert page["http:web"] == "web http 0.0.0.0:443, [::]:443 12"
+    assert page["redirect:web"] == "web redirect 0.0.0.0:80 31 redirected"
+    assert page["admin:admin"] == "admin admin 127.0.0.1:8404 2"
+
+    assert page["legend"].startswith("What these reasons mean")
+    assert "timeout The client did not finish the TLS handshake in time" in page["legend"]
+    assert "rate_limited A request answered 429" in page["legend"]
+    timeout_cell = re.search(r'<tr data-reason="TLS:timeout"><td>TLS</td><td title="([^"]*)"', page.source)
+    assert timeout_cell is not None and timeout_cell.group(1).startswith("The client did not finish")
 
     assert page["www.example.com"].startswith("74 days valid www.example.com web 2027-02-07")
     assert page["old.example.net"].startswith("3 days ago expired old.example.net")
@@ -345,3 +430,39 @@ def test_screenshot_is_a_rendered_page(busy_admin: AdminFixture, tmp_path: Path)
         assert path.stat().st_size > 30_000, "a blank page compresses to a few kilobytes"
         assert summary.colours >= 32 and summary.dominant < 0.9, summary
         assert summary.dark == dark, f"prefers-color-scheme is honoured: {summary}"
+
+
+def test_server_buttons_post_with_the_header_and_the_last_server_needs_confirming(
+        admin: AdminFixture) -> None:
+    button = 'document.querySelector(\'tr[data-server="{}"] button[data-action="{}"]\')'
+    with Browser() as browser:
+        browser.navigate(admin.url.replace("http://", "http://admin:s3cret@"))
+        browser.wait_until(button.format("app/s1", "drain"))
+        # s1 is not the last enabled server of app: no question asked
+        browser.evaluate(button.format("app/s1", "drain") + ".click()")
+        note = browser.wait_until('document.getElementById("action-note").textContent')
+        assert note == "s1 (app): drain."
+        assert not browser.evaluate('document.getElementById("confirm").open')
+        # "only" is the last one of solo: the page asks first, and Cancel sends nothing
+        browser.evaluate(button.format("solo/only", "disable") + ".click()")
+        question = browser.wait_until('document.getElementById("confirm").open && '
+                                      'document.getElementById("confirm-text").textContent')
+        assert question.startswith("only is the last enabled server of backend solo.")
+        assert browser.evaluate('document.getElementById("confirm-ok").textContent') == \
+            "Disable anyway"
+        browser.evaluate('document.getElementById("confirm-cancel").click()')
+        assert not browser.evaluate('document.getElementById("confirm").open')
+        assert len(admin.posts) == 1
+        browser.evaluate(button.format("solo/only", "disable") + ".click()")
+        browser.wait_until('document.getElementById("confirm").open')
+        browser.evaluate('document.getElementById("confirm-ok").click()')
+        browser.wait_until('document.getElementById("action-note").textContent.includes("only")')
+        assert browser.evaluate('document.getElementById("action-note").textContent') == \
+            "only (solo): disabled."
+    assert [path for path, _ in admin.posts] == ["/api/backends/app/servers/s1/drain",
+                                                 "/api/backends/solo/servers/only/disable"]
+    for _, headers in admin.posts:
+        assert headers["offload-admin"] == "1"
+        assert headers["sec-fetch-site"] == "same-origin"
+        assert headers["origin"] == admin.url.rstrip("/")
+        assert headers["authorization"].startswith("Basic ")

@@ -33,6 +33,7 @@ from offload.config.units import (
     parse_size,
     port_only_fix,
 )
+from offload.observe.admin_guard import AllowedHost, parse_allowed_host
 from offload.security.rules_config import RuleSetConfig
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -452,6 +453,9 @@ class AdminConfig(Model):
     """A file holding the access token; requests then need ``Authorization: Bearer``."""
     health_without_token: Flag = False
     """Answer /healthz and /readyz without the token, for balancers that cannot send one."""
+    hosts: tuple[Annotated[AllowedHost, PlainValidator(parse_allowed_host)], ...] = ()
+    """Host names (``name`` or ``name:port``) the listener answers for besides its own address
+    and ``localhost``: a reverse proxy's name, an SSH tunnel's other port (docs/admin.md)."""
 
 
 

@@ -12,6 +12,9 @@ to the audit log (``offload.audit``: who, what, result; the log line carries the
     GET  /api/status                      version, uptime, workers, frontends, traffic totals
     GET  /api/backends                    servers: admin state, health, connections, weight
     GET  /api/certificates                names, key, issuer, expiry, source
+    GET  /api/history                     the last ten minutes in 10 s samples: request rate
+                                          and latency overall, per backend and per server;
+                                          server errors and waiting requests
     POST /api/backends/B/servers/S/ACTION drain | disable | enable a server (every worker)
     POST /api/reload                      reload the configuration (like SIGHUP)
     GET  /api/bans                        clients banned automatically ([bans])
@@ -30,13 +33,15 @@ import datetime as dt
 import hmac
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Protocol
 from urllib.parse import unquote
 
-from offload.observe.log import fields
+from offload.observe.admin_guard import AdminGuard
+from offload.observe.log import CappedLog, fields
 from offload.observe.metrics import (
     CONTENT_TYPE,
     Merged,
@@ -69,6 +74,8 @@ class AdminRequest:
     """Lower-case names."""
     client: str
     """The peer's address, for the audit log."""
+    local: str = ""
+    """The address the connection arrived on (the admin guard's "own" address)."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,10 @@ class Overview:
     workers: tuple[WorkerInfo, ...]
     frontends: tuple[tuple[str, str, tuple[str, ...]], ...]
     """(name, mode, bind addresses)."""
+    redirects: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """(frontend name, addresses of its plain-HTTP redirect listeners)."""
+    admin: tuple[str, int] | None = None
+    """The admin listener's address and its open connections."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +139,8 @@ class AdminHost(Protocol):
     def facts(self) -> SupervisorFacts: ...
     def certificates(self) -> list[ServedCertificate]: ...
     def backend_balance(self) -> dict[str, str]: ...
+    def history(self) -> dict[str, object]:
+        """The recent samples (:meth:`offload.observe.history.History.as_json`)."""
     def set_server_admin(self, backend: str, server: str, state: AdminState) -> str | None:
         """Apply the state on every worker; an error message if there is no such server."""
     def reload(self, who: str) -> tuple[bool, str]:
@@ -151,11 +164,15 @@ def _error(status: int, message: str) -> AdminResponse:
 class AdminApi:
     """Routes requests; one instance per admin listener."""
 
-    def __init__(self, host: AdminHost, token: bytes | None, *,
-                 health_without_token: bool = False) -> None:
+    def __init__(self, host: AdminHost, token: bytes | None, guard: AdminGuard, *,
+                 health_without_token: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._host = host
         self._token = token
+        self._guard = guard
         self._health_without_token = health_without_token
+        self._refusals = CappedLog(clock=clock)
+        """Audit lines of refused requests, capped per status (a fixed set of keys)."""
         self._page: bytes | None = None
         self._gets: dict[str, Callable[[], AdminResponse]] = {
             "/healthz": lambda: _json(200, {"status": "alive"}),
@@ -166,6 +183,7 @@ class AdminApi:
             "/api/backends": self._backends,
             "/api/certificates": self._certificates,
             "/api/bans": self._bans,
+            "/api/history": lambda: _json(200, self._host.history()),
             "/": self._status_page,
         }
         self._posts: dict[str, Callable[[AdminRequest], AdminResponse]] = {
@@ -180,7 +198,14 @@ class AdminApi:
             "/metrics", "/api/status", "/api/backends")
 
     def authorized(self, request: AdminRequest) -> AdminResponse | None:
-        """None when the request may proceed; else the 401 to answer (and an audit line)."""
+        """None when the request may proceed; else the 421, 403 or 401 to answer, and an audit
+        line. The browser checks (:mod:`offload.observe.admin_guard`) come first, so that a
+        page of another site never gets a credentials challenge."""
+        refusal = self._guard.check(request.method, request.path, request.headers,
+                                    request.local)
+        if refusal is not None:
+            self._refused(request, refusal.reason, refusal.status)
+            return _error(refusal.status, refusal.message)
         if self._token is None:
             return None
         if self._health_without_token and request.path in ("/healthz", "/readyz"):
@@ -188,13 +213,25 @@ class AdminApi:
         offered = _credential(request.headers.get("authorization", ""))
         if offered is not None and hmac.compare_digest(offered, self._token):
             return None
-        _audit.warning("admin request refused", extra=fields(
-            audit=True, who=request.client, what=f"{request.method} {request.path}",
-            result="refused: " + ("wrong token" if offered is not None else "no token")))
+        self._refused(request, "wrong token" if offered is not None else "no token", 401)
         return AdminResponse(
             401, b'{"error": "a valid token is needed: Authorization: Bearer <token>"}\n',
             headers=(("WWW-Authenticate", 'Bearer realm="offload admin"'),
                      ("WWW-Authenticate", 'Basic realm="offload admin", charset="UTF-8"')))
+
+    def _refused(self, request: AdminRequest, reason: str, status: int) -> None:
+        """The audit line of a refused request, at most ten a second for each status (a page
+        looping over fetch() must not flood the log); the next line written says how many were
+        left out."""
+        suppressed = self._refusals.admit(status)
+        if suppressed < 0:
+            return
+        extra: dict[str, object] = {"audit": True, "who": request.client,
+                                    "what": f"{request.method} {request.path}",
+                                    "result": "refused: " + reason}
+        if suppressed:
+            extra["suppressed"] = suppressed
+        _audit.warning("admin request refused", extra=fields(**extra))
 
     def handle(self, request: AdminRequest) -> AdminResponse:
         path, method = request.path, request.method
@@ -230,7 +267,8 @@ class AdminApi:
 
     def _status(self) -> AdminResponse:
         overview, merged = self._host.overview(), self._host.merged()
-        counters = merged.counters.items()
+        counters_of = merged.counters
+        counters = counters_of.items()
         active = labelled(merged.gauges.items(), "connections_active")
         handshakes = labelled(counters, "handshake")
         versions: dict[str, int] = {}
@@ -251,9 +289,15 @@ class AdminApi:
             "generation": overview.generation, "draining": overview.draining,
             "workers": [{"pid": w.pid, "slot": w.slot, "generation": w.generation,
                          "state": w.state} for w in overview.workers],
-            "frontends": [{"name": name, "mode": mode, "bind": list(bind),
-                           "connections": int(active.get((name,), 0))}
-                          for name, mode, bind in overview.frontends],
+            "frontends": [
+                *({"name": name, "mode": mode, "bind": list(bind),
+                   "connections": int(active.get((name,), 0))}
+                  for name, mode, bind in overview.frontends),
+                *({"name": name, "mode": "redirect", "bind": list(bind),
+                   "redirects": counters_of.get(("redirect", name), 0)}
+                  for name, bind in overview.redirects),
+                *([{"name": "admin", "mode": "admin", "bind": [overview.admin[0]],
+                    "connections": overview.admin[1]}] if overview.admin else [])],
             "connections": {"active": int(sum(active.values())),
                             "accepted": sum(labelled(counters, "accepted").values())},
             "tls": {"handshakes": kinds,
@@ -276,7 +320,8 @@ class AdminApi:
                 "name": view.server, "address": view.address, "weight": view.weight,
                 "backup": view.backup, "admin": view.admin, "health": view.health,
                 "healthy_workers": view.healthy_workers, "workers": view.workers,
-                "active": view.active, "idle": view.idle})
+                "active": view.active, "idle": view.idle, "waiting": view.waiting,
+                "oldest_wait": round(view.oldest_wait, 1)})
         balance = self._host.backend_balance()
         return _json(200, {"backends": [
             {"name": name, "balance": balance.get(name, ""), "servers": servers}

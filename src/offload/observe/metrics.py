@@ -116,6 +116,12 @@ COUNTERS: dict[str, Spec] = {spec_key: spec for spec_key, spec in [
                             ("where",))),
     ("access_log_dropped", Spec("offload_access_log_dropped", "Access log lines lost "
                                 "(queue_full, write_error, format_error)", ("log", "reason"))),
+    ("server_responses", Spec("offload_backend_server_responses", "Final responses from each "
+                             "backend server, by status class", ("backend", "server",
+                                                                 "status_class"))),
+    ("server_failures", Spec("offload_backend_server_failures", "Requests and connections to "
+                             "each backend server that failed (connect_failed, timeout, reset, "
+                             "bad_response)", ("backend", "server", "reason"))),
 ]}
 
 HISTOGRAMS: dict[str, Spec] = {
@@ -126,6 +132,9 @@ HISTOGRAMS: dict[str, Spec] = {
     "backend_response_seconds": Spec("offload_backend_response_duration_seconds",
                                      "From request sent to the backend to its response head",
                                      ("backend",)),
+    "server_response_seconds": Spec("offload_backend_server_response_duration_seconds",
+                                    "From request sent to a backend server to its final "
+                                    "response head", ("backend", "server")),
 }
 
 GAUGES: dict[str, Spec] = {
@@ -204,6 +213,11 @@ class _Collector(Collector):
                                    "connections in flight to the server", labels=labels)
         idle = GaugeMetricFamily("offload_backend_connections_idle", "Idle pooled "
                                  "connections to the server", labels=labels)
+        waiting = GaugeMetricFamily("offload_backend_server_waiting_requests", "Requests sent "
+                                    "to the server that wait for its response head",
+                                    labels=labels)
+        oldest = GaugeMetricFamily("offload_backend_server_oldest_wait_seconds", "How long "
+                                   "the longest-waiting of them has waited", labels=labels)
         for view in server_views(self._merged):
             names = [view.backend, view.server]
             up.add_metric(names, view.healthy_workers / view.workers)
@@ -211,7 +225,9 @@ class _Collector(Collector):
                 admin.add_metric([*names, state], 1.0 if view.admin == state else 0.0)
             active.add_metric(names, view.active)
             idle.add_metric(names, view.idle)
-        yield from (up, admin, active, idle)
+            waiting.add_metric(names, view.waiting)
+            oldest.add_metric(names, view.oldest_wait)
+        yield from (up, admin, active, idle, waiting, oldest)
 
     def _supervisor(self) -> Iterator[Metric]:
         facts = self._facts
@@ -277,6 +293,9 @@ class ServerView:
     workers: int
     active: int
     idle: int
+    waiting: int = 0
+    oldest_wait: float = 0.0
+    """The longest wait on any worker."""
 
     @property
     def health(self) -> str:
@@ -296,12 +315,14 @@ def server_views(merged: Merged) -> list[ServerView]:
             if seen is None:
                 views[key] = ServerView(
                     report.backend, report.server, report.address, report.weight,
-                    report.backup, report.admin, healthy, 1, report.active, report.idle)
+                    report.backup, report.admin, healthy, 1, report.active, report.idle,
+                    report.waiting, report.oldest_wait)
             else:
                 views[key] = ServerView(
                     seen.backend, seen.server, seen.address, seen.weight, seen.backup,
                     seen.admin, seen.healthy_workers + healthy, seen.workers + 1,
-                    seen.active + report.active, seen.idle + report.idle)
+                    seen.active + report.active, seen.idle + report.idle,
+                    seen.waiting + report.waiting, max(seen.oldest_wait, report.oldest_wait))
     return list(views.values())
 
 

@@ -26,6 +26,10 @@ class ServerReport:
     admin: str
     active: int
     idle: int
+    waiting: int = 0
+    """Requests sent to the server that wait for its response head."""
+    oldest_wait: float = 0.0
+    """Seconds the longest-waiting of them has waited (0 when none)."""
 
 
 @dataclass(frozen=True)

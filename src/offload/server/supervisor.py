@@ -49,6 +49,7 @@ from offload.errors import Issue, OffloadError, StartError
 from offload.observe.admin_api import (
     AdminApi,
 )
+from offload.observe.history import History
 from offload.observe.log import LogSetup, fields
 from offload.server.acme_process import run_acme_process
 from offload.server.admin_server import AdminServer
@@ -169,6 +170,8 @@ class Supervisor(SupervisorAdmin):
         """ACME processes told to stop that have not exited yet."""
         self._generation = 0
         self._stats = StatsHub()
+        self._history = History()
+        """The status page's last ten minutes, sampled while the admin listener runs."""
         self._admin: AdminServer | None = None
         self._admin_api: AdminApi | None = None
         self._admin_config: AdminConfig | None = None

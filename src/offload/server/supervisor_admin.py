@@ -25,6 +25,8 @@ from offload.observe.admin_api import (
     ServedCertificate,
     WorkerInfo,
 )
+from offload.observe.admin_guard import AdminGuard
+from offload.observe.history import History
 from offload.observe.log import fields
 from offload.observe.metrics import CertificateExpiry, Merged, SupervisorFacts
 from offload.server.admin_server import AdminServer
@@ -51,6 +53,7 @@ class SupervisorAdmin:
     _started: bool
     _stopping: bool
     _stats: StatsHub
+    _history: History
     _admin: AdminServer | None
     _admin_api: AdminApi | None
     _admin_config: AdminConfig | None
@@ -81,18 +84,16 @@ class SupervisorAdmin:
                 self._admin = self._admin_api = None
             self._admin_config = None
             return None
-        if self._admin is not None and self._admin_config == config:
-            self._admin_api = AdminApi(self, token,
-                                       health_without_token=config.health_without_token)
-            self._admin.api = self._admin_api
+        api = AdminApi(self, token, AdminGuard(config.bind.port, config.hosts),
+                       health_without_token=config.health_without_token)
+        if self._admin is not None and self._admin.address == config.bind:
+            self._admin.api = self._admin_api = api  # the same socket, new rules and token
+            self._admin_config = config
             return None
-        api = AdminApi(self, token, health_without_token=config.health_without_token)
         old, self._admin = self._admin, None
-        if old is not None and old.address == config.bind:
-            old.close()  # same address: it must be let go before binding again
-            old = None
         try:
-            self._admin = AdminServer(self._selector, config.bind, api, self._collect)
+            self._admin = AdminServer(self._selector, config.bind, api, self._collect,
+                                      sample=self._sample)
         except OSError as error:
             _log.error("cannot serve the admin API", extra=fields(
                 address=str(config.bind), reason=error.strerror))
@@ -162,9 +163,22 @@ class SupervisorAdmin:
             for w in sorted(self._workers.values(), key=lambda w: (w.generation, w.slot)))
         frontends = tuple((f.name, f.mode, tuple(str(a) for a in f.bind))
                           for f in self._current.config.frontends)
+        redirects = tuple((f.name, tuple(str(a) for a in f.redirect_http))
+                          for f in self._current.config.frontends if f.redirect_http)
+        admin = (str(self._admin.address), self._admin.open) if self._admin is not None else None
         draining = self._stopping or not self._in_rotation
         return Overview(__version__, os.getpid(), self._started_at, self._generation,
-                        draining, self._started and not draining, workers, frontends)
+                        draining, self._started and not draining, workers, frontends,
+                        redirects, admin)
+
+    def history(self) -> dict[str, object]:
+        return self._history.as_json()
+
+    def _sample(self) -> None:
+        """Collect fresh statistics for the next sample of the status page's history."""
+        def record() -> None:
+            self._history.record(time.monotonic(), time.time(), self._stats.merged())
+        self._collect(record)
 
     def merged(self) -> Merged:
         return self._stats.merged()

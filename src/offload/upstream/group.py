@@ -21,6 +21,8 @@ from offload.upstream.servers import Server
 
 _log = logging.getLogger("offload.upstream")
 
+_STATUS_CLASSES = ("", "1xx", "2xx", "3xx", "4xx", "5xx")
+
 
 class ServerGroup:
     """A backend's servers in one worker."""
@@ -40,6 +42,10 @@ class ServerGroup:
         self.trackers = [HealthTracker(state, config.health_check, config.ejection, self.budget)
                          for state in self.states]
         self.checker: HealthChecker | None = None
+        self.waits: list[dict[object, float]] = [{} for _ in servers]
+        """Per server: the requests sent to it that wait for its response head, and since when
+        (loop time), so that a server that accepts and never answers shows before its health
+        check gives up."""
 
     def start(self) -> None:
         """Start the active health checks, if configured (in the running loop)."""
@@ -83,8 +89,38 @@ class ServerGroup:
         return [ServerReport(
             backend=self.name, server=server.label, address=str(server), weight=state.weight,
             backup=state.backup, healthy=state.up and now >= state.ejected_until,
-            admin=state.admin, active=state.active, idle=self.idle_connections(index))
-            for index, (server, state) in enumerate(zip(self.servers, self.states, strict=True))]
+            admin=state.admin, active=state.active, idle=self.idle_connections(index),
+            waiting=len(waits),
+            oldest_wait=max(0.0, now - min(waits.values())) if waits else 0.0)
+            for index, (server, state, waits) in enumerate(
+                zip(self.servers, self.states, self.waits, strict=True))]
+
+    # Per-server figures, recorded by the data path (HTTP mode: the exchange).
+
+    def wait_began(self, index: int, request: object, since: float) -> None:
+        """``request`` went to server ``index`` at ``since`` (loop time) and waits for the
+        response head."""
+        self.waits[index][request] = since
+
+    def wait_ended(self, index: int, request: object) -> None:
+        """``request`` got a response head from server ``index``, or waits no more (failed,
+        timed out, abandoned); calling it again, or for a request that never waited, is fine."""
+        self.waits[index].pop(request, None)
+
+    def responded(self, index: int, status: int, seconds: float) -> None:
+        """Server ``index`` answered with a final ``status``, ``seconds`` after the request was
+        sent to it."""
+        label = self.servers[index].label
+        kind = status // 100
+        self.counters.inc("server_responses", self.name, label,
+                          _STATUS_CLASSES[kind] if 1 <= kind <= 5 else "other")
+        self.counters.observe(seconds, "server_response_seconds", self.name, label)
+
+    def failed(self, index: int, reason: str) -> None:
+        """A request or connection to server ``index`` failed: ``connect_failed``, ``timeout``
+        (no answer within server_timeout), ``reset`` (the connection broke) or
+        ``bad_response``."""
+        self.counters.inc("server_failures", self.name, self.servers[index].label, reason)
 
     def candidates(self, key: bytes, now: float) -> list[int]:
         """Servers to try, first choice first (only usable ones; backups if no primary is)."""
