@@ -9,7 +9,6 @@ import threading
 import time
 from typing import Any
 
-import pytest
 from browser import Browser, png_summary
 from conftest import http_config
 from harness import client_context, free_port, record
@@ -86,12 +85,6 @@ def test_history_fills_in_every_ten_seconds(pki, localhost_bundle, http_backend,
     assert history["total"]["p99"][-1] >= history["total"]["p50"][-1]
 
 
-NOT_WIRED = pytest.mark.xfail(
-    strict=True, reason="needs the HTTP data path to call ServerGroup.wait_began, wait_ended, "
-    "responded and failed (the lead wires them in http/exchange.py); remove this marker then")
-
-
-@NOT_WIRED
 def test_each_server_counts_its_answers_and_failures(pki, localhost_bundle, http_backend, offload,
                                                      port):
     good, failing = http_backend("good"), http_backend("failing")
@@ -118,7 +111,6 @@ def test_each_server_counts_its_answers_and_failures(pki, localhost_bundle, http
                  reason="connect_failed") >= 1
 
 
-@NOT_WIRED
 def test_a_server_that_never_answers_shows_before_its_health_check_gives_up(
         pki, localhost_bundle, backend, offload, port, tmp_path):
     """The server accepts the connection, reads the request and says nothing; server_timeout

@@ -98,9 +98,6 @@ def test_is_failure_table() -> None:
     counting = group(1, count_5xx=True).config.ejection
     assert [is_failure(o, default) for o in ALL_OUTCOMES] == [False, False, True, True, True, True]  # type: ignore[arg-type]
     assert [is_failure(o, counting) for o in ALL_OUTCOMES] == [False, True, True, True, True, True]  # type: ignore[arg-type]
-    # the older boolean form: True is ok, False a failure of unknown kind
-    assert not is_failure(True, default)
-    assert is_failure(False, default)
 
 
 # ------------------------------------------------------------------ the share that may go

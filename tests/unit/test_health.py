@@ -105,10 +105,10 @@ def test_record_check_without_a_check_is_a_programming_error() -> None:
 
 def test_consecutive_failures_eject_until_now_plus_duration() -> None:
     health = tracker()
-    assert health.record_request(False, 1.0) is None
-    assert health.record_request(False, 2.0) is None
+    assert health.record_request("connect_failed", 1.0) is None
+    assert health.record_request("connect_failed", 2.0) is None
     assert health.server.usable(2.0)
-    assert health.record_request(False, 3.0) == "ejected"
+    assert health.record_request("connect_failed", 3.0) == "ejected"
     assert health.server.ejected_until == 13.0
     assert not health.server.usable(12.9)
     assert health.describe() == {"state": "ejected", "admin": "enabled", "check_successes": 0,
@@ -119,7 +119,8 @@ def test_consecutive_failures_eject_until_now_plus_duration() -> None:
 def test_a_success_resets_the_request_failure_count() -> None:
     health = tracker()
     for now, ok in enumerate([False, False, True, False, False, True, False, False]):
-        assert health.record_request(ok, float(now)) is None
+        outcome = "ok" if ok else "connect_failed"
+        assert health.record_request(outcome, float(now)) is None
     assert health.server.ejected_until == 0.0
     assert health.describe()["request_failures"] == 2
 
@@ -127,16 +128,16 @@ def test_a_success_resets_the_request_failure_count() -> None:
 def test_results_while_ejected_are_ignored() -> None:
     health = tracker()
     for now in (1.0, 2.0, 3.0):
-        health.record_request(False, now)
-    assert health.record_request(False, 5.0) is None  # a straggler: no longer ejection
-    assert health.record_request(True, 6.0) is None
+        health.record_request("connect_failed", now)
+    assert health.record_request("connect_failed", 5.0) is None  # a straggler: no longer ejection
+    assert health.record_request("ok", 6.0) is None
     assert health.server.ejected_until == 13.0
 
 
 def test_return_is_reported_once_by_refresh() -> None:
     health = tracker()
     for now in (1.0, 2.0, 3.0):
-        health.record_request(False, now)
+        health.record_request("connect_failed", now)
     assert health.refresh(12.0) is None
     assert health.refresh(13.0) == "returned"
     assert health.refresh(14.0) is None
@@ -148,25 +149,25 @@ def test_return_is_reported_once_by_refresh() -> None:
 def test_return_is_reported_by_the_next_request() -> None:
     health = tracker()
     for now in (1.0, 2.0, 3.0):
-        health.record_request(False, now)
-    assert health.record_request(True, 20.0) == "returned"
-    assert health.record_request(True, 21.0) is None
+        health.record_request("connect_failed", now)
+    assert health.record_request("ok", 20.0) == "returned"
+    assert health.record_request("ok", 21.0) is None
     # the count starts afresh after a return
-    assert [health.record_request(False, t) for t in (22.0, 23.0, 24.0)] == [None, None, "ejected"]
+    assert [health.record_request("connect_failed", t) for t in (22.0, 23.0, 24.0)] == [None, None, "ejected"]
     assert health.server.ejected_until == 34.0
 
 
 def test_return_and_new_ejection_in_one_call_reports_ejected() -> None:
     health = tracker(ejection=EjectionConfig.model_validate({"failures": 1, "duration": "5s"}))
-    assert health.record_request(False, 0.0) == "ejected"
-    assert health.record_request(False, 5.0) == "ejected"
+    assert health.record_request("connect_failed", 0.0) == "ejected"
+    assert health.record_request("connect_failed", 5.0) == "ejected"
     assert health.server.ejected_until == 10.0
     assert health.refresh(10.0) == "returned"
 
 
 def test_zero_failures_disables_ejection() -> None:
     health = tracker(ejection=OFF)
-    assert all(health.record_request(False, float(now)) is None for now in range(100))
+    assert all(health.record_request("connect_failed", float(now)) is None for now in range(100))
     assert health.server.ejected_until == 0.0
     assert health.server.usable(100.0)
 
@@ -174,7 +175,7 @@ def test_zero_failures_disables_ejection() -> None:
 def test_active_and_passive_states_are_independent() -> None:
     health = tracker()
     for now in (1.0, 2.0, 3.0):
-        health.record_request(False, now)
+        health.record_request("connect_failed", now)
     assert checks(health, "-", start=4.0) == ["down"]
     assert health.describe()["state"] == "down"
     assert health.refresh(13.0) == "returned"

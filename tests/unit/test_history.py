@@ -171,7 +171,7 @@ def test_a_worker_counts_answers_and_failures_per_server() -> None:
     backend.responded(0, 200, 0.01)
     backend.responded(0, 503, 0.02)
     backend.responded(1, 999, 0.03)  # a status class offload does not know: counted apart
-    backend.failed(1, "connect_failed")
+    backend.report(1, "connect_failed", 0.0)
     values = backend.counters.values
     assert values["server_responses", "app", "127.0.0.1:1", "2xx"] == 1
     assert values["server_responses", "app", "127.0.0.1:1", "5xx"] == 1

@@ -178,7 +178,7 @@ class Exchange:
             self._connecting = None
             self.conn.resume_client("connecting")
             self.backend.counters.inc("backend_connect_failed", self.backend.name)
-            self.backend.report(index, False, self.conn.loop.time())
+            self.backend.report(index, "connect_failed", self.conn.loop.time())
             self.conn.log_backend_failure(self, index, error)
             if not self.finished:
                 self._next_server()
@@ -197,6 +197,7 @@ class Exchange:
         upstream.requests += 1
         upstream.parser.expect(self.request.method)
         self.t_connected = time.monotonic()
+        self.backend.wait_began(self.server_index, self, self.conn.loop.time())
         self._timer = self.conn.server_deadline
         self._timer.set(self.conn.loop.time() + self.backend.config.server_timeout)
         head, self.request_id = rewrite.backend_request_head(
@@ -274,6 +275,7 @@ class Exchange:
     def _response_head(self, response: Response, out: list[bytes]) -> None:
         if not self.t_first_byte:
             self.t_first_byte = time.monotonic()
+            self.backend.wait_ended(self.server_index, self)
         status = response.status
         if status < 200:
             if status == 101:
@@ -286,8 +288,9 @@ class Exchange:
         self.response = response
         self.status = status
         self.response_started = True
-        self.backend.report(self.server_index, status < 500,
+        self.backend.report(self.server_index, "ok" if status < 500 else "status_5xx",
                             self.conn.loop.time())
+        self.backend.responded(self.server_index, status, self.t_first_byte - self.t_connected)
         if status in (401, 403):
             site = self.conn.site
             backend_auth_failure(site.security, site.name, self.client)
@@ -329,7 +332,7 @@ class Exchange:
     def backend_failed(self, error: ProtocolError) -> None:
         if self.upstream is not None:
             self.backend.protocol_error(self.upstream, error.reason, str(error))
-        self.backend.report(self.server_index, False, self.conn.loop.time())
+        self.backend.report(self.server_index, "bad_response", self.conn.loop.time())
         # the server did answer, if badly: sending the request again is not safe
         self._upstream_broken(error.reason, 502, retry=False)
 
@@ -354,7 +357,7 @@ class Exchange:
         """The server stayed silent for ``server_timeout``."""
         self._timer = None
         self.backend.counters.inc("timeout", "server")
-        self.backend.report(self.server_index, False, self.conn.loop.time())
+        self.backend.report(self.server_index, "timeout", self.conn.loop.time())
         self._drop_upstream()
         if self.response_started:
             self._abort("server_timeout")
@@ -370,6 +373,10 @@ class Exchange:
                           and not self.request.has_body)
         upstream = self.upstream
         reused = upstream is not None and upstream.requests > 1
+        # a pooled connection the server had closed meanwhile is not the server failing
+        stale = reused and fresh_retry_ok and self._fresh_retry
+        if retry and not stale:  # a reset or close mid-exchange (bad answers report themselves)
+            self.backend.report(self.server_index, "reset", self.conn.loop.time())
         self._drop_upstream()
         if fresh_retry_ok:
             if reused and self._fresh_retry:
@@ -395,6 +402,7 @@ class Exchange:
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
             upstream.abort()
+            self.backend.wait_ended(self.server_index, self)
             self.backend.released(self.server_index)
         self._stop_timer()
 
@@ -429,6 +437,7 @@ class Exchange:
             reusable = (response is not None and response.keep_alive and self.request_done
                         and not response.until_close
                         and (length is None or self.bytes_in == length))
+            self.backend.wait_ended(self.server_index, self)
             self.backend.released(self.server_index)
             self.backend.release(upstream, reusable, self.conn.loop.time())
         self.conn.exchange_done(self)

@@ -39,7 +39,6 @@ class Backend(ServerGroup):
                 reason = "timeout" if isinstance(error, TimeoutError) else (
                     error.strerror or type(error).__name__)
                 self.counters.inc("backend_connect_failed", self.name)
-                self.failed(index, "connect_failed")
                 self.report(index, "connect_failed", loop.time())
                 _log.debug("backend connect failed", extra=fields(
                     backend=self.name, server=server.label, address=str(server), reason=reason))

@@ -116,12 +116,6 @@ class ServerGroup:
                           _STATUS_CLASSES[kind] if 1 <= kind <= 5 else "other")
         self.counters.observe(seconds, "server_response_seconds", self.name, label)
 
-    def failed(self, index: int, reason: str) -> None:
-        """A request or connection to server ``index`` failed: ``connect_failed``, ``timeout``
-        (no answer within server_timeout), ``reset`` (the connection broke) or
-        ``bad_response``."""
-        self.counters.inc("server_failures", self.name, self.servers[index].label, reason)
-
     def candidates(self, key: bytes, now: float) -> list[int]:
         """Servers to try, first choice first (only usable ones; backups if no primary is)."""
         if self.budget.ejected:
@@ -144,13 +138,13 @@ class ServerGroup:
             if change is not None:
                 self.health_changed(tracker.server.index, change)
 
-    def report(self, index: int, outcome: Outcome | bool, now: float) -> None:
-        """Passive health: what a connection or request to server ``index`` came to.
-
-        ``outcome`` says what happened (:data:`~offload.upstream.health.Outcome`); whether it
-        counts against the server is the configuration's business. A bool is the older form
-        (``False``: a failure of unknown kind, counted as one).
-        """
+    def report(self, index: int, outcome: Outcome, now: float) -> None:
+        """What a connection or request to server ``index`` came to
+        (:data:`~offload.upstream.health.Outcome`): counted per server (``connect_failed``,
+        ``timeout``, ``reset``, ``bad_response``) and fed to passive health, where whether it
+        counts against the server is the configuration's business."""
+        if outcome not in ("ok", "status_5xx"):
+            self.counters.inc("server_failures", self.name, self.servers[index].label, outcome)
         if self.budget.ejected and is_failure(outcome, self.config.ejection):
             self._refresh(now)  # so the budget does not count ejections that ran out
         change = self.trackers[index].record_request(outcome, now)

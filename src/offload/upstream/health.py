@@ -79,13 +79,9 @@ ALWAYS_FAILURES: frozenset[str] = frozenset({"connect_failed", "reset", "timeout
 ``timeout``; Envoy's gateway failures)."""
 
 
-def is_failure(outcome: Outcome | bool, ejection: EjectionConfig) -> bool:
-    """Whether ``outcome`` counts towards ejection under ``ejection``.
-
-    A bool is the older form of the call (``True``: ok, ``False``: a failure of unknown
-    kind, counted as one).
-    """
-    if outcome is True or outcome == "ok":
+def is_failure(outcome: Outcome, ejection: EjectionConfig) -> bool:
+    """Whether ``outcome`` counts towards ejection under ``ejection``."""
+    if outcome == "ok":
         return False
     if outcome == "status_5xx":
         return ejection.count_5xx
@@ -187,7 +183,7 @@ class HealthTracker:
             return "returned"
         return None
 
-    def record_request(self, outcome: Outcome | bool, now: float) -> RequestTransition | None:
+    def record_request(self, outcome: Outcome, now: float) -> RequestTransition | None:
         """Count one request outcome (see :data:`Outcome`; which ones are failures depends on
         the configuration, :func:`is_failure`)."""
         failed = is_failure(outcome, self._ejection)
