@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import time
 
 import pytest
 from conftest import http_config
-from harness import TlsPipe, client_context
+from harness import TlsPipe, client_context, rss_kib
+from http_backend import pattern
 from http_client import get, https, read_responses
 
 FAST = ('request_timeout = "500ms"\nkeepalive_timeout = "700ms"\nbody_timeout = "500ms"\n'
@@ -120,3 +123,69 @@ def test_upstream_timeout_flag_in_quick_mode(pki, localhost_bundle, http_backend
         assert response.status == 504
     finally:
         instance.kill()
+
+
+# --- clients that pipeline and never read ----------------------------------------------------
+
+def _worker_pid(instance) -> int:
+    return int(instance.wait_msg("worker started")["pid"])
+
+
+def test_pipelining_clients_that_never_read_hold_little_memory(pki, localhost_bundle,
+                                                              http_backend, offload, port):
+    """100 clients each pipeline half a megabyte of tiny requests and never read an answer:
+    the worker holds at most 64 KiB per connection beyond the kernel's buffers (it held about
+    1.3 MiB when every request of a read was parsed at once)."""
+    server = http_backend()
+    instance = offload(http_config(port, [localhost_bundle], [server.address],
+                                   access_log="off"))
+    pid = _worker_pid(instance)
+    context = client_context(pki.ca)
+    pipes = [TlsPipe(port, context) for _ in range(100)]
+    for pipe in pipes:  # every connection has served a request: what is measured is the rest
+        pipe.send(b"GET /warm HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert pipe.recv().startswith(b"HTTP/1.1 200")
+    base = rss_kib(pid)
+    request = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    blob = request * (512 * 1024 // len(request))
+    for pipe in pipes:
+        pipe.tls.write(blob)
+        data = pipe._out.read()
+        pipe.sock.setblocking(False)
+        sent, deadline = 0, time.monotonic() + 0.05
+        while sent < len(data) and time.monotonic() < deadline:
+            try:
+                sent += pipe.sock.send(data[sent:sent + 65536])
+            except BlockingIOError:
+                time.sleep(0.001)
+    # wait until the worker stops growing (it has read all it will read)
+    previous, grown = base, rss_kib(pid)
+    deadline = time.monotonic() + 10
+    while grown != previous and time.monotonic() < deadline:
+        time.sleep(0.5)
+        previous, grown = grown, rss_kib(pid)
+    per_connection = (grown - base) / len(pipes)
+    assert per_connection <= 64, f"{per_connection:.1f} KiB per pipelining connection"
+    # and the server still serves everyone else
+    conn = https(port, pki.ca)
+    response, _ = get(conn, "/bytes/10")
+    assert response.status == 200
+    for pipe in pipes:
+        with contextlib.suppress(OSError):
+            pipe.sock.shutdown(socket.SHUT_RDWR)
+        pipe.close()
+
+
+def test_many_pipelined_requests_are_all_answered_in_order(pki, localhost_bundle, http_backend,
+                                                           offload, port):
+    server = http_backend()
+    offload(http_config(port, [localhost_bundle], [server.address], access_log="off"))
+    pipe = TlsPipe(port, client_context(pki.ca))
+    count = 2000
+    pipe.send(b"".join(b"GET /bytes/%d HTTP/1.1\r\nHost: localhost\r\n\r\n" % (i % 50 + 1)
+                       for i in range(count)))
+    responses = read_responses(pipe, count, deadline=60)
+    pipe.close()
+    assert len(responses) == count
+    for i, response in enumerate(responses):
+        assert response.endswith(b"\r\n\r\n" + pattern(i % 50 + 1)), i

@@ -53,11 +53,54 @@ _log = logging.getLogger("offload.http")
 
 _STATUS_CLASS = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
 
-HEAD_SLICE = 1024
-"""Bytes fed to the parser at a time outside a body: what a pipelining client can make us parse
-beyond the request being served is a few heads, not a whole read."""
+HEAD_SLICE = 4096
+"""Bytes fed to the parser at a time outside a body when no end of a head is in sight; a head
+whose end is in sight is fed up to that end, so a pipelining client can make us parse one head
+beyond the request being served, not a whole read."""
 CHUNKED_SLICE = 16 * 1024
 """Bytes fed at a time inside a chunked body (whose end we cannot see coming)."""
+
+
+class Backlog:
+    """Bytes received but not parsed yet, handed out piece by piece without copying the rest."""
+
+    __slots__ = ("_data", "_offset")
+
+    def __init__(self) -> None:
+        self._data = b""
+        self._offset = 0
+
+    def __bool__(self) -> bool:
+        return self._offset < len(self._data)
+
+    def add(self, data: bytes) -> None:
+        if self._offset < len(self._data):
+            self._data = self._data[self._offset:] + data
+        else:
+            self._data = data
+        self._offset = 0
+
+    def head_end(self, limit: int) -> int:
+        """How many bytes up to the end of the first head, if it ends within ``limit``; -1
+        otherwise."""
+        end = self._data.find(b"\r\n\r\n", self._offset, self._offset + limit)
+        return end + 4 - self._offset if end >= 0 else -1
+
+    def take(self, size: int) -> bytes:
+        data, start = self._data, self._offset
+        if start == 0 and size >= len(data):
+            self._data = b""
+            return data
+        self._offset = start + size
+        if self._offset >= len(data):
+            self._data, self._offset = b"", 0
+        return data[start:start + size]
+
+    def take_all(self) -> bytes:
+        return self.take(len(self._data))
+
+    def clear(self) -> None:
+        self._data, self._offset = b"", 0
 
 
 class HttpConnection(asyncio.Protocol):
@@ -73,7 +116,7 @@ class HttpConnection(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self._receiving: Exchange | None = None
         self._inbox: deque[Event] = deque()
-        self._unparsed = b""
+        self._unparsed = Backlog()
         """Bytes received but not parsed yet: they follow a pipelined request that waits."""
         self._paused: set[str] = set()
         self._closing = False
@@ -117,32 +160,34 @@ class HttpConnection(asyncio.Protocol):
             when = self._pace.received(len(data), self._loop.time())
             if not self._pace.paused:
                 self._deadline.set(when)
-        self._unparsed = self._unparsed + data if self._unparsed else data
+        self._unparsed.add(data)
         self._pump()
 
     def _parse_some(self) -> None:
         """Feed the parser the next piece of :attr:`_unparsed` (all of it after an error or an
         upgrade: it is answered, or waits for the backend's 101)."""
         parser = self.parser
-        data = self._unparsed
+        unparsed = self._unparsed
         left = parser.body_left
-        size = left if left > 0 else CHUNKED_SLICE if left < 0 else HEAD_SLICE
-        if len(data) > size:
-            piece, self._unparsed = data[:size], data[size:]
+        if left > 0:
+            size = left
+        elif left < 0:
+            size = CHUNKED_SLICE
         else:
-            piece, self._unparsed = data, b""
+            size = unparsed.head_end(HEAD_SLICE)
+            if size < 0:
+                size = HEAD_SLICE
         try:
-            events = parser.feed(piece)
+            events = parser.feed(unparsed.take(size))
         except ProtocolError as error:
-            self._unparsed = b""
+            unparsed.clear()
             self._parse_error(error)
             return
         if events:
             self._inbox.extend(events)
         if parser.upgrade_tail is not None:
-            if self._unparsed:  # everything after the head waits for the backend's 101
-                parser.feed(self._unparsed)
-                self._unparsed = b""
+            if unparsed:  # everything after the head waits for the backend's 101
+                parser.feed(unparsed.take_all())
             self.pause_client("upgrade")  # the backend decides whether this becomes a tunnel
 
     def eof_received(self) -> bool:

@@ -28,7 +28,7 @@ from offload.security.events import SecurityEvents
 from offload.security.limits import LimitDecision, Limits
 from offload.server.prepare import PreparedFrontend
 from offload.tls.crl_gate import RevocationGate
-from offload.tls.stream import CLIENT_CERT_PREFIX, TLSServerStream
+from offload.tls.stream import CLIENT_CERT_PREFIX, TLSServerStream, read_buffer
 from offload.writes import WriteBatcher
 
 _log = logging.getLogger("offload.listener")
@@ -129,6 +129,8 @@ class Listener:
         self._send_timeout = frontend.config.send_timeout
         self._served = ServedProtocols.of(frontend.alpn)
         """Clients offering ALPN without any of these are refused (RFC 7301 §3.2)."""
+        self._read_buffer = read_buffer()
+        """Where every stream of this listener reads into (one read at a time)."""
         self._prune: asyncio.TimerHandle | None = None
         self._servers: list[asyncio.Server] = []
         self._accepting = False
@@ -141,7 +143,8 @@ class Listener:
     def _new_stream(self) -> TLSServerStream:
         return TLSServerStream(self, self._context, self._handshake_timeout, self._batcher,
                                self._challenges, send_timeout=self._send_timeout,
-                               count_handshakes=self._count_handshakes, served=self._served)
+                               count_handshakes=self._count_handshakes, served=self._served,
+                               buffer=self._read_buffer)
 
     async def start(self) -> None:
         """Start accepting on every socket of this frontend."""

@@ -55,6 +55,15 @@ from offload.writes import WriteBatcher
 
 READ_CHUNK = 16 * 1024
 """Bytes asked of one ``SSLObject.read``: one TLS record's worth of plaintext."""
+READ_SIZE = 16 * 1024
+"""The most one socket read takes (the event loop would take 256 KiB): what a stream holds
+beyond the kernel's buffers while its application has paused reading is one such read."""
+
+
+def read_buffer() -> bytearray:
+    """A buffer for the socket reads of many streams (one event loop; each read is consumed
+    before the next one starts)."""
+    return bytearray(READ_SIZE)
 
 HANDSHAKE, OPEN, CLOSING, CLOSED = range(4)
 
@@ -134,12 +143,13 @@ def unmapped(address: Any) -> Any:
     return address
 
 
-class TLSServerStream(asyncio.Protocol, asyncio.Transport):
+class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
     """A TLS server connection: a Protocol for the TCP transport, a Transport for the app."""
 
     __slots__ = (
-        "_acme", "_alpn_pending", "_app", "_batcher", "_challenges", "_count_handshakes",
-        "_held", "_hello", "_incoming", "_loop", "_outgoing", "_owner", "_peer_eof",
+        "_acme", "_alpn_pending", "_app", "_batcher", "_buffer", "_challenges",
+        "_count_handshakes", "_held", "_hello", "_incoming", "_loop", "_outgoing", "_owner",
+        "_peer_eof",
         "_reading_paused", "_recheck_handshake", "_send_deadline", "_send_timeout", "_served",
         "_ssl", "_state", "_tcp", "_timer", "_write_eof", "accepted_at", "bytes_in",
         "bytes_out", "client_key",
@@ -150,9 +160,11 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
     def __init__(self, owner: StreamOwner, context: ssl.SSLContext,
                  handshake_timeout: float, batcher: WriteBatcher | None = None,
                  challenges: ChallengeLookup | None = None, *, send_timeout: float = 0.0,
-                 count_handshakes: bool = False, served: ServedProtocols | None = None
-                 ) -> None:
+                 count_handshakes: bool = False, served: ServedProtocols | None = None,
+                 buffer: bytearray | None = None) -> None:
         super().__init__()
+        self._buffer = memoryview(buffer if buffer is not None else read_buffer())
+        """Where the socket reads land (shared by the listener's streams: :func:`read_buffer`)."""
         self._owner = owner
         self._batcher = batcher
         self._incoming = ssl.MemoryBIO()
@@ -197,6 +209,18 @@ class TLSServerStream(asyncio.Protocol, asyncio.Transport):
         self.accepted_at = time.monotonic()
         self._timer = self._loop.call_later(self.handshake_timeout, self._handshake_timed_out)
         self._owner.stream_accepted(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._state == OPEN:
+            self.bytes_in += nbytes
+            self._incoming.write(self._buffer[:nbytes])
+            if not self._reading_paused:
+                self._read()
+        else:
+            self.data_received(bytes(self._buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
