@@ -336,6 +336,39 @@ def test_drain_finishes_inflight_and_closes_idle(pki, localhost_bundle, http_bac
     assert instance.process.wait(15) == 0
 
 
+@pytest.mark.parametrize("how", ["stop", "reload"])
+def test_a_connection_drained_before_its_first_request_still_serves_it(
+        pki, localhost_bundle, http_backend, offload, port, how):
+    """A client that finished its handshake and is about to send its first request is not an
+    idle keep-alive connection: a stop or a reload must serve that request, not close it."""
+    server = http_backend()
+    instance = offload(http_config(port, [localhost_bundle], [server.address],
+                                   frontend='request_timeout = "5s"'))
+    fresh = [TlsPipe(port, client_context(pki.ca)) for _ in range(4)]
+    started = TlsPipe(port, client_context(pki.ca))
+    started.send(b"GET /bytes/3 HTTP/1.1\r\n")  # half a head before the drain
+    mark = len(instance.events)
+    if how == "reload":  # a changed configuration: new workers start, the old ones drain
+        assert instance.config is not None
+        text = instance.config.read_text()
+        instance.config.write_text(text.replace('drain_timeout = "10s"', 'drain_timeout = "11s"'))
+    instance.signal(signal.SIGTERM if how == "stop" else signal.SIGHUP)
+    instance.wait_msg("worker draining", after=mark)
+    threading.Event().wait(0.3)  # the drain has run over every open connection by now
+    for index, pipe in enumerate(fresh):
+        pipe.send(b"GET /bytes/%d HTTP/1.1\r\nHost: localhost\r\n\r\n" % (index + 1))
+    started.send(b"Host: localhost\r\n\r\n")
+    for index, pipe in enumerate([*fresh, started]):
+        (response,) = read_responses(pipe, 1)
+        size = index + 1 if index < len(fresh) else 3
+        assert response.startswith(b"HTTP/1.1 200"), (index, response[:100])
+        assert b"Connection: close" in response and response.endswith(pattern(size))
+        assert pipe.recv_all() == b""
+        pipe.close()
+    if how == "stop":
+        assert instance.process.wait(15) == 0
+
+
 def test_echo_shows_the_request_as_forwarded(pki, localhost_bundle, http_backend, offload, port):
     server = http_backend()
     offload(http_config(port, [localhost_bundle], [server.address]))

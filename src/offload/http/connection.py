@@ -520,8 +520,12 @@ class HttpConnection(asyncio.Protocol):
                                     self.client_facts.address)
 
     def drain(self) -> None:
-        """The worker is stopping: close now if idle, else after the current response."""
-        if self.exchange is None and self._receiving is None:
+        """The worker is stopping: close now if idle between requests, else after the current
+        response. A connection that has not sent its first request yet is not idle: its client
+        opened it to send one, which may be on the way, so it keeps ``request_timeout`` to send
+        it and is served (with ``Connection: close``) like a busy one."""
+        if self.exchange is None and self._receiving is None and not self._inbox \
+                and not self._unparsed and self._requests > 0:
             self._close()
 
     def _close(self, *, notify: bool = True) -> None:
