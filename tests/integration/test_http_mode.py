@@ -435,3 +435,23 @@ def test_slow_reader_does_not_grow_memory(pki, localhost_bundle, http_backend, o
             received += len(chunk)
     assert received == size
     assert server.requests[-1].target == f"/bytes/{size}"
+
+
+def test_trailers_arrive_with_the_field_that_announces_them(pki, localhost_bundle, backend,
+                                                           offload, port):
+    def answer(conn: socket.socket, recording) -> None:
+        while b"\r\n\r\n" not in recording.data:
+            recording.data += conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTrailer: X-Sum\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"2\r\nok\r\n0\r\nX-Sum: 5\r\n\r\n")
+        recording.closed.wait(5)
+
+    server = backend(answer)
+    offload(http_config(port, [localhost_bundle], [server.address]))
+    pipe = TlsPipe(port, client_context(pki.ca))
+    pipe.send(b"GET / HTTP/1.1\r\nHost: localhost\r\nTE: trailers\r\nConnection: close\r\n\r\n")
+    answer_bytes = pipe.recv_all()
+    pipe.close()
+    head, _, body = answer_bytes.partition(b"\r\n\r\n")
+    assert b"\r\nTrailer: X-Sum\r\n" in head + b"\r\n"
+    assert body == b"2\r\nok\r\n0\r\nX-Sum: 5\r\n\r\n"

@@ -189,6 +189,24 @@ def test_hop_by_hop_fields_are_removed() -> None:
     assert values(head, b"host") == [b"example.com"]
 
 
+@pytest.mark.parametrize("chunked", [True, False])
+def test_trailer_goes_with_a_chunked_request_body(chunked: bool) -> None:
+    request = req([(b"Trailer", b"X-Checksum")], chunked=chunked,
+                  content_length=None if chunked else 3)
+    assert values(forward(request), b"trailer") == ([b"X-Checksum"] if chunked else [])
+
+
+@pytest.mark.parametrize(("framing", "forwarded"), [("chunked", True), ("length", False),
+                                                    ("close", False), ("none", False)])
+def test_trailer_goes_with_a_chunked_response_body(framing: str, forwarded: bool) -> None:
+    response = resp(200, [(b"Trailer", b"Server-Timing"), (b"Transfer-Encoding", b"chunked")],
+                    chunked=True, content_length=3 if framing == "length" else None)
+    version = b"1.0" if framing == "close" else b"1.1"
+    head = client_response_head(response, framing=framing, keep_alive=True,
+                                client_version=version, policy=NO_POLICY)
+    assert values(head, b"trailer") == ([b"Server-Timing"] if forwarded else [])
+
+
 def test_fields_named_by_connection_are_removed_wherever_they_are() -> None:
     request = req([(b"X-Secret", b"before"), (b"X-Keep", b"1"),
                    (b"Connection", b"close, X-Secret"), (b"x-secret", b"after"),
@@ -750,6 +768,8 @@ def test_backend_head_is_exactly_one_unambiguous_request(
     assert names.count(b"content-length") + names.count(b"transfer-encoding") == (
         0 if framing == "none" else 1)
     allowed = {b"connection", b"upgrade"} if websocket else set()
+    if framing == "chunked":  # trailers are forwarded, and so is the field announcing them
+        allowed.add(b"trailer")
     assert not (HOP_BY_HOP - {b"content-length", b"transfer-encoding"} - allowed) & set(names)
     assert names.count(b"x-forwarded-for") == 1
     assert names.count(b"x-request-id") == 1

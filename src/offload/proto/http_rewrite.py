@@ -40,8 +40,9 @@ _CRLF = b"\r\n"
 _SEP = b": "
 
 # RFC 9110 §7.6.1 (Connection and the fields it names, Proxy-Connection, Keep-Alive, TE,
-# Transfer-Encoding, Upgrade); Trailer as RFC 7230 §6.1 listed it; HTTP2-Settings is only for
-# the h2c upgrade (RFC 7540 §3.2.1). Content-Length and Transfer-Encoding are re-written from
+# Transfer-Encoding, Upgrade); HTTP2-Settings is only for the h2c upgrade (RFC 7540 §3.2.1).
+# Trailer is not hop-by-hop (RFC 9110 §6.6.2) but announces trailers, so it goes where they go:
+# with a chunked body, whose trailers are forwarded, and nowhere else. Content-Length and Transfer-Encoding are re-written from
 # the framing we chose (RFC 9112 §6).
 _HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade",
@@ -121,6 +122,7 @@ class ForwardPolicy:
     _v4: tuple[tuple[int, int], ...] = field(init=False, repr=False, compare=False)
     _v6: tuple[tuple[int, int], ...] = field(init=False, repr=False, compare=False)
     _actions: Mapping[bytes, int] = field(init=False, repr=False, compare=False)
+    _actions_chunked: Mapping[bytes, int] = field(init=False, repr=False, compare=False)
     _rid_prefix: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -139,7 +141,9 @@ class ForwardPolicy:
         actions |= {b"x-forwarded-for": _XFF, b"x-forwarded-proto": _XF_PROTO,
                     b"x-forwarded-host": _XF_HOST, b"x-forwarded-port": _XF_PORT,
                     b"forwarded": _FWD_JOIN if self.forwarded else _FWD_PASS, rid: _RID}
-        object.__setattr__(self, "_actions", MappingProxyType(actions))
+        object.__setattr__(self, "_actions", MappingProxyType(dict(actions)))
+        del actions[b"trailer"]  # a chunked body carries its trailers on: announce them too
+        object.__setattr__(self, "_actions_chunked", MappingProxyType(actions))
         object.__setattr__(self, "_rid_prefix", self.request_id_header + _SEP)
 
     def trusts(self, address: str) -> bool:
@@ -230,12 +234,13 @@ def backend_request_head(request: Request, client: ClientFacts, policy: ForwardP
     host = request.host
     # RFC 9112 §3.2: an HTTP/1.1 request always has one Host, empty when there is no authority.
     out = [request.method, b" ", request.target, b" HTTP/1.1\r\nHost: ", host, _CRLF]
+    actions = policy._actions_chunked if request.chunked else policy._actions
     lines, xff, fwd, rid, seen, extra = _request_fields(
-        request.headers, policy._actions, trusted, (), out)
+        request.headers, actions, trusted, (), out)
     if extra is not None:  # Connection named a field we had copied: start again (rare)
         del out[6:]
         lines, xff, fwd, rid, seen, _ = _request_fields(
-            request.headers, policy._actions, trusted, extra, out)
+            request.headers, actions, trusted, extra, out)
     lines += 4  # request line, Host, X-Forwarded-For, the request id
     if request.expect_continue:  # RFC 9110 §10.1.1
         out.append(b"Expect: 100-continue\r\n")
@@ -297,6 +302,7 @@ class ResponsePolicy:
     strip_server: bool = False
     _drop: frozenset[bytes] = field(init=False, repr=False, compare=False)
     _drop_101: frozenset[bytes] = field(init=False, repr=False, compare=False)
+    _drop_chunked: frozenset[bytes] = field(init=False, repr=False, compare=False)
     _tail: bytes = field(init=False, repr=False, compare=False)
     _tail_lines: int = field(init=False, repr=False, compare=False)
 
@@ -325,6 +331,7 @@ class ResponsePolicy:
             tail = b"Server: " + self.server + _CRLF + tail
         object.__setattr__(self, "_drop", frozenset(drop))
         object.__setattr__(self, "_drop_101", frozenset(drop - {b"upgrade"}))
+        object.__setattr__(self, "_drop_chunked", frozenset(drop - {b"trailer"}))
         object.__setattr__(self, "_tail", tail)
         object.__setattr__(self, "_tail_lines", tail.count(b"\n"))
 
@@ -375,7 +382,8 @@ def client_response_head(response: Response, *, framing: str, keep_alive: bool,
     if framing == "close":  # RFC 9112 §6.3 (7): the close delimits the body
         keep_alive = False
     switching = status == 101  # RFC 9110 §15.2.2: Upgrade says what we switch to
-    drop = policy._drop_101 if switching else policy._drop
+    drop = (policy._drop_101 if switching else policy._drop_chunked if framing == "chunked"
+            else policy._drop)
     out = [b"HTTP/1.1 %d " % status, response.reason, _CRLF]
     lines, length, extra = _response_fields(response.headers, drop, (), out)
     if extra is not None and (not switching or extra - {b"upgrade"}):  # rare: see module doc
