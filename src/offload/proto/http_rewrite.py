@@ -42,8 +42,8 @@ _SEP = b": "
 # RFC 9110 §7.6.1 (Connection and the fields it names, Proxy-Connection, Keep-Alive, TE,
 # Transfer-Encoding, Upgrade); HTTP2-Settings is only for the h2c upgrade (RFC 7540 §3.2.1).
 # Trailer is not hop-by-hop (RFC 9110 §6.6.2) but announces trailers, so it goes where they go:
-# with a chunked body, whose trailers are forwarded, and nowhere else. Content-Length and Transfer-Encoding are re-written from
-# the framing we chose (RFC 9112 §6).
+# with a chunked body, whose trailers are forwarded, and nowhere else. Content-Length and
+# Transfer-Encoding are re-written from the framing we chose (RFC 9112 §6).
 _HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade",
     b"http2-settings", b"transfer-encoding", b"content-length",
