@@ -191,3 +191,22 @@ def test_host_other_than_the_verified_sni_gets_421(
     response = _request(port, context, host=b"admin.example.test")
     assert response.startswith(b"HTTP/1.1 421 ")
     assert [r.header("Host") for r in server.requests] == ["localhost:8443", "LOCALHOST"]
+
+
+@pytest.mark.parametrize(("target", "host", "allowed"), [
+    (b"https://admin.example.test/hello", b"localhost", False),
+    (b"https://localhost/hello", b"admin.example.test", True),
+])
+def test_absolute_form_authority_is_what_is_checked_against_the_sni(
+        pki, clients, http_backend, offload, port, tmp_path, localhost_bundle, target, host,
+        allowed):
+    """One authority everywhere: the absolute-form target's, not the Host header's."""
+    server = _start(pki, clients, http_backend, offload, port, tmp_path, localhost_bundle)
+    pipe = TlsPipe(port, _context(pki, tmp_path, _client_cert(clients)))
+    pipe.send(b"GET " + target + b" HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+    try:
+        response = read_responses(pipe, 1)[0]
+    finally:
+        pipe.sock.close()
+    assert response.startswith(b"HTTP/1.1 200 " if allowed else b"HTTP/1.1 421 ")
+    assert [r.header("Host") for r in server.requests] == (["localhost"] if allowed else [])
