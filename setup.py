@@ -27,7 +27,8 @@ COMPILED = [
     "src/offload/observe/stats.py",
     "src/offload/proto/http_types.py",
     "src/offload/proto/http1.py",
-    "src/offload/proto/http_rewrite.py",
+    "src/offload/proto/forwarding.py",
+    "src/offload/proto/http1_write.py",
     "src/offload/proto/proxy_protocol.py",
     "src/offload/tls/stream.py",
     "src/offload/l4/relay.py",
@@ -38,7 +39,8 @@ COMPILED = [
     "src/offload/http/site.py",
     "src/offload/http/upstream.py",
     "src/offload/http/exchange.py",
-    "src/offload/http/connection.py",
+    "src/offload/http/access.py",
+    "src/offload/http/h1_connection.py",
 ]
 BUILD_RECORD = "offload/_build.json"
 """What the build did about compiling, read by ``offload version`` and at start

@@ -74,5 +74,5 @@ def data_path() -> DataPath:
                     compiled, pure)
 
 
-_DATA_PATH = ("offload.tls.stream", "offload.http.connection", "offload.l4.relay")
+_DATA_PATH = ("offload.tls.stream", "offload.http.h1_connection", "offload.l4.relay")
 """Modules to look at when there is no record (a source tree): a sample of the data path."""

@@ -8,7 +8,44 @@ remaining time.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
+from typing import Protocol
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """The one clock of the request path: an event loop's, or a test's that moves by hand."""
+
+    def time(self) -> float:
+        """Now, for deadlines (the event loop's clock)."""
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> Cancellable:
+        """Call ``callback`` once ``time()`` reaches ``when``."""
+
+    def precise(self) -> float:
+        """Now, for durations that are reported (a loop's time may be cached per turn)."""
+
+
+class LoopClock:
+    """:class:`Clock` of an asyncio event loop (one per worker)."""
+
+    __slots__ = ("_loop",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def time(self) -> float:
+        return self._loop.time()
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> Cancellable:
+        return self._loop.call_at(when, callback)
+
+    def precise(self) -> float:
+        return time.monotonic()
 
 
 class IdleTimer:
@@ -50,10 +87,11 @@ class Deadline:
 
     __slots__ = ("_armed_at", "_callback", "_handle", "_loop", "when")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_expiry: Callable[[], None]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | Clock,
+                 on_expiry: Callable[[], None]) -> None:
         self._loop = loop
         self._callback = on_expiry
-        self._handle: asyncio.TimerHandle | None = None
+        self._handle: Cancellable | None = None
         self._armed_at = 0.0
         self.when: float | None = None
 

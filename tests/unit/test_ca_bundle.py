@@ -71,12 +71,15 @@ def test_client_cert_chain_is_sent_with_the_intermediates() -> None:
     middle = root.intermediate("middle")
     leaf = middle.issue(["c"], client=True).certificate
     fields = identity_fields(der(leaf), CaBundle([root.certificate, middle.certificate]))
-    lines = fields.split(b"\r\n")
-    expected = b"Client-Cert-Chain: :" + base64.b64encode(der(middle.certificate)) + b":"
-    assert lines[1] == expected, "right after Client-Cert (RFC 9440 §2.3)"
-    assert b"Client-Cert-Chain" not in identity_fields(der(leaf)), "no bundle, no chain"
-    assert b"Client-Cert-Chain" not in identity_fields(
-        der(leaf), CaBundle([root.certificate])), "a chain that cannot be rebuilt is left out"
+    expected = b":" + base64.b64encode(der(middle.certificate)) + b":"
+    assert fields[1] == (b"Client-Cert-Chain", expected), "right after Client-Cert (RFC 9440 §2.3)"
+
+    def names(fields: list[tuple[bytes, bytes]]) -> list[bytes]:
+        return [name for name, _ in fields]
+
+    assert b"Client-Cert-Chain" not in names(identity_fields(der(leaf))), "no bundle, no chain"
+    assert b"Client-Cert-Chain" not in names(identity_fields(
+        der(leaf), CaBundle([root.certificate]))), "a chain that cannot be rebuilt is left out"
     direct = root.issue(["c"], client=True).certificate
-    assert b"Client-Cert-Chain" not in identity_fields(
-        der(direct), CaBundle([root.certificate])), "an empty chain is no field"
+    assert b"Client-Cert-Chain" not in names(identity_fields(
+        der(direct), CaBundle([root.certificate]))), "an empty chain is no field"

@@ -18,7 +18,7 @@ from offload.http.inspection import (
     forwarded_client,
 )
 from offload.observe.stats import Counters
-from offload.proto.http_rewrite import ForwardPolicy
+from offload.proto.forwarding import ForwardPolicy
 from offload.proto.http_types import Headers, Request
 from offload.security.bans import BanEvent
 from offload.security.events import SecurityEvents

@@ -1,78 +1,87 @@
 """One request and its response, from choosing a server to the last byte sent to the client.
 
-Theory of operation. The client connection hands the exchange the request head, then body
-events; the exchange picks servers (balancer order), takes an idle pooled connection or opens
-one, writes the rewritten head and streams the body, then streams the response back the same
-way. Everything is callbacks on the event loop; a task exists only while a new backend
-connection is being opened.
+Theory of operation. The client side (:class:`~offload.http.downstream.Downstream`: the
+HTTP/1.1 connection or an HTTP/2 stream) hands the exchange the request head, then body events;
+the exchange picks servers (balancer order), takes an idle pooled connection or opens one,
+writes the rewritten head and streams the body, then streams the response back through the
+client side. Everything is callbacks on one :class:`~offload.timers.Clock`: the exchange does no
+I/O of its own and writes no client-side bytes, so it can be driven by a test as a script of
+events in and actions out.
 
 Retries (RFC 9110 §9.2.2): a request moves to the next server when connecting fails; it is sent
 again only when it is idempotent, no response byte has arrived, and no body byte was sent
 (so a stale keep-alive connection costs nothing). A request whose body was streamed is never
 repeated.
 
-Framing towards the client: the backend's Content-Length is kept; a chunked or close-delimited
-body goes out chunked to an HTTP/1.1 client and close-delimited to an HTTP/1.0 client.
-
 Inspection rules (:mod:`offload.http.inspection`) run before a server is chosen: a denied
 request is answered 403 and never reaches a backend. When a rule also looks at the body, the
 exchange holds the body until it has the first ``body_inspect_bytes`` (or the whole body, if
 shorter), decides, and only then connects and sends what it held; reading is never paused for
 this, and nothing beyond that prefix (plus the rest of the read it arrived in) is buffered.
+
+Towards the backend, a body of unknown length (``request.chunked``) goes out chunked.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
+import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from offload.errors import ProtocolError
 from offload.http.inspection import backend_auth_failure, denied_reason, forwarded_client
-from offload.proto import http_rewrite as rewrite
+from offload.observe.log import fields
+from offload.proto.forwarding import ClientFacts, request_fields
+from offload.proto.http1_write import chunk, last_chunk, request_head
 from offload.proto.http_types import Data, EndOfMessage, Event, Headers, Request, Response
 from offload.security.rules import Verdict
-from offload.timers import Deadline
+from offload.timers import Clock, Deadline
 
 if TYPE_CHECKING:
-    from offload.http.connection import HttpConnection
+    from offload.http.downstream import Downstream
+    from offload.http.site import HttpSite
     from offload.http.upstream import BackendConnection, HttpBackend
 
-LAST_CHUNK = b"0\r\n\r\n"
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_log = logging.getLogger("offload.http")
 
 
-def chunk(data: bytes) -> bytes:
-    """One chunk of a chunked body (RFC 9112 §7.1)."""
-    return b"%x\r\n%b\r\n" % (len(data), data)
+class ClientContext:
+    """What an exchange knows of its client: shared by the requests of one connection."""
 
+    __slots__ = ("balance_key", "facts", "trusted")
 
-def last_chunk(trailers: Headers) -> bytes:
-    if not trailers:
-        return LAST_CHUNK
-    return b"0\r\n" + b"".join(b"%b: %b\r\n" % pair for pair in trailers) + b"\r\n"
+    def __init__(self, facts: ClientFacts, trusted: bool) -> None:
+        self.facts = facts
+        self.trusted = trusted
+        """The client is a trusted proxy: its forwarding fields are believed."""
+        self.balance_key = facts.address.encode()
 
 
 class Exchange:
-    """A request travelling through offload (one per request, created by the connection)."""
+    """A request travelling through offload (one per request, created by the client side)."""
 
     __slots__ = (
         "_candidates", "_connecting", "_fresh_retry", "_held", "_prefix", "_prefix_size",
         "_response_complete", "_timer", "_verdict",
-        "backend",
-        "body_sent", "bytes_in", "bytes_out", "client", "conn", "finished", "framing", "keep_alive",
-        "reason", "request", "request_done", "request_id", "response", "response_started",
-        "server_index", "started", "status", "t_connected", "t_first_byte", "upstream",
+        "backend", "body_sent", "bytes_in", "bytes_out", "client", "client_context", "clock",
+        "downstream", "finished", "reason", "request", "request_done", "request_id",
+        "response", "response_started", "server_index", "site", "started", "status",
+        "t_connected", "t_first_byte", "upstream",
     )
 
-    def __init__(self, conn: HttpConnection, request: Request, request_id: bytes) -> None:
-        self.conn = conn
+    def __init__(self, downstream: Downstream, site: HttpSite, client: ClientContext,
+                 request: Request, request_id: bytes, *, deadline: Deadline | None = None
+                 ) -> None:
+        self.downstream = downstream
+        self.site = site
+        self.client_context = client
         self.request = request
         self.request_id = request_id
-        self.backend: HttpBackend = conn.backend
+        self.clock: Clock = site.clock
+        self.backend: HttpBackend = site.backend
         self.upstream: BackendConnection | None = None
         self.server_index = -1
-        self.started = time.monotonic()
+        self.started = self.clock.precise()
         self.t_connected = 0.0
         self.t_first_byte = 0.0
         self.request_done = False
@@ -80,32 +89,35 @@ class Exchange:
         self.response: Response | None = None
         self.response_started = False
         self.finished = False
-        self.framing = "length"
-        self.keep_alive = False
         self.status = 0
         self.reason = ""
         self.bytes_in = 0
         self.bytes_out = 0
         self._held: list[bytes] = []
         self._candidates: list[int] = []
-        self._connecting: asyncio.Task[None] | None = None
+        self._connecting: Callable[[], object] | None = None
+        """Cancels the backend connection being opened."""
         self._fresh_retry = True
         self._response_complete = False
-        self._timer: Deadline | None = None
+        self._timer = (deadline if deadline is not None
+                       else Deadline(self.clock, self._on_server_deadline))
+        """The backend side's deadline (a client connection may share one between its
+        exchanges, which run one at a time)."""
         self._verdict: Verdict | None = None
         """Set while the body prefix is held for the rules that look at it."""
         self._prefix: list[bytes] = []
         self._prefix_size = 0
-        facts = conn.client_facts
-        self.client = (forwarded_client(request.headers, conn.forward_policy, facts.address)
-                       if conn.trusted else facts.address)
+        self.client = (forwarded_client(request.headers, site.forward_policy,
+                                        client.facts.address)
+                       if client.trusted else client.facts.address)
         """The address rules and bans see (the forwarded one behind a trusted proxy)."""
 
     # ------------------------------------------------------------ start and servers
 
     def start(self) -> None:
-        site = self.conn.site
-        if self.conn.trusted and site.banned and site.banned.banned(self.client, time.monotonic()):
+        site = self.site
+        if (self.client_context.trusted and site.banned
+                and site.banned.banned(self.client, self.clock.precise())):
             # Behind a proxy the ban cannot refuse the connection; it refuses the requests.
             site.security.decision("request_refused", "banned", site.name, self.client)
             self.fail_local(403, "banned")
@@ -130,12 +142,11 @@ class Exchange:
                 # the client waits for 100 before it sends the body the rules must see: say it
                 # ourselves, and do not ask the backend again
                 request.expect_continue = False
-                if request.version == b"1.1":
-                    self.conn.write(CONTINUE)
+                self.downstream.send_continue()
 
     def _inspect_body(self) -> None:
         """The body prefix is complete: finish the verdict, then deny or go on."""
-        inspection = self.conn.site.inspection
+        inspection = self.site.inspection
         verdict = self._verdict
         assert inspection is not None and verdict is not None
         prefix = b"".join(self._prefix)
@@ -150,7 +161,8 @@ class Exchange:
         self._route()
 
     def _route(self) -> None:
-        self._candidates = self.backend.candidates(self.conn.balance_key, self.conn.loop.time())
+        self._candidates = self.backend.candidates(self.client_context.balance_key,
+                                                   self.clock.time())
         if not self._candidates:
             self.backend.counters.inc("backend_unavailable", self.backend.name)
             self.fail_local(503, "no_server", retry_after=True)
@@ -168,23 +180,25 @@ class Exchange:
             self.backend.acquired(index)
             self._bind(idle, fresh=False)
             return
-        self.conn.pause_client("connecting")  # until the new connection is there
-        self._connecting = self.conn.loop.create_task(self._connect(index))
+        self.downstream.pause_request("connecting")  # until the new connection is there
+        self._connecting = self.backend.open(index, self._opened)
 
-    async def _connect(self, index: int) -> None:
-        try:
-            upstream = await self.backend.connect(index)
-        except (OSError, TimeoutError) as error:
-            self._connecting = None
-            self.conn.resume_client("connecting")
+    def _opened(self, index: int, upstream: BackendConnection | None,
+                error: BaseException | None) -> None:
+        """The backend connection asked for in :meth:`_next_server` is open (or failed)."""
+        self._connecting = None
+        self.downstream.resume_request("connecting")
+        if upstream is None:
             self.backend.counters.inc("backend_connect_failed", self.backend.name)
-            self.backend.report(index, "connect_failed", self.conn.loop.time())
-            self.conn.log_backend_failure(self, index, error)
+            self.backend.report(index, "connect_failed", self.clock.time())
+            if _log.isEnabledFor(logging.DEBUG):
+                server = self.backend.servers[index]
+                _log.debug("backend connect failed", extra=fields(
+                    backend=self.backend.name, server=server.label, address=str(server),
+                    reason="timeout" if isinstance(error, TimeoutError) else str(error)))
             if not self.finished:
                 self._next_server()
             return
-        self._connecting = None
-        self.conn.resume_client("connecting")
         if self.finished:
             upstream.close()
             return
@@ -195,17 +209,18 @@ class Exchange:
         self.upstream = upstream
         upstream.user = self
         upstream.requests += 1
-        upstream.parser.expect(self.request.method)
-        self.t_connected = time.monotonic()
-        self.backend.wait_began(self.server_index, self, self.conn.loop.time())
-        self._timer = self.conn.server_deadline
-        self._timer.set(self.conn.loop.time() + self.backend.config.server_timeout)
-        head, self.request_id = rewrite.backend_request_head(
-            self.request, self.conn.client_facts, self.conn.forward_policy, self.request_id,
-            trusted=self.conn.trusted)
-        out = [head]
+        upstream.expect(self.request.method)
+        now = self.clock.time()
+        self.t_connected = self.clock.precise()
+        self.backend.wait_began(self.server_index, self, now)
+        self._timer.set(now + self.backend.config.server_timeout)
+        site = self.site
+        fields_, self.request_id = request_fields(
+            self.request, self.client_context.facts, site.forward_policy, self.request_id,
+            trusted=self.client_context.trusted)
+        out = [request_head(self.request, fields_)]
         if fresh:
-            proxy = self.conn.proxy_header()
+            proxy = self.downstream.proxy_header()
             if proxy:
                 out.insert(0, proxy)
                 upstream.private = True
@@ -229,7 +244,7 @@ class Exchange:
         if self._verdict is not None:
             self._prefix.append(data)
             self._prefix_size += len(data)
-            inspection = self.conn.site.inspection
+            inspection = self.site.inspection
             if inspection is not None and self._prefix_size >= inspection.body_bytes:
                 self._inspect_body()
 
@@ -244,71 +259,68 @@ class Exchange:
         if self._verdict is not None:
             self._inspect_body()  # the whole body was shorter than the prefix
 
+    # ------------------------------------------------------------ the client's pace
+
+    def client_paused(self) -> None:
+        """The client does not take the response as fast as it comes: stop reading it, and
+        the server's silence is not held against it meanwhile."""
+        upstream = self.upstream
+        if upstream is not None:
+            upstream.pause_reading()
+            self._timer.clear()
+
+    def client_resumed(self) -> None:
+        upstream = self.upstream
+        if upstream is not None:
+            upstream.resume_reading()
+            if not self.finished:
+                self._timer.set(self.clock.time() + self.backend.config.server_timeout)
+
     # ------------------------------------------------------------ response (from backend)
 
     def backend_events(self, events: list[Event]) -> None:
-        timer = self._timer
-        if timer is not None:
-            timer.set(self.conn.loop.time() + self.backend.config.server_timeout)
-        out: list[bytes] = []
+        self._timer.set(self.clock.time() + self.backend.config.server_timeout)
+        downstream = self.downstream
         for event in events:
             if isinstance(event, Data):
-                data = event.data
-                self.bytes_out += len(data)
-                out.append(chunk(data) if self.framing == "chunked" else data)
+                self.bytes_out += len(event.data)
+                downstream.send_data(event.data)
             elif isinstance(event, Response):
-                self._response_head(event, out)
+                self._response_head(event)
                 if self.finished:
                     return
             elif isinstance(event, EndOfMessage):
-                if self.framing == "chunked":
-                    out.append(last_chunk(event.trailers))
                 self._response_complete = True
+                downstream.send_end(event.trailers)
                 break  # one response per request: the parser never gives more, and neither do we
-        if out:
-            self.conn.write(b"".join(out))
         if self._response_complete and not self.finished:
-            # keep_alive was only granted if the whole request had been read, so a response
-            # that ends before its request does ends the client connection too.
             self._finish()
+        elif not self.finished:
+            downstream.flush()
 
-    def _response_head(self, response: Response, out: list[bytes]) -> None:
+    def _response_head(self, response: Response) -> None:
         if not self.t_first_byte:
-            self.t_first_byte = time.monotonic()
+            self.t_first_byte = self.clock.precise()
             self.backend.wait_ended(self.server_index, self)
         status = response.status
         if status < 200:
             if status == 101:
-                self._switch_protocols(response, out)
-            elif self.request.version == b"1.1":
-                out.append(rewrite.client_response_head(
-                    response, framing="none", keep_alive=True, client_version=b"1.1",
-                    policy=self.conn.response_policy))
+                self._switch_protocols(response)
+            else:
+                self.downstream.send_interim(response)
             return
         self.response = response
         self.status = status
         self.response_started = True
         self.backend.report(self.server_index, "ok" if status < 500 else "status_5xx",
-                            self.conn.loop.time())
+                            self.clock.time())
         self.backend.responded(self.server_index, status, self.t_first_byte - self.t_connected)
         if status in (401, 403):
-            site = self.conn.site
+            site = self.site
             backend_auth_failure(site.security, site.name, self.client)
-        if not response.has_body:
-            self.framing = "none"
-        elif response.content_length is not None:
-            self.framing = "length"
-        elif self.request.version == b"1.1":
-            self.framing = "chunked"
-        else:
-            self.framing = "close"
-        self.keep_alive = (self.request.keep_alive and self.framing != "close"
-                           and self.request_done and not self.conn.draining)
-        out.append(rewrite.client_response_head(
-            response, framing=self.framing, keep_alive=self.keep_alive,
-            client_version=self.request.version, policy=self.conn.response_policy))
+        self.downstream.send_head(response)
 
-    def _switch_protocols(self, response: Response, out: list[bytes]) -> None:
+    def _switch_protocols(self, response: Response) -> None:
         upstream = self.upstream
         if not self.request.websocket or upstream is None:
             self.backend_failed(ProtocolError("unexpected 101 from the backend", 502,
@@ -317,14 +329,10 @@ class Exchange:
         self.status = 101
         self.response = response
         self.response_started = True
-        out.append(rewrite.client_response_head(
-            response, framing="none", keep_alive=True, client_version=b"1.1",
-            policy=self.conn.response_policy))
-        self.conn.write(b"".join(out))
-        out.clear()
         self.finished = True
-        self._stop_timer()
-        self.conn.start_tunnel(self, upstream, upstream.parser.upgrade_tail or b"")
+        self._timer.clear()
+        self.downstream.send_interim(response)
+        self.downstream.start_tunnel(upstream, upstream.upgrade_tail())
 
     def backend_raw(self, data: bytes) -> None:  # only in tunnel mode, handled by the tunnel
         raise AssertionError("raw data reached an exchange")
@@ -332,14 +340,14 @@ class Exchange:
     def backend_failed(self, error: ProtocolError) -> None:
         if self.upstream is not None:
             self.backend.protocol_error(self.upstream, error.reason, str(error))
-        self.backend.report(self.server_index, "bad_response", self.conn.loop.time())
+        self.backend.report(self.server_index, "bad_response", self.clock.time())
         # the server did answer, if badly: sending the request again is not safe
         self._upstream_broken(error.reason, 502, retry=False)
 
     def backend_eof(self) -> None:
         upstream = self.upstream
-        if upstream is not None and self.response is not None and upstream.parser.until_close:
-            self.backend_events(upstream.parser.feed_eof())
+        if upstream is not None and self.response is not None and upstream.ends_with_close:
+            self.backend_events(upstream.eof_events())
             return
         self._upstream_broken("backend_closed", 502)
 
@@ -348,16 +356,19 @@ class Exchange:
             self._upstream_broken("backend_closed" if exc is None else "backend_reset", 502)
 
     def backend_pause_writing(self) -> None:
-        self.conn.pause_client("backend")
+        self.downstream.pause_request("backend")
 
     def backend_resume_writing(self) -> None:
-        self.conn.resume_client("backend")
+        self.downstream.resume_request("backend")
+
+    def _on_server_deadline(self) -> None:
+        if not self.finished:
+            self.server_timeout()
 
     def server_timeout(self) -> None:
         """The server stayed silent for ``server_timeout``."""
-        self._timer = None
         self.backend.counters.inc("timeout", "server")
-        self.backend.report(self.server_index, "timeout", self.conn.loop.time())
+        self.backend.report(self.server_index, "timeout", self.clock.time())
         self._drop_upstream()
         if self.response_started:
             self._abort("server_timeout")
@@ -376,7 +387,7 @@ class Exchange:
         # a pooled connection the server had closed meanwhile is not the server failing
         stale = reused and fresh_retry_ok and self._fresh_retry
         if retry and not stale:  # a reset or close mid-exchange (bad answers report themselves)
-            self.backend.report(self.server_index, "reset", self.conn.loop.time())
+            self.backend.report(self.server_index, "reset", self.clock.time())
         self._drop_upstream()
         if fresh_retry_ok:
             if reused and self._fresh_retry:
@@ -393,43 +404,41 @@ class Exchange:
 
     # ------------------------------------------------------------ endings
 
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.clear()
-            self._timer = None
-
     def _drop_upstream(self) -> None:
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
             upstream.abort()
             self.backend.wait_ended(self.server_index, self)
             self.backend.released(self.server_index)
-        self._stop_timer()
+        self._timer.clear()
+
+    def _cancel_connect(self) -> None:
+        if self._connecting is not None:
+            self._connecting()
+            self._connecting = None
+            self.downstream.resume_request("connecting")
 
     def fail_local(self, status: int, reason: str, *, retry_after: bool = False) -> None:
-        """offload answers itself (no server, timeout, bad gateway)."""
+        """offload answers itself (no server, timeout, bad gateway, refused by a rule)."""
         if self.finished:
             return
         self.status = status
         self.reason = reason
         self.finished = True
-        self._stop_timer()
-        if self._connecting is not None:
-            self._connecting.cancel()
-            self._connecting = None
-            self.conn.resume_client("connecting")
-        self.conn.exchange_answered(self, status, retry_after=retry_after)
+        self._timer.clear()
+        self._cancel_connect()
+        self.downstream.answer(status, retry_after=retry_after)
 
     def _abort(self, reason: str) -> None:
         """The response was already started: all we can do is cut the connection."""
         self.reason = reason
         self.finished = True
-        self._stop_timer()
-        self.conn.exchange_aborted(self)
+        self._timer.clear()
+        self.downstream.abort()
 
     def _finish(self) -> None:
         self.finished = True
-        self._stop_timer()
+        self._timer.clear()
         upstream, self.upstream = self.upstream, None
         response = self.response
         if upstream is not None:
@@ -439,15 +448,12 @@ class Exchange:
                         and (length is None or self.bytes_in == length))
             self.backend.wait_ended(self.server_index, self)
             self.backend.released(self.server_index)
-            self.backend.release(upstream, reusable, self.conn.loop.time())
-        self.conn.exchange_done(self)
+            self.backend.release(upstream, reusable, self.clock.time())
+        self.downstream.exchange_done()
 
     def client_gone(self) -> None:
-        """The client disconnected or broke the protocol mid-exchange."""
-        if self._connecting is not None:
-            self._connecting.cancel()
-            self._connecting = None
-            self.conn.resume_client("connecting")
+        """The client disconnected, reset the stream or broke the protocol mid-exchange."""
+        self._cancel_connect()
         if not self.finished:
             self.finished = True
             self.reason = self.reason or "client_closed"

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from ipaddress import ip_address
 
-from offload.proto.http_rewrite import ForwardPolicy
+from offload.proto.forwarding import ForwardPolicy
 from offload.proto.http_types import Headers, Request
 from offload.security.events import SecurityEvents
 from offload.security.rules import Match, RuleSet, Verdict

@@ -14,7 +14,7 @@ from typing import cast
 from offload.acme.storage import AcmeStorage
 from offload.errors import ProtocolError
 from offload.observe.stats import Counters
-from offload.proto import http_rewrite as rewrite
+from offload.proto import http1_write as rewrite
 from offload.proto.http1 import HttpLimits, RequestParser
 from offload.proto.http_types import Request
 from offload.timers import Deadline

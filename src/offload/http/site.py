@@ -10,12 +10,13 @@ from offload.http.inspection import Inspection
 from offload.http.upstream import HttpBackend
 from offload.observe.access_log import AccessLog
 from offload.observe.stats import Counters
+from offload.proto.forwarding import ForwardPolicy, ResponsePolicy
 from offload.proto.http1 import HttpLimits
-from offload.proto.http_rewrite import ForwardPolicy, ResponsePolicy
 from offload.security.ban_list import BannedClients
 from offload.security.events import SecurityEvents
 from offload.security.limits import Limits
 from offload.security.rules import compile_rules
+from offload.timers import Clock
 from offload.tls.ca_bundle import CaBundle
 
 
@@ -61,6 +62,8 @@ class HttpSite:
     counters: Counters
     access_log: AccessLog | None
     security: SecurityEvents
+    clock: Clock
+    """The worker's clock: every deadline and duration on the request path."""
     limits: HttpLimits = field(init=False)
     rate_limits: Limits | None = None
     """The frontend's flood limits in this worker (shared with its listener); None: none set."""

@@ -22,6 +22,7 @@ import logging
 import os
 import select
 import socket
+from collections.abc import Callable
 from typing import Protocol, cast
 
 from offload.config.model import BackendConfig
@@ -50,6 +51,10 @@ class UpstreamUser(Protocol):
     def backend_pause_writing(self) -> None: ...
     def backend_resume_writing(self) -> None: ...
     def backend_raw(self, data: bytes) -> None: ...
+
+
+OpenCallback = Callable[[int, "BackendConnection | None", "BaseException | None"], None]
+"""Told the result of :meth:`HttpBackend.open`: (server index, the connection, the error)."""
 
 
 class ConnectionOwner(Protocol):
@@ -161,6 +166,31 @@ class BackendConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.user is not None:
             self.user.backend_resume_writing()
+
+    def expect(self, method: bytes) -> None:
+        """A request with ``method`` was (or is about to be) written: its response comes next."""
+        self.parser.expect(method)
+
+    @property
+    def ends_with_close(self) -> bool:
+        """The response being read ends when the server closes."""
+        return self.parser.until_close
+
+    def eof_events(self) -> list[Event]:
+        """The server closed: the end of a response delimited by the close (else raises)."""
+        return self.parser.feed_eof()
+
+    def upgrade_tail(self) -> bytes:
+        """After a 101: the bytes that followed it, already the new protocol's."""
+        return self.parser.upgrade_tail or b""
+
+    def pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
 
     def write(self, data: bytes) -> None:
         transport = self.transport
@@ -303,6 +333,21 @@ class HttpBackend(ServerGroup):
 
     def take_idle(self, index: int) -> BackendConnection | None:
         return self.pools[index].take()
+
+    def open(self, index: int, done: OpenCallback) -> Callable[[], object]:
+        """Open a connection to server ``index`` and call ``done(index, connection, None)``,
+        or ``done(index, None, error)`` if it fails; returns what cancels it (then ``done`` is
+        not called)."""
+        task = asyncio.get_running_loop().create_task(self._open(index, done))
+        return task.cancel
+
+    async def _open(self, index: int, done: OpenCallback) -> None:
+        try:
+            connection = await self.connect(index)
+        except (OSError, TimeoutError) as error:
+            done(index, None, error)
+            return
+        done(index, connection, None)
 
     async def connect(self, index: int) -> BackendConnection:
         """A new connection to server ``index``; raises OSError or TimeoutError."""

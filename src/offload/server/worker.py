@@ -28,7 +28,7 @@ from offload.acme.storage import AcmeStorage
 from offload.config.model import AcmeChallenge, FrontendConfig
 from offload.config.units import HostPort
 from offload.errors import OffloadError
-from offload.http.connection import HttpConnection
+from offload.http.h1_connection import Http1Connection
 from offload.http.redirect import RedirectProtocol
 from offload.http.site import HttpSite
 from offload.http.upstream import HttpBackend
@@ -56,6 +56,7 @@ from offload.server.control import (
 )
 from offload.server.listener import AppFactory, ConnectionRegistry, Listener
 from offload.server.prepare import Prepared, PreparedFrontend
+from offload.timers import LoopClock
 from offload.tls.crl_gate import CrlFetcher, RevocationGate
 from offload.upstream.backend import Backend
 from offload.upstream.group import ServerGroup
@@ -164,6 +165,7 @@ class _Apps:
         self._offences = OffenceBatch()
         self.registry = registry
         self.batcher = WriteBatcher(asyncio.get_running_loop())
+        self.clock = LoopClock(asyncio.get_running_loop())
         self.crls = CrlFetcher(counters)
         self.tcp_backends: dict[str, Backend] = {}
         self.http_backends: dict[str, HttpBackend] = {}
@@ -214,11 +216,12 @@ class _Apps:
             log = self.access_logs.get(key)
             if log is None:
                 log = self.access_logs[key] = AccessLog(*key)
-        site = HttpSite(frontend, http_backend, counters, log, self.security, rate_limits=limits,
+        site = HttpSite(frontend, http_backend, counters, log, self.security, self.clock,
+                        rate_limits=limits,
                         client_cas=client_auth.authorities if client_auth is not None else None,
                         banned=self.banned)
         self.sites.append(site)
-        return lambda stream: HttpConnection(stream, site)
+        return lambda stream: Http1Connection(stream, site)
 
     async def start(self) -> None:
         for log in self.access_logs.values():

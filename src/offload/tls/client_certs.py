@@ -106,30 +106,31 @@ def _names(certificate: x509.Certificate) -> list[str]:
     return names
 
 
-def identity_fields(leaf_der: bytes | None, authorities: CaBundle | None = None) -> bytes:
-    """The header lines describing the client's verified certificate (``NONE`` without one).
+def identity_fields(leaf_der: bytes | None, authorities: CaBundle | None = None
+                    ) -> list[tuple[bytes, bytes]]:
+    """The fields describing the client's verified certificate (``NONE`` without one).
 
     With ``authorities`` (the frontend's client CAs), ``Client-Cert-Chain`` lists the CAs
     between the certificate and the trust anchor, when they are all in the bundle."""
     if leaf_der is None:
-        return b"X-SSL-Client-Verify: NONE\r\n"
+        return [(b"X-SSL-Client-Verify", b"NONE")]
     certificate = x509.load_der_x509_certificate(leaf_der)
     digest = hashlib.sha256(leaf_der)
-    lines = [b"Client-Cert: :" + base64.b64encode(leaf_der) + b":"]  # RFC 9440 §2.2
+    fields = [(b"Client-Cert", b":" + base64.b64encode(leaf_der) + b":")]  # RFC 9440 §2.2
     chain = (authorities.chain_above(certificate, digest.digest())
              if authorities is not None else None)
     if chain:  # RFC 9440 §2.3: issuer first, each one certifying the one before; no anchor
-        lines.append(b"Client-Cert-Chain: " + b", ".join(
-            b":" + base64.b64encode(der) + b":" for der in chain))
-    lines += [
-        b"X-SSL-Client-Verify: SUCCESS",
-        b"X-SSL-Client-DN: " + _visible(certificate.subject.rfc4514_string()),
-        b"X-SSL-Client-Fingerprint: " + digest.hexdigest().encode("ascii"),
+        fields.append((b"Client-Cert-Chain", b", ".join(
+            b":" + base64.b64encode(der) + b":" for der in chain)))
+    fields += [
+        (b"X-SSL-Client-Verify", b"SUCCESS"),
+        (b"X-SSL-Client-DN", _visible(certificate.subject.rfc4514_string())),
+        (b"X-SSL-Client-Fingerprint", digest.hexdigest().encode("ascii")),
     ]
     names = _names(certificate)
     if names:
-        lines.append(b"X-SSL-Client-SAN: " + _visible(", ".join(names)))
-    return b"".join(line + b"\r\n" for line in lines)
+        fields.append((b"X-SSL-Client-SAN", _visible(", ".join(names))))
+    return fields
 
 
 def host_matches_sni(host: bytes, server_name: str | None) -> bool:

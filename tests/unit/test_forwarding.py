@@ -11,10 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from offload.errors import ProtocolError
-from offload.proto.http_rewrite import (
-    ClientFacts,
-    ForwardPolicy,
-    ResponsePolicy,
+from offload.proto.forwarding import ClientFacts, ForwardPolicy, ResponsePolicy
+from offload.proto.http1_write import (
     backend_request_head,
     client_response_head,
     error_response,
@@ -240,7 +238,7 @@ def test_a_clients_connection_field_never_removes_what_offload_adds(client: Clie
     """Hop-by-hop removal applies to the client's fields only: ours are written after it."""
     tokens = b", ".join(OURS) if named == b"all" else named
     identity = ClientFacts(client.address, client.port, client.local_port,
-                           identity=b"Client-Cert: :Zm9v:\r\nX-SSL-Client-Verify: SUCCESS\r\n")
+                           identity=[(b"Client-Cert", b":Zm9v:"), (b"X-SSL-Client-Verify", b"SUCCESS")])
     request = req([(b"Connection", b"keep-alive, " + tokens), (b"Accept", b"*/*")])
     request.added = ((b"X-Offload-Tag", b"api-call"),)
     policy = ForwardPolicy(trusted_proxies=NETS, forwarded=True)

@@ -1,4 +1,9 @@
-"""The client side of HTTP mode: one TLS connection carrying HTTP/1.1 requests.
+"""The client side of HTTP mode for HTTP/1.1: one TLS connection carrying HTTP/1.1 requests.
+
+It is the :class:`~offload.http.downstream.Downstream` of its exchanges, one at a time: it
+decides how each response is framed for this client (Content-Length, chunked, or until the
+close for an HTTP/1.0 client), writes 100 Continue, 408, 429 and offload's own answers, keeps
+the connection alive or closes it, and hands a WebSocket over to a byte tunnel.
 
 Theory of operation. Bytes from the TLS stream go through the request parser; its events wait
 in an inbox and are handed out in order: a request head starts an exchange, body events go to
@@ -30,19 +35,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 
 from offload.errors import ProtocolError
-from offload.http.exchange import Exchange
+from offload.http import access
+from offload.http.exchange import ClientContext, Exchange
 from offload.http.site import HttpSite
 from offload.http.upstream import BackendConnection, HttpBackend
 from offload.l4.relay import TcpRelay, proxy_header
-from offload.observe.access_log import timestamp
 from offload.observe.log import fields
-from offload.proto import http_rewrite as rewrite
+from offload.proto.forwarding import ClientFacts
 from offload.proto.http1 import RequestParser
-from offload.proto.http_types import Data, EndOfMessage, Event, Request, header_value
+from offload.proto.http1_write import (
+    CONTINUE,
+    chunk,
+    client_response_head,
+    error_response,
+    last_chunk,
+)
+from offload.proto.http_types import (
+    Data,
+    EndOfMessage,
+    Event,
+    Headers,
+    Request,
+    Response,
+    header_value,
+)
 from offload.security.body_pace import BodyPace
 from offload.security.limits import LimitDecision
 from offload.timers import Deadline
@@ -50,8 +69,6 @@ from offload.tls.client_certs import host_matches_sni, identity_fields
 from offload.tls.stream import TLSServerStream
 
 _log = logging.getLogger("offload.http")
-
-_STATUS_CLASS = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 HEAD_SLICE = 4096
 """Bytes fed to the parser at a time outside a body when no end of a head is in sight; a head
@@ -103,14 +120,13 @@ class Backlog:
         self._data, self._offset = b"", 0
 
 
-class HttpConnection(asyncio.Protocol):
-    """The application protocol of one client TLS stream in HTTP mode."""
+class Http1Connection(asyncio.Protocol):
+    """The application protocol of one client TLS stream speaking HTTP/1.1 (or 1.0)."""
 
     def __init__(self, stream: TLSServerStream, site: HttpSite) -> None:
         self.stream = stream
         self.site = site
         self.backend: HttpBackend = site.backend
-        self.forward_policy = site.forward_policy
         self.response_policy = site.response_policy
         self.parser = RequestParser(site.limits)
         self.exchange: Exchange | None = None
@@ -128,18 +144,24 @@ class HttpConnection(asyncio.Protocol):
         self._deferred: ProtocolError | None = None
         """A parse error in a pipelined request, answered once the requests before it are."""
         self._requests = 0
-        self.loop = self._loop = asyncio.get_running_loop()
-        self._deadline = Deadline(self._loop, self._on_deadline)
-        self.server_deadline = Deadline(self._loop, self._on_server_deadline)
+        self._out: list[bytes] = []
+        """The current response's bytes, held until the exchange flushes (one write)."""
+        self._chunked = False
+        self._keep_alive = False
+        """How the current response is framed, and whether the connection outlives it."""
+        self.clock = clock = site.clock
+        self._deadline = Deadline(clock, self._on_deadline)
+        self.server_deadline = Deadline(clock, self._on_server_deadline)
         """The backend side's timer, shared by this connection's exchanges (one at a time)."""
         peer = stream.get_extra_info("peername") or ("", 0)
         local = stream.get_extra_info("sockname") or ("", 0)
         identity = (identity_fields(stream.peer_certificate, site.client_cas)
-                    if site.client_auth else b"")
-        self.client_facts = rewrite.ClientFacts(address=str(peer[0]), port=int(peer[1]),
+                    if site.client_auth else [])
+        self.client_facts = facts = ClientFacts(address=str(peer[0]), port=int(peer[1]),
                                                 local_port=int(local[1]), identity=identity)
-        self.balance_key = str(peer[0]).encode()
-        self.trusted = self.forward_policy.trusts(self.client_facts.address)
+        self.trusted = site.forward_policy.trusts(facts.address)
+        self.client = ClientContext(facts, self.trusted)
+        self.requests_log = access.RequestLog(site, stream, facts)
 
     @property
     def draining(self) -> bool:
@@ -148,16 +170,16 @@ class HttpConnection(asyncio.Protocol):
     # ------------------------------------------------------------ stream events
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._deadline.set(self._loop.time() + self.site.frontend.request_timeout)
+        self._deadline.set(self.clock.time() + self.site.frontend.request_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
         if self.exchange is None and self._receiving is None and not self._head_started:
             self._head_started = True
-            self._deadline.set(self._loop.time() + self.site.frontend.request_timeout)
+            self._deadline.set(self.clock.time() + self.site.frontend.request_timeout)
         elif self._receiving is not None:
-            when = self._pace.received(len(data), self._loop.time())
+            when = self._pace.received(len(data), self.clock.time())
             if not self._pace.paused:
                 self._deadline.set(when)
         self._unparsed.add(data)
@@ -206,23 +228,19 @@ class HttpConnection(asyncio.Protocol):
                 if isinstance(exc, TimeoutError):  # the stream's send_timeout
                     exchange.reason = str(exc)
                 exchange.client_gone()
-                self._log_exchange(exchange)
+                self._log(exchange)
         self.exchange = self._receiving = None
 
     def pause_writing(self) -> None:
         self._writing_paused = True
-        upstream = self.exchange.upstream if self.exchange is not None else None
-        if upstream is not None and upstream.transport is not None:
-            upstream.transport.pause_reading()
-            self.server_deadline.clear()  # the backend waits for the client, not vice versa
+        if self.exchange is not None:
+            self.exchange.client_paused()  # the backend waits for the client, not vice versa
 
     def resume_writing(self) -> None:
         self._writing_paused = False
         exchange = self.exchange
-        upstream = exchange.upstream if exchange is not None else None
-        if upstream is not None and upstream.transport is not None:
-            upstream.transport.resume_reading()
-            self.server_deadline.set(self._loop.time() + self.backend.config.server_timeout)
+        if exchange is not None:
+            exchange.client_resumed()
         if ((self._inbox or self._unparsed) and exchange is None and self._receiving is None
                 and not self._closing):
             self._pump()
@@ -294,16 +312,17 @@ class HttpConnection(asyncio.Protocol):
             return
         self._requests += 1
         self._head_started = False
-        exchange = Exchange(self, request, self._request_id(request))
+        exchange = Exchange(self, self.site, self.client, request, self._request_id(request),
+                            deadline=self.server_deadline)
         limits = self.site.rate_limits
         if limits is not None and self.stream.client_key:
-            decision = limits.on_request(self.stream.client_key, time.monotonic())
+            decision = limits.on_request(self.stream.client_key, self.clock.precise())
             if decision.limit is not None:
                 self._rate_limited(exchange, decision)
                 return
         self.exchange = self._receiving = exchange
         if request.has_body:
-            now = self._loop.time()
+            now = self.clock.time()
             self._deadline.set(self._pace.start(now))
             if self._paused:
                 self._pace.pause(now)
@@ -322,7 +341,7 @@ class HttpConnection(asyncio.Protocol):
             offence="limit_hit" if decision.per_client else None)
         keep_alive = (request.keep_alive and request.version == b"1.1" and not request.has_body
                       and not self.draining and not self._client_eof)
-        self.stream.write(rewrite.error_response(
+        self.stream.write(error_response(
             429, keep_alive=keep_alive, policy=self.response_policy,
             extra_headers=[(b"Retry-After", b"%d" % decision.retry_after)]))
         self._log_local(429, decision.limit, exchange)
@@ -348,27 +367,126 @@ class HttpConnection(asyncio.Protocol):
         if exchange is not None and exchange.response_started:
             exchange.client_gone()
             exchange.reason = error.reason
-            self._log_exchange(exchange)
+            self._log(exchange)
             self.exchange = self._receiving = None
             self._close(notify=False)
             return
         if exchange is not None:
             exchange.client_gone()
             self.exchange = self._receiving = None
-        self.stream.write(rewrite.error_response(error.status, policy=self.response_policy))
+        self.stream.write(error_response(error.status, policy=self.response_policy))
         self._log_local(error.status, error.reason)
         self._close()
 
-    # ------------------------------------------------------------ callbacks from the exchange
+    # ------------------------------------------------------------ Downstream: the exchange's calls
 
-    def write(self, data: bytes) -> None:
-        self.stream.write(data)
+    def send_continue(self) -> None:
+        exchange = self.exchange
+        if exchange is not None and exchange.request.version == b"1.1":
+            self.stream.write(CONTINUE)
+
+    def send_interim(self, response: Response) -> None:
+        exchange = self.exchange
+        if exchange is not None and exchange.request.version == b"1.1":  # no 1xx to 1.0
+            self._out.append(client_response_head(
+                response, framing="none", keep_alive=True, client_version=b"1.1",
+                policy=self.response_policy))
+
+    def send_head(self, response: Response) -> None:
+        exchange = self.exchange
+        assert exchange is not None
+        request = exchange.request
+        if not response.has_body:
+            framing = "none"
+        elif response.content_length is not None:
+            framing = "length"
+        elif request.version == b"1.1":
+            framing = "chunked"
+        else:
+            framing = "close"  # an HTTP/1.0 client: the close delimits the body
+        self._chunked = framing == "chunked"
+        # keep-alive only once the whole request has been read: a response that ends before
+        # its request does ends the client connection too
+        self._keep_alive = (request.keep_alive and framing != "close" and exchange.request_done
+                            and not self.draining)
+        self._out.append(client_response_head(
+            response, framing=framing, keep_alive=self._keep_alive,
+            client_version=request.version, policy=self.response_policy))
+
+    def send_data(self, data: bytes) -> None:
+        self._out.append(chunk(data) if self._chunked else data)
+
+    def send_end(self, trailers: Headers) -> None:
+        if self._chunked:
+            self._out.append(last_chunk(trailers))
+
+    def flush(self) -> None:
+        out = self._out
+        if out:
+            self.stream.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    def pause_request(self, why: str) -> None:
+        self.pause_client(why)
+
+    def resume_request(self, why: str) -> None:
+        self.resume_client(why)
+
+    def proxy_header(self) -> bytes:
+        return proxy_header(self.stream, self.backend.config.proxy_protocol)
+
+    def answer(self, status: int, *, retry_after: bool) -> None:
+        """offload answers the current request itself (no server, timeout, bad gateway)."""
+        exchange = self.exchange
+        assert exchange is not None
+        request = exchange.request
+        # error_response cannot announce keep-alive to an HTTP/1.0 client: close those
+        self._keep_alive = (request.keep_alive and request.version == b"1.1"
+                            and self._receiving is not exchange and not self.draining
+                            and not self._client_eof)
+        self._out.clear()
+        extra = ((b"Retry-After", b"1"),) if retry_after else ()
+        self.stream.write(error_response(
+            status, keep_alive=self._keep_alive, extra_headers=extra,
+            policy=self.response_policy))
+        self.exchange_done()
+
+    def abort(self) -> None:
+        """The response was cut after it started: close without close_notify."""
+        exchange = self.exchange
+        assert exchange is not None
+        self.flush()
+        self._log(exchange)
+        if self._receiving is exchange:
+            self._receiving = None
+        self.exchange = None
+        self._close(notify=False)
+
+    def exchange_done(self) -> None:
+        exchange = self.exchange
+        assert exchange is not None
+        self.flush()
+        self._log(exchange)
+        self.exchange = None
+        if exchange.request.websocket and self.parser.upgrade_tail is not None:
+            # the backend refused the upgrade: what followed the request is HTTP again
+            try:
+                self._inbox.extend(self.parser.resume())
+            except ProtocolError as error:
+                self._deferred = error
+            self.resume_client("upgrade")
+        if not self._keep_alive or self.draining or self._client_eof:
+            if self._receiving is exchange:
+                self._receiving = None
+            self._close()
+            return
+        self._settle()
 
     def pause_client(self, reason: str) -> None:
         if not self._paused:
             self.stream.pause_reading()
             if self._receiving is not None:  # the body's clock stops while we do not read
-                self._pace.pause(self._loop.time())
+                self._pace.pause(self.clock.time())
                 self._deadline.clear()
         self._paused.add(reason)
 
@@ -378,55 +496,7 @@ class HttpConnection(asyncio.Protocol):
             if not self._paused and not self._closing:
                 self.stream.resume_reading()
                 if self._receiving is not None and self._pace.paused:
-                    self._deadline.set(self._pace.resume(self._loop.time()))
-
-    def proxy_header(self) -> bytes:
-        return proxy_header(self.stream, self.backend.config.proxy_protocol)
-
-    def log_backend_failure(self, exchange: Exchange, index: int, error: BaseException) -> None:
-        if _log.isEnabledFor(logging.DEBUG):
-            server = self.backend.servers[index]
-            _log.debug("backend connect failed", extra=fields(
-                backend=self.backend.name, server=server.label, address=str(server),
-                reason="timeout" if isinstance(error, TimeoutError) else str(error)))
-
-    def exchange_answered(self, exchange: Exchange, status: int, *, retry_after: bool) -> None:
-        """offload answers this request itself (no server, timeout, bad gateway)."""
-        # error_response cannot announce keep-alive to an HTTP/1.0 client: close those
-        keep_alive = (exchange.request.keep_alive and exchange.request.version == b"1.1"
-                      and self._receiving is not exchange and not self.draining
-                      and not self._client_eof)
-        exchange.keep_alive = keep_alive
-        extra = [(b"Retry-After", b"1")] if retry_after else []
-        self.stream.write(rewrite.error_response(
-            status, keep_alive=keep_alive, extra_headers=extra, policy=self.response_policy))
-        self.exchange_done(exchange)
-
-    def exchange_aborted(self, exchange: Exchange) -> None:
-        """The response was cut after it started: close without close_notify."""
-        self._log_exchange(exchange)
-        if self._receiving is exchange:
-            self._receiving = None
-        self.exchange = None
-        self._close(notify=False)
-
-    def exchange_done(self, exchange: Exchange) -> None:
-        self._log_exchange(exchange)
-        if self.exchange is exchange:
-            self.exchange = None
-        if exchange.request.websocket and self.parser.upgrade_tail is not None:
-            # the backend refused the upgrade: what followed the request is HTTP again
-            try:
-                self._inbox.extend(self.parser.resume())
-            except ProtocolError as error:
-                self._deferred = error
-            self.resume_client("upgrade")
-        if not exchange.keep_alive or self.draining or self._client_eof:
-            if self._receiving is exchange:
-                self._receiving = None
-            self._close()
-            return
-        self._settle()
+                    self._deadline.set(self._pace.resume(self.clock.time()))
 
     def _settle(self) -> None:
         """Between exchanges: wait for the next request or start the one already waiting."""
@@ -441,19 +511,21 @@ class HttpConnection(asyncio.Protocol):
             return
         if self._unparsed:  # the next request has begun: its head gets request_timeout
             self._head_started = True
-            self._deadline.set(self._loop.time() + self.site.frontend.request_timeout)
+            self._deadline.set(self.clock.time() + self.site.frontend.request_timeout)
         else:
             self._head_started = False
-            self._deadline.set(self._loop.time() + self.site.frontend.keepalive_timeout)
+            self._deadline.set(self.clock.time() + self.site.frontend.keepalive_timeout)
         if self._inbox or self._unparsed:
             self._pump()
 
-    def start_tunnel(self, exchange: Exchange, upstream: BackendConnection,
-                     backend_tail: bytes) -> None:
+    def start_tunnel(self, upstream: BackendConnection, backend_tail: bytes) -> None:
         """101 Switching Protocols: relay bytes both ways from now on. The request is counted
         now; its access-log line is written when the tunnel ends, with the tunnel's bytes and
         duration, and only then is the server's connection slot given back."""
-        self._count_exchange(exchange)
+        exchange = self.exchange
+        assert exchange is not None
+        self.flush()  # the 101
+        access.count_exchange(self.site, exchange)
         self.exchange = self._receiving = None
         self._deadline.cancel()
         transport = upstream.transport
@@ -472,9 +544,7 @@ class HttpConnection(asyncio.Protocol):
             backend.released(index)
             exchange.bytes_in, exchange.bytes_out = relay.bytes_in, relay.bytes_out
             exchange.reason = relay.reason
-            if self.site.access_log is not None:
-                self.site.access_log.write(self._entry(exchange, exchange.status,
-                                                       exchange.reason))
+            self.requests_log.write(exchange)
 
         relay.adopt(transport, self.backend.servers[index], to_backend=client_tail,
                     to_client=backend_tail, on_end=tunnel_ended)
@@ -491,7 +561,7 @@ class HttpConnection(asyncio.Protocol):
     def _on_deadline(self) -> None:
         receiving = self._receiving
         if receiving is not None:
-            cause = self._pace.cause(self._loop.time())
+            cause = self._pace.cause(self.clock.time())
             self.site.counters.inc("timeout", "body" if cause == "body_timeout" else "body_rate")
             self._too_slow(cause)
             receiving.reason = cause
@@ -500,7 +570,7 @@ class HttpConnection(asyncio.Protocol):
             else:
                 receiving.client_gone()
                 self.exchange = self._receiving = None
-                self.stream.write(rewrite.error_response(408, policy=self.response_policy))
+                self.stream.write(error_response(408, policy=self.response_policy))
                 self._log_local(408, cause, receiving)
                 self._close()
             return
@@ -509,7 +579,7 @@ class HttpConnection(asyncio.Protocol):
         if self._head_started:
             self.site.counters.inc("timeout", "request_header")
             self._too_slow("request_timeout")
-            self.stream.write(rewrite.error_response(408, policy=self.response_policy))
+            self.stream.write(error_response(408, policy=self.response_policy))
             self._log_local(408, "request_timeout")
         else:
             self.site.counters.inc("timeout", "keepalive")
@@ -542,65 +612,12 @@ class HttpConnection(asyncio.Protocol):
         """A request offload answered without an exchange (parse errors, timeouts)."""
         if exchange is not None:
             exchange.status, exchange.reason = status, reason
-            self._log_exchange(exchange)
-            return
-        self.site.counters.inc("requests", self.site.name, self.backend.name,
-                               _STATUS_CLASS[status // 100])
-        if self.site.access_log is not None:
-            self.site.access_log.write(self._entry(None, status, reason))
+            self._log(exchange)
+        else:
+            self.requests_log.local(status, reason)
 
-    def _log_exchange(self, exchange: Exchange) -> None:
-        self._count_exchange(exchange)
-        if self.site.access_log is not None:
-            self.site.access_log.write(self._entry(exchange, exchange.status, exchange.reason))
-
-    def _count_exchange(self, exchange: Exchange) -> None:
-        counters = self.site.counters
-        counters.inc("requests", self.site.name, self.backend.name,
-                     _STATUS_CLASS[exchange.status // 100])
-        counters.observe(time.monotonic() - exchange.started, "request_seconds", self.site.name)
-        if exchange.t_first_byte and exchange.t_connected:
-            counters.observe(exchange.t_first_byte - exchange.t_connected,
-                             "backend_response_seconds", self.backend.name)
-
-    def _entry(self, exchange: Exchange | None, status: int, reason: str) -> dict[str, object]:
-        stream = self.stream
-        now = time.monotonic()
-        entry: dict[str, object] = {
-            "time": timestamp(),
-            "client": f"{self.client_facts.address}:{self.client_facts.port}",
-            "frontend": self.site.name,
-            "sni": stream.server_name,
-            "tls_version": stream.tls_version,
-            "cipher": stream.cipher,
-            "alpn": stream.alpn,
-            "resumed": stream.resumed,
-            "handshake_ms": round(stream.handshake_seconds * 1000, 2),
-            "status": status,
-        }
-        if exchange is not None:
-            request = exchange.request
-            server = (self.backend.servers[exchange.server_index].label
-                      if exchange.server_index >= 0 else None)
-            entry.update({
-                "method": request.method.decode("latin-1"),
-                "path": request.target.decode("latin-1"),
-                "host": request.host.decode("latin-1"),
-                "http": request.version.decode(),
-                "bytes_in": exchange.bytes_in,
-                "bytes_out": exchange.bytes_out,
-                "backend": self.backend.name,
-                "server": server,
-                "connect_ms": _ms(exchange.started, exchange.t_connected),
-                "response_ms": _ms(exchange.t_connected, exchange.t_first_byte),
-                "total_ms": round((now - exchange.started) * 1000, 2),
-                "request_id": exchange.request_id.decode("latin-1"),
-                "user_agent": _text(header_value(request.headers, b"user-agent")),
-                "referer": _text(header_value(request.headers, b"referer")),
-            })
-        if reason:
-            entry["reason"] = reason
-        return entry
+    def _log(self, exchange: Exchange) -> None:
+        self.requests_log.exchange(exchange)
 
 
 def _complete_requests(events: list[object]) -> list[Event]:
@@ -609,11 +626,3 @@ def _complete_requests(events: list[object]) -> list[Event]:
               default=-1)
     return [event for event in events[: end + 1]
             if isinstance(event, Request | Data | EndOfMessage)]
-
-
-def _ms(start: float, end: float) -> float | None:
-    return round((end - start) * 1000, 2) if start and end else None
-
-
-def _text(value: bytes | None) -> str | None:
-    return value.decode("latin-1") if value is not None else None

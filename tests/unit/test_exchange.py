@@ -1,0 +1,442 @@
+"""The exchange as a script of events in and actions out: a fake client side, a fake backend
+pool and a clock moved by hand; no sockets, no sleeps.
+
+Each test feeds what the client and the backend do, and checks what the exchange asked of
+each: what it wrote to the backend, what it passed to the client, which server it reported
+how, and whether the backend connection went back to the pool.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from offload.errors import ProtocolError
+from offload.http.exchange import ClientContext, Exchange
+from offload.observe.stats import Counters
+from offload.proto.forwarding import ClientFacts, ForwardPolicy
+from offload.proto.http_types import Data, EndOfMessage, Request, Response
+
+SERVER_TIMEOUT = 30.0
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self._timers: list[tuple[float, int, Callable[[], object], list[bool]]] = []
+        self._order = itertools.count()
+
+    def time(self) -> float:
+        return self.now
+
+    def precise(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> Any:
+        cancelled = [False]
+        heapq.heappush(self._timers, (when, next(self._order), callback, cancelled))
+        return SimpleNamespace(cancel=lambda: cancelled.__setitem__(0, True))
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        while self._timers and self._timers[0][0] <= self.now:
+            _, _, callback, cancelled = heapq.heappop(self._timers)
+            if not cancelled[0]:
+                callback()
+
+
+@dataclass
+class FakeUpstream:
+    """A backend connection: records what the exchange wrote and did."""
+
+    index: int
+    requests: int = 0
+    user: Any = None
+    private: bool = False
+    written: bytearray = field(default_factory=bytearray)
+    expected: list[bytes] = field(default_factory=list)
+    aborted: bool = False
+    closed: bool = False
+    paused: bool = False
+    ends_with_close: bool = False
+
+    def expect(self, method: bytes) -> None:
+        self.expected.append(method)
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.user = None
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def upgrade_tail(self) -> bytes:
+        return b"tail"
+
+    def eof_events(self) -> list[Any]:
+        return [EndOfMessage()]
+
+
+class FakeBackend:
+    """The pool of one backend with ``servers`` servers; opening a connection waits until the
+    test says how it went."""
+
+    def __init__(self, servers: int = 2) -> None:
+        self.name = "app"
+        self.config = SimpleNamespace(server_timeout=SERVER_TIMEOUT, proxy_protocol="none")
+        self.counters = Counters()
+        self.servers = [SimpleNamespace(label=f"s{i}") for i in range(servers)]
+        self.order = list(range(servers))
+        self.idle: dict[int, FakeUpstream] = {}
+        self.opening: list[tuple[int, Callable[..., None], list[bool]]] = []
+        self.reports: list[tuple[int, str]] = []
+        self.released_to_pool: list[tuple[FakeUpstream, bool]] = []
+        self.active = [0] * servers
+        self.protocol_errors: list[str] = []
+
+    def candidates(self, key: bytes, now: float) -> list[int]:
+        return list(self.order)
+
+    def take_idle(self, index: int) -> FakeUpstream | None:
+        return self.idle.pop(index, None)
+
+    def open(self, index: int, done: Callable[..., None]) -> Callable[[], None]:
+        cancelled = [False]
+        self.opening.append((index, done, cancelled))
+        return lambda: cancelled.__setitem__(0, True)
+
+    def connect_next(self, *, fail: bool = False) -> FakeUpstream | None:
+        index, done, cancelled = self.opening.pop(0)
+        assert not cancelled[0], "the exchange cancelled this connect"
+        if fail:
+            done(index, None, ConnectionRefusedError("refused"))
+            return None
+        upstream = FakeUpstream(index)
+        done(index, upstream, None)
+        return upstream
+
+    def acquired(self, index: int) -> None:
+        self.active[index] += 1
+
+    def released(self, index: int) -> None:
+        self.active[index] -= 1
+
+    def report(self, index: int, outcome: str, now: float) -> None:
+        self.reports.append((index, outcome))
+
+    def responded(self, index: int, status: int, seconds: float) -> None:
+        pass
+
+    def wait_began(self, index: int, request: object, since: float) -> None:
+        pass
+
+    def wait_ended(self, index: int, request: object) -> None:
+        pass
+
+    def protocol_error(self, connection: FakeUpstream, reason: str, detail: str) -> None:
+        self.protocol_errors.append(reason)
+
+    def release(self, connection: FakeUpstream, reusable: bool, now: float) -> None:
+        self.released_to_pool.append((connection, reusable))
+
+
+class FakeDownstream:
+    """The client side: records every call as (name, argument)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.paused: set[str] = set()
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        def record(*args: Any, **kwargs: Any) -> None:
+            self.calls.append((name, args[0] if args else kwargs or None))
+        return record
+
+    def pause_request(self, why: str) -> None:
+        self.paused.add(why)
+        self.calls.append(("pause_request", why))
+
+    def resume_request(self, why: str) -> None:
+        self.paused.discard(why)
+        self.calls.append(("resume_request", why))
+
+    def proxy_header(self) -> bytes:
+        return b""
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.calls if name not in ("pause_request",
+                                                               "resume_request", "flush")]
+
+
+def request(method: bytes = b"GET", target: bytes = b"/", **options: Any) -> Request:
+    return Request(method=method, target=target, version=b"1.1",
+                   headers=[(b"Host", b"example.test")], host=b"example.test", **options)
+
+
+def ok(body: bytes = b"hello", **options: Any) -> Response:
+    return Response(status=200, reason=b"OK", version=b"1.1",
+                    headers=[(b"Content-Length", b"%d" % len(body))],
+                    content_length=len(body), **options)
+
+
+class Script:
+    """One exchange with its fakes."""
+
+    def __init__(self, req: Request, servers: int = 2) -> None:
+        self.clock = FakeClock()
+        self.backend = FakeBackend(servers)
+        self.downstream = FakeDownstream()
+        site = SimpleNamespace(
+            clock=self.clock, backend=self.backend, forward_policy=ForwardPolicy(),
+            inspection=None, banned=None, security=None, name="web")
+        client = ClientContext(ClientFacts("192.0.2.7", 50000, 443), trusted=False)
+        self.exchange = Exchange(self.downstream, site, client, req, b"rid-1")  # type: ignore[arg-type]
+
+    def respond(self, upstream: FakeUpstream, *events: Any) -> None:
+        self.exchange.backend_events(list(events))
+
+
+def test_a_get_is_sent_answered_and_its_connection_pooled():
+    script = Script(request())
+    script.exchange.start()
+    assert script.downstream.paused == {"connecting"}
+    upstream = script.backend.connect_next()
+    assert upstream is not None and script.downstream.paused == set()
+    assert upstream.written.startswith(b"GET / HTTP/1.1\r\nHost: example.test\r\n")
+    assert b"X-Request-ID: rid-1\r\n" in upstream.written
+    assert upstream.expected == [b"GET"]
+    script.exchange.request_end([])
+    script.respond(upstream, ok(), Data(b"hello"), EndOfMessage())
+    assert script.downstream.names() == ["send_head", "send_data", "send_end", "exchange_done"]
+    assert script.backend.released_to_pool == [(upstream, True)]
+    assert script.backend.reports == [(0, "ok")]
+    assert script.backend.active == [0, 0]
+
+
+def test_a_connect_failure_moves_to_the_next_server():
+    script = Script(request())
+    script.exchange.start()
+    script.backend.connect_next(fail=True)
+    assert script.backend.reports == [(0, "connect_failed")]
+    assert [index for index, _, _ in script.backend.opening] == [1]
+    upstream = script.backend.connect_next()
+    assert upstream is not None and upstream.index == 1
+
+
+def test_every_server_failing_to_connect_is_a_503_with_retry_after():
+    script = Script(request(), servers=2)
+    script.exchange.start()
+    script.backend.connect_next(fail=True)
+    script.backend.connect_next(fail=True)
+    assert script.downstream.calls[-1] == ("answer", 503)
+    assert script.exchange.reason == "no_server_answered"
+
+
+def test_a_stale_pooled_connection_is_retried_once_fresh_without_blaming_the_server():
+    script = Script(request())
+    stale = FakeUpstream(0, requests=4)
+    script.backend.idle[0] = stale
+    script.exchange.start()
+    assert stale.written.startswith(b"GET / ")
+    script.exchange.request_end([])
+    script.exchange.backend_lost(None)  # the server had closed it while it was idle
+    assert stale.aborted
+    assert [index for index, _, _ in script.backend.opening] == [0], "the same server, fresh"
+    assert script.backend.reports == []
+    fresh = script.backend.connect_next()
+    assert fresh is not None
+    script.respond(fresh, ok(b""), EndOfMessage())
+    assert script.downstream.names() == ["send_head", "send_end", "exchange_done"]
+
+
+@pytest.mark.parametrize(("method", "body"), [(b"POST", True), (b"PUT", True), (b"POST", False)])
+def test_a_request_that_may_not_be_repeated_gets_502_when_the_backend_resets(method, body):
+    options = {"content_length": 5} if body else {}
+    script = Script(request(method, **options))
+    script.exchange.start()
+    upstream = script.backend.connect_next()
+    assert upstream is not None
+    if body:
+        script.exchange.request_data(b"12345")
+    script.exchange.request_end([])
+    script.exchange.backend_lost(ConnectionResetError())
+    assert script.backend.opening == [], "never sent twice"
+    assert script.downstream.calls[-1] == ("answer", 502)
+    assert script.backend.reports == [(0, "reset")]
+
+
+def test_interim_responses_pass_before_the_final_one():
+    script = Script(request(b"POST", content_length=2, expect_continue=True))
+    script.exchange.start()
+    upstream = script.backend.connect_next()
+    assert upstream is not None and b"Expect: 100-continue\r\n" in upstream.written
+    script.respond(upstream, Response(status=100, reason=b"Continue", version=b"1.1",
+                                      headers=[], has_body=False))
+    script.exchange.request_data(b"ok")
+    script.exchange.request_end([])
+    script.respond(upstream, Response(status=103, reason=b"Early Hints", version=b"1.1",
+                                      headers=[(b"Link", b"</a.css>")], has_body=False),
+                   ok(b"x"), Data(b"x"), EndOfMessage())
+    assert script.downstream.names() == ["send_interim", "send_interim", "send_head",
+                                         "send_data", "send_end", "exchange_done"]
+    assert [r.status for name, r in script.downstream.calls if name == "send_interim"] == [100, 103]
+    assert upstream.written.endswith(b"ok")
+
+
+def test_head_answer_has_no_body_and_pools_the_connection():
+    script = Script(request(b"HEAD"))
+    script.exchange.start()
+    upstream = script.backend.connect_next()
+    assert upstream is not None and upstream.expected == [b"HEAD"]
+    script.exchange.request_end([])
+    script.respond(upstream, ok(b"12345", has_body=False), EndOfMessage())
+    assert script.downstream.names() == ["send_head", "send_end", "exchange_done"]
+    assert script.backend.released_to_pool == [(upstream, True)]
+
+
+def test_a_client_gone_mid_upload_drops_the_backend_connection():
+    script = Script(request(b"POST", chunked=True))
+    script.exchange.start()
+    upstream = script.backend.connect_next()
+    assert upstream is not None
+    script.exchange.request_data(b"part")
+    assert upstream.written.endswith(b"4\r\npart\r\n")
+    script.exchange.client_gone()
+    assert upstream.aborted and script.backend.active == [0, 0]
+    assert script.backend.released_to_pool == []
+    assert script.exchange.finished and script.exchange.reason == "client_closed"
+    script.exchange.backend_lost(None)  # the abort's echo changes nothing
+    assert script.downstream.names() == []
+
+
+def test_a_client_gone_while_connecting_cancels_the_connect():
+    script = Script(request())
+    script.exchange.start()
+    script.exchange.client_gone()
+    _, _, cancelled = script.backend.opening[0]
+    assert cancelled[0]
+    assert script.downstream.paused == set()
+
+
+def test_a_backend_reset_mid_body_cuts_the_response():
+    script = Script(request())
+    script.exchange.start()
+    upstream = script.backend.connect_next()
+    assert upstream is not None
+    script.exchange.request_end([])
+    script.respond(upstream, ok(b"0123456789"), Data(b"01234"))
+    script.exchange.backend_lost(ConnectionResetError())
+    assert script.downstream.names() == ["send_head", "send_data", "abort"]
+    assert script.exchange.reason == "backend_reset"
+    assert script.backend.released_to_pool == [], "never pooled"
+
+
+def test_a_malformed_answer_is_a_502_and_never_retried():
+    script = Script(request())
+    script.exchange.start()
+    upstream = script.backend.connect_next()
+    assert upstream is not None
+    script.exchange.backend_failed(ProtocolError("bad", 502, "parse_error"))
+    assert script.downstream.calls[-1] == ("answer", 502)
+    assert script.backend.protocol_errors == ["parse_error"]
+    assert script.backend.reports == [(0, "bad_response")]
+    assert script.backend.opening == []
+
+
+def test_the_server_timeout_is_504_before_the_head_and_a_cut_after():
+    script = Script(request())
+    script.exchange.start()
+    upstream = script.backend.connect_next()
+    assert upstream is not None
+    script.exchange.request_end([])
+    script.clock.advance(SERVER_TIMEOUT - 1)
+    assert script.downstream.names() == []
+    script.clock.advance(2)
+    assert script.downstream.calls[-1] == ("answer", 504)
+    assert upstream.aborted and script.backend.reports == [(0, "timeout")]
+
+    script = Script(request())
+    script.exchange.start()
+    upstream = script.backend.connect_next()
+    assert upstream is not None
+    script.respond(upstream, ok(b"0123456789"), Data(b"0"))
+    script.clock.advance(SERVER_TIMEOUT - 1)
+    script.respond(upstream, Data(b"1"))  # each event moves the deadline
+    script.clock.advance(SERVER_TIMEOUT - 1)
+    assert "abort" not in script.downstream.names()
+    script.clock.advance(2)
+    assert script.downstream.names()[-1] == "abort"
+
+
+def test_a_client_that_does_not_read_stops_the_backend_and_its_clock():
+    script = Script(request())
+    script.exchange.start()
+    upstream = script.backend.connect_next()
+    assert upstream is not None
+    script.respond(upstream, ok(b"0123456789"), Data(b"0"))
+    script.exchange.client_paused()
+    assert upstream.paused
+    script.clock.advance(SERVER_TIMEOUT * 3)  # the backend waits for the client: no timeout
+    assert "abort" not in script.downstream.names()
+    script.exchange.client_resumed()
+    assert not upstream.paused
+    script.clock.advance(SERVER_TIMEOUT + 1)
+    assert script.downstream.names()[-1] == "abort"
+
+
+def test_a_websocket_is_handed_over_as_a_tunnel():
+    script = Script(request(websocket=True))
+    script.exchange.start()
+    upstream = script.backend.connect_next()
+    assert upstream is not None
+    assert b"Connection: Upgrade\r\nUpgrade: websocket\r\n" in upstream.written
+    script.respond(upstream, Response(status=101, reason=b"Switching Protocols",
+                                      version=b"1.1", headers=[(b"Upgrade", b"websocket")],
+                                      has_body=False))
+    assert script.downstream.names() == ["send_interim", "start_tunnel"]
+    assert script.downstream.calls[-1] == ("start_tunnel", upstream)
+    assert script.exchange.finished and script.exchange.status == 101
+
+
+def test_a_101_to_a_plain_request_is_a_bad_answer():
+    script = Script(request())
+    script.exchange.start()
+    upstream = script.backend.connect_next()
+    assert upstream is not None
+    script.respond(upstream, Response(status=101, reason=b"Switching Protocols",
+                                      version=b"1.1", headers=[], has_body=False))
+    assert script.downstream.calls[-1] == ("answer", 502)
+    assert script.backend.protocol_errors == ["bad_response"]
+
+
+def test_no_server_at_all_is_a_503():
+    script = Script(request())
+    script.backend.order = []
+    script.exchange.start()
+    assert script.downstream.calls == [("answer", 503)]
+    assert script.exchange.reason == "no_server"
+
+
+def test_a_response_that_ends_before_the_request_body_never_pools_the_connection():
+    script = Script(request(b"POST", content_length=10))
+    script.exchange.start()
+    upstream = script.backend.connect_next()
+    assert upstream is not None
+    script.exchange.request_data(b"01234")
+    script.respond(upstream, ok(b"early"), Data(b"early"), EndOfMessage())
+    assert script.backend.released_to_pool == [(upstream, False)]
