@@ -253,6 +253,15 @@ def _with_host(headers: Headers, host: bytes) -> Headers:
     return out
 
 
+def valid_host(value: bytes) -> bool:
+    """Whether ``value`` is a valid ``host[:port]`` (RFC 9110 §7.2, RFC 3986 §3.2.2)."""
+    try:
+        _validate_host(value)
+    except ProtocolError:
+        return False
+    return True
+
+
 def _validate_host(value: bytes) -> None:
     if not _HOST_RE.fullmatch(value):
         raise ProtocolError("invalid Host", 400, "bad_host")
