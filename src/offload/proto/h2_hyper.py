@@ -39,13 +39,14 @@ from h2.events import StreamReset as H2StreamReset
 from h2.events import TrailersReceived as H2TrailersReceived
 from h2.exceptions import H2Error, ProtocolError
 from h2.settings import SettingCodes, Settings
-from hpack import HPACKError
+from hpack import HPACKError, OversizedHeaderListError
 from hyperframe.frame import GoAwayFrame
 
 from offload.proto.h2_engine import (
     COMPRESSION_ERROR,
     INTERNAL_ERROR,
     NO_ERROR,
+    PROTOCOL_ERROR,
     REFUSED_STREAM,
     ConnectionFailed,
     DataReceived,
@@ -61,6 +62,7 @@ from offload.proto.h2_engine import (
 
 _log = logging.getLogger("offload.h2")
 
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _SHUTDOWN_PING = b"offload!"
 _LAST_STREAM_ID = 2**31 - 1
 _NO_LIMIT = _LAST_STREAM_ID
@@ -110,6 +112,7 @@ class HyperH2Engine:
         """The last stream a graceful GOAWAY let in: later ones are refused."""
         self._awaiting_ping_ack = False
         self._shutting_down = False
+        self._preface_left = _PREFACE
 
     # -- the H2Engine interface ------------------------------------------------------------
 
@@ -122,12 +125,22 @@ class HyperH2Engine:
     def receive(self, data: bytes) -> list[H2Event]:
         if self._done:
             return []
+        if self._preface_left:  # h2 refuses a bad preface without queueing a GOAWAY
+            seen = data[:len(self._preface_left)]
+            if not self._preface_left.startswith(seen):
+                self._done = True
+                self._write_goaway(PROTOCOL_ERROR, 0)
+                return [ConnectionFailed(PROTOCOL_ERROR, "the client's connection preface is "
+                                                         "not HTTP/2's")]
+            self._preface_left = self._preface_left[len(seen):]
         try:
             found = self._conn.receive_data(data)
         except ProtocolError as error:  # h2 has queued GOAWAY with the error's code
             self._done = True
             code = int(error.error_code)
-            if isinstance(error.__cause__, HPACKError) and self._recode_goaway(COMPRESSION_ERROR):
+            cause = error.__cause__
+            if (isinstance(cause, HPACKError) and not isinstance(cause, OversizedHeaderListError)
+                    and self._recode_goaway(COMPRESSION_ERROR)):
                 code = COMPRESSION_ERROR
             return [ConnectionFailed(code, str(error) or type(error).__name__)]
         except Exception as error:  # an h2 bug must not take the worker down
