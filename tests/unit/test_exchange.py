@@ -440,3 +440,18 @@ def test_a_response_that_ends_before_the_request_body_never_pools_the_connection
     script.exchange.request_data(b"01234")
     script.respond(upstream, ok(b"early"), Data(b"early"), EndOfMessage())
     assert script.backend.released_to_pool == [(upstream, False)]
+
+
+def test_an_empty_piece_of_body_is_not_an_end_of_chunks():
+    """HTTP/2 clients may send empty DATA frames; chunked towards the backend, an empty chunk
+    would be the last one and the real end a second request."""
+    script = Script(request(b"POST", chunked=True))
+    script.exchange.start()
+    upstream = script.backend.connect_next()
+    assert upstream is not None
+    head_end = len(upstream.written)
+    script.exchange.request_data(b"")
+    script.exchange.request_data(b"ab")
+    script.exchange.request_data(b"")
+    script.exchange.request_end([])
+    assert bytes(upstream.written[head_end:]) == b"2\r\nab\r\n0\r\n\r\n"

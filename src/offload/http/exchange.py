@@ -233,6 +233,8 @@ class Exchange:
     # ------------------------------------------------------------ request body (from client)
 
     def request_data(self, data: bytes) -> None:
+        if not data:
+            return  # an empty chunk would end a chunked body (an HTTP/2 client may send one)
         self.bytes_in += len(data)
         piece = chunk(data) if self.request.chunked else data
         upstream = self.upstream

@@ -12,7 +12,8 @@ from offload.http.upstream import HttpBackend
 from offload.observe.access_log import AccessLog
 from offload.observe.stats import Counters
 from offload.proto.forwarding import ForwardPolicy, ResponsePolicy
-from offload.proto.h2_engine import H2Settings
+from offload.proto.h2_engine import EngineFactory, H2Settings
+from offload.proto.h2_engines import engine_factory
 from offload.proto.h2_guard import FloodLimits
 from offload.proto.h2_request import HeadLimits
 from offload.proto.http1 import HttpLimits
@@ -104,11 +105,14 @@ class HttpSite:
     h2_settings: H2Settings = field(init=False)
     h2_flood_limits: FloodLimits = field(init=False)
     h2_head_limits: HeadLimits = field(init=False)
+    h2_engine: EngineFactory = field(init=False)
+    """Makes each HTTP/2 connection's engine (chosen once, when the site is made)."""
 
     def __post_init__(self) -> None:
         self.limits = limits_of(self.frontend)
         self.h2_settings, self.h2_flood_limits, self.h2_head_limits = h2_limits_of(
             self.frontend, self.limits)
+        self.h2_engine = engine_factory(self.frontend.http2.engine)
         self.forward_policy = ForwardPolicy(trusted_proxies=self.frontend.trusted_proxies,
                                             forwarded=self.frontend.forwarded)
         self.response_policy = response_policy_of(self.frontend)

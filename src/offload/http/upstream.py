@@ -364,6 +364,7 @@ class HttpBackend(ServerGroup):
     def release(self, connection: BackendConnection, reusable: bool, now: float) -> None:
         """An exchange is done with ``connection``: pool it or close it."""
         connection.user = None
+        connection.resume_reading()  # paused for a slow client: an idle connection must listen
         if (reusable and not connection.closed and not connection.private
                 and not connection.spoiled and connection.parser.answered
                 and self.pools[connection.index].give(connection, now)):

@@ -4,7 +4,7 @@ offload does not write HTTP/2 framing or HPACK itself. An engine wraps a well-ke
 libnghttp2 through our cffi binding (:mod:`offload.proto.h2_nghttp2`), or python-hyper ``h2``
 where that binding is not built (:mod:`offload.proto.h2_hyper`) — behind this one interface,
 so that the HTTP/2 connection (:mod:`offload.http.h2_connection`) and the conformance tests do
-not depend on which one runs. :func:`make_engine` picks it.
+not depend on which one runs. :func:`offload.proto.h2_engines.engine_factory` picks it.
 
 Semantics every engine implements the same way:
 
@@ -180,8 +180,3 @@ class H2Engine(Protocol):
 class EngineFactory(Protocol):
     def __call__(self, settings: H2Settings) -> H2Engine: ...
 
-
-def make_engine(settings: H2Settings, prefer: str = "auto") -> H2Engine:
-    """An engine: libnghttp2's when offload's binding was built (``prefer`` "auto" or
-    "nghttp2"), else python-hyper h2's."""
-    raise RuntimeError("no HTTP/2 engine is installed yet")  # replaced by the engines' branch

@@ -57,7 +57,7 @@ def served_alpn(frontend: FrontendConfig) -> tuple[str, ...]:
         return frontend.alpn
     if frontend.mode != "http":
         return ()
-    return HTTP1_ALPN  # h2 is offered once the engines are in (HTTP_ALPN)
+    return HTTP_ALPN if frontend.http2.enabled else HTTP1_ALPN
 
 
 @dataclass(frozen=True)
