@@ -5,10 +5,12 @@ The binding is a compiled C extension, ``offload.proto._nghttp2``, linked agains
 libnghttp2 (Debian: ``libnghttp2-dev``; 1.52 or later, the version Debian 12 carries with the
 Rapid Reset and CONTINUATION fixes). It declares only what :mod:`offload.proto.h2_nghttp2` uses.
 
-Most nghttp2 callbacks fire for every frame; crossing into Python costs far more than the C
-work, so the C side here filters: only the frames the engine reacts to reach Python
-(``offload_frame_recv``, ``offload_frame_sent``), with their few fields as plain integers. Header
-blocks are submitted from one buffer and a list of lengths, so a response head costs one call.
+Most nghttp2 callbacks fire for every frame or every header field; crossing into Python costs
+far more than the C work, so the C side here does what needs no Python: it collects a header
+block's fields (and enforces the header list size announced, which nghttp2 does not), counts
+open streams, and passes on only the frames the engine reacts to (``offload_frame_recv``,
+``offload_frame_sent``), with their few fields as plain integers. Header blocks are submitted
+from one buffer and a list of lengths, so a response head costs one call.
 """
 
 from __future__ import annotations
@@ -82,30 +84,33 @@ int nghttp2_submit_ping(nghttp2_session *session, uint8_t flags, const uint8_t *
 const char *nghttp2_strerror(int lib_error_code);
 
 /* offload's C side (set_source below) */
-int offload_session_new(nghttp2_session **session_ptr, nghttp2_option *option, void *handle);
+typedef struct {
+    nghttp2_session *session;
+    char *block;            /* the header block being received: names and values */
+    size_t used;
+    size_t *lengths;        /* name, value, name, value... */
+    size_t count;           /* fields */
+    int overflow;           /* the header list went over max_list_size */
+    int open_streams;
+    ...;
+} offload_context;
+
+offload_context *offload_new(nghttp2_option *option, void *handle, size_t max_list_size);
+void offload_del(offload_context *context);
 int offload_submit(nghttp2_session *session, int kind, int32_t stream_id, const char *block,
                    const size_t *lengths, size_t count);
 
-/* Python, called from C */
-extern "Python" int offload_begin_headers(void *handle, int32_t stream_id, int category);
-extern "Python" int offload_header(nghttp2_session *session, const nghttp2_frame *frame,
-                                   const uint8_t *name, size_t namelen, const uint8_t *value,
-                                   size_t valuelen, uint8_t flags, void *handle);
+/* Python, called from C with the engine's handle */
 extern "Python" int offload_frame_recv(void *handle, uint8_t type, uint8_t flags,
                                        int32_t stream_id, size_t length, uint32_t code,
                                        int64_t argument);
-extern "Python" int offload_data_chunk(nghttp2_session *session, uint8_t flags,
-                                       int32_t stream_id, const uint8_t *data, size_t len,
-                                       void *handle);
+extern "Python" int offload_data_chunk(void *handle, int32_t stream_id, const uint8_t *data,
+                                       size_t len);
 extern "Python" int offload_frame_sent(void *handle, uint8_t type, int32_t stream_id,
-                                       uint32_t code, int32_t last_stream_id);
-extern "Python" int offload_stream_closed(nghttp2_session *session, int32_t stream_id,
-                                          uint32_t error_code, void *handle);
-extern "Python" int offload_invalid_frame(void *handle, uint8_t type, int32_t stream_id,
-                                          int lib_error_code);
-extern "Python" ssize_t offload_read(nghttp2_session *session, int32_t stream_id, uint8_t *buf,
-                                     size_t length, uint32_t *data_flags,
-                                     nghttp2_data_source *source, void *handle);
+                                       uint32_t code);
+extern "Python" int offload_invalid_frame(void *handle, int lib_error_code);
+extern "Python" ssize_t offload_read(void *handle, int32_t stream_id, uint8_t *buf,
+                                     size_t length, uint32_t *data_flags);
 """
 
 SOURCE = r"""
@@ -118,31 +123,80 @@ SOURCE = r"""
 #define OFFLOAD_INTERIM 2        /* a 1xx HEADERS, more follow */
 #define OFFLOAD_TRAILERS 3       /* HEADERS with END_STREAM after the body */
 
-static int offload_begin_headers(void *handle, int32_t stream_id, int category);
-static int offload_header(nghttp2_session *session, const nghttp2_frame *frame,
-                          const uint8_t *name, size_t namelen, const uint8_t *value,
-                          size_t valuelen, uint8_t flags, void *handle);
+typedef struct {
+    nghttp2_session *session;
+    char *block;
+    size_t used;
+    size_t *lengths;
+    size_t count;
+    int overflow;
+    int open_streams;
+    void *handle;
+    size_t room;
+    size_t lengths_room;
+    size_t list_size;
+    size_t max_list_size;
+} offload_context;
+
 static int offload_frame_recv(void *handle, uint8_t type, uint8_t flags, int32_t stream_id,
                               size_t length, uint32_t code, int64_t argument);
-static int offload_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream_id,
-                              const uint8_t *data, size_t len, void *handle);
-static int offload_frame_sent(void *handle, uint8_t type, int32_t stream_id, uint32_t code,
-                              int32_t last_stream_id);
-static int offload_stream_closed(nghttp2_session *session, int32_t stream_id,
-                                 uint32_t error_code, void *handle);
-static int offload_invalid_frame(void *handle, uint8_t type, int32_t stream_id,
-                                 int lib_error_code);
-static ssize_t offload_read(nghttp2_session *session, int32_t stream_id, uint8_t *buf,
-                            size_t length, uint32_t *data_flags, nghttp2_data_source *source,
-                            void *handle);
+static int offload_data_chunk(void *handle, int32_t stream_id, const uint8_t *data, size_t len);
+static int offload_frame_sent(void *handle, uint8_t type, int32_t stream_id, uint32_t code);
+static int offload_invalid_frame(void *handle, int lib_error_code);
+static ssize_t offload_read(void *handle, int32_t stream_id, uint8_t *buf, size_t length,
+                            uint32_t *data_flags);
 
-static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *handle) {
+/* Header fields are collected here, in C, and read by Python once per block: a call into
+   Python per field would cost more than everything else a request does. */
+static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *data) {
+    offload_context *context = data;
     (void)session;
-    return offload_begin_headers(handle, frame->hd.stream_id, (int)frame->headers.cat);
+    context->used = context->count = context->list_size = 0;
+    if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) context->open_streams++;
+    return 0;
+}
+
+static int grow(void **memory, size_t *room, size_t needed, size_t unit) {
+    size_t size = *room ? *room : 16;
+    void *larger;
+    if (needed <= *room) return 0;
+    while (size < needed) size *= 2;
+    larger = realloc(*memory, size * unit);
+    if (larger == NULL) return -1;
+    *memory = larger;
+    *room = size;
+    return 0;
+}
+
+static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name,
+                     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
+                     void *data) {
+    offload_context *context = data;
+    (void)frame; (void)flags;
+    if (context->overflow) return 0;
+    /* RFC 9113 §6.5.2: a field counts its name, its value and 32 */
+    context->list_size += namelen + valuelen + 32;
+    if (context->list_size > context->max_list_size) {
+        context->overflow = 1;
+        return nghttp2_session_terminate_session(session, NGHTTP2_ENHANCE_YOUR_CALM);
+    }
+    if (grow((void **)&context->block, &context->room, context->used + namelen + valuelen, 1)
+        || grow((void **)&context->lengths, &context->lengths_room, 2 * context->count + 2,
+                sizeof(size_t))) {
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    memcpy(context->block + context->used, name, namelen);
+    memcpy(context->block + context->used + namelen, value, valuelen);
+    context->used += namelen + valuelen;
+    context->lengths[2 * context->count] = namelen;
+    context->lengths[2 * context->count + 1] = valuelen;
+    context->count++;
+    return 0;
 }
 
 /* Only what the engine reacts to crosses into Python. */
-static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *handle) {
+static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *data) {
+    void *handle = ((offload_context *)data)->handle;
     size_t i;
     int64_t opaque;
     (void)session;
@@ -180,42 +234,79 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
     }
 }
 
-static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *handle) {
+static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream_id,
+                         const uint8_t *chunk, size_t len, void *data) {
+    (void)session; (void)flags;
+    return offload_data_chunk(((offload_context *)data)->handle, stream_id, chunk, len);
+}
+
+static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *data) {
+    void *handle = ((offload_context *)data)->handle;
     (void)session;
     switch (frame->hd.type) {
     case NGHTTP2_RST_STREAM:
         return offload_frame_sent(handle, frame->hd.type, frame->hd.stream_id,
-                                  frame->rst_stream.error_code, 0);
+                                  frame->rst_stream.error_code);
     case NGHTTP2_GOAWAY:
-        return offload_frame_sent(handle, frame->hd.type, 0, frame->goaway.error_code,
-                                  frame->goaway.last_stream_id);
+        return offload_frame_sent(handle, frame->hd.type, 0, frame->goaway.error_code);
     default:
         return 0;
     }
 }
 
-static int on_invalid_frame_recv(nghttp2_session *session, const nghttp2_frame *frame,
-                                 int lib_error_code, void *handle) {
-    (void)session;
-    return offload_invalid_frame(handle, frame->hd.type, frame->hd.stream_id, lib_error_code);
+static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t error_code,
+                           void *data) {
+    (void)session; (void)stream_id; (void)error_code;
+    ((offload_context *)data)->open_streams--;
+    return 0;
 }
 
-static int offload_session_new(nghttp2_session **session_ptr, nghttp2_option *option,
-                               void *handle) {
+static int on_invalid_frame_recv(nghttp2_session *session, const nghttp2_frame *frame,
+                                 int lib_error_code, void *data) {
+    (void)session; (void)frame;
+    return offload_invalid_frame(((offload_context *)data)->handle, lib_error_code);
+}
+
+static ssize_t read_body(nghttp2_session *session, int32_t stream_id, uint8_t *buf,
+                         size_t length, uint32_t *data_flags, nghttp2_data_source *source,
+                         void *data) {
+    (void)session; (void)source;
+    return offload_read(((offload_context *)data)->handle, stream_id, buf, length, data_flags);
+}
+
+static void offload_del(offload_context *context) {
+    if (context == NULL) return;
+    nghttp2_session_del(context->session);
+    free(context->block);
+    free(context->lengths);
+    free(context);
+}
+
+static offload_context *offload_new(nghttp2_option *option, void *handle,
+                                    size_t max_list_size) {
     nghttp2_session_callbacks *callbacks;
-    int rv = nghttp2_session_callbacks_new(&callbacks);
-    if (rv != 0) return rv;
+    offload_context *context = calloc(1, sizeof(offload_context));
+    if (context == NULL) return NULL;
+    context->handle = handle;
+    context->max_list_size = max_list_size;
+    if (nghttp2_session_callbacks_new(&callbacks) != 0) {
+        free(context);
+        return NULL;
+    }
     nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks, on_begin_headers);
-    nghttp2_session_callbacks_set_on_header_callback(callbacks, offload_header);
+    nghttp2_session_callbacks_set_on_header_callback(callbacks, on_header);
     nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, on_frame_recv);
-    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, offload_data_chunk);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, on_data_chunk);
     nghttp2_session_callbacks_set_on_frame_send_callback(callbacks, on_frame_send);
-    nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, offload_stream_closed);
+    nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, on_stream_close);
     nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(callbacks,
                                                                  on_invalid_frame_recv);
-    rv = nghttp2_session_server_new2(session_ptr, callbacks, handle, option);
+    if (nghttp2_session_server_new2(&context->session, callbacks, context, option) != 0) {
+        free(context);
+        context = NULL;
+    }
     nghttp2_session_callbacks_del(callbacks);
-    return rv;
+    return context;
 }
 
 /* A header block as one buffer of names and values back to back, and their lengths
@@ -243,7 +334,7 @@ static int offload_submit(nghttp2_session *session, int kind, int32_t stream_id,
     switch (kind) {
     case OFFLOAD_RESPONSE:
         provider.source.ptr = NULL;
-        provider.read_callback = offload_read;
+        provider.read_callback = read_body;
         rv = nghttp2_submit_response(session, stream_id, nva, count, &provider);
         break;
     case OFFLOAD_RESPONSE_END:
