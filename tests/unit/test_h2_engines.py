@@ -65,6 +65,9 @@ DIFFERS = {
     "malformed request": {"nghttp2": "stream", "h2": "connection"},
     # RFC 9113 §6.9.1: DATA beyond a stream's window is a stream or a connection error
     "stream window overrun": {"nghttp2": "stream", "h2": "connection"},
+    # RFC 9113 §6.8: streams up to the last one keep going after a GOAWAY; h2 stops sending
+    # anything once it has received one (a known limitation), nghttp2 finishes them
+    "responses after the client's GOAWAY": {"nghttp2": "sent", "h2": "dropped"},
 }
 
 
@@ -385,6 +388,23 @@ def test_a_bad_preface_fails_the_connection_with_goaway(engine_name: str) -> Non
     assert engine.receive(PREFACE + SettingsFrame(0).serialize()) == [], "no more input"
 
 
+def test_calls_after_a_connection_failure_are_harmless(engine_name: str) -> None:
+    engine, client = connect(engine_name)
+    engine.receive(client.headers(1, POST, end_stream=False))
+    assert [type(e) for e in engine.receive(b"\x00" * 9 + b"garbage")] == [ConnectionFailed]
+    engine.send_headers(1, OK, end_stream=False)
+    engine.send_data(1, b"late", end_stream=False)
+    engine.send_trailers(1, [(b"x-t", b"1")])
+    engine.acknowledge(1, 100)
+    engine.reset(1, CANCEL)
+    engine.goaway(NO_ERROR)
+    engine.goaway(PROTOCOL_ERROR)
+    frames = client.parse(engine.data_to_send())
+    assert [f.error_code for f in frames if isinstance(f, GoAwayFrame)] == [PROTOCOL_ERROR]
+    assert kinds(frames)[-1] == "GoAway"
+    assert engine.receive(client.headers(3, GET)) == []
+
+
 def test_hpack_garbage_is_a_compression_error(engine_name: str) -> None:
     engine, client = connect(engine_name)
     frame = HeadersFrame(1, b"\x80\xff\xff\xff\xff", flags=["END_HEADERS", "END_STREAM"])
@@ -431,9 +451,15 @@ def test_a_goaway_with_an_error_ends_the_connection(engine_name: str) -> None:
 
 
 def test_the_client_goaway_is_reported(engine_name: str) -> None:
-    engine, _ = connect(engine_name)
+    engine, client = connect(engine_name)
+    engine.receive(client.headers(1, GET))
     events = engine.receive(GoAwayFrame(0, last_stream_id=0, error_code=NO_ERROR).serialize())
     assert events == [GoAwayReceived(NO_ERROR, 0)]
+    engine.send_headers(1, OK, end_stream=False)
+    engine.send_data(1, b"still", end_stream=True)
+    sent = kinds(client.parse(engine.data_to_send()))
+    expected = {"sent": ["Headers", "Data"], "dropped": []}
+    assert sent == expected[DIFFERS["responses after the client's GOAWAY"][engine_name]]
 
 
 def test_max_concurrent_streams_is_enforced(engine_name: str) -> None:

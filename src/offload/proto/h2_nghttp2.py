@@ -154,8 +154,9 @@ class NgHttp2Engine:
                 self._session, 0, 0, settings.connection_window_size))
 
     def receive(self, data: bytes) -> list[H2Event]:
-        if self._done:
-            return []
+        if self._done:  # no more input; a failure found while sending is still told
+            events, self._events = self._events, []
+            return events
         if self._submitted:  # what the caller queued goes first, and is not nghttp2's doing
             self._drain()
         result = lib.nghttp2_session_mem_recv(self._session, data, len(data))
@@ -249,9 +250,11 @@ class NgHttp2Engine:
     # -- helpers ---------------------------------------------------------------------------
 
     def _check(self, result: int) -> None:
+        """nghttp2 refuses what no longer applies (a reset of a closed stream, a GOAWAY after
+        the connection failed): nothing to do then. Only running out of memory is raised."""
         self._submitted = True
-        if result < 0 and result != lib.NGHTTP2_ERR_INVALID_ARGUMENT:
-            raise RuntimeError(f"nghttp2: {_error_text(result)}")
+        if result == lib.NGHTTP2_ERR_NOMEM:
+            raise MemoryError("nghttp2")
 
     def _submit(self, kind: int, stream_id: int, headers: list[Header]) -> None:
         block = b"".join([part for field in headers for part in field])
