@@ -91,11 +91,11 @@ class Nghttp2Binding:
         """One phrase for ``offload version`` and for the error when nghttp2 is asked for."""
         if self.importable:
             return "HTTP/2 engine nghttp2 (libnghttp2 binding built)"
-        why = {"skipped": f"not built: {self.reason}",
-               "failed": f"building it failed at install: {self.reason}",
-               "built": "built but it does not import; reinstall offload",
-               "unknown": "not built in this install"}.get(self.record, self.record)
-        return f"HTTP/2 engine h2 (libnghttp2 binding {why})"
+        why = {"skipped": f"was not built: {self.reason}",
+               "failed": f"failed to build at install: {self.reason}",
+               "built": "was built but does not import; reinstall offload",
+               "unknown": "is not built in this install"}.get(self.record, self.record)
+        return f"HTTP/2 engine h2 (the libnghttp2 binding {why})"
 
 
 def nghttp2_binding() -> Nghttp2Binding:

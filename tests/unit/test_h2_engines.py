@@ -28,6 +28,7 @@ from hyperframe.frame import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from offload.build_info import Nghttp2Binding, nghttp2_binding
 from offload.proto.h2_engine import (
     CANCEL,
     COMPRESSION_ERROR,
@@ -509,6 +510,21 @@ def test_asking_for_nghttp2_where_it_is_not_built_says_how_to_get_it(
     assert make_engine(H2Settings()).name == "h2"
     with pytest.raises(EngineUnavailable, match=r"libnghttp2-dev.*reinstall offload"):
         make_engine(H2Settings(), prefer="nghttp2")
+
+
+def test_this_install_reports_the_binding_as_built() -> None:
+    binding = nghttp2_binding()
+    assert binding.importable, BUILD_HINT
+    assert binding.record in {"built", "unknown"}, "editable installs have no build record"
+    assert binding.describe() == "HTTP/2 engine nghttp2 (libnghttp2 binding built)"
+
+
+def test_a_binding_that_failed_to_build_is_reported_with_the_reason() -> None:
+    binding = Nghttp2Binding("failed", "gcc exited with status 1", importable=False)
+    assert binding.describe() == ("HTTP/2 engine h2 (the libnghttp2 binding failed to build at "
+                                  "install: gcc exited with status 1)")
+    skipped = Nghttp2Binding("skipped", "nghttp2/nghttp2.h not found", importable=False)
+    assert "was not built: nghttp2/nghttp2.h not found" in skipped.describe()
 
 
 def _random_frames() -> st.SearchStrategy[bytes]:
