@@ -103,7 +103,6 @@ class NgHttp2Engine:
         self._settings = settings
         self._handle = ffi.new_handle(self)
         self._out = bytearray()
-        self._sent = ffi.new("const uint8_t **")
         self._events: list[H2Event] = []
         self._chunks: list[bytes] = []
         self._outgoing: dict[int, _Outgoing] = {}
@@ -273,15 +272,12 @@ class NgHttp2Engine:
     def _drain(self) -> None:
         """Take every frame nghttp2 has queued (module docstring)."""
         self._submitted = False
-        session, sent, out = self._session, self._sent, self._out
-        while True:
-            length = lib.nghttp2_session_mem_send(session, sent)
-            if length <= 0:
-                if length < 0 and not self._done:
-                    self._reason = f"nghttp2: {_error_text(length)}"
-                    self._fail(INTERNAL_ERROR)
-                return
-            out += ffi.buffer(sent[0], length)
+        length = lib.offload_send_all(self._context)
+        if length > 0:
+            self._out += ffi.buffer(self._context.out, length)
+        elif length < 0 and not self._done:
+            self._reason = f"nghttp2: {_error_text(length)}"
+            self._fail(INTERNAL_ERROR)
 
     def _fail(self, error_code: int) -> None:
         self._done = True
@@ -292,19 +288,10 @@ class NgHttp2Engine:
     def _header_block(self) -> list[Header]:
         """The fields the C side collected for the block just received."""
         context = self._context
-        count = context.count
-        if not count:
+        if not context.count:
             return []
-        block = ffi.buffer(context.block, context.used)[:]
-        lengths = ffi.unpack(context.lengths, 2 * count)
-        headers = []
-        start = 0
-        for index in range(0, 2 * count, 2):
-            middle = start + lengths[index]
-            end = middle + lengths[index + 1]
-            headers.append((block[start:middle], block[middle:end]))
-            start = end
-        return headers
+        parts = iter(ffi.buffer(context.block, context.used - 1)[:].split(b"\0"))
+        return list(zip(parts, parts, strict=True))
 
     def _frame_recv(self, kind: int, flags: int, stream_id: int, length: int, code: int,
                     argument: int) -> None:

@@ -86,17 +86,18 @@ const char *nghttp2_strerror(int lib_error_code);
 /* offload's C side (set_source below) */
 typedef struct {
     nghttp2_session *session;
-    char *block;            /* the header block being received: names and values */
+    char *block;            /* the header block being received: name NUL value NUL ... */
     size_t used;
-    size_t *lengths;        /* name, value, name, value... */
     size_t count;           /* fields */
     int overflow;           /* the header list went over max_list_size */
     int open_streams;
+    uint8_t *out;           /* what offload_send_all took from nghttp2 */
     ...;
 } offload_context;
 
 offload_context *offload_new(nghttp2_option *option, void *handle, size_t max_list_size);
 void offload_del(offload_context *context);
+ssize_t offload_send_all(offload_context *context);
 int offload_submit(nghttp2_session *session, int kind, int32_t stream_id, const char *block,
                    const size_t *lengths, size_t count);
 
@@ -127,13 +128,13 @@ typedef struct {
     nghttp2_session *session;
     char *block;
     size_t used;
-    size_t *lengths;
     size_t count;
     int overflow;
     int open_streams;
+    uint8_t *out;
     void *handle;
     size_t room;
-    size_t lengths_room;
+    size_t out_room;
     size_t list_size;
     size_t max_list_size;
 } offload_context;
@@ -147,7 +148,9 @@ static ssize_t offload_read(void *handle, int32_t stream_id, uint8_t *buf, size_
                             uint32_t *data_flags);
 
 /* Header fields are collected here, in C, and read by Python once per block: a call into
-   Python per field would cost more than everything else a request does. */
+   Python per field would cost more than everything else a request does. Names and values are
+   separated by NUL, which neither may contain (nghttp2 checks them, RFC 9113 §8.2.1; checked
+   again below), so Python splits the block in one call. */
 static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *data) {
     offload_context *context = data;
     (void)session;
@@ -180,16 +183,19 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
         context->overflow = 1;
         return nghttp2_session_terminate_session(session, NGHTTP2_ENHANCE_YOUR_CALM);
     }
-    if (grow((void **)&context->block, &context->room, context->used + namelen + valuelen, 1)
-        || grow((void **)&context->lengths, &context->lengths_room, 2 * context->count + 2,
-                sizeof(size_t))) {
+    if (memchr(name, 0, namelen) != NULL || memchr(value, 0, valuelen) != NULL) {
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;  /* never reached: nghttp2 refuses NUL */
+    }
+    if (grow((void **)&context->block, &context->room, context->used + namelen + valuelen + 2,
+             1)) {
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     }
     memcpy(context->block + context->used, name, namelen);
-    memcpy(context->block + context->used + namelen, value, valuelen);
-    context->used += namelen + valuelen;
-    context->lengths[2 * context->count] = namelen;
-    context->lengths[2 * context->count + 1] = valuelen;
+    context->used += namelen;
+    context->block[context->used++] = 0;
+    memcpy(context->block + context->used, value, valuelen);
+    context->used += valuelen;
+    context->block[context->used++] = 0;
     context->count++;
     return 0;
 }
@@ -278,8 +284,31 @@ static void offload_del(offload_context *context) {
     if (context == NULL) return;
     nghttp2_session_del(context->session);
     free(context->block);
-    free(context->lengths);
+    free(context->out);
     free(context);
+}
+
+/* Everything nghttp2 has to send, in one buffer (one call from Python instead of one per
+   frame). A buffer grown past 64 KiB by a burst is given back before the next use. */
+static ssize_t offload_send_all(offload_context *context) {
+    const uint8_t *data;
+    size_t used = 0;
+    ssize_t length;
+    if (context->out_room > 65536) {
+        free(context->out);
+        context->out = NULL;
+        context->out_room = 0;
+    }
+    for (;;) {
+        length = nghttp2_session_mem_send(context->session, &data);
+        if (length < 0) return length;
+        if (length == 0) return (ssize_t)used;
+        if (grow((void **)&context->out, &context->out_room, used + (size_t)length, 1)) {
+            return NGHTTP2_ERR_NOMEM;
+        }
+        memcpy(context->out + used, data, (size_t)length);
+        used += (size_t)length;
+    }
 }
 
 static offload_context *offload_new(nghttp2_option *option, void *handle,
