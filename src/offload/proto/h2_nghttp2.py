@@ -15,10 +15,11 @@ How the library is driven (the contract is :mod:`offload.proto.h2_engine`'s docs
 * Automatic WINDOW_UPDATEs are off: :meth:`NgHttp2Engine.acknowledge` calls
   ``nghttp2_session_consume``, which sends one when half a window has been consumed. nghttp2
   consumes padding itself, so ``flow_length`` is the data length.
-* Response bodies are pulled by nghttp2 from a per-stream queue through the data provider:
-  what the windows allow is copied into frames, an empty queue defers the stream
-  (``NGHTTP2_ERR_DEFERRED``) until :meth:`NgHttp2Engine.send_data` resumes it. Trailers are
-  submitted from the provider once the queue is empty.
+* Response bodies wait in a per-stream buffer on the C side (the stream's user data in
+  nghttp2), which nghttp2's data provider reads as the windows allow, without a call into
+  Python; an empty buffer defers the stream (``NGHTTP2_ERR_DEFERRED``) until
+  :meth:`NgHttp2Engine.send_data` adds to it and resumes it. Trailers wait there too and are
+  submitted once the body has gone. Buffers are freed when their stream closes.
 * Header fields are collected on the C side and read once per block. nghttp2 does not enforce
   the header list size it announces; the C side does (a connection error ENHANCE_YOUR_CALM, as
   python-hyper ``h2`` answers).
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections import deque
 from types import TracebackType
 from typing import Any
 
@@ -69,29 +69,10 @@ _DATA, _HEADERS, _RST_STREAM, _SETTINGS, _PING, _GOAWAY, _WINDOW_UPDATE = (
     lib.NGHTTP2_PING, lib.NGHTTP2_GOAWAY, lib.NGHTTP2_WINDOW_UPDATE)
 _END_STREAM = lib.NGHTTP2_FLAG_END_STREAM
 _REQUEST = lib.NGHTTP2_HCAT_REQUEST
-_DEFERRED = lib.NGHTTP2_ERR_DEFERRED
-_EOF = lib.NGHTTP2_DATA_FLAG_EOF
-_EOF_TRAILERS = lib.NGHTTP2_DATA_FLAG_EOF | lib.NGHTTP2_DATA_FLAG_NO_END_STREAM
 
 
 def _error_text(code: int) -> str:
     return str(ffi.string(lib.nghttp2_strerror(code)).decode("ascii", "replace"))
-
-
-class _Outgoing:
-    """A response body waiting for the client's windows."""
-
-    __slots__ = ("chunks", "deferred", "ended", "offset", "size", "trailers")
-
-    def __init__(self) -> None:
-        self.chunks: deque[bytes] = deque()
-        self.offset = 0
-        """How much of ``chunks[0]`` has gone."""
-        self.size = 0
-        self.ended = False
-        self.trailers: list[Header] | None = None
-        self.deferred = False
-        """nghttp2 was told there is nothing yet: it must be resumed when there is."""
 
 
 class NgHttp2Engine:
@@ -105,7 +86,6 @@ class NgHttp2Engine:
         self._out = bytearray()
         self._events: list[H2Event] = []
         self._chunks: list[bytes] = []
-        self._outgoing: dict[int, _Outgoing] = {}
         self._draining_receive = False
         self._submitted = False
         """Something was queued since the last drain (else receive need not drain first)."""
@@ -189,39 +169,25 @@ class NgHttp2Engine:
         elif headers and headers[0][0] == b":status" and headers[0][1][:1] == b"1":
             kind = lib.OFFLOAD_INTERIM
         else:
-            kind = lib.OFFLOAD_RESPONSE
-            self._outgoing[stream_id] = _Outgoing()
+            kind = lib.OFFLOAD_RESPONSE  # the C side keeps the body that follows
         self._submit(kind, stream_id, headers)
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
-        out = self._outgoing.get(stream_id)
-        if out is None or out.ended:
-            return  # the stream is gone (reset by either side): nothing to send it on
-        if data:
-            out.chunks.append(data)
-            out.size += len(data)
-        if end_stream:
-            out.ended = True
-        self._resume(stream_id, out)
+        # copied into the stream's body on the C side; a stream that is gone takes nothing
+        self._check(lib.offload_push(self._context, stream_id, data, len(data), end_stream))
 
     def send_trailers(self, stream_id: int, headers: list[Header]) -> None:
-        out = self._outgoing.get(stream_id)
-        if out is None or out.ended:
-            return
-        out.ended = True
-        out.trailers = headers
-        self._resume(stream_id, out)
+        self._submit(lib.OFFLOAD_TRAILERS, stream_id, headers)
 
     def queued(self, stream_id: int) -> int:
-        out = self._outgoing.get(stream_id)
-        return 0 if out is None else out.size
+        return int(lib.offload_queued(self._context, stream_id))
 
     def acknowledge(self, stream_id: int, flow_length: int) -> None:
         if flow_length > 0:
             self._check(lib.nghttp2_session_consume(self._session, stream_id, flow_length))
 
     def reset(self, stream_id: int, error_code: int) -> None:
-        self._outgoing.pop(stream_id, None)
+        lib.offload_drop(self._context, stream_id)
         self._check(lib.nghttp2_submit_rst_stream(self._session, 0, stream_id, error_code))
 
     def goaway(self, error_code: int, last_stream_id: int | None = None) -> None:
@@ -260,14 +226,8 @@ class NgHttp2Engine:
         lengths = [len(part) for field in headers for part in field]
         # an error means the stream is gone or was never ours to answer: as with the data of
         # a reset stream, there is nothing to send
-        lib.offload_submit(self._session, kind, stream_id, block, lengths, len(headers))
-        self._submitted = True
-
-    def _resume(self, stream_id: int, out: _Outgoing) -> None:
-        if out.deferred:
-            out.deferred = False
-            lib.nghttp2_session_resume_data(self._session, stream_id)
-            self._submitted = True
+        self._check(lib.offload_submit(self._context, kind, stream_id, block, lengths,
+                                       len(headers)))
 
     def _drain(self) -> None:
         """Take every frame nghttp2 has queued (module docstring)."""
@@ -308,7 +268,6 @@ class NgHttp2Engine:
             else:
                 self._events.append(TrailersReceived(stream_id, self._header_block()))
         elif kind == _RST_STREAM:
-            self._outgoing.pop(stream_id, None)
             self._events.append(StreamReset(stream_id, code, by_peer=True))
         elif kind == _WINDOW_UPDATE:
             self._events.append(WindowOpened(stream_id))
@@ -323,7 +282,6 @@ class NgHttp2Engine:
     def _frame_sent(self, kind: int, stream_id: int, code: int) -> None:
         if kind == _RST_STREAM:
             if self._draining_receive:
-                self._outgoing.pop(stream_id, None)
                 self._events.append(StreamReset(stream_id, code, by_peer=False))
         elif self._own_goaways > 0:
             self._own_goaways -= 1
@@ -335,41 +293,6 @@ class NgHttp2Engine:
 
     def _invalid_frame(self, lib_error_code: int) -> None:
         self._reason = f"nghttp2: {_error_text(lib_error_code)}"
-
-    def _read(self, stream_id: int, buf: Any, length: int, data_flags: Any) -> int:
-        out = self._outgoing.get(stream_id)
-        if out is None:  # reset meanwhile: end the body (nghttp2 drops it with the stream)
-            data_flags[0] = _EOF
-            return 0
-        chunks = out.chunks
-        written = 0
-        while chunks and written < length:
-            chunk = chunks[0]
-            size = len(chunk) - out.offset
-            room = length - written
-            if size <= room:
-                ffi.memmove(buf + written, chunk if out.offset == 0 else
-                            memoryview(chunk)[out.offset:], size)
-                chunks.popleft()
-                out.offset = 0
-                written += size
-            else:
-                ffi.memmove(buf + written, memoryview(chunk)[out.offset:out.offset + room], room)
-                out.offset += room
-                written += room
-        out.size -= written
-        if not chunks:
-            if out.ended:
-                del self._outgoing[stream_id]
-                if out.trailers is None:
-                    data_flags[0] = _EOF
-                else:
-                    data_flags[0] = _EOF_TRAILERS
-                    self._submit(lib.OFFLOAD_TRAILERS, stream_id, out.trailers)
-            elif written == 0:
-                out.deferred = True
-                return int(_DEFERRED)
-        return written
 
 
 def _callback_failed(exception: type[BaseException] | None, value: BaseException | None,
@@ -405,12 +328,6 @@ def offload_frame_sent(handle: Any, kind: int, stream_id: int, code: int) -> int
 def offload_invalid_frame(handle: Any, lib_error_code: int) -> int:
     ffi.from_handle(handle)._invalid_frame(lib_error_code)
     return 0
-
-
-@ffi.def_extern(error=_FAILED, onerror=_callback_failed)  # type: ignore[untyped-decorator]
-def offload_read(handle: Any, stream_id: int, buf: Any, length: int, data_flags: Any) -> int:
-    engine: NgHttp2Engine = ffi.from_handle(handle)
-    return engine._read(stream_id, buf, length, data_flags)
 
 
 def make(settings: H2Settings) -> NgHttp2Engine:

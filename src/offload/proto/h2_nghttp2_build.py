@@ -98,8 +98,12 @@ typedef struct {
 offload_context *offload_new(nghttp2_option *option, void *handle, size_t max_list_size);
 void offload_del(offload_context *context);
 ssize_t offload_send_all(offload_context *context);
-int offload_submit(nghttp2_session *session, int kind, int32_t stream_id, const char *block,
+int offload_submit(offload_context *context, int kind, int32_t stream_id, const char *block,
                    const size_t *lengths, size_t count);
+int offload_push(offload_context *context, int32_t stream_id, const char *data, size_t length,
+                 int end_stream);
+size_t offload_queued(offload_context *context, int32_t stream_id);
+void offload_drop(offload_context *context, int32_t stream_id);
 
 /* Python, called from C with the engine's handle */
 extern "Python" int offload_frame_recv(void *handle, uint8_t type, uint8_t flags,
@@ -110,8 +114,6 @@ extern "Python" int offload_data_chunk(void *handle, int32_t stream_id, const ui
 extern "Python" int offload_frame_sent(void *handle, uint8_t type, int32_t stream_id,
                                        uint32_t code);
 extern "Python" int offload_invalid_frame(void *handle, int lib_error_code);
-extern "Python" ssize_t offload_read(void *handle, int32_t stream_id, uint8_t *buf,
-                                     size_t length, uint32_t *data_flags);
 """
 
 SOURCE = r"""
@@ -124,6 +126,19 @@ SOURCE = r"""
 #define OFFLOAD_INTERIM 2        /* a 1xx HEADERS, more follow */
 #define OFFLOAD_TRAILERS 3       /* HEADERS with END_STREAM after the body */
 
+/* A response body waiting for the client's windows: nghttp2's data provider reads from it.
+   Every body is also on the context's list, so that those of streams still open when the
+   session goes are freed with it. */
+typedef struct offload_body {
+    struct offload_body *previous, *next;
+    uint8_t *data;
+    size_t start, end, room;
+    int ended, deferred;
+    char *trailers;             /* a header block as offload_submit takes it, and its lengths */
+    size_t *trailer_lengths;
+    size_t trailer_count;
+} offload_body;
+
 typedef struct {
     nghttp2_session *session;
     char *block;
@@ -133,6 +148,7 @@ typedef struct {
     int open_streams;
     uint8_t *out;
     void *handle;
+    offload_body *bodies;
     size_t room;
     size_t out_room;
     size_t list_size;
@@ -144,8 +160,6 @@ static int offload_frame_recv(void *handle, uint8_t type, uint8_t flags, int32_t
 static int offload_data_chunk(void *handle, int32_t stream_id, const uint8_t *data, size_t len);
 static int offload_frame_sent(void *handle, uint8_t type, int32_t stream_id, uint32_t code);
 static int offload_invalid_frame(void *handle, int lib_error_code);
-static ssize_t offload_read(void *handle, int32_t stream_id, uint8_t *buf, size_t length,
-                            uint32_t *data_flags);
 
 /* Header fields are collected here, in C, and read by Python once per block: a call into
    Python per field would cost more than everything else a request does. Names and values are
@@ -260,11 +274,118 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
     }
 }
 
+static void body_free(offload_context *context, offload_body *body) {
+    if (body->previous) body->previous->next = body->next;
+    else context->bodies = body->next;
+    if (body->next) body->next->previous = body->previous;
+    free(body->data);
+    free(body->trailers);
+    free(body->trailer_lengths);
+    free(body);
+}
+
+static offload_body *body_of(offload_context *context, int32_t stream_id) {
+    return nghttp2_session_get_stream_user_data(context->session, stream_id);
+}
+
+static void offload_drop(offload_context *context, int32_t stream_id) {
+    offload_body *body = body_of(context, stream_id);
+    if (body == NULL) return;
+    nghttp2_session_set_stream_user_data(context->session, stream_id, NULL);
+    body_free(context, body);
+}
+
 static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t error_code,
                            void *data) {
-    (void)session; (void)stream_id; (void)error_code;
+    (void)session; (void)error_code;
     ((offload_context *)data)->open_streams--;
+    offload_drop(data, stream_id);
     return 0;
+}
+
+static size_t offload_queued(offload_context *context, int32_t stream_id) {
+    offload_body *body = body_of(context, stream_id);
+    return body == NULL ? 0 : body->end - body->start;
+}
+
+static int submit_fields(nghttp2_session *session, int kind, int32_t stream_id,
+                         const char *block, const size_t *lengths, size_t count,
+                         nghttp2_data_provider *provider);
+
+/* The body so far, as the windows allow; the trailers (or END_STREAM) once it has all gone. */
+static ssize_t read_body(nghttp2_session *session, int32_t stream_id, uint8_t *buf,
+                         size_t length, uint32_t *data_flags, nghttp2_data_source *source,
+                         void *data) {
+    offload_context *context = data;
+    offload_body *body = body_of(context, stream_id);
+    size_t size;
+    (void)source;
+    if (body == NULL) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;  /* not reached */
+    size = body->end - body->start;
+    if (size > length) size = length;
+    memcpy(buf, body->data + body->start, size);
+    body->start += size;
+    if (body->start < body->end) return (ssize_t)size;
+    body->start = body->end = 0;
+    if (!body->ended) {
+        if (size > 0) return (ssize_t)size;
+        body->deferred = 1;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+    if (body->trailers != NULL) {
+        *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+        if (submit_fields(session, OFFLOAD_TRAILERS, stream_id, body->trailers,
+                          body->trailer_lengths, body->trailer_count, NULL) != 0) {
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        }
+    }
+    offload_drop(context, stream_id);
+    return (ssize_t)size;
+}
+
+static int resume(offload_context *context, int32_t stream_id, offload_body *body) {
+    if (!body->deferred) return 0;
+    body->deferred = 0;
+    return nghttp2_session_resume_data(context->session, stream_id);
+}
+
+/* Body bytes for a stream whose response head said more follows (copied: the caller's buffer
+   is free when this returns). A stream that is gone takes nothing. */
+static int offload_push(offload_context *context, int32_t stream_id, const char *data,
+                        size_t length, int end_stream) {
+    offload_body *body = body_of(context, stream_id);
+    if (body == NULL || body->ended) return 0;
+    if (length > 0) {
+        if (body->start > 0 && body->end + length > body->room) {
+            memmove(body->data, body->data + body->start, body->end - body->start);
+            body->end -= body->start;
+            body->start = 0;
+        }
+        if (grow((void **)&body->data, &body->room, body->end + length, 1)) {
+            return NGHTTP2_ERR_NOMEM;
+        }
+        memcpy(body->data + body->end, data, length);
+        body->end += length;
+    }
+    if (end_stream) body->ended = 1;
+    return resume(context, stream_id, body);
+}
+
+static int keep_trailers(offload_context *context, int32_t stream_id, const char *block,
+                         const size_t *lengths, size_t count) {
+    offload_body *body = body_of(context, stream_id);
+    size_t size = 0, i;
+    if (body == NULL || body->ended) return 0;
+    for (i = 0; i < 2 * count; i++) size += lengths[i];
+    body->trailers = malloc(size ? size : 1);
+    body->trailer_lengths = malloc(2 * count * sizeof(size_t) + 1);
+    if (body->trailers == NULL || body->trailer_lengths == NULL) return NGHTTP2_ERR_NOMEM;
+    memcpy(body->trailers, block, size);
+    memcpy(body->trailer_lengths, lengths, 2 * count * sizeof(size_t));
+    body->trailer_count = count;
+    body->ended = 1;
+    return resume(context, stream_id, body);
 }
 
 static int on_invalid_frame_recv(nghttp2_session *session, const nghttp2_frame *frame,
@@ -273,16 +394,10 @@ static int on_invalid_frame_recv(nghttp2_session *session, const nghttp2_frame *
     return offload_invalid_frame(((offload_context *)data)->handle, lib_error_code);
 }
 
-static ssize_t read_body(nghttp2_session *session, int32_t stream_id, uint8_t *buf,
-                         size_t length, uint32_t *data_flags, nghttp2_data_source *source,
-                         void *data) {
-    (void)session; (void)source;
-    return offload_read(((offload_context *)data)->handle, stream_id, buf, length, data_flags);
-}
-
 static void offload_del(offload_context *context) {
     if (context == NULL) return;
     nghttp2_session_del(context->session);
+    while (context->bodies != NULL) body_free(context, context->bodies);
     free(context->block);
     free(context->out);
     free(context);
@@ -340,11 +455,11 @@ static offload_context *offload_new(nghttp2_option *option, void *handle,
 
 /* A header block as one buffer of names and values back to back, and their lengths
    (name, value, name, value...). nghttp2 copies the fields before this returns. */
-static int offload_submit(nghttp2_session *session, int kind, int32_t stream_id,
-                          const char *block, const size_t *lengths, size_t count) {
+static int submit_fields(nghttp2_session *session, int kind, int32_t stream_id,
+                         const char *block, const size_t *lengths, size_t count,
+                         nghttp2_data_provider *provider) {
     nghttp2_nv stack[32];
     nghttp2_nv *nva = stack;
-    nghttp2_data_provider provider;
     size_t i, offset = 0;
     int rv;
     if (count > sizeof(stack) / sizeof(stack[0])) {
@@ -362,9 +477,7 @@ static int offload_submit(nghttp2_session *session, int kind, int32_t stream_id,
     }
     switch (kind) {
     case OFFLOAD_RESPONSE:
-        provider.source.ptr = NULL;
-        provider.read_callback = read_body;
-        rv = nghttp2_submit_response(session, stream_id, nva, count, &provider);
+        rv = nghttp2_submit_response(session, stream_id, nva, count, provider);
         break;
     case OFFLOAD_RESPONSE_END:
         rv = nghttp2_submit_response(session, stream_id, nva, count, NULL);
@@ -378,6 +491,33 @@ static int offload_submit(nghttp2_session *session, int kind, int32_t stream_id,
         break;
     }
     if (nva != stack) free(nva);
+    return rv;
+}
+
+/* A response head (with a body to come: OFFLOAD_RESPONSE), an interim head, or trailers. */
+static int offload_submit(offload_context *context, int kind, int32_t stream_id,
+                          const char *block, const size_t *lengths, size_t count) {
+    nghttp2_data_provider provider;
+    offload_body *body;
+    int rv;
+    if (kind == OFFLOAD_TRAILERS) return keep_trailers(context, stream_id, block, lengths, count);
+    if (kind != OFFLOAD_RESPONSE) {
+        return submit_fields(context->session, kind, stream_id, block, lengths, count, NULL);
+    }
+    if (body_of(context, stream_id) != NULL) return NGHTTP2_ERR_DATA_EXIST;
+    body = calloc(1, sizeof(offload_body));
+    if (body == NULL) return NGHTTP2_ERR_NOMEM;
+    if (nghttp2_session_set_stream_user_data(context->session, stream_id, body) != 0) {
+        free(body);
+        return 0;  /* the stream is gone: nothing to answer */
+    }
+    body->next = context->bodies;
+    if (body->next) body->next->previous = body;
+    context->bodies = body;
+    provider.source.ptr = NULL;
+    provider.read_callback = read_body;
+    rv = submit_fields(context->session, kind, stream_id, block, lengths, count, &provider);
+    if (rv != 0) offload_drop(context, stream_id);
     return rv;
 }
 """
