@@ -28,7 +28,7 @@ from hyperframe.frame import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from offload.build_info import Nghttp2Binding, nghttp2_binding
+from offload.build_info import Nghttp2Binding, data_path, nghttp2_binding
 from offload.proto.h2_engine import (
     CANCEL,
     COMPRESSION_ERROR,
@@ -525,6 +525,14 @@ def test_a_binding_that_failed_to_build_is_reported_with_the_reason() -> None:
                                   "install: gcc exited with status 1)")
     skipped = Nghttp2Binding("skipped", "nghttp2/nghttp2.h not found", importable=False)
     assert "was not built: nghttp2/nghttp2.h not found" in skipped.describe()
+
+
+def test_a_compiled_engine_without_its_binding_is_not_called_pure_python(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "offload.proto._nghttp2", None)
+    monkeypatch.setitem(sys.modules, "offload.proto.h2_nghttp2", None)
+    assert "offload.proto.h2_nghttp2" not in data_path().pure
+    assert data_path().warning() is None
 
 
 def _random_frames() -> st.SearchStrategy[bytes]:
