@@ -37,9 +37,10 @@ Semantics every engine implements the same way:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 Header = tuple[bytes, bytes]
+EnginePreference = Literal["auto", "nghttp2", "h2"]
 
 # RFC 9113 §7 error codes
 NO_ERROR = 0x0
@@ -189,7 +190,10 @@ class EngineFactory(Protocol):
     def __call__(self, settings: H2Settings) -> H2Engine: ...
 
 
-def make_engine(settings: H2Settings, prefer: str = "auto") -> H2Engine:
-    """An engine: libnghttp2's when offload's binding was built (``prefer`` "auto" or
-    "nghttp2"), else python-hyper h2's."""
-    raise RuntimeError("no HTTP/2 engine is installed yet")  # replaced by the engines' branch
+def make_engine(settings: H2Settings, prefer: EnginePreference = "auto") -> H2Engine:
+    """A new engine for one connection (:func:`offload.proto.h2_engines.make_engine`: nghttp2
+    where its binding was built, else h2; :class:`~offload.proto.h2_engines.EngineUnavailable`
+    when ``prefer`` names one this install cannot run)."""
+    from offload.proto import h2_engines  # noqa: PLC0415 - this module loads no library
+
+    return h2_engines.make_engine(settings, prefer)
