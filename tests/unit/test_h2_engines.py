@@ -414,6 +414,25 @@ def test_calls_after_a_connection_failure_are_harmless(engine_name: str) -> None
     assert engine.receive(client.headers(3, GET)) == []
 
 
+def test_headers_on_a_stream_id_the_client_skipped_is_a_connection_error(engine_name: str) -> None:
+    """RFC 9113 §5.1.1: stream ids only grow; 1 and 3 were skipped for 5, and stay unused."""
+    engine, client = connect(engine_name)
+    engine.receive(client.headers(5, GET))
+    engine.send_headers(5, OK, end_stream=True)
+    client.parse(engine.data_to_send())
+    events = engine.receive(client.headers(3, GET))
+    assert [(type(e), e.error_code) for e in events] == [(ConnectionFailed, PROTOCOL_ERROR)]  # type: ignore[union-attr]
+    frames = client.parse(engine.data_to_send())
+    assert [(kinds(frames), frames[0].error_code)] == [(["GoAway"], PROTOCOL_ERROR)]  # type: ignore[attr-defined]
+
+
+def test_trailers_on_an_open_lower_stream_are_fine(engine_name: str) -> None:
+    engine, client = connect(engine_name)
+    engine.receive(client.headers(1, POST, end_stream=False) + client.headers(3, GET))
+    events = engine.receive(client.headers(1, [(b"x-sum", b"1")], end_stream=True))
+    assert events == [TrailersReceived(1, [(b"x-sum", b"1")])]
+
+
 def test_hpack_garbage_is_a_compression_error(engine_name: str) -> None:
     engine, client = connect(engine_name)
     frame = HeadersFrame(1, b"\x80\xff\xff\xff\xff", flags=["END_HEADERS", "END_STREAM"])

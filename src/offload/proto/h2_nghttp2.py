@@ -34,7 +34,10 @@ from typing import Any
 
 from offload.proto._nghttp2 import ffi, lib
 from offload.proto.h2_engine import (
+    COMPRESSION_ERROR,
     ENHANCE_YOUR_CALM,
+    FLOW_CONTROL_ERROR,
+    FRAME_SIZE_ERROR,
     INTERNAL_ERROR,
     NO_ERROR,
     PROTOCOL_ERROR,
@@ -63,6 +66,11 @@ _FATAL = {
     lib.NGHTTP2_ERR_FLOODED: (ENHANCE_YOUR_CALM, "the client made the server queue too many "
                               "control frames without reading them"),
 }
+
+_REASONS = {COMPRESSION_ERROR: "a header block that HPACK cannot decode",
+            FLOW_CONTROL_ERROR: "a flow-control window overrun or overflowed",
+            FRAME_SIZE_ERROR: "a frame of a size its type does not allow"}
+"""Reasons for a connection error nghttp2 found without telling why."""
 
 _DATA, _HEADERS, _RST_STREAM, _SETTINGS, _PING, _GOAWAY, _WINDOW_UPDATE = (
     lib.NGHTTP2_DATA, lib.NGHTTP2_HEADERS, lib.NGHTTP2_RST_STREAM, lib.NGHTTP2_SETTINGS,
@@ -241,7 +249,8 @@ class NgHttp2Engine:
 
     def _fail(self, error_code: int) -> None:
         self._done = True
-        self._events.append(ConnectionFailed(error_code, self._reason or "protocol error"))
+        reason = self._reason or _REASONS.get(error_code, "protocol error")
+        self._events.append(ConnectionFailed(error_code, reason))
 
     # -- callbacks (from C, through the functions at the end of this module) ----------------
 
@@ -286,9 +295,8 @@ class NgHttp2Engine:
         elif self._own_goaways > 0:
             self._own_goaways -= 1
         elif not self._done:
-            if self._context.overflow:
-                self._reason = (f"a header list larger than the "
-                                f"{self._settings.max_header_list_size} bytes announced")
+            if self._context.reason != ffi.NULL:  # the C side's own checks
+                self._reason = ffi.string(self._context.reason).decode("ascii")
             self._fail(code)
 
     def _invalid_frame(self, lib_error_code: int) -> None:

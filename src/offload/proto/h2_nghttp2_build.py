@@ -92,6 +92,7 @@ typedef struct {
     int overflow;           /* the header list went over max_list_size */
     int open_streams;
     uint8_t *out;           /* what offload_send_all took from nghttp2 */
+    const char *reason;     /* why the C side ended the connection, if it did */
     ...;
 } offload_context;
 
@@ -139,6 +140,8 @@ typedef struct offload_body {
     size_t trailer_count;
 } offload_body;
 
+#define OFFLOAD_GAPS 16
+
 typedef struct {
     nghttp2_session *session;
     char *block;
@@ -147,7 +150,11 @@ typedef struct {
     int overflow;
     int open_streams;
     uint8_t *out;
+    const char *reason;
     void *handle;
+    int32_t last_request;           /* the highest stream a request opened */
+    int32_t gaps[OFFLOAD_GAPS][2];  /* stream ids the client skipped (first, last), newest last */
+    int gap_count;
     offload_body *bodies;
     size_t room;
     size_t out_room;
@@ -165,11 +172,50 @@ static int offload_invalid_frame(void *handle, int lib_error_code);
    Python per field would cost more than everything else a request does. Names and values are
    separated by NUL, which neither may contain (nghttp2 checks them, RFC 9113 §8.2.1; checked
    again below), so Python splits the block in one call. */
+/* Stream ids the client skipped: it may never use them (RFC 9113 §5.1.1). nghttp2 ignores a
+   HEADERS on a lower id it does not know (it cannot tell a skipped id from a closed stream's);
+   the skipped ranges are remembered here — the last OFFLOAD_GAPS of them, as clients that
+   skip ids at all are rare — and such a HEADERS is a connection error PROTOCOL_ERROR. */
+static void note_request(offload_context *context, int32_t stream_id) {
+    if (stream_id > context->last_request + 2) {
+        if (context->gap_count == OFFLOAD_GAPS) {
+            memmove(context->gaps[0], context->gaps[1],
+                    (OFFLOAD_GAPS - 1) * sizeof(context->gaps[0]));
+            context->gap_count--;
+        }
+        context->gaps[context->gap_count][0] = context->last_request + 2;
+        context->gaps[context->gap_count][1] = stream_id - 2;
+        context->gap_count++;
+    }
+    if (stream_id > context->last_request) context->last_request = stream_id;
+}
+
+static int skipped(offload_context *context, int32_t stream_id) {
+    int i;
+    for (i = 0; i < context->gap_count; i++) {
+        if (stream_id >= context->gaps[i][0] && stream_id <= context->gaps[i][1]) return 1;
+    }
+    return 0;
+}
+
+static int on_begin_frame(nghttp2_session *session, const nghttp2_frame_hd *hd, void *data) {
+    offload_context *context = data;
+    if (hd->type == NGHTTP2_HEADERS && (hd->stream_id & 1) && hd->stream_id < context->last_request
+        && skipped(context, hd->stream_id)) {
+        context->reason = "a HEADERS frame on a stream id lower than one already used";
+        return nghttp2_session_terminate_session(session, NGHTTP2_PROTOCOL_ERROR);
+    }
+    return 0;
+}
+
 static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *data) {
     offload_context *context = data;
     (void)session;
     context->used = context->count = context->list_size = 0;
-    if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) context->open_streams++;
+    if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+        context->open_streams++;
+        note_request(context, frame->hd.stream_id);
+    }
     return 0;
 }
 
@@ -195,6 +241,7 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
     context->list_size += namelen + valuelen + 32;
     if (context->list_size > context->max_list_size) {
         context->overflow = 1;
+        context->reason = "a header list larger than the size announced";
         return nghttp2_session_terminate_session(session, NGHTTP2_ENHANCE_YOUR_CALM);
     }
     if (memchr(name, 0, namelen) != NULL || memchr(value, 0, valuelen) != NULL) {
@@ -437,6 +484,7 @@ static offload_context *offload_new(nghttp2_option *option, void *handle,
         free(context);
         return NULL;
     }
+    nghttp2_session_callbacks_set_on_begin_frame_callback(callbacks, on_begin_frame);
     nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks, on_begin_headers);
     nghttp2_session_callbacks_set_on_header_callback(callbacks, on_header);
     nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, on_frame_recv);
