@@ -48,6 +48,7 @@ COMPILED = [
     "src/offload/http/exchange.py",
     "src/offload/http/access.py",
     "src/offload/http/h1_connection.py",
+    "src/offload/proto/h2_nghttp2.py",
 ]
 NGHTTP2_BUILD = "src/offload/proto/h2_nghttp2_build.py"
 NGHTTP2_MODULE = "offload.proto._nghttp2"
