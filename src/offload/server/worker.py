@@ -200,16 +200,19 @@ class _Apps:
         frontend, client_auth = prepared_frontend.config, prepared_frontend.client_auth
         config = prepared.config.backend(frontend.backend)
         servers = prepared.servers[frontend.backend]
+        tls = (prepared.backend_tls.for_backend(config.name, frontend.mode)
+               if prepared.backend_tls is not None else None)
         if frontend.mode == "tcp":
             backend = self.tcp_backends.get(config.name)
             if backend is None:
-                backend = self.tcp_backends[config.name] = Backend(config, servers, counters)
+                backend = self.tcp_backends[config.name] = Backend(config, servers, counters,
+                                                                   tls)
             idle = min(frontend.idle_timeout, config.server_timeout)
             return lambda stream: TcpRelay(stream, backend, idle, counters)
         http_backend = self.http_backends.get(config.name)
         if http_backend is None:
             http_backend = self.http_backends[config.name] = HttpBackend(
-                config, servers, counters, RESPONSE_LIMITS, self.batcher)
+                config, servers, counters, RESPONSE_LIMITS, self.batcher, tls=tls)
         log = None
         if frontend.access_log != "off":
             key = (frontend.access_log, frontend.access_log_format)
