@@ -271,14 +271,16 @@ def _backend_tls(backend: BackendConfig, where: str) -> list[Issue]:
         if isinstance(server.address, UnixAddress):
             issues.append(Issue(f"{here}.address", "TLS to a Unix socket is not supported",
                                 "use a TCP address for this server, or set tls = false on it"))
-        verify = server.verify if server.verify is not None else backend.verify
-        ca = server.ca if server.ca is not None else backend.ca
-        if verify is False and ca:
-            issues.append(Issue(f"{here if server.ca is not None else where}.ca",
-                                "ca is set but verify = false: nothing is checked against it",
-                                "remove verify = false (verification is the point of ca), or "
-                                "remove ca"))
+        if server.verify is False and server.ca:
+            issues.append(_unused_ca(here))
+    if backend.verify is False and backend.ca:
+        issues.append(_unused_ca(where))
     return issues
+
+
+def _unused_ca(where: str) -> Issue:
+    return Issue(f"{where}.ca", "ca is set but verify = false: nothing is checked against it",
+                 "remove verify = false (verification is the point of ca), or remove ca")
 
 
 def _check_admin(admin: AdminConfig) -> list[Issue]:

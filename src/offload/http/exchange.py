@@ -357,7 +357,11 @@ class Exchange:
         self._upstream_broken("backend_closed", 502)
 
     def backend_lost(self, exc: Exception | None) -> None:
-        if not self.finished:
+        if self.finished:
+            return
+        if isinstance(exc, BackendTlsError):  # the server refused the handshake after all
+            self._upstream_broken("backend_tls", 502, retry=False)
+        else:
             self._upstream_broken("backend_closed" if exc is None else "backend_reset", 502)
 
     def backend_pause_writing(self) -> None:

@@ -65,6 +65,8 @@ class ConnectionOwner(Protocol):
     def protocol_error(self, connection: BackendConnection, reason: str, detail: str) -> None:
         ...
 
+    def tls_failed(self, index: int, error: BackendTlsError) -> None: ...
+
 
 class BackendConnection(asyncio.Protocol):
     """One HTTP/1.1 connection to a backend server."""
@@ -165,6 +167,8 @@ class BackendConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if isinstance(exc, BackendTlsError) and self.owner is not None:
+            self.owner.tls_failed(self.index, exc)  # refused after our Finished (TLS 1.3)
         user, self.user = self.user, None
         if user is not None:
             user.backend_lost(exc)

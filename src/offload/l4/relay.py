@@ -176,7 +176,11 @@ class TcpRelay(asyncio.Protocol):
     def backend_lost(self, exc: Exception | None) -> None:
         if self._closed:
             return
-        if exc is not None:
+        if isinstance(exc, BackendTlsError) and self._backend is not None \
+                and self._server_index >= 0:
+            self._backend.tls_failed(self._server_index, exc)
+            self._finish("backend_tls", notify=False)
+        elif exc is not None:
             self._counters.inc("backend_reset", self._backend_name)
             self._finish("backend_error", notify=False)
         else:

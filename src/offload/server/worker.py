@@ -18,6 +18,7 @@ import os
 import pwd
 import signal
 import socket
+import ssl
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -43,6 +44,7 @@ from offload.security.bans import BanEvent
 from offload.security.events import SecurityEvents
 from offload.security.limits import Limits, worker_limits
 from offload.server.control import (
+    BackendCertificateChanged,
     BanList,
     CertificatesChanged,
     Inbox,
@@ -267,6 +269,17 @@ class _Apps:
                                                                       message.changed):
                     _log.info("certificates updated", extra=fields(
                         frontend=message.frontend, certificates=len(store.certificates())))
+        elif isinstance(message, BackendCertificateChanged):
+            backend_tls = self.spec.prepared.backend_tls
+            if backend_tls is not None:
+                try:
+                    backend_tls.use_certificate(message.path, message.certificate)
+                except (ssl.SSLError, OSError) as error:
+                    _log.error("backend client certificate not applied", extra=fields(
+                        file=message.path, reason=str(error)))
+                else:
+                    _log.info("backend client certificate updated", extra=fields(
+                        file=message.path))
         elif isinstance(message, ServerAdmin):
             for group in self.groups():
                 if group.name == message.backend:

@@ -71,7 +71,8 @@ class TlsSettings:
             else:
                 name = fallback_name if self.sni == "none" else self.sni
             trust = f"verified against {store}, name {name}"
-        sni = {"auto": "auto", "none": "none"}.get(self.sni, f"\"{self.sni}\"")
+        sni = {"auto": "auto (the request's Host; TCP mode: the client's SNI)",
+               "none": "none"}.get(self.sni, f"\"{self.sni}\"")
         client = (f", client certificate {self.client_certificate.cert}"
                   if self.client_certificate is not None else "")
         return f"TLS ({self.tls_policy}) {trust}; SNI {sni}{client}"
@@ -404,6 +405,55 @@ class BackendTls:
 
     def clients_using(self, path: str) -> Iterator[TlsClient]:
         return (client for client in self.clients if client.certificate_path == path)
+
+    def watch_paths(self) -> list[str]:
+        """The client certificate files (and key files) to watch for changes."""
+        return [path for sources in self.sources.values() for path in sources.watch_paths()]
+
+    def refresh(self, now: dt.datetime, *, settle: float, clock: float) -> CertificateRefresh:
+        """Look at the client certificate files again (in the supervisor): what changed and
+        has settled is loaded with the same checks as at start; a broken or removed file
+        is rejected and the certificate in use stays."""
+        outcome = CertificateRefresh()
+        for path, sources in self.sources.items():
+            current = next(self.clients_using(path), None)
+            if current is None or current.certificate is None:
+                continue
+            result = sources.refresh(now, {path: (current.certificate,)}, settle=settle,
+                                     clock=clock)
+            outcome.unsettled |= result.unsettled
+            outcome.rejected += result.rejected
+            outcome.warnings += result.warnings
+            group = result.changed.get(path, ())
+            if group is None:
+                outcome.rejected.append((path, "the file is gone; the certificate loaded "
+                                         "before stays in use"))
+            elif group:
+                outcome.changed[path] = group[0]
+        return outcome
+
+    def use_certificate(self, path: str, certificate: LoadedCertificate) -> None:
+        """Make every connection opened from now on present ``certificate`` (from ``path``);
+        sessions and pooled connections made with the previous one are not used again.
+        Raises ssl.SSLError if OpenSSL refuses it (the previous one then stays)."""
+        changed = set()
+        for client in self.clients_using(path):
+            client.replace_certificate(certificate)
+            changed.add(id(client))
+        for servers in self.servers.values():
+            for server in servers:
+                if server is not None and id(server.client) in changed:
+                    server.forget_sessions()
+
+
+@dataclass
+class CertificateRefresh:
+    """What a look at the client certificate files found."""
+
+    changed: dict[str, LoadedCertificate] = field(default_factory=dict)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    unsettled: set[str] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)
 
 
 def _modes(config: Config) -> dict[str, set[str]]:

@@ -41,6 +41,9 @@ from offload.errors import BackendTlsError
 from offload.tls.backend_tls import Handshake, ServerTls, certificate_matches, classify_failure
 from offload.writes import WriteBatcher
 
+LATE_REFUSALS = frozenset({"client_certificate_refused", "handshake_failure",
+                           "protocol_version"})
+"""Reasons an alert after the handshake is the server refusing it, not a broken stream."""
 READ_CHUNK = 16 * 1024
 """Bytes asked of one ``SSLObject.read``: one TLS record's worth of plaintext."""
 WAITING_READ = 64 * 1024
@@ -233,8 +236,12 @@ class TLSClientStream(asyncio.Protocol, asyncio.Transport):
         except ssl.SSLError as error:
             self._flush()
             # a FIN without close_notify (SSLEOFError) or a broken record: the stream cannot
-            # be trusted to be complete
-            self._error = error
+            # be trusted to be complete. An alert refusing the handshake arrives here in TLS
+            # 1.3, after our Finished: a server that refuses our client certificate says so
+            # only once it has read it.
+            reason = classify_failure(error)
+            self._error = (BackendTlsError(reason, str(error)) if reason in LATE_REFUSALS
+                           else error)
             self._state = CLOSING
             self._tcp_close(abort=True)
             return
