@@ -22,7 +22,7 @@ from conftest import Pki, http_config, tcp_config
 from harness import Offload, TlsPipe, client_context, free_port
 from http_client import get, https
 from test_admin import api, samples, value, with_admin
-from tls_backend import PROXY_V2_SIGNATURE, TlsBackend
+from tls_backend import PROXY_V2_SIGNATURE, IdleSignalBackend, TlsBackend
 
 from offload.demo.pki import Authority, write_private
 
@@ -301,3 +301,30 @@ def test_tcp_mode_refuses_a_backend_whose_certificate_does_not_verify(
         raise ConnectionError("closed")
     instance.wait_msg("backend TLS handshake failed: unknown_ca")
     pipe.close()
+
+
+@pytest.mark.parametrize("what", ["ticket", "close_notify"])
+def test_a_ticket_or_close_notify_on_an_idle_connection_is_not_a_protocol_error(
+        pki, localhost_bundle, offload, port, what):
+    # TLS 1.3 servers may send a NewSessionTicket at any time, and close an idle connection
+    # with close_notify: neither is a server speaking unasked on an idle HTTP connection
+    server = IdleSignalBackend(pki.bundle(["app.test"]), what)
+    try:
+        admin_port = free_port()
+        instance = offload(with_admin(http_config(
+            port, [localhost_bundle], [server.address], backend=backend_lines(pki)),
+            admin_port))
+        conn = https(port, pki.ca)
+        assert get(conn, "/first", Host="app.test")[0].status == 200
+        server.release.set()
+        assert server.idle_sent.wait(10)
+        assert get(conn, "/second", Host="app.test")[0].status == 200
+        if what == "ticket":
+            assert server.connections == [[b"GET /first HTTP/1.1", b"GET /second HTTP/1.1"]], \
+                "the ticket was absorbed and the connection reused"
+        else:
+            assert server.connections == [[b"GET /first HTTP/1.1"], [b"GET /second HTTP/1.1"]]
+        assert value(samples(admin_port), "offload_backend_protocol_errors_total") == 0
+        assert not instance.messages("backend protocol error: unsolicited")
+    finally:
+        server.close()

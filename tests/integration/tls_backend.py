@@ -10,6 +10,7 @@ handshake. Threads, blocking sockets, 127.0.0.1 only, everything bounded in time
 
 from __future__ import annotations
 
+import ctypes
 import json
 import socket
 import ssl
@@ -156,6 +157,26 @@ class TlsBackend:
         self._listener.close()
 
 
+def new_session_ticket(tls: ssl.SSLObject) -> None:
+    """Make OpenSSL send another TLS 1.3 NewSessionTicket now (``SSL_new_session_ticket``,
+    which Python does not expose: reached through ctypes, the ``SSL *`` read from CPython's
+    ``PySSLSocket`` after ``PyObject_HEAD`` and the socket weakref, and checked)."""
+    import _ssl
+
+    library = ctypes.CDLL(_ssl.__file__)
+    library.SSL_new_session_ticket.argtypes = [ctypes.c_void_p]
+    library.SSL_is_server.argtypes = [ctypes.c_void_p]
+    library.SSL_version.argtypes = [ctypes.c_void_p]
+    library.SSL_do_handshake.argtypes = [ctypes.c_void_p]
+    inner = tls._sslobj  # type: ignore[attr-defined]
+    offset = 2 * ctypes.sizeof(ctypes.c_void_p) + ctypes.sizeof(ctypes.c_void_p)
+    pointer = ctypes.c_void_p.from_address(id(inner) + offset).value
+    assert library.SSL_is_server(pointer) == 1 and library.SSL_version(pointer) == 0x0304, \
+        "the SSL * is not where this CPython keeps it"
+    assert library.SSL_new_session_ticket(pointer) == 1
+    assert library.SSL_do_handshake(pointer) == 1  # writes the ticket to the outgoing BIO
+
+
 def _read_exactly(sock: socket.socket, count: int) -> bytes:
     data = b""
     while len(data) < count:
@@ -164,3 +185,88 @@ def _read_exactly(sock: socket.socket, count: int) -> bytes:
             raise ConnectionError("closed before the PROXY header was complete")
         data += chunk
     return data
+
+
+class IdleSignalBackend:
+    """A TLS backend on memory BIOs that, after its first answer on a connection, sends
+    something while the connection sits idle in offload's pool: one more TLS 1.3 session
+    ticket (``ticket``), or close_notify (``close_notify``). Every
+    connection's requests are recorded, so a test sees whether the next request came on the
+    same connection."""
+
+    def __init__(self, bundle: Path, what: str) -> None:
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(str(bundle))
+        self.what = what
+        self.connections: list[list[bytes]] = []
+        self.idle_sent = threading.Event()
+        self.release = threading.Event()
+        """Set by the test once it has the first answer: the signal goes out then."""
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                raw, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+
+    def _serve(self, raw: socket.socket) -> None:
+        raw.settimeout(20)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = self.context.wrap_bio(incoming, outgoing, server_side=True)
+        requests: list[bytes] = []
+        self.connections.append(requests)
+        try:
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    if outgoing.pending:
+                        raw.sendall(outgoing.read())
+                    data = raw.recv(65536)
+                    if not data:
+                        return
+                    incoming.write(data)
+            raw.sendall(outgoing.read())  # the session tickets of the handshake
+            buffer = b""
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    try:
+                        buffer += tls.read(65536)
+                        continue
+                    except ssl.SSLWantReadError:
+                        pass
+                    except ssl.SSLZeroReturnError:
+                        return
+                    data = raw.recv(65536)
+                    if not data:
+                        return
+                    incoming.write(data)
+                head, _, buffer = buffer.partition(b"\r\n\r\n")
+                requests.append(head.split(b"\r\n", 1)[0])
+                tls.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                raw.sendall(outgoing.read())
+                if len(requests) == 1 and self.release.wait(10):
+                    if self.what == "ticket":
+                        new_session_ticket(tls)
+                        raw.sendall(outgoing.read())
+                    else:
+                        try:
+                            tls.unwrap()
+                        except ssl.SSLWantReadError:
+                            pass
+                        raw.sendall(outgoing.read())
+                    self.idle_sent.set()
+        except OSError:
+            pass
+        finally:
+            raw.close()
+
+    def close(self) -> None:
+        self._listener.close()

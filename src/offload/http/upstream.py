@@ -267,7 +267,9 @@ class ConnectionPool:
                 del idle[position]
                 if connection.has_input():
                     connection.data_waiting()
-                    if connection.closed or connection.spoiled:
+                    transport = connection.transport
+                    if (connection.closed or connection.spoiled or transport is None
+                            or transport.is_closing()):  # closing: close_notify was read
                         position -= 1
                         continue
                 return connection
