@@ -328,3 +328,30 @@ def test_a_ticket_or_close_notify_on_an_idle_connection_is_not_a_protocol_error(
         assert not instance.messages("backend protocol error: unsolicited")
     finally:
         server.close()
+
+
+def test_the_client_certificate_is_reloaded_when_its_file_changes(
+        pki, localhost_bundle, offload, port, tls_backend, tmp_path):
+    server = tls_backend(pki.bundle(["app.test"]), client_ca=pki.ca)
+    client = tmp_path / "client.pem"
+    write_private(client, pki.authority.issue(["proxy-one"], client=True).bundle())
+    instance = offload(http_config(port, [localhost_bundle], [server.address],
+                                   backend=backend_lines(pki, f'client_certificate = "{client}"')))
+    conn = https(port, pki.ca)
+    assert answer(conn)[1]["client"] == "commonName=proxy-one"
+
+    replacement = tmp_path / "client.pem.new"
+    write_private(replacement, pki.authority.issue(["proxy-two"], client=True).bundle())
+    replacement.rename(client)  # as certbot and friends do
+    instance.wait_msg("backend client certificate updated", pid=next(iter(instance.worker_pids())))
+    status, seen = answer(conn)
+    assert status == 200 and seen["client"] == "commonName=proxy-two", \
+        "a connection made with the old certificate is not reused"
+
+    after = len(instance.events)
+    broken = tmp_path / "client.pem.broken"
+    write_private(broken, b"-----BEGIN CERTIFICATE-----\nnot a certificate\n")
+    broken.rename(client)
+    instance.wait_msg("backend client certificate rejected, the previous one stays in use",
+                      after=after)
+    assert answer(conn)[1]["client"] == "commonName=proxy-two"
