@@ -355,3 +355,57 @@ def test_the_client_certificate_is_reloaded_when_its_file_changes(
     instance.wait_msg("backend client certificate rejected, the previous one stays in use",
                       after=after)
     assert answer(conn)[1]["client"] == "commonName=proxy-two"
+
+
+def test_http_mode_sends_the_proxy_header_before_the_client_hello_per_client(
+        pki, localhost_bundle, offload, port, tls_backend):
+    server = tls_backend(pki.bundle(["app.test"]), proxy_header=True)
+    offload(http_config(port, [localhost_bundle], [server.address],
+                        backend=backend_lines(pki, 'proxy_protocol = "v2"')))
+    first, second = https(port, pki.ca), https(port, pki.ca)
+    for conn in (first, second, first, second):
+        assert answer(conn)[0] == 200
+    assert len(server.handshakes) == 4, "a connection with a PROXY header is never pooled"
+    for shake in server.handshakes:
+        assert shake.proxy_header.startswith(PROXY_V2_SIGNATURE)
+        assert len(shake.requests) == 1
+    assert [shake.resumed for shake in server.handshakes] == [False, True, True, True]
+
+
+def _proxy_then_http(conn: socket.socket, recording) -> None:
+    """A plain backend behind PROXY v2: the header, then keep-alive requests."""
+    head = b""
+    while len(head) < 16:
+        head += conn.recv(16 - len(head))
+    length = int.from_bytes(head[14:16], "big")
+    while len(head) < 16 + length:
+        head += conn.recv(16 + length - len(head))
+    recording.data += head
+    buffer = b""
+    while True:
+        while b"\r\n\r\n" not in buffer:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            buffer += chunk
+        request, _, buffer = buffer.partition(b"\r\n\r\n")
+        recording.data += request + b"\r\n\r\n"
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+def test_http_mode_sends_the_proxy_header_first_to_a_plain_backend(
+        pki, localhost_bundle, offload, port, backend):
+    # the header moved from the exchange into opening the connection: plain servers still
+    # get it first, once per connection, and such a connection is never pooled
+    server = backend(_proxy_then_http)
+    offload(http_config(port, [localhost_bundle], [server.address],
+                        backend='proxy_protocol = "v2"'))
+    first, second = https(port, pki.ca), https(port, pki.ca)
+    for conn in (first, second, first):
+        response, body = get(conn, "/")
+        assert response.status == 200 and body == b"ok"
+    recordings = server.wait_connections(3)
+    for recording in recordings:
+        data = bytes(recording.data)
+        assert data.startswith(PROXY_V2_SIGNATURE)
+        assert data.count(PROXY_V2_SIGNATURE) == 1 and data.count(b"GET / HTTP/1.1") == 1
