@@ -30,6 +30,7 @@ class Handshake:
     resumed: bool
     version: str | None
     client_subject: str | None
+    alpn: str | None = None
     proxy_header: bytes = b""
     requests: list[dict[str, Any]] = field(default_factory=list)
 
@@ -48,6 +49,7 @@ class TlsBackend:
             self.context.verify_mode = ssl.CERT_REQUIRED
             self.context.load_verify_locations(cafile=str(client_ca))
         self.context.sni_callback = self._sni
+        self.context.set_alpn_protocols(["h2", "http/1.1"])
         self.strict_sni = strict_sni
         self.proxy_header = proxy_header
         self.echo = echo
@@ -90,7 +92,8 @@ class TlsBackend:
                 if peer:
                     subject = ",".join(f"{k}={v}" for rdn in peer["subject"] for k, v in rdn)
                 shake = Handshake(getattr(tls, "offload_sni", None), tls.session_reused,
-                                  tls.version(), subject, header)
+                                  tls.version(), subject, tls.selected_alpn_protocol(),
+                                  header)
                 with self._lock:
                     self.handshakes.append(shake)
                     number = len(self.handshakes)

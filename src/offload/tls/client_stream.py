@@ -44,6 +44,9 @@ from offload.writes import WriteBatcher
 LATE_REFUSALS = frozenset({"client_certificate_refused", "handshake_failure",
                            "protocol_version"})
 """Reasons an alert after the handshake is the server refusing it, not a broken stream."""
+TICKET_LOOKS = 8
+"""Reads after a TLS 1.3 handshake that look for the server's session ticket (it comes with
+the first answer; a server that sends none is not asked about it on every read)."""
 READ_CHUNK = 16 * 1024
 """Bytes asked of one ``SSLObject.read``: one TLS record's worth of plaintext."""
 WAITING_READ = 64 * 1024
@@ -56,7 +59,7 @@ class TLSClientStream(asyncio.Protocol, asyncio.Transport):
 
     __slots__ = ("_app", "_app_started", "_batcher", "_error", "_incoming", "_loop",
                  "_outgoing", "_peer_eof", "_plan", "_preamble", "_reading_paused", "_ready",
-                 "_session_kept", "_ssl", "_state", "_tcp", "_tls", "_write_eof")
+                 "_ssl", "_state", "_tcp", "_ticket_looks", "_tls", "_write_eof")
 
     def __init__(self, app: asyncio.Protocol, tls: ServerTls, plan: Handshake,
                  ready: asyncio.Future[None], *, preamble: bytes = b"",
@@ -85,7 +88,8 @@ class TLSClientStream(asyncio.Protocol, asyncio.Transport):
         self._peer_eof = False
         self._write_eof = False
         self._app_started = False
-        self._session_kept = False
+        self._ticket_looks = TICKET_LOOKS
+        """Reads left in which to look for a TLS 1.3 ticket (0: kept, or given up)."""
         self._error: BaseException | None = None
         """Why the connection ends, told to the app instead of the TCP transport's reason."""
 
@@ -195,7 +199,7 @@ class TLSClientStream(asyncio.Protocol, asyncio.Transport):
     def _keep_session(self) -> None:
         session = self._ssl.session
         if session is not None:
-            self._session_kept = True
+            self._ticket_looks = 0
             self._tls.keep_session(self._plan.key, session)
 
     def _fail(self, reason: str, detail: str) -> None:
@@ -245,7 +249,8 @@ class TLSClientStream(asyncio.Protocol, asyncio.Transport):
             self._state = CLOSING
             self._tcp_close(abort=True)
             return
-        if not self._session_kept and self._state == OPEN:
+        if self._ticket_looks and self._state == OPEN:
+            self._ticket_looks -= 1
             session = self._ssl.session
             if session is not None and session.has_ticket:  # TLS 1.3: the ticket came
                 self._keep_session()

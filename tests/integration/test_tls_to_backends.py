@@ -19,12 +19,16 @@ from pathlib import Path
 
 import pytest
 from conftest import Pki, http_config, tcp_config
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
 from harness import Offload, TlsPipe, client_context, free_port
 from http_client import get, https
 from test_admin import api, samples, value, with_admin
 from tls_backend import PROXY_V2_SIGNATURE, IdleSignalBackend, TlsBackend
 
-from offload.demo.pki import Authority, write_private
+from offload.demo.pki import Authority, cert_pem, write_private
+from offload.tls.keys import key_pem, new_key
 
 
 @pytest.fixture
@@ -77,11 +81,45 @@ def test_a_verified_backend_gets_the_host_as_sni_and_resumes_its_sessions(
     assert [shake.resumed for shake in server.handshakes] == [False, True, True, True], \
         "after the first handshake, every one resumes the server's session"
     assert {shake.version for shake in server.handshakes} == {"TLSv1.3"}
+    assert {shake.alpn for shake in server.handshakes} == {"http/1.1"}, \
+        "HTTP backends are offered http/1.1 only (offload speaks HTTP/1.1 to them)"
     conn = https(port, pki.ca)
     status, seen = answer(conn, host="other.test:8443")
     assert status == 200 and seen["sni"] == "other.test" and not seen["resumed"], \
         "another SNI, another session"
     instance.stop()
+
+
+def test_a_chain_with_two_intermediates_verifies_against_the_root(
+        pki, localhost_bundle, offload, port, tls_backend, tmp_path):
+    # nginx's default proxy_ssl_verify_depth of 1 refuses such a chain (Let's Encrypt's
+    # can have two intermediates); OpenSSL's default depth is kept
+    first = _intermediate(pki.authority, "first intermediate")
+    second = _intermediate(first, "second intermediate")
+    bundle = tmp_path / "deep.pem"
+    issued = second.issue(["app.test"])
+    write_private(bundle, cert_pem(issued.certificate) + cert_pem(second.certificate)
+                  + cert_pem(first.certificate) + key_pem(issued.key))
+    server = tls_backend(bundle)
+    instance = offload(http_config(port, [localhost_bundle], [server.address],
+                                   backend=backend_lines(pki)))
+    conn = https(port, pki.ca)
+    assert answer(conn)[0] == 200, instance.messages("backend TLS handshake failed: unknown_ca")
+
+
+def _intermediate(parent: Authority, name: str) -> Authority:
+    """A CA under ``parent`` that may itself sign CAs (no path length limit)."""
+    key = new_key()
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(parent.certificate.subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(parent.key, hashes.SHA256()))
+    return Authority(key=key, certificate=certificate)
 
 
 def test_tls12_backends_resume_too(pki, localhost_bundle, offload, port, tls_backend):
