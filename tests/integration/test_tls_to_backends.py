@@ -294,7 +294,13 @@ def test_health_checks_fail_on_a_certificate_that_does_not_verify(
                                    'interval = "200ms"\nfall = 1\nrise = 1')), admin_port))
     event = instance.wait_msg("backend server down", server=bad.address)
     assert event["check"] == "failed: tls: unknown_ca"
-    servers = {s["name"]: s for s in api(admin_port, "/api/backends")["backends"][0]["servers"]}
+    deadline = time.monotonic() + 10
+    while True:  # the admin API shows the workers' last statistics: wait for both checks
+        servers = {s["name"]: s
+                   for s in api(admin_port, "/api/backends")["backends"][0]["servers"]}
+        if all(s["check"] for s in servers.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert servers[bad.address]["check"] == "failed: tls: unknown_ca"
     assert servers[bad.address]["health"] == "down"
     assert servers[good.address]["check"] == "ok: status 200"

@@ -126,10 +126,10 @@ class TLSClientStream(asyncio.Protocol, asyncio.Transport):
         return self._reading_paused  # paused: decrypted (or found truncated) on resume
 
     def connection_lost(self, exc: Exception | None) -> None:
-        was = self._state
         self._state = CLOSED
-        if was == HANDSHAKE:
-            self._fail("closed_in_handshake", f"connection lost during the handshake: {exc}")
+        if not self._ready.done():  # during the handshake, or closed before it ended
+            self._ready.set_exception(BackendTlsError(
+                "closed_in_handshake", f"connection lost during the handshake: {exc}"))
         if self._app_started:
             self._app_started = False
             self._app.connection_lost(cast(Exception | None, self._error) or exc)
@@ -413,5 +413,7 @@ async def open_tls(app: asyncio.Protocol, tls: ServerTls, plan: Handshake,
         await ready
     except BaseException:
         transport.abort()
+        if not ready.done():
+            ready.cancel()  # cancelled: nobody will look at how the handshake ends
         raise
     return stream
