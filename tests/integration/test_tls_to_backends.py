@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import socket
 import ssl
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from conftest import Pki, http_config, tcp_config
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
-from harness import Offload, TlsPipe, client_context, free_port
+from harness import Offload, TlsPipe, client_context, free_port, need
 from http_client import get, https
 from test_admin import api, samples, value, with_admin
 from tls_backend import PROXY_V2_SIGNATURE, IdleSignalBackend, TlsBackend
@@ -453,3 +454,22 @@ def test_http_mode_sends_the_proxy_header_first_to_a_plain_backend(
         data = bytes(recording.data)
         assert data.startswith(PROXY_V2_SIGNATURE)
         assert data.count(PROXY_V2_SIGNATURE) == 1 and data.count(b"GET / HTTP/1.1") == 1
+
+
+@pytest.mark.xfail(strict=True, reason="HTTP/2 is not served yet on main (prepare.served_alpn "
+                   "offers http/1.1 until the engines are wired): remove this mark then")
+def test_an_http2_client_reaches_a_tls_backend_with_its_authority_as_sni(
+        pki, offload, port, tls_backend):
+    curl = need("curl", "curl")
+    server = tls_backend(pki.bundle(["app.test"]))
+    front = pki.bundle(["app.test"])
+    offload(http_config(port, [front], [server.address], backend=backend_lines(pki),
+                        frontend='alpn = ["h2", "http/1.1"]'))
+    result = subprocess.run(
+        [curl, "-s", "--http2", "--cacert", str(pki.ca), "--resolve",
+         f"app.test:{port}:127.0.0.1", "-w", "\n%{http_version}", f"https://app.test:{port}/h2"],
+        capture_output=True, text=True, timeout=30, check=False)
+    body, _, version = result.stdout.rpartition("\n")
+    assert version == "2", result.stdout + result.stderr
+    seen = json.loads(body)
+    assert seen["sni"] == "app.test" and seen["host"] == f"app.test:{port}"
