@@ -200,10 +200,12 @@ def check(port: int) -> None:
 
 def run_h2load(port: int, duration: float) -> tuple[int, int]:
     """(requests that succeeded, that failed)."""
-    out = subprocess.run(
-        ["taskset", "-c", CLIENT_CPU, "h2load", "--h1", "-c", "32", "-D", str(duration),
+    result = subprocess.run(
+        ["taskset", "-c", CLIENT_CPU, "h2load", "--h1", "-c", "32", "-D",
+         f"{int(duration * 1000)}ms",
          "-H", ":authority: backend.test", f"https://127.0.0.1:{port}/small"],
-        capture_output=True, text=True, timeout=duration + 30, check=False).stdout
+        capture_output=True, text=True, timeout=duration + 30, check=False)
+    out = result.stdout + result.stderr
     match = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, "
                       r"(\d+) failed", out)
     if match is None:

@@ -277,7 +277,7 @@ class Handshake:
 class ServerTls:
     """TLS to one server in one worker: how each connection is made, and its sessions."""
 
-    __slots__ = ("_memo", "client", "fallback_name", "sessions")
+    __slots__ = ("_hosts", "_memo", "client", "fallback_name", "sessions")
 
     def __init__(self, client: TlsClient, fallback: str) -> None:
         self.client = client
@@ -285,6 +285,8 @@ class ServerTls:
         self.sessions: dict[tuple[str | None, int], ssl.SSLSession] = {}
         """The newest session per (SNI, certificate generation), offered on reconnects."""
         self._memo: dict[tuple[str | None, int], Handshake] = {}
+        self._hosts: dict[bytes, str | None] = {}
+        """The SNI of each Host seen lately (a connection mostly asks for one)."""
 
     @property
     def verified(self) -> bool:
@@ -299,7 +301,13 @@ class ServerTls:
         if mode != "auto":
             return mode
         if isinstance(host, bytes):
-            return sni_from_host(host)
+            memo = self._hosts
+            if host in memo:
+                return memo[host]
+            if len(memo) >= MAX_SNI_MEMO:
+                memo.clear()
+            sni = memo[host] = sni_from_host(host)
+            return sni
         return host.lower().rstrip(".") if host else None
 
     def handshake(self, sni: str | None) -> Handshake:
