@@ -179,7 +179,8 @@ frontend tls
 backend plain
     server s1 127.0.0.1:{ports['plain']}
 backend tls
-    server s1 127.0.0.1:{ports['tls']} ssl verify required ca-file {work}/ca.crt sni req.hdr(host),field(1,:) alpn http/1.1
+    server s1 127.0.0.1:{ports['tls']} ssl verify required ca-file {work}/ca.crt \\
+        sni req.hdr(host),field(1,:) alpn http/1.1
 """)
     return {
         "nginx": ["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)],

@@ -37,6 +37,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import hpack
+from hyperframe.frame import HeadersFrame, SettingsFrame, WindowUpdateFrame
+
+from offload.proto.h2_engine import H2Settings, RequestReceived
+from offload.proto.h2_engines import make_engine
+
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 RESPONSE = [(b":status", b"200"), (b"content-type", b"text/plain"), (b"content-length", b"100")]
 BODY = b"x" * 100
@@ -44,8 +50,6 @@ BODY = b"x" * 100
 
 def _client_bytes(requests: int) -> tuple[bytes, list[bytes]]:
     """The client's preface, and one HEADERS frame per request (stream 1, 3, 5...)."""
-    import hpack
-    from hyperframe.frame import HeadersFrame, SettingsFrame, WindowUpdateFrame
 
     hello = (PREFACE + SettingsFrame(0, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 2**31 - 1})
              .serialize() + WindowUpdateFrame(0, window_increment=2**31 - 1 - 65_535).serialize()
@@ -67,8 +71,6 @@ def run(engine_name: str, requests: int, profile: cProfile.Profile | None = None
         serve: bool = True) -> float:
     """Serve ``requests`` requests; the CPU seconds the loop took (profiled if asked). Without
     ``serve``, only the preparation (the client's frames, the engine) is done."""
-    from offload.proto.h2_engine import H2Settings, RequestReceived
-    from offload.proto.h2_engines import make_engine
 
     hello, frames = _client_bytes(requests)
     engine = make_engine(H2Settings(max_concurrent_streams=100), prefer=engine_name)  # type: ignore[arg-type]

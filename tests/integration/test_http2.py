@@ -62,7 +62,10 @@ def test_h2load_many_streams_all_succeed(pki, h2_offload, port):
 
 
 def test_httpx_http2_concurrent_requests(pki, h2_offload, port):
-    httpx = pytest.importorskip("httpx", reason="pip install 'httpx[http2]' (test extras)")
+    try:
+        import httpx
+    except ImportError:
+        pytest.fail("httpx is missing: pip install -e '.[test]' (or pip install 'httpx[http2]')")
     context = ssl.create_default_context(cafile=str(pki.ca))
     with httpx.Client(http2=True, verify=context) as client:
         responses = [client.get(f"https://localhost:{port}/bytes/{n}") for n in (1, 500, 70000)]

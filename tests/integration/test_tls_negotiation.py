@@ -29,12 +29,13 @@ def tcp_offload(pki, localhost_bundle, backend, offload, port):
 # ------------------------------------------------------------------ ALPN
 
 
-def test_http_frontend_refuses_a_client_offering_only_h2(pki, localhost_bundle, http_backend,
-                                                         offload, port):
-    """An h2-only client must hear no_application_protocol, not get an HTTP/1.1 server it
-    never asked for (nginx answers the same)."""
+def test_http_frontend_refuses_a_client_offering_only_h2_when_http2_is_off(
+        pki, localhost_bundle, http_backend, offload, port):
+    """With HTTP/2 turned off, an h2-only client must hear no_application_protocol, not get
+    an HTTP/1.1 server it never asked for (nginx answers the same)."""
     server = http_backend()
-    instance = offload(http_config(port, [localhost_bundle], [server.address]))
+    instance = offload(http_config(port, [localhost_bundle], [server.address],
+                                   frontend="http2 = { enabled = false }"))
     result = s_client(port, pki.ca, "-alpn", "h2", send=b"GET / HTTP/1.1\r\n\r\n")
     assert result.returncode != 0
     assert NO_ALPN_ALERT in result.stderr, result.stderr
@@ -46,6 +47,18 @@ def test_http_frontend_refuses_a_client_offering_only_h2(pki, localhost_bundle, 
     with pytest.raises(ssl.SSLError, match="alert no application protocol"), \
             tls_connect(port, client_context(pki.ca, alpn=["h2", "spdy/3"])):
         pass
+
+
+def test_http_frontend_gives_an_h2_only_client_http2(pki, localhost_bundle, http_backend,
+                                                     offload, port):
+    """HTTP/2 is on by default: a client offering only h2 gets it (and an unknown protocol
+    next to it does not matter)."""
+    server = http_backend()
+    offload(http_config(port, [localhost_bundle], [server.address]))
+    with tls_connect(port, client_context(pki.ca, alpn=["h2"])) as tls:
+        assert tls.selected_alpn_protocol() == "h2"
+    with tls_connect(port, client_context(pki.ca, alpn=["spdy/3", "h2"])) as tls:
+        assert tls.selected_alpn_protocol() == "h2"
 
 
 def test_http_frontend_still_serves_clients_with_or_without_alpn(pki, localhost_bundle,
