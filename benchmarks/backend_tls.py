@@ -36,6 +36,9 @@ PEER_CPU, CLIENT_CPU = "0", "1"
 BODY = "x" * 100
 
 
+HAPROXY_SNI = "sni req.hdr(host),field(1,:) alpn http/1.1"  # SNI from Host, as offload
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -179,8 +182,7 @@ frontend tls
 backend plain
     server s1 127.0.0.1:{ports['plain']}
 backend tls
-    server s1 127.0.0.1:{ports['tls']} ssl verify required ca-file {work}/ca.crt \\
-        sni req.hdr(host),field(1,:) alpn http/1.1
+    server s1 127.0.0.1:{ports['tls']} ssl verify required ca-file {work}/ca.crt {HAPROXY_SNI}
 """)
     return {
         "nginx": ["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)],
