@@ -408,6 +408,18 @@ BAD = [
      "frontends[0].min_body_rate", ["not a byte rate", '"500B/s"']),
     ("send_timeout without a unit", put("frontends.0.send_timeout", 30),
      "frontends[0].send_timeout", ["needs a unit"]),
+    # PROXY protocol from a balancer: only from the balancers.
+    ("accept_proxy without sources", put("frontends.0.accept_proxy", True),
+     "frontends[0].proxy_sources", ["accept_proxy is on but no proxy_sources are listed",
+                                    'fix: list the addresses of the balancers in front, like '
+                                    'proxy_sources = ["10.0.0.0/24"]']),
+    ("proxy_sources without accept_proxy", put("frontends.0.proxy_sources", ["10.0.0.0/24"]),
+     "frontends[0].proxy_sources", ["does nothing without accept_proxy = true",
+                                    "fix: set accept_proxy = true"]),
+    ("proxy source not a network", put("frontends.0.proxy_sources", ["balancer"]),
+     "frontends[0].proxy_sources[0]", ['"balancer"']),
+    ("accept_proxy quoted", put("frontends.0.accept_proxy", "yes"),
+     "frontends[0].accept_proxy", ["write true or false"]),
 ]
 
 
@@ -568,6 +580,7 @@ def rich() -> Raw:
             "alpn": ["http/1.1"], "client_auth": "required", "client_ca": ["ca.pem"],
             "client_crl": ["crl.pem"], "client_crl_fetch": True, "client_crl_timeout": "2s",
             "trusted_proxies": ["10.0.0.0/8"], "redirect_http": [":8080"],
+            "accept_proxy": True, "proxy_sources": ["10.0.0.0/24"],
             "limits": {"request_rate": "5/s", "ipv4_prefix": 24},
             "inspect": {"builtin": ["sqli"], "rules": [{
                 "name": "r", "action": "tag", "tag": "t", "path": "^/x", "query": "a", "body": "b",

@@ -83,6 +83,7 @@ def _names(config: Config) -> list[Issue]:
 
 def _frontend(config: Config, frontend: FrontendConfig, where: str) -> list[Issue]:
     issues = _check_client_auth(frontend, where)
+    issues.extend(_check_accept_proxy(frontend, where))
     if frontend.mode == "tcp":
         issues.extend(_http_keys_in_tcp(frontend, where))
     if not frontend.certificates and not (config.acme and config.acme.serves(frontend.name)):
@@ -90,6 +91,22 @@ def _frontend(config: Config, frontend: FrontendConfig, where: str) -> list[Issu
                             "list certificate files or directories, or have [acme] "
                             "obtain them"))
     return issues
+
+
+def _check_accept_proxy(frontend: FrontendConfig, where: str) -> list[Issue]:
+    """Whoever may send a PROXY header may claim any client address: it takes a list of the
+    balancers, and the list means nothing without the header."""
+    if frontend.accept_proxy and not frontend.proxy_sources:
+        return [Issue(f"{where}.proxy_sources", "accept_proxy is on but no proxy_sources are "
+                      "listed: anyone could claim to be any client",
+                      "list the addresses of the balancers in front, like "
+                      "proxy_sources = [\"10.0.0.0/24\"]")]
+    if frontend.proxy_sources and not frontend.accept_proxy:
+        return [Issue(f"{where}.proxy_sources", "proxy_sources does nothing without "
+                      "accept_proxy = true",
+                      "set accept_proxy = true (the balancers send a PROXY header), or remove "
+                      "proxy_sources")]
+    return []
 
 
 def _http_keys_in_tcp(frontend: FrontendConfig, where: str) -> list[Issue]:

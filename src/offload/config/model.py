@@ -226,6 +226,11 @@ class FrontendConfig(Model):
     handshake_timeout: Timeout = 10.0
     idle_timeout: Timeout = 300.0
     backlog: Count = 1024
+    accept_proxy: Flag = False
+    """Read a PROXY protocol header (v1 or v2) before TLS on every connection: the client is
+    the address it names (an L4 balancer in front). Needs ``proxy_sources``."""
+    proxy_sources: tuple[Network, ...] = ()
+    """The balancers that may send it; connections from anywhere else are refused."""
     client_auth: Literal["none", "optional", "required"] = "none"
     client_ca: tuple[str, ...] = ()
     client_crl: tuple[str, ...] = ()

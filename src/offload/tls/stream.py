@@ -27,6 +27,13 @@ refused with a fatal ``no_application_protocol`` alert before OpenSSL sees its h
 through Python, would carry on without ALPN). The first read is searched for a served name;
 only when none is there is the ClientHello parsed (see :class:`ServedProtocols`).
 
+PROXY protocol (``expect_proxy``): behind an L4 balancer, the balancer's header comes before
+the ClientHello. It is read first (:class:`InboundHeader`, within the handshake timeout) and
+never reaches OpenSSL; from then on ``peername``/``sockname`` are the addresses it names (the
+socket's peer stays available as ``proxy_peer``), and the owner is told
+(``stream_identified``) so that limits and bans, which key on the client, apply only then. A
+malformed header closes the connection before any TLS byte is answered.
+
 Flood limits: the owner may refuse a connection as soon as it is accepted (``refuse``: closed
 before any TLS byte is read), and with ``count_handshakes`` it is asked about every full
 handshake: before OpenSSL starts one when the ClientHello offers no session to resume (so a
@@ -36,11 +43,13 @@ refusal costs no signature), or after the handshake when an offered session was 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import ssl
 import time
 from typing import Any, Protocol, cast
 
 from offload.acme.alpn import ACME_TLS_ALPN, ChallengeLookup
+from offload.errors import ProtocolError
 from offload.proto.client_hello import (
     NO_APPLICATION_PROTOCOL,
     ClientHello,
@@ -49,6 +58,7 @@ from offload.proto.client_hello import (
     fatal_alert,
     parse_client_hello,
 )
+from offload.proto.proxy_protocol import InboundHeader, ProxyHeader
 from offload.timers import Deadline
 from offload.tls.sni import SNI_ATTRIBUTE, SNI_MATCHED_ATTRIBUTE
 from offload.writes import WriteBatcher
@@ -119,6 +129,7 @@ class StreamOwner(Protocol):
 
     name: str
     def stream_accepted(self, stream: TLSServerStream) -> None: ...
+    def stream_identified(self, stream: TLSServerStream) -> None: ...
     def stream_opened(self, stream: TLSServerStream) -> asyncio.Protocol: ...
     def stream_failed(self, stream: TLSServerStream, reason: str, detail: str) -> None: ...
     def stream_answered_challenge(self, stream: TLSServerStream) -> None: ...
@@ -143,13 +154,24 @@ def unmapped(address: Any) -> Any:
     return address
 
 
+def _proxied(address: tuple[str, int]) -> tuple[str, int]:
+    """A client address from a PROXY header, as a socket would name it: an IPv4-mapped IPv6
+    address (a v2 header from a dual-stack balancer) as the IPv4 address it is."""
+    host, port = address
+    if host.startswith("::ffff:"):
+        mapped = ipaddress.IPv6Address(host).ipv4_mapped
+        if mapped is not None:
+            return str(mapped), port
+    return host, port
+
+
 class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
     """A TLS server connection: a Protocol for the TCP transport, a Transport for the app."""
 
     __slots__ = (
         "_acme", "_alpn_pending", "_app", "_batcher", "_buffer", "_challenges",
         "_count_handshakes", "_held", "_hello", "_incoming", "_loop", "_outgoing", "_owner",
-        "_peer_eof",
+        "_peer_eof", "_proxied", "_proxy",
         "_reading_paused", "_recheck_handshake", "_send_deadline", "_send_timeout", "_served",
         "_ssl", "_state", "_tcp", "_timer", "_write_eof", "accepted_at", "bytes_in",
         "bytes_out", "client_key",
@@ -161,7 +183,7 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
                  handshake_timeout: float, batcher: WriteBatcher | None = None,
                  challenges: ChallengeLookup | None = None, *, send_timeout: float = 0.0,
                  count_handshakes: bool = False, served: ServedProtocols | None = None,
-                 buffer: bytearray | None = None) -> None:
+                 buffer: bytearray | None = None, expect_proxy: bool = False) -> None:
         super().__init__()
         self._buffer = memoryview(buffer if buffer is not None else read_buffer())
         """Where the socket reads land (shared by the listener's streams: :func:`read_buffer`)."""
@@ -191,6 +213,10 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
         self._alpn_pending = served is not None
         """The first read has yet to be searched for a served ALPN protocol."""
         self._acme = False
+        self._proxy: InboundHeader | None = InboundHeader() if expect_proxy else None
+        """Collects the balancer's PROXY header, until it is complete."""
+        self._proxied: tuple[tuple[str, int], tuple[str, int]] | None = None
+        """(client, destination) as the PROXY header named them; None: the socket's own."""
         self._send_timeout = send_timeout
         self._send_deadline: Deadline | None = None
         self.client_key = ""
@@ -224,6 +250,10 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
+        if self._proxy is not None:
+            data = self._proxy_header(data)
+            if not data:
+                return
         self._incoming.write(data)
         if self._state == OPEN:
             if not self._reading_paused:
@@ -238,6 +268,32 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
             if self._hello is not None and not self._peek(data):
                 return  # the ClientHello is not complete yet
             self._handshake()
+
+    def _proxy_header(self, data: bytes) -> bytes:
+        """Read the balancer's PROXY header; returns the bytes after it (the TLS start)."""
+        reader = self._proxy
+        assert reader is not None
+        if self._state != HANDSHAKE:
+            self._proxy = None
+            return b""
+        try:
+            result = reader.feed(data)
+        except ProtocolError as error:
+            self._proxy = None
+            self._fail("bad_proxy_header", str(error))
+            return b""
+        if result is None:
+            return b""
+        self._proxy = None
+        header, rest = result
+        self._apply_proxy_header(header)
+        self._owner.stream_identified(self)
+        return rest if self._state == HANDSHAKE else b""
+
+    def _apply_proxy_header(self, header: ProxyHeader) -> None:
+        """LOCAL and UNKNOWN name no client: the balancer itself is talking (health checks)."""
+        if header.source is not None and header.destination is not None:
+            self._proxied = (_proxied(header.source), _proxied(header.destination))
 
     def _peek(self, data: bytes) -> bool:
         """Look at the ClientHello before OpenSSL does; True once it is complete (or broken).
@@ -535,6 +591,7 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
         """Close the connection at once, without a TLS answer (a flood limit refused it)."""
         self._state = max(self._state, CLOSING)
         self._hello = None
+        self._proxy = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -582,10 +639,14 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
             return self._ssl
         if self._tcp is None:
             return default
-        info = self._tcp.get_extra_info(name, default)
         if name in ("peername", "sockname"):
-            return unmapped(info)
-        return info
+            proxied = self._proxied
+            if proxied is not None:
+                return proxied[0] if name == "peername" else proxied[1]
+            return unmapped(self._tcp.get_extra_info(name, default))
+        if name == "proxy_peer":  # the balancer, when a PROXY header named the client
+            return unmapped(self._tcp.get_extra_info("peername", default))
+        return self._tcp.get_extra_info(name, default)
 
     @property
     def app(self) -> asyncio.Protocol | None:
@@ -597,6 +658,16 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
         self._app = app
 
     # ----------------------------------------------------------------- connection facts
+
+    @property
+    def awaiting_proxy_header(self) -> bool:
+        """Whether the balancer's PROXY header has yet to name the client."""
+        return self._proxy is not None
+
+    @property
+    def proxied(self) -> bool:
+        """Whether a PROXY header named the client (``peername`` is then its address)."""
+        return self._proxied is not None
 
     @property
     def peer_eof(self) -> bool:
