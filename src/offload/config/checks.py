@@ -84,6 +84,7 @@ def _names(config: Config) -> list[Issue]:
 def _frontend(config: Config, frontend: FrontendConfig, where: str) -> list[Issue]:
     issues = _check_client_auth(frontend, where)
     issues.extend(_check_accept_proxy(frontend, where))
+    issues.extend(_check_fingerprints(frontend, where))
     if frontend.mode == "tcp":
         issues.extend(_http_keys_in_tcp(frontend, where))
     if not frontend.certificates and not (config.acme and config.acme.serves(frontend.name)):
@@ -107,6 +108,36 @@ def _check_accept_proxy(frontend: FrontendConfig, where: str) -> list[Issue]:
                       "set accept_proxy = true (the balancers send a PROXY header), or remove "
                       "proxy_sources")]
     return []
+
+
+def _check_fingerprints(frontend: FrontendConfig, where: str) -> list[Issue]:
+    """What looks at the TLS fingerprints needs the frontend to keep them; the fields that
+    carry them must not collide."""
+    issues: list[Issue] = []
+    users = [(f"{where}.limits.{key}", f"limits.{key}")
+             for key in ("handshake_rate_per_fingerprint", "request_rate_per_fingerprint")
+             if getattr(frontend.limits, key) is not None]
+    if frontend.mode == "http":
+        users += [(f"{where}.inspect.rules[{index}].{key}", f"rule \"{rule.name}\"")
+                  for index, rule in enumerate(frontend.inspect.rules)
+                  for key in rule.fingerprint_conditions]
+    if not frontend.fingerprints:
+        issues.extend(Issue(path, f"{what} looks at the client's TLS fingerprint, which this "
+                            "frontend does not keep",
+                            "set fingerprints = true on this frontend (it costs a few "
+                            "microseconds per handshake), or remove it")
+                      for path, what in users)
+    if frontend.mode != "http":
+        return issues
+    names = {"ja4_header": frontend.ja4_header.lower(), "ja3_header": frontend.ja3_header.lower()}
+    if names["ja4_header"] and names["ja4_header"] == names["ja3_header"]:
+        issues.append(Issue(f"{where}.ja3_header", "ja4_header and ja3_header name the same "
+                            "field", "give each fingerprint its own field, or set one to \"\""))
+    for key, name in names.items():
+        if name and name == frontend.inspect.tag_header.lower():
+            issues.append(Issue(f"{where}.{key}", f"{key} is the inspection tag header too",
+                                "give the fingerprint a field of its own, like \"X-JA4\""))
+    return issues
 
 
 def _http_keys_in_tcp(frontend: FrontendConfig, where: str) -> list[Issue]:

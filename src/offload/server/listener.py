@@ -133,12 +133,15 @@ class Listener:
         self._events = events if events is not None else SecurityEvents(counters)
         config = limits.config if limits is not None else None
         self._count_handshakes = config is not None and (
-            config.global_handshake_rate is not None or config.per_ip_handshake_rate is not None)
+            config.global_handshake_rate is not None or config.per_ip_handshake_rate is not None
+            or config.per_fingerprint_handshake_rate is not None)
         self._send_timeout = frontend.config.send_timeout
         config_ = frontend.config
         self._proxy_sources = (TrustedSources(config_.proxy_sources) if config_.accept_proxy
                                else None)
         """The balancers that may send a PROXY header; None: the frontend reads none."""
+        self._fingerprints = config_.fingerprints
+        """Keep each ClientHello for its JA4/JA3 (the streams compute them when asked)."""
         self._served = ServedProtocols.of(frontend.alpn)
         """Clients offering ALPN without any of these are refused (RFC 7301 §3.2)."""
         self._read_buffer = read_buffer()
@@ -157,7 +160,8 @@ class Listener:
                                self._challenges, send_timeout=self._send_timeout,
                                count_handshakes=self._count_handshakes, served=self._served,
                                buffer=self._read_buffer,
-                               expect_proxy=self._proxy_sources is not None)
+                               expect_proxy=self._proxy_sources is not None,
+                               fingerprints=self._fingerprints)
 
     async def start(self) -> None:
         """Start accepting on every socket of this frontend."""
@@ -254,7 +258,8 @@ class Listener:
         limits = self._limits
         if limits is None or not stream.client_key:
             return True
-        decision = limits.on_full_handshake(stream.client_key, time.monotonic())
+        decision = limits.on_full_handshake(stream.client_key, time.monotonic(),
+                                            stream.fingerprints)
         if decision.limit is None:
             return True
         self._refused(stream, decision)

@@ -55,9 +55,11 @@ from offload.proto.client_hello import (
     ClientHello,
     ClientHelloError,
     ServedProtocols,
+    client_hello_body,
     fatal_alert,
-    parse_client_hello,
+    parse_client_hello_body,
 )
+from offload.proto.fingerprint import Fingerprints
 from offload.proto.proxy_protocol import InboundHeader, ProxyHeader
 from offload.timers import Deadline
 from offload.tls.sni import SNI_ATTRIBUTE, SNI_MATCHED_ATTRIBUTE
@@ -170,11 +172,12 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
 
     __slots__ = (
         "_acme", "_alpn_pending", "_app", "_batcher", "_buffer", "_challenges",
-        "_count_handshakes", "_held", "_hello", "_incoming", "_loop", "_outgoing", "_owner",
+        "_count_handshakes", "_fingerprinting", "_held", "_hello", "_incoming", "_loop",
+        "_outgoing", "_owner", "_parse_hello",
         "_peer_eof", "_proxied", "_proxy",
         "_reading_paused", "_recheck_handshake", "_send_deadline", "_send_timeout", "_served",
         "_ssl", "_state", "_tcp", "_timer", "_write_eof", "accepted_at", "bytes_in",
-        "bytes_out", "client_key",
+        "bytes_out", "client_key", "fingerprints",
         "handshake_seconds",
         "handshake_timeout",
     )
@@ -183,7 +186,8 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
                  handshake_timeout: float, batcher: WriteBatcher | None = None,
                  challenges: ChallengeLookup | None = None, *, send_timeout: float = 0.0,
                  count_handshakes: bool = False, served: ServedProtocols | None = None,
-                 buffer: bytearray | None = None, expect_proxy: bool = False) -> None:
+                 buffer: bytearray | None = None, expect_proxy: bool = False,
+                 fingerprints: bool = False) -> None:
         super().__init__()
         self._buffer = memoryview(buffer if buffer is not None else read_buffer())
         """Where the socket reads land (shared by the listener's streams: :func:`read_buffer`)."""
@@ -205,10 +209,15 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
         self._count_handshakes = count_handshakes
         self._recheck_handshake = False
         """The ClientHello offered a session: ask the owner after the handshake if not resumed."""
-        self._hello: bytearray | None = (bytearray() if challenges is not None or count_handshakes
+        self._parse_hello = challenges is not None or count_handshakes
+        """Whether the ClientHello must be read before OpenSSL starts: for an ACME TLS-ALPN-01
+        validation, whether a session is offered, or which ALPN protocols are."""
+        self._fingerprinting = fingerprints
+        self._hello: bytearray | None = (bytearray() if self._parse_hello or fingerprints
                                          else None)
-        """The ClientHello so far, while we look for an ACME TLS-ALPN-01 validation, whether
-        a session is offered, or which ALPN protocols are."""
+        """The ClientHello so far, while it is to be read or kept (see :meth:`_peek`)."""
+        self.fingerprints: Fingerprints | None = None
+        """The handshake's JA4/JA3, computed when first asked (frontends with fingerprints)."""
         self._served = served
         self._alpn_pending = served is not None
         """The first read has yet to be searched for a served ALPN protocol."""
@@ -262,9 +271,11 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
             if self._alpn_pending:
                 self._alpn_pending = False
                 served = self._served
-                if served is not None and self._hello is None \
+                if served is not None and not self._parse_hello \
                         and not served.surely_offered(data):
-                    self._hello = bytearray()  # parse it, to see whether to refuse
+                    self._parse_hello = True  # parse it, to see whether to refuse
+                    if self._hello is None:
+                        self._hello = bytearray()
             if self._hello is not None and not self._peek(data):
                 return  # the ClientHello is not complete yet
             self._handshake()
@@ -301,18 +312,25 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
         A ClientHello offering exactly ``acme-tls/1`` for a name with a pending challenge is
         answered with the validation certificate (RFC 8737 §3), never the site's. False too
         when the client offers only protocols we do not serve, or when the owner refused a full
-        handshake (the stream is then closed)."""
+        handshake (the stream is then closed). With fingerprints, the hello's body is kept for
+        them, unread (:class:`Fingerprints` reads it when asked)."""
         hello = self._hello
         assert hello is not None
         hello += data
+        parsed: ClientHello | None = None
         try:
-            parsed = parse_client_hello(hello)
+            body = client_hello_body(hello)
+            if body is None:
+                return False
+            if self._fingerprinting:
+                self.fingerprints = Fingerprints(body)
+            if self._parse_hello:
+                parsed = parse_client_hello_body(body)
         except ClientHelloError:
             parsed = None  # OpenSSL will refuse it with the right alert
-        else:
-            if parsed is None:
-                return False
         self._hello = None
+        if not self._parse_hello:
+            return True
         if parsed is not None and parsed.alpn == (ACME_TLS_ALPN,) and self._challenges is not None:
             context = self._challenges(parsed.server_name)
             if context is not None:
@@ -668,6 +686,18 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
     def proxied(self) -> bool:
         """Whether a PROXY header named the client (``peername`` is then its address)."""
         return self._proxied is not None
+
+    @property
+    def ja4(self) -> str | None:
+        """The client's JA4 fingerprint (None without fingerprints, or for an unreadable
+        hello); computed on first use."""
+        fingerprints = self.fingerprints
+        return fingerprints.ja4 if fingerprints is not None else None
+
+    @property
+    def ja3(self) -> str | None:
+        fingerprints = self.fingerprints
+        return fingerprints.ja3 if fingerprints is not None else None
 
     @property
     def peer_eof(self) -> bool:
