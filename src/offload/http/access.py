@@ -74,7 +74,6 @@ class RequestLog:
             "resumed": stream.resumed,
             "handshake_ms": round(stream.handshake_seconds * 1000, 2),
             "ja4": stream.ja4,
-            "ja3": stream.ja3,
             "status": status,
         }
         if exchange is not None:

@@ -22,9 +22,10 @@ ClientHello's legacy_version.
 
 Theory of operation: the stream keeps the raw ClientHello body (a few hundred bytes to 2 KiB)
 in a :class:`Fingerprints`; nothing is parsed or hashed until someone asks (the access log, a
-rule, a limit, the header to the backend), and then both fingerprints are computed at once and
-the body is let go. The body is read with explicit bounds on every vector; anything malformed
-raises :class:`ClientHelloError` (and gives no fingerprint), never anything else.
+rule, a limit, the header to the backend), and then JA4 is computed, and JA3 with it when the
+frontend uses it (a ``ja3`` rule or header), and the body is let go. The body is read with
+explicit bounds on every vector; anything malformed raises :class:`ClientHelloError` (and
+gives no fingerprint), never anything else.
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ VERSION_LABELS = MappingProxyType({
 """JA4's two characters for each protocol version; any other is ``00``."""
 EMPTY_HASH = "000000000000"
 """JA4's ``b`` or ``c`` for an empty list (no hash of nothing)."""
+_READ = frozenset({_ALPN, _SIGNATURE_ALGORITHMS, _SUPPORTED_GROUPS, _EC_POINT_FORMATS,
+                   _SUPPORTED_VERSIONS})
+"""The extensions whose contents a fingerprint reads (the others count by their type)."""
+_EXTENSION_HEADER = struct.Struct("!HH").unpack_from
 _ALNUM = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 GREASE = frozenset(0x0A0A + 0x1010 * index for index in range(16))
 """RFC 8701 §2: 0x0A0A, 0x1A1A, ... 0xFAFA."""
@@ -132,6 +137,7 @@ def read_hello(body: bytes) -> HelloFields:
         raise ClientHelloError("bad legacy_compression_methods")
     pos += 1 + body[pos]
     extensions: list[int] = []
+    append = extensions.append
     alpn: bytes | None = None
     versions: tuple[int, ...] = ()
     signatures: tuple[int, ...] = ()
@@ -141,16 +147,17 @@ def read_hello(body: bytes) -> HelloFields:
         if pos + 2 > end or (body[pos] << 8) | body[pos + 1] != end - pos - 2:
             raise ClientHelloError("extensions do not fill the ClientHello exactly")
         pos += 2
+        header = _EXTENSION_HEADER
         while pos < end:
             if pos + 4 > end:
                 raise ClientHelloError("ClientHello ends within an extension header")
-            kind, length = struct.unpack_from("!HH", body, pos)
+            kind, length = header(body, pos)
             pos += 4
             stop = pos + length
             if stop > end:
                 raise ClientHelloError(f"extension {kind} runs past the ClientHello")
-            if kind not in GREASE:
-                extensions.append(kind)
+            if kind in _READ:  # one test for the many extensions read by their type alone
+                append(kind)
                 if kind == _ALPN:
                     alpn = _first_alpn(body, pos, stop)
                 elif kind == _SIGNATURE_ALGORITHMS:
@@ -159,8 +166,10 @@ def read_hello(body: bytes) -> HelloFields:
                     groups = _u16_list(body, pos, stop, "supported_groups")
                 elif kind == _EC_POINT_FORMATS:
                     formats = _point_formats(body, pos, stop)
-                elif kind == _SUPPORTED_VERSIONS:
+                else:
                     versions = _u16_list(body, pos, stop, "supported_versions", 1)
+            elif kind not in GREASE:
+                append(kind)
             pos = stop
     return HelloFields(legacy_version, ciphers, tuple(extensions), alpn, versions, signatures,
                        groups, formats)
@@ -223,12 +232,14 @@ def ja3(fields: HelloFields) -> str:
 
 class Fingerprints:
     """The fingerprints of one handshake, computed from its ClientHello body when first asked
-    (then the body is let go). ``None`` when the body cannot be read."""
+    (then the body is let go). ``None`` when the body cannot be read, and JA3 unless
+    ``with_ja3`` (it costs as much again, and only JA3 rules and headers read it)."""
 
-    __slots__ = ("_body", "_ja3", "_ja4")
+    __slots__ = ("_body", "_ja3", "_ja4", "_with_ja3")
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, *, with_ja3: bool = False) -> None:
         self._body: bytes | None = body
+        self._with_ja3 = with_ja3
         self._ja4 = ""
         self._ja3 = ""
 
@@ -241,7 +252,8 @@ class Fingerprints:
         except ClientHelloError:
             return
         self._ja4 = ja4(fields)
-        self._ja3 = ja3(fields)
+        if self._with_ja3:
+            self._ja3 = ja3(fields)
 
     @property
     def ja4(self) -> str | None:

@@ -141,7 +141,11 @@ class Listener:
                                else None)
         """The balancers that may send a PROXY header; None: the frontend reads none."""
         self._fingerprints = config_.fingerprints
-        """Keep each ClientHello for its JA4/JA3 (the streams compute them when asked)."""
+        """Keep each ClientHello for its JA4 (the streams compute it when asked) ..."""
+        self._ja3 = config_.fingerprints and config_.mode == "http" and (
+            bool(config_.ja3_header)
+            or any(rule.ja3 is not None or rule.not_ja3 is not None for rule in config_.inspect.rules))
+        """... and its JA3 when a rule or the backend's header reads it."""
         self._served = ServedProtocols.of(frontend.alpn)
         """Clients offering ALPN without any of these are refused (RFC 7301 §3.2)."""
         self._read_buffer = read_buffer()
@@ -161,7 +165,7 @@ class Listener:
                                count_handshakes=self._count_handshakes, served=self._served,
                                buffer=self._read_buffer,
                                expect_proxy=self._proxy_sources is not None,
-                               fingerprints=self._fingerprints)
+                               fingerprints=self._fingerprints, ja3=self._ja3)
 
     async def start(self) -> None:
         """Start accepting on every socket of this frontend."""

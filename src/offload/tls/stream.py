@@ -34,6 +34,9 @@ socket's peer stays available as ``proxy_peer``), and the owner is told
 (``stream_identified``) so that limits and bans, which key on the client, apply only then. A
 malformed header closes the connection before any TLS byte is answered.
 
+Fingerprints (``fingerprints``): the ClientHello's body is kept, unread, for its JA4 (and JA3),
+which :class:`~offload.proto.fingerprint.Fingerprints` computes when first asked.
+
 Flood limits: the owner may refuse a connection as soon as it is accepted (``refuse``: closed
 before any TLS byte is read), and with ``count_handshakes`` it is asked about every full
 handshake: before OpenSSL starts one when the ClientHello offers no session to resume (so a
@@ -173,13 +176,10 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
     __slots__ = (
         "_acme", "_alpn_pending", "_app", "_batcher", "_buffer", "_challenges",
         "_count_handshakes", "_fingerprinting", "_held", "_hello", "_incoming", "_loop",
-        "_outgoing", "_owner", "_parse_hello",
-        "_peer_eof", "_proxied", "_proxy",
+        "_outgoing", "_owner", "_parse_hello", "_peer_eof", "_proxied", "_proxy",
         "_reading_paused", "_recheck_handshake", "_send_deadline", "_send_timeout", "_served",
-        "_ssl", "_state", "_tcp", "_timer", "_write_eof", "accepted_at", "bytes_in",
-        "bytes_out", "client_key", "fingerprints",
-        "handshake_seconds",
-        "handshake_timeout",
+        "_ssl", "_state", "_tcp", "_timer", "_with_ja3", "_write_eof", "accepted_at", "bytes_in",
+        "bytes_out", "client_key", "fingerprints", "handshake_seconds", "handshake_timeout",
     )
 
     def __init__(self, owner: StreamOwner, context: ssl.SSLContext,
@@ -187,7 +187,7 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
                  challenges: ChallengeLookup | None = None, *, send_timeout: float = 0.0,
                  count_handshakes: bool = False, served: ServedProtocols | None = None,
                  buffer: bytearray | None = None, expect_proxy: bool = False,
-                 fingerprints: bool = False) -> None:
+                 fingerprints: bool = False, ja3: bool = False) -> None:
         super().__init__()
         self._buffer = memoryview(buffer if buffer is not None else read_buffer())
         """Where the socket reads land (shared by the listener's streams: :func:`read_buffer`)."""
@@ -213,6 +213,7 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
         """Whether the ClientHello must be read before OpenSSL starts: for an ACME TLS-ALPN-01
         validation, whether a session is offered, or which ALPN protocols are."""
         self._fingerprinting = fingerprints
+        self._with_ja3 = ja3
         self._hello: bytearray | None = (bytearray() if self._parse_hello or fingerprints
                                          else None)
         """The ClientHello so far, while it is to be read or kept (see :meth:`_peek`)."""
@@ -323,7 +324,7 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
             if body is None:
                 return False
             if self._fingerprinting:
-                self.fingerprints = Fingerprints(body)
+                self.fingerprints = Fingerprints(body, with_ja3=self._with_ja3)
             if self._parse_hello:
                 parsed = parse_client_hello_body(body)
         except ClientHelloError:
