@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 
 from offload.acme.alpn import ChallengeLookup
+from offload.config.model import FrontendConfig
 from offload.observe.log import fields
 from offload.observe.stats import Counters
 from offload.proto.client_hello import ServedProtocols
@@ -136,15 +137,13 @@ class Listener:
             config.global_handshake_rate is not None or config.per_ip_handshake_rate is not None
             or config.per_fingerprint_handshake_rate is not None)
         self._send_timeout = frontend.config.send_timeout
-        config_ = frontend.config
-        self._proxy_sources = (TrustedSources(config_.proxy_sources) if config_.accept_proxy
+        settings = frontend.config
+        self._proxy_sources = (TrustedSources(settings.proxy_sources) if settings.accept_proxy
                                else None)
         """The balancers that may send a PROXY header; None: the frontend reads none."""
-        self._fingerprints = config_.fingerprints
+        self._fingerprints = settings.fingerprints
         """Keep each ClientHello for its JA4 (the streams compute it when asked) ..."""
-        self._ja3 = config_.fingerprints and config_.mode == "http" and (
-            bool(config_.ja3_header)
-            or any(rule.ja3 is not None or rule.not_ja3 is not None for rule in config_.inspect.rules))
+        self._ja3 = settings.fingerprints and _reads_ja3(settings)
         """... and its JA3 when a rule or the backend's header reads it."""
         self._served = ServedProtocols.of(frontend.alpn)
         """Clients offering ALPN without any of these are refused (RFC 7301 §3.2)."""
@@ -327,6 +326,12 @@ class Listener:
         if stream.client_key and self._limits is not None:
             self._limits.on_disconnect(stream.client_key)
         self._registry.discard(stream)
+
+
+def _reads_ja3(frontend: FrontendConfig) -> bool:
+    """Whether anything on ``frontend`` reads JA3 (it costs as much again as JA4)."""
+    return frontend.mode == "http" and (bool(frontend.ja3_header) or any(
+        rule.ja3 is not None or rule.not_ja3 is not None for rule in frontend.inspect.rules))
 
 
 def _address(stream: TLSServerStream) -> str:

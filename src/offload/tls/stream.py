@@ -679,11 +679,6 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
     # ----------------------------------------------------------------- connection facts
 
     @property
-    def awaiting_proxy_header(self) -> bool:
-        """Whether the balancer's PROXY header has yet to name the client."""
-        return self._proxy is not None
-
-    @property
     def proxied(self) -> bool:
         """Whether a PROXY header named the client (``peername`` is then its address)."""
         return self._proxied is not None
