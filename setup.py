@@ -7,6 +7,12 @@ lower latency. The same sources run uncompiled: editable installs (``pip install
 stale compiled one; ``OFFLOAD_COMPILE=0`` skips compiling any install; and the build falls back
 to pure Python when there is no C compiler, says so, and records it in ``offload/_build.json``
 so that ``offload version`` tells and every start logs a warning.
+
+The libnghttp2 binding (``offload.proto._nghttp2``, a cffi extension: see
+``src/offload/proto/h2_nghttp2_build.py``) is built by every install, editable ones included (it
+shadows no Python module), when cffi and the libnghttp2 headers are there; ``OFFLOAD_NGHTTP2=0``
+skips it. Its outcome — built, skipped or failed, with the reason — is recorded in the same file
+under ``nghttp2``, and a failure never fails the install: HTTP/2 then runs on python-hyper ``h2``.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
@@ -42,6 +49,9 @@ COMPILED = [
     "src/offload/http/access.py",
     "src/offload/http/h1_connection.py",
 ]
+NGHTTP2_BUILD = "src/offload/proto/h2_nghttp2_build.py"
+NGHTTP2_MODULE = "offload.proto._nghttp2"
+NGHTTP2_HEADER = "nghttp2/nghttp2.h"
 BUILD_RECORD = "offload/_build.json"
 """What the build did about compiling, read by ``offload version`` and at start
 (offload/build_info.py)."""
@@ -84,7 +94,43 @@ def _plan() -> tuple[list[object], dict[str, object]]:
                                                       "modules": modules}
 
 
+def _nghttp2_header_found() -> bool:
+    """Whether the C compiler will find ``nghttp2/nghttp2.h`` (the usual places, and CPATH)."""
+    places = ["/usr/include", "/usr/local/include",
+              *os.environ.get("CPATH", "").split(os.pathsep),
+              *os.environ.get("C_INCLUDE_PATH", "").split(os.pathsep)]
+    places += [str(path) for path in Path("/usr/include").glob("*-linux-gnu*")]
+    return any(place and (Path(place) / NGHTTP2_HEADER).is_file() for place in places)
+
+
+def _plan_nghttp2() -> tuple[list[object], dict[str, str]]:
+    """The libnghttp2 binding, if it can be built here (module docstring)."""
+    if os.environ.get("OFFLOAD_NGHTTP2", "1") == "0":
+        return [], {"status": "skipped", "reason": "OFFLOAD_NGHTTP2=0"}
+    if not _nghttp2_header_found():
+        reason = (f"{NGHTTP2_HEADER} not found (Debian/Ubuntu: apt-get install libnghttp2-dev; "
+                  "then reinstall offload)")
+        _announce(f"not building the libnghttp2 binding: {reason}; HTTP/2 runs on python-hyper "
+                  "h2, slower")
+        return [], {"status": "skipped", "reason": reason}
+    try:
+        import importlib.util  # noqa: PLC0415 - only a build needs it
+
+        spec = importlib.util.spec_from_file_location("_offload_nghttp2_build", NGHTTP2_BUILD)
+        assert spec is not None and spec.loader is not None
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+        extension = script.builder().distutils_extension(tmpdir="build/cffi")
+    except Exception as error:  # cffi missing or the script broken: no binding, no failure
+        reason = f"cffi could not prepare the binding ({_short(error)})"
+        _announce(f"not building the libnghttp2 binding: {reason}")
+        return [], {"status": "failed", "reason": reason}
+    return [extension], {"status": "built", "reason": ""}
+
+
 EXTENSIONS, RECORD = _plan()
+NGHTTP2_EXTENSIONS, NGHTTP2_RECORD = _plan_nghttp2()
+RECORD["nghttp2"] = NGHTTP2_RECORD
 
 
 def _write_record(build_lib: str, record: dict[str, object]) -> None:
@@ -113,11 +159,28 @@ class OptionalBuildExt(build_ext):
         except Exception as error:  # any build failure means: ship pure Python
             _announce(f"compiling the data path failed ({_short(error)}); this install runs as "
                       "pure Python, about a fifth slower")
-            self.extensions = []
+            RECORD.update(compile="failed", reason=_short(error))
+            self.extensions = [ext for ext in self.extensions if ext.name == NGHTTP2_MODULE]
+            if self.extensions:  # the binding stands on its own
+                super().run()
             if not self.inplace:
-                _write_record(self.build_lib, {**RECORD, "compile": "failed",
-                                               "reason": _short(error)})
+                _write_record(self.build_lib, RECORD)
+
+    def build_extension(self, ext: Any) -> None:
+        """The libnghttp2 binding may fail alone: recorded, and HTTP/2 runs on ``h2``."""
+        if ext.name != NGHTTP2_MODULE:
+            super().build_extension(ext)
+            return
+        try:
+            super().build_extension(ext)
+        except Exception as error:
+            reason = _short(error)
+            _announce(f"building the libnghttp2 binding failed ({reason}); HTTP/2 runs on "
+                      "python-hyper h2, slower")
+            RECORD["nghttp2"] = {"status": "failed", "reason": reason}
+            if not self.inplace:
+                _write_record(self.build_lib, RECORD)
 
 
-setup(ext_modules=EXTENSIONS,
+setup(ext_modules=EXTENSIONS + NGHTTP2_EXTENSIONS,
       cmdclass={"build_ext": OptionalBuildExt, "build_py": RecordingBuildPy})

@@ -76,3 +76,39 @@ def data_path() -> DataPath:
 
 _DATA_PATH = ("offload.tls.stream", "offload.http.h1_connection", "offload.l4.relay")
 """Modules to look at when there is no record (a source tree): a sample of the data path."""
+
+
+@dataclass(frozen=True)
+class Nghttp2Binding:
+    """Whether the libnghttp2 binding (the fast HTTP/2 engine) was built, and why not."""
+
+    record: str
+    """built, skipped, failed, or unknown (no record: a source tree or an editable install)."""
+    reason: str
+    importable: bool
+
+    def describe(self) -> str:
+        """One phrase for ``offload version`` and for the error when nghttp2 is asked for."""
+        if self.importable:
+            return "HTTP/2 engine nghttp2 (libnghttp2 binding built)"
+        why = {"skipped": f"not built: {self.reason}",
+               "failed": f"building it failed at install: {self.reason}",
+               "built": "built but it does not import; reinstall offload",
+               "unknown": "not built in this install"}.get(self.record, self.record)
+        return f"HTTP/2 engine h2 (libnghttp2 binding {why})"
+
+
+def nghttp2_binding() -> Nghttp2Binding:
+    """Read the build record's ``nghttp2`` entry and try the binding."""
+    try:
+        text = resources.files("offload").joinpath(RECORD).read_text(encoding="utf-8")
+        entry = json.loads(text).get("nghttp2", {})
+    except (OSError, ValueError, AttributeError):
+        entry = {}
+    try:
+        importlib.import_module("offload.proto._nghttp2")
+        importable = True
+    except ImportError:
+        importable = False
+    return Nghttp2Binding(str(entry.get("status", "unknown")), str(entry.get("reason", "")),
+                          importable)

@@ -532,7 +532,7 @@ HTTP_ONLY_SAMPLES: dict[str, object] = {
     "max_header_count": 50, "max_body_size": "1MiB", "request_timeout": "5s",
     "keepalive_timeout": "30s", "body_timeout": "30s", "min_body_rate": "1KiB/s",
     "access_log": "off", "access_log_format": "combined", "inspect": {"builtin": ["sqli"]},
-    "limits.request_rate": "10/s", "limits.request_rate_per_ip": "5/s",
+    "limits.request_rate": "10/s", "limits.request_rate_per_ip": "5/s", "http2": False,
     "limits.request_rate_per_fingerprint": "50/s", "ja4_header": "X-TLS-JA4",
     "ja3_header": "X-TLS-JA3",
 }
@@ -620,6 +620,7 @@ def rich() -> Raw:
             "trusted_proxies": ["10.0.0.0/8"], "redirect_http": [":8080"],
             "accept_proxy": True, "proxy_sources": ["10.0.0.0/24"], "fingerprints": True,
             "limits": {"request_rate": "5/s", "ipv4_prefix": 24},
+            "http2": {"max_concurrent_streams": 50, "early_resets": "10/s burst 20"},
             "inspect": {"builtin": ["sqli"], "rules": [{
                 "name": "r", "action": "tag", "tag": "t", "path": "^/x", "query": "a", "body": "b",
                 "client": ["10.0.0.0/8"], "not_client": ["10.1.0.0/16"], "methods": ["GET"],

@@ -87,6 +87,13 @@ def _frontend(config: Config, frontend: FrontendConfig, where: str) -> list[Issu
     issues.extend(_check_fingerprints(frontend, where))
     if frontend.mode == "tcp":
         issues.extend(_http_keys_in_tcp(frontend, where))
+    if "h2" in frontend.alpn and (frontend.mode == "tcp" or not frontend.http2.enabled):
+        issues.append(Issue(f"{where}.alpn", (
+            'ALPN "h2" is offered but this frontend does not speak HTTP/2' if frontend.mode ==
+            "http" else 'ALPN "h2" would hand clients to the backend as HTTP/2, which a TCP '
+            'frontend relays as bytes: offload only speaks HTTP/2 in mode "http"'),
+            'remove "h2" from alpn' + (", or set http2 = true" if frontend.mode == "http"
+                                       else "")))
     if not frontend.certificates and not (config.acme and config.acme.serves(frontend.name)):
         issues.append(Issue(f"{where}.certificates", "the frontend has no certificates",
                             "list certificate files or directories, or have [acme] "

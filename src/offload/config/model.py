@@ -241,6 +241,44 @@ LIMIT_KEYS = (
 )
 
 
+def _table_from_flag(key: str) -> Any:
+    """Let ``true``/``false`` stand for ``{key = true}`` (``http2 = false``)."""
+
+    def convert(value: object) -> object:
+        return {key: value} if isinstance(value, bool) else value
+
+    return BeforeValidator(convert)
+
+
+class Http2Config(Model):
+    """HTTP/2 on an HTTP-mode frontend (ALPN ``h2``; docs/http2.md): on by default, with limits
+    no ordinary client comes near, each counted when it fires."""
+
+    enabled: Flag = True
+    max_concurrent_streams: Annotated[int, Strict(), Field(ge=1, le=2**31 - 1)] = 100
+    max_requests: Count = 1000
+    """Streams per connection; then GOAWAY, and the client opens a new connection."""
+    max_header_list_size: Annotated[Size, Field(ge=1024)] = 64 * 1024
+    """The decoded request head, each field counted as name + value + 32 (RFC 9113 §6.5.2);
+    ``max_header_count`` (frontend) counts its fields, each cookie crumb as one."""
+    max_continuations: Annotated[int, Strict(), Field(ge=0, le=1000)] = 8
+    """CONTINUATION frames per header block."""
+    early_resets: Rate = EventRate(50.0, 200.0)
+    """Streams ended early, by the client's RST_STREAM or by offload's answer to a stream
+    error the client caused (Rapid Reset, MadeYouReset); over it: GOAWAY."""
+    control_frames: Rate = EventRate(10.0, 50.0)
+    """SETTINGS and PING frames (each forces a reply), each kind counted on its own."""
+    priority_frames: Rate = EventRate(100.0, 1000.0)
+    max_empty_frames: Annotated[int, Strict(), Field(ge=1)] = 20
+    """Empty DATA frames that do not end the stream, in a row."""
+    stream_window: Annotated[Size, Field(ge=1024, le=2**31 - 1)] = 256 * 1024
+    """How much of one request body may be on the way before offload has passed it on."""
+    connection_window: Annotated[Size, Field(ge=65535, le=2**31 - 1)] = 1024 * 1024
+    """The same for all the streams of a connection together."""
+    engine: Literal["auto", "nghttp2", "h2"] = "auto"
+    """``auto``: libnghttp2 where offload's binding was built, else python-hyper h2."""
+
+
 class FrontendConfig(Model):
     """Where offload accepts TLS, with which certificates and policy, and where it sends traffic."""
 
@@ -295,6 +333,8 @@ class FrontendConfig(Model):
     min_body_rate: Annotated[ByteRate, HttpOnly()] = 500.0
     access_log: Annotated[str, HttpOnly()] = "stderr"
     access_log_format: Annotated[Literal["json", "combined"], HttpOnly()] = "json"
+    http2: Annotated[Http2Config, HttpOnly(), _table_from_flag("enabled")] = Field(
+        default_factory=Http2Config)
     ja4_header: Annotated[OwnHeader, HttpOnly()] = "X-JA4"
     """With fingerprints: the field carrying the client's JA4 to the backend ("": none)."""
     ja3_header: Annotated[OwnHeader, HttpOnly()] = ""

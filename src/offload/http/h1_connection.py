@@ -70,6 +70,12 @@ from offload.tls.stream import TLSServerStream
 
 _log = logging.getLogger("offload.http")
 
+H2_PREFACE_START = b"PRI * HTTP/2.0"
+H2_REFUSAL = (b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # SETTINGS, empty
+              b"\x00\x00\x08\x07\x00\x00\x00\x00\x00"  # GOAWAY, 8 bytes, stream 0
+              b"\x00\x00\x00\x00\x00\x00\x00\x0d")  # last stream 0, HTTP_1_1_REQUIRED
+"""What a client that speaks HTTP/2 without having negotiated it is told."""
+
 HEAD_SLICE = 4096
 """Bytes fed to the parser at a time outside a body when no end of a head is in sight; a head
 whose end is in sight is fed up to that end, so a pipelining client can make us parse one head
@@ -178,6 +184,9 @@ class Http1Connection(asyncio.Protocol):
         if self._closing:
             return
         if self.exchange is None and self._receiving is None and not self._head_started:
+            if not self._requests and data.startswith(H2_PREFACE_START):
+                self._refuse_prior_knowledge()
+                return
             self._head_started = True
             self._deadline.set(self.clock.time() + self.site.frontend.request_timeout)
         elif self._receiving is not None:
@@ -213,6 +222,15 @@ class Http1Connection(asyncio.Protocol):
             if unparsed:  # everything after the head waits for the backend's 101
                 parser.feed(unparsed.take_all())
             self.pause_client("upgrade")  # the backend decides whether this becomes a tunnel
+
+    def _refuse_prior_knowledge(self) -> None:
+        """An HTTP/2 connection preface without ALPN ``h2`` (prior knowledge, RFC 9113 §3.3):
+        answered in HTTP/2, which the client understands — an empty SETTINGS and GOAWAY
+        HTTP_1_1_REQUIRED — then closed. HTTP/2 is only spoken when ALPN chose it."""
+        self.site.counters.inc("http_rejected", self.site.name, "h2_prior_knowledge")
+        self.stream.write(H2_REFUSAL)
+        self.requests_log.local(505, "h2_prior_knowledge")
+        self._close()
 
     def eof_received(self) -> bool:
         self._client_eof = True

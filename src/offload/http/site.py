@@ -6,12 +6,16 @@ import os
 from dataclasses import dataclass, field
 
 from offload.config.model import FrontendConfig
+from offload.config.units import EventRate
 from offload.http.inspection import Inspection
 from offload.http.upstream import HttpBackend
 from offload.observe.access_log import AccessLog
 from offload.observe.stats import Counters
 from offload.proto.fingerprint import FingerprintHeaders
 from offload.proto.forwarding import ForwardPolicy, ResponsePolicy
+from offload.proto.h2_engine import H2Settings
+from offload.proto.h2_guard import FloodLimits
+from offload.proto.h2_request import HeadLimits
 from offload.proto.http1 import HttpLimits
 from offload.security.ban_list import BannedClients
 from offload.security.events import SecurityEvents
@@ -43,6 +47,24 @@ def limits_of(frontend: FrontendConfig) -> HttpLimits:
         max_header_count=frontend.max_header_count,
         max_body_size=frontend.max_body_size,
     )
+
+
+def h2_limits_of(frontend: FrontendConfig, limits: HttpLimits
+                 ) -> tuple[H2Settings, FloodLimits, HeadLimits]:
+    """The frontend's ``http2`` table as the engine's settings, the flood budgets and the
+    request head limits."""
+    h2 = frontend.http2
+    settings = H2Settings(max_concurrent_streams=h2.max_concurrent_streams,
+                          initial_window_size=h2.stream_window,
+                          connection_window_size=h2.connection_window,
+                          max_header_list_size=h2.max_header_list_size)
+    never = EventRate(1e9, 1e9)  # "off": no budget
+    flood = FloodLimits(max_continuations=h2.max_continuations,
+                        settings=h2.control_frames or never, pings=h2.control_frames or never,
+                        priority=h2.priority_frames or never,
+                        max_empty_frames=h2.max_empty_frames,
+                        early_resets=h2.early_resets or never)
+    return settings, flood, HeadLimits.of(limits, h2.max_header_list_size)
 
 
 def response_policy_of(frontend: FrontendConfig) -> ResponsePolicy:
@@ -83,9 +105,14 @@ class HttpSite:
     banned: BannedClients = field(default_factory=BannedClients)
     """The worker's ban list: behind a trusted proxy, a banned forwarded client gets 403."""
     draining: bool = False
+    h2_settings: H2Settings = field(init=False)
+    h2_flood_limits: FloodLimits = field(init=False)
+    h2_head_limits: HeadLimits = field(init=False)
 
     def __post_init__(self) -> None:
         self.limits = limits_of(self.frontend)
+        self.h2_settings, self.h2_flood_limits, self.h2_head_limits = h2_limits_of(
+            self.frontend, self.limits)
         frontend = self.frontend
         headers = FingerprintHeaders.of(frontend.ja4_header, frontend.ja3_header)
         self.fingerprint_headers = headers if frontend.fingerprints else FingerprintHeaders(None)

@@ -114,6 +114,9 @@ COUNTERS: dict[str, Spec] = {spec_key: spec for spec_key, spec in [
                               "against a fetched CRL", ("frontend", "verdict"))),
     ("internal_error", Spec("offload_internal_errors", "Unexpected errors (bugs)",
                             ("where",))),
+    ("h2_limit", Spec("offload_http2_limits", "HTTP/2 limits that fired (GOAWAY or a stream "
+                      "reset): flood budgets, streams per connection, stalled streams",
+                      ("frontend", "limit"))),
     ("access_log_dropped", Spec("offload_access_log_dropped", "Access log lines lost "
                                 "(queue_full, write_error, format_error)", ("log", "reason"))),
     ("server_responses", Spec("offload_backend_server_responses", "Final responses from each "

@@ -179,3 +179,9 @@ class H2Engine(Protocol):
 
 class EngineFactory(Protocol):
     def __call__(self, settings: H2Settings) -> H2Engine: ...
+
+
+def make_engine(settings: H2Settings, prefer: str = "auto") -> H2Engine:
+    """An engine: libnghttp2's when offload's binding was built (``prefer`` "auto" or
+    "nghttp2"), else python-hyper h2's."""
+    raise RuntimeError("no HTTP/2 engine is installed yet")  # replaced by the engines' branch

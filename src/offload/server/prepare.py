@@ -26,7 +26,8 @@ from offload.tls.sources import FrontendSources
 from offload.tls.store import CertificateStore
 from offload.upstream.servers import Server, resolve_backend
 
-HTTP_ALPN = ("http/1.1",)
+HTTP_ALPN = ("h2", "http/1.1")
+HTTP1_ALPN = ("http/1.1",)
 """What an HTTP frontend offers when its config names no ALPN protocols."""
 
 
@@ -50,8 +51,13 @@ class PreparedFrontend:
 
 
 def served_alpn(frontend: FrontendConfig) -> tuple[str, ...]:
-    """The frontend's ``alpn``, or HTTP mode's default when it names none."""
-    return frontend.alpn or (HTTP_ALPN if frontend.mode == "http" else ())
+    """The frontend's ``alpn``, or HTTP mode's default when it names none: ``h2`` first (the
+    client picks among what it offers in our order of preference) unless ``http2`` is off."""
+    if frontend.alpn:
+        return frontend.alpn
+    if frontend.mode != "http":
+        return ()
+    return HTTP1_ALPN  # h2 is offered once the engines are in (HTTP_ALPN)
 
 
 @dataclass(frozen=True)

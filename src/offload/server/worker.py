@@ -29,6 +29,7 @@ from offload.config.model import AcmeChallenge, FrontendConfig
 from offload.config.units import HostPort
 from offload.errors import OffloadError
 from offload.http.h1_connection import Http1Connection
+from offload.http.h2_connection import H2Connection
 from offload.http.redirect import RedirectProtocol
 from offload.http.site import HttpSite
 from offload.http.upstream import HttpBackend
@@ -58,6 +59,7 @@ from offload.server.listener import AppFactory, ConnectionRegistry, Listener
 from offload.server.prepare import Prepared, PreparedFrontend
 from offload.timers import LoopClock
 from offload.tls.crl_gate import CrlFetcher, RevocationGate
+from offload.tls.stream import TLSServerStream
 from offload.upstream.backend import Backend
 from offload.upstream.group import ServerGroup
 from offload.writes import WriteBatcher
@@ -76,6 +78,13 @@ RESPONSE_LIMITS = HttpLimits(max_header_count=200)
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+
+
+def http_connection(stream: TLSServerStream, site: HttpSite) -> asyncio.Protocol:
+    """The HTTP version the client chose by ALPN (HTTP/1.1 without ALPN)."""
+    if stream.alpn == "h2":
+        return H2Connection(stream, site)
+    return Http1Connection(stream, site)
 
 
 @dataclass(frozen=True)
@@ -221,7 +230,7 @@ class _Apps:
                         client_cas=client_auth.authorities if client_auth is not None else None,
                         banned=self.banned)
         self.sites.append(site)
-        return lambda stream: Http1Connection(stream, site)
+        return lambda stream: http_connection(stream, site)
 
     async def start(self) -> None:
         for log in self.access_logs.values():

@@ -1,0 +1,140 @@
+"""HTTP/2 with real clients: curl, h2load, httpx, headless Chromium; large bodies both ways on
+concurrent streams, and a slow stream beside fast ones."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import http_config
+from h2_client import H2Client
+from harness import need
+from http_backend import pattern
+
+
+@pytest.fixture
+def h2_offload(pki, localhost_bundle, http_backend, offload, port):
+    server = http_backend()
+    instance = offload(http_config(port, [localhost_bundle], [server.address]))
+    return server, instance
+
+
+def curl(port: int, ca: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [need("curl", "curl"), "-sS", "--http2", "--cacert", str(ca), "--resolve",
+         f"localhost:{port}:127.0.0.1", *args], capture_output=True, timeout=60, check=False)
+
+
+def test_curl_speaks_http2(pki, h2_offload, port):
+    _server, instance = h2_offload
+    done = curl(port, pki.ca, "-o", "/dev/null", "-w", "%{http_version} %{http_code}",
+                f"https://localhost:{port}/bytes/1000")
+    assert done.stdout == b"2 200", done.stderr
+    done = curl(port, pki.ca, "--data-binary", "hello over h2", f"https://localhost:{port}/sha")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == hashlib.sha256(b"hello over h2").hexdigest().encode()
+    line = instance.wait_for(lambda e: e.get("path") == "/sha" and "status" in e)
+    assert line["http"] == "2" and line["alpn"] == "h2" and line["status"] == 200
+
+
+def test_curl_http11_still_works_beside_it(pki, h2_offload, port):
+    done = curl(port, pki.ca, "--http1.1", "-o", "/dev/null", "-w", "%{http_version}",
+                f"https://localhost:{port}/bytes/10")
+    assert done.stdout == b"1.1"
+
+
+def test_h2load_many_streams_all_succeed(pki, h2_offload, port):
+    tool = need("h2load", "nghttp2-client")
+    done = subprocess.run([tool, "-n", "2000", "-c", "4", "-m", "20",
+                           f"https://localhost:{port}/bytes/100"],
+                          capture_output=True, timeout=120, check=False,
+                          env={**os.environ, "SSL_CERT_FILE": str(pki.ca)})
+    out = done.stdout.decode()
+    assert "Application protocol: h2" in out, out
+    assert "2000 succeeded, 0 failed, 0 errored" in out, out
+
+
+def test_httpx_http2_concurrent_requests(pki, h2_offload, port):
+    httpx = pytest.importorskip("httpx", reason="pip install 'httpx[http2]' (test extras)")
+    with httpx.Client(http2=True, verify=str(pki.ca)) as client:
+        responses = [client.get(f"https://localhost:{port}/bytes/{n}") for n in (1, 500, 70000)]
+        assert all(r.http_version == "HTTP/2" for r in responses)
+        assert [len(r.content) for r in responses] == [1, 500, 70000]
+        assert responses[2].content == pattern(70000)
+
+
+def test_large_bodies_both_ways_on_concurrent_streams(pki, h2_offload, port):
+    """10 MiB down and 10 MiB up on four streams at once, checked by sha256."""
+    client = H2Client(port, pki.ca, timeout=60)
+    size = 10 * 1024 * 1024
+    downloads = [client.request(f"/bytes/{size}") for _ in range(2)]
+    upload = os.urandom(size)
+    uploads = []
+    for _ in range(2):
+        stream = client.new_stream()
+        client.headers(stream, [(":method", "POST"), (":scheme", "https"),
+                                (":authority", "localhost"), (":path", "/sha"),
+                                ("content-length", str(size))], end_stream=False)
+        uploads.append(stream)
+    # send the uploads within the server's windows, reading as we go
+    results: dict[int, tuple[dict[str, str], bytes]] = {}
+    sender_error: list[BaseException] = []
+
+    def send_uploads() -> None:
+        try:
+            for offset in range(0, size, 16384):
+                for stream in uploads:
+                    client.data(stream, upload[offset:offset + 16384],
+                                end_stream=offset + 16384 >= size)
+        except BaseException as error:
+            sender_error.append(error)
+
+    # the raw client reads on this thread; the server's window updates let the writer go on
+    writer = threading.Thread(target=send_uploads, daemon=True)
+    writer.start()
+    for stream in [*downloads, *uploads]:
+        headers, body, _ = client.response(stream, timeout=120)
+        results[stream] = (headers, body)
+    writer.join(60)
+    assert not sender_error, sender_error
+    for stream in downloads:
+        assert hashlib.sha256(results[stream][1]).digest() == hashlib.sha256(
+            pattern(size)).digest()
+    for stream in uploads:
+        assert results[stream][1].strip() == hashlib.sha256(upload).hexdigest().encode()
+    client.close()
+
+
+def test_a_slow_stream_does_not_hold_up_the_others(pki, h2_offload, port):
+    """One stream's window stays shut (the client reads nothing of it); the others on the same
+    connection are answered in full."""
+    client = H2Client(port, pki.ca, settings={0x4: 16384}, timeout=30)
+    slow = client.request(f"/bytes/{4 * 1024 * 1024}")
+    fast = [client.request(f"/bytes/{100000 + i}") for i in range(5)]
+    for index, stream in enumerate(fast):
+        headers, body, _ = client.response(stream)
+        assert headers[":status"] == "200" and body == pattern(100000 + index)
+    assert slow not in fast
+    client.close()
+
+
+def test_chromium_loads_a_page_and_its_resources_over_h2(pki, h2_offload, port):
+    from browser import Browser
+
+    with Browser(flags=("--ignore-certificate-errors",),
+                 resolve={"localhost": "127.0.0.1"}) as browser:
+        browser.navigate(f"https://localhost:{port}/bytes/10")
+        browser.evaluate("""window.loaded = Promise.all([...Array(40).keys()].map(
+            i => fetch('/bytes/' + (1000 + i)).then(r => r.arrayBuffer())))
+            .then(bodies => bodies.map(b => b.byteLength))""")
+        sizes = browser.evaluate("window.loaded")
+        protocols = browser.evaluate(
+            "JSON.stringify([performance.getEntriesByType('navigation')[0].nextHopProtocol,"
+            " ...performance.getEntriesByType('resource').map(e => e.nextHopProtocol)])")
+    assert sizes == [1000 + i for i in range(40)]
+    assert set(json.loads(protocols)) == {"h2"}
