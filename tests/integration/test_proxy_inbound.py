@@ -58,9 +58,13 @@ def proxied_tls(port: int, ca: Path, header: bytes, source: str = BALANCER
     """A TLS connection that starts with ``header``, as a balancer would forward it."""
     with connect(port, source) as raw:
         raw.sendall(header)
-        with client_context(ca, alpn=["http/1.1"]).wrap_socket(
-                raw, server_hostname="localhost") as tls:
+        tls = client_context(ca, alpn=["http/1.1"]).wrap_socket(
+            raw, server_hostname="localhost", do_handshake_on_connect=False)
+        try:  # closed even when the handshake fails (a refused connection)
+            tls.do_handshake()
             yield tls
+        finally:
+            tls.close()
 
 
 def proxied_get(port: int, ca: Path, header: bytes, path: str, **headers: str) -> bytes:
