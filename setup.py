@@ -38,6 +38,7 @@ COMPILED = [
     "src/offload/proto/http1_write.py",
     "src/offload/proto/proxy_protocol.py",
     "src/offload/tls/stream.py",
+    "src/offload/tls/client_stream.py",
     "src/offload/l4/relay.py",
     "src/offload/upstream/balancer.py",
     "src/offload/upstream/health.py",
@@ -48,6 +49,7 @@ COMPILED = [
     "src/offload/http/exchange.py",
     "src/offload/http/access.py",
     "src/offload/http/h1_connection.py",
+    "src/offload/proto/h2_nghttp2.py",
 ]
 NGHTTP2_BUILD = "src/offload/proto/h2_nghttp2_build.py"
 NGHTTP2_MODULE = "offload.proto._nghttp2"

@@ -68,11 +68,25 @@ def data_path() -> DataPath:
     except (OSError, ValueError):
         record = {}
     modules = [str(name) for name in record.get("modules", ())] or list(_DATA_PATH)
+    modules = [name for name in modules
+               if name not in _NEEDS_BINDING or _imports(_NEEDS_BINDING[name])]
     compiled = tuple(name for name in modules if _is_extension(name))
     pure = tuple(name for name in modules if name not in compiled)
     return DataPath(str(record.get("compile", "unknown")), str(record.get("reason", "")),
                     compiled, pure)
 
+
+def _imports(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+_NEEDS_BINDING = {"offload.proto.h2_nghttp2": "offload.proto._nghttp2"}
+"""Compiled modules that run only where their binding was built: without it they are not
+"running as pure Python", they are not used (:func:`nghttp2_binding` tells why)."""
 
 _DATA_PATH = ("offload.tls.stream", "offload.http.h1_connection", "offload.l4.relay")
 """Modules to look at when there is no record (a source tree): a sample of the data path."""
@@ -91,11 +105,11 @@ class Nghttp2Binding:
         """One phrase for ``offload version`` and for the error when nghttp2 is asked for."""
         if self.importable:
             return "HTTP/2 engine nghttp2 (libnghttp2 binding built)"
-        why = {"skipped": f"not built: {self.reason}",
-               "failed": f"building it failed at install: {self.reason}",
-               "built": "built but it does not import; reinstall offload",
-               "unknown": "not built in this install"}.get(self.record, self.record)
-        return f"HTTP/2 engine h2 (libnghttp2 binding {why})"
+        why = {"skipped": f"was not built: {self.reason}",
+               "failed": f"failed to build at install: {self.reason}",
+               "built": "was built but does not import; reinstall offload",
+               "unknown": "is not built in this install"}.get(self.record, self.record)
+        return f"HTTP/2 engine h2 (the libnghttp2 binding {why})"
 
 
 def nghttp2_binding() -> Nghttp2Binding:
@@ -105,10 +119,5 @@ def nghttp2_binding() -> Nghttp2Binding:
         entry = json.loads(text).get("nghttp2", {})
     except (OSError, ValueError, AttributeError):
         entry = {}
-    try:
-        importlib.import_module("offload.proto._nghttp2")
-        importable = True
-    except ImportError:
-        importable = False
     return Nghttp2Binding(str(entry.get("status", "unknown")), str(entry.get("reason", "")),
-                          importable)
+                          _imports("offload.proto._nghttp2"))

@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="how long a backend may stay silent, e.g. 60s")
     quick.add_argument("--client-ca", metavar="FILE", action="append", default=[],
                        help="require client certificates issued by this CA (repeatable)")
+    quick.add_argument("--backend-tls", action="store_true",
+                       help="TLS to the backend, its certificate verified against the system "
+                       "trust store and the request's Host (sent as SNI)")
+    quick.add_argument("--backend-ca", metavar="FILE", action="append", default=[],
+                       help="TLS to the backend, verified against this CA instead "
+                       "(repeatable; implies --backend-tls)")
     quick.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     quick.add_argument("--access-log", metavar="stderr|off|FILE",
                        help="HTTP mode: where the access log goes (default stderr)")
@@ -116,6 +122,8 @@ def _quick_options(args: argparse.Namespace) -> QuickOptions:
         upstream_timeout=args.upstream_timeout, log_level=args.log_level,
         access_log=args.access_log, client_ca=tuple(args.client_ca), admin=args.admin,
         allow_readable_keys=args.allow_readable_keys,
+        backend_tls=args.backend_tls or bool(args.backend_ca),
+        backend_ca=tuple(args.backend_ca),
     )
 
 
@@ -127,7 +135,8 @@ def _loader(args: argparse.Namespace) -> Callable[[], Prepared]:
     """A function that loads and prepares the configuration (called again on SIGHUP)."""
     quick_flags = [args.listen, args.cert, args.key, args.backend, args.workers,
                    args.proxy_protocol, args.tls_policy, args.upstream_timeout, args.access_log,
-                   args.client_ca, args.allow_readable_keys]
+                   args.client_ca, args.allow_readable_keys, args.backend_tls,
+                   args.backend_ca]
     if args.config:
         if any(quick_flags):
             raise UsageError("give either -c FILE or the quick-mode flags, not both")

@@ -84,3 +84,18 @@ class UpstreamError(OffloadError):
     def __init__(self, message: str, *, retryable: bool) -> None:
         self.retryable = retryable
         super().__init__(message)
+
+
+class BackendTlsError(UpstreamError):
+    """The TLS handshake with a backend server failed. ``reason`` names the check that failed
+    (``expired``, ``unknown_ca``, ``name_mismatch``, ``client_certificate_refused`` ..., see
+    :func:`offload.tls.backend_tls.classify_failure`); ``detail`` is OpenSSL's own words, for
+    the log only: a client is never told more than 502."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        self.client_named = False
+        """The SNI came from the client (its Host, or its own SNI): the failure may be the
+        client's doing, so it is not held against the server and no other server is tried."""
+        super().__init__(f"{reason}: {detail}", retryable=True)

@@ -44,6 +44,7 @@ _SHOWN_APART = {
     "client_crl_retry",
     # backend keys
     "servers", "balance", "connect_timeout", "proxy_protocol", "health_check", "ejection",
+    "tls", "verify", "ca", "verify_name", "sni", "client_certificate",
 }
 
 
@@ -154,7 +155,8 @@ def _health(check: HealthCheckConfig | None) -> str:
             f"{format_duration(check.timeout)}, down after {check.fall}, up after {check.rise})")
 
 
-def _backend_lines(backend: BackendConfig, servers: str) -> list[str]:
+def _backend_lines(backend: BackendConfig, servers: str, tls: tuple[str, ...] = ()
+                   ) -> list[str]:
     proxy = "" if backend.proxy_protocol == "none" else f", PROXY {backend.proxy_protocol}"
     lines = [f"  backend \"{backend.name}\" ({backend.balance}, connect "
              f"{format_duration(backend.connect_timeout)}{proxy}): {servers}"]
@@ -162,6 +164,8 @@ def _backend_lines(backend: BackendConfig, servers: str) -> list[str]:
     passive = (f"ejected for {format_duration(ejection.duration)} after {ejection.failures} "
                "failures in a row" if ejection.failures else "passive ejection off")
     lines.append(f"    {_health(backend.health_check)}; {passive}")
+    if any(not line.endswith(": plain TCP") for line in tls):
+        lines.extend(f"    server {line}" for line in tls)
     settings = changed(backend, _SHOWN_APART)
     if settings:
         lines.append(f"    settings: {', '.join(settings)}")
@@ -197,7 +201,9 @@ def summary(prepared: Prepared, now: dt.datetime | None = None) -> str:
     for backend in config.backends:
         servers = ", ".join(f"{server.label}" + ("" if server.label == str(server) else f"={server}")
                             for server in prepared.servers[backend.name])
-        lines.extend(_backend_lines(backend, servers))
+        tls = (prepared.backend_tls.descriptions.get(backend.name, ())
+               if prepared.backend_tls is not None else ())
+        lines.extend(_backend_lines(backend, servers, tls))
     if config.acme is not None:
         lines.append(_acme(config.acme))
     if config.admin is not None:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from h2_client import close_h2_clients  # noqa: F401 - autouse: closes raw HTTP/2 clients
 from harness import Handler, Offload, TcpBackend, free_port
 from http_backend import http_backend  # noqa: F401 - a fixture for the HTTP-mode tests
 from http_client import close_http_clients  # noqa: F401 - autouse: closes HTTP clients

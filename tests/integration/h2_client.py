@@ -10,9 +10,10 @@ from __future__ import annotations
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+import pytest
 from hpack import Decoder, Encoder
 from hyperframe.frame import (
     ContinuationFrame,
@@ -40,6 +41,17 @@ def request_headers(path: str = "/", method: str = "GET", authority: str = "loca
             (":path", path), *extra]
 
 
+_OPEN: list[H2Client] = []
+
+
+@pytest.fixture(autouse=True)
+def close_h2_clients() -> Iterator[None]:
+    """Close every raw HTTP/2 client a test made, however it ended."""
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
 class Closed(Exception):
     """The server closed the connection."""
 
@@ -57,6 +69,10 @@ class H2Client:
         self.alpn = self.sock.selected_alpn_protocol()
         self.encoder = Encoder()
         self.decoder = Decoder()
+        self.last_goaway: GoAwayFrame | None = None
+        self.kept: dict[int, list[Frame]] = {}
+        """Frames of streams nobody was waiting for when they came."""
+        _OPEN.append(self)
         self.buffer = b""
         self.timeout = timeout
         self.closed = False
@@ -155,6 +171,9 @@ class H2Client:
                 self._fill(deadline)
             frame.parse_body(memoryview(self.buffer[9:9 + length]))
             self.buffer = self.buffer[9 + length:]
+            if isinstance(frame, HeadersFrame):  # every block, or the HPACK table drifts
+                frame.decoded = dict(  # type: ignore[attr-defined]
+                    self.decoder.decode(frame.data, raw=False))
             if isinstance(frame, SettingsFrame) and "ACK" not in frame.flags:
                 ack = SettingsFrame(0)
                 ack.flags.add("ACK")
@@ -192,31 +211,55 @@ class H2Client:
     def response(self, stream_id: int, timeout: float | None = None
                  ) -> tuple[dict[str, str], bytes, list[Frame]]:
         """The response on ``stream_id``: (headers of the final response, body, all frames
-        of the stream). Raises if the stream is reset or the connection goes away."""
+        of the stream). Frames of other streams that come meanwhile are kept for them (their
+        bytes open the connection's window, not their stream's, until they are asked for).
+        Raises if the stream is reset or the connection goes away."""
         headers: dict[str, str] = {}
         body = b""
         frames: list[Frame] = []
         deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
+        kept = self.kept.pop(stream_id, [])
+        taken = sum(f.flow_controlled_length for f in kept if isinstance(f, DataFrame))
+        if taken:
+            self._open_window(stream_id, taken)
         while True:
-            frame = self.frame(max(0.0, deadline - time.monotonic()))
-            if isinstance(frame, GoAwayFrame):
-                raise AssertionError(f"GOAWAY {ERRORS.get(frame.error_code)} while waiting")
-            if frame.stream_id != stream_id:
-                continue
+            if kept:
+                frame = kept.pop(0)
+            else:
+                frame = self.frame(max(0.0, deadline - time.monotonic()))
+                if isinstance(frame, GoAwayFrame):
+                    self.last_goaway = frame
+                    if frame.error_code or frame.last_stream_id < stream_id:
+                        raise AssertionError(
+                            f"GOAWAY {ERRORS.get(frame.error_code)} while waiting")
+                    continue  # a graceful one: this stream still finishes
+                if frame.stream_id != stream_id:
+                    if frame.stream_id:
+                        self.kept.setdefault(frame.stream_id, []).append(frame)
+                        if isinstance(frame, DataFrame) and frame.flow_controlled_length:
+                            self._open_window(0, frame.flow_controlled_length)
+                    continue
+                if isinstance(frame, DataFrame) and frame.flow_controlled_length \
+                        and "END_STREAM" not in frame.flags:
+                    self._open_window(0, frame.flow_controlled_length)
+                    self._open_window(stream_id, frame.flow_controlled_length)
             frames.append(frame)
             if isinstance(frame, RstStreamFrame):
                 raise AssertionError(f"stream reset: {ERRORS.get(frame.error_code)}")
             if isinstance(frame, HeadersFrame):
-                decoded = dict(self.decoder.decode(frame.data, raw=False))
+                decoded = frame.decoded  # type: ignore[attr-defined]
                 if not decoded.get(":status", "200").startswith("1"):
                     headers = decoded
             elif isinstance(frame, DataFrame):
                 body += frame.data
-                if frame.flow_controlled_length:
-                    self.window_update(0, frame.flow_controlled_length)
-                    self.window_update(stream_id, frame.flow_controlled_length)
             if "END_STREAM" in frame.flags:
                 return headers, body, frames
+
+    def _open_window(self, stream_id: int, increment: int) -> None:
+        try:
+            self.window_update(stream_id, increment)
+        except OSError:
+            pass  # the server may have closed already (after a GOAWAY)
 
     def reset_of(self, stream_id: int, timeout: float | None = None) -> int:
         """The error code the server resets ``stream_id`` with (fails on anything else

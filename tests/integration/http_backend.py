@@ -106,6 +106,11 @@ class HttpTestBackend:
         if path == "/health":
             status = 200 if self.healthy else 503
             return _send(conn, status, b"health\n", self.name)
+        if path == "/page":
+            page = b"<!doctype html><title>offload test page</title><p>page</p>"
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: %d\r\n"
+                         b"\r\n%b" % (len(page), page))
+            return True
         if self.fail_status:
             return _send(conn, self.fail_status, b"failing\n", self.name)
         if parts[0] == "bytes":

@@ -6,8 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import ssl
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
@@ -61,53 +61,40 @@ def test_h2load_many_streams_all_succeed(pki, h2_offload, port):
 
 def test_httpx_http2_concurrent_requests(pki, h2_offload, port):
     httpx = pytest.importorskip("httpx", reason="pip install 'httpx[http2]' (test extras)")
-    with httpx.Client(http2=True, verify=str(pki.ca)) as client:
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    with httpx.Client(http2=True, verify=context) as client:
         responses = [client.get(f"https://localhost:{port}/bytes/{n}") for n in (1, 500, 70000)]
         assert all(r.http_version == "HTTP/2" for r in responses)
         assert [len(r.content) for r in responses] == [1, 500, 70000]
         assert responses[2].content == pattern(70000)
 
 
-def test_large_bodies_both_ways_on_concurrent_streams(pki, h2_offload, port):
-    """10 MiB down and 10 MiB up on four streams at once, checked by sha256."""
-    client = H2Client(port, pki.ca, timeout=60)
+def test_large_bodies_both_ways_on_concurrent_streams(pki, h2_offload, port, tmp_path):
+    """10 MiB down twice and 10 MiB up twice, as four concurrent streams of one connection
+    (curl --parallel multiplexes them), each checked by sha256."""
     size = 10 * 1024 * 1024
-    downloads = [client.request(f"/bytes/{size}") for _ in range(2)]
-    upload = os.urandom(size)
-    uploads = []
-    for _ in range(2):
-        stream = client.new_stream()
-        client.headers(stream, [(":method", "POST"), (":scheme", "https"),
-                                (":authority", "localhost"), (":path", "/sha"),
-                                ("content-length", str(size))], end_stream=False)
-        uploads.append(stream)
-    # send the uploads within the server's windows, reading as we go
-    results: dict[int, tuple[dict[str, str], bytes]] = {}
-    sender_error: list[BaseException] = []
-
-    def send_uploads() -> None:
-        try:
-            for offset in range(0, size, 16384):
-                for stream in uploads:
-                    client.data(stream, upload[offset:offset + 16384],
-                                end_stream=offset + 16384 >= size)
-        except BaseException as error:
-            sender_error.append(error)
-
-    # the raw client reads on this thread; the server's window updates let the writer go on
-    writer = threading.Thread(target=send_uploads, daemon=True)
-    writer.start()
-    for stream in [*downloads, *uploads]:
-        headers, body, _ = client.response(stream, timeout=120)
-        results[stream] = (headers, body)
-    writer.join(60)
-    assert not sender_error, sender_error
-    for stream in downloads:
-        assert hashlib.sha256(results[stream][1]).digest() == hashlib.sha256(
-            pattern(size)).digest()
-    for stream in uploads:
-        assert results[stream][1].strip() == hashlib.sha256(upload).hexdigest().encode()
-    client.close()
+    upload = tmp_path / "upload.bin"
+    upload.write_bytes(os.urandom(size))
+    base = f"https://localhost:{port}"
+    common = ["--cacert", str(pki.ca), "--resolve", f"localhost:{port}:127.0.0.1", "--http2"]
+    command = [need("curl", "curl"), "-sS", "--parallel", *common,
+               "-o", str(tmp_path / "down1"), f"{base}/bytes/{size}",
+               "-o", str(tmp_path / "down2"), f"{base}/bytes/{size}"]
+    for name in ("up1", "up2"):
+        command += ["--next", *common, "--data-binary", f"@{upload}",
+                    "-o", str(tmp_path / name), f"{base}/sha"]
+    done = subprocess.run(command, capture_output=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-500:]
+    expected = hashlib.sha256(pattern(size)).digest()
+    for name in ("down1", "down2"):
+        assert hashlib.sha256((tmp_path / name).read_bytes()).digest() == expected
+    for name in ("up1", "up2"):
+        assert (tmp_path / name).read_bytes().strip() == hashlib.sha256(
+            upload.read_bytes()).hexdigest().encode()
+    _, instance = h2_offload
+    instance.wait_for(lambda e: e.get("path") == "/sha" and e.get("status") == 200)
+    lines = [e for e in instance.events if e.get("http") == "2" and "status" in e]
+    assert len(lines) == 4 and len({e["client"] for e in lines}) == 1, "one connection"
 
 
 def test_a_slow_stream_does_not_hold_up_the_others(pki, h2_offload, port):
@@ -128,7 +115,7 @@ def test_chromium_loads_a_page_and_its_resources_over_h2(pki, h2_offload, port):
 
     with Browser(flags=("--ignore-certificate-errors",),
                  resolve={"localhost": "127.0.0.1"}) as browser:
-        browser.navigate(f"https://localhost:{port}/bytes/10")
+        browser.navigate(f"https://localhost:{port}/page")
         browser.evaluate("""window.loaded = Promise.all([...Array(40).keys()].map(
             i => fetch('/bytes/' + (1000 + i)).then(r => r.arrayBuffer())))
             .then(bodies => bodies.map(b => b.byteLength))""")

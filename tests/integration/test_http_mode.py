@@ -291,12 +291,16 @@ def test_combined_access_log_to_file(pki, localhost_bundle, http_backend, offloa
     assert '"GET /bytes/7 HTTP/1.1" 200 7 "https://r.example/" "agent/1"' in line
 
 
-def test_alpn_offers_http11(pki, localhost_bundle, http_backend, offload, port):
+@pytest.mark.parametrize(("frontend", "chosen"), [("", "h2"), ("http2 = false", "http/1.1")])
+def test_alpn_offers_h2_then_http11(pki, localhost_bundle, http_backend, offload, port,
+                                    frontend, chosen):
     from harness import tls_connect
 
     server = http_backend()
-    offload(http_config(port, [localhost_bundle], [server.address]))
+    offload(http_config(port, [localhost_bundle], [server.address], frontend=frontend))
     with tls_connect(port, client_context(pki.ca, alpn=["h2", "http/1.1"])) as tls:
+        assert tls.selected_alpn_protocol() == chosen
+    with tls_connect(port, client_context(pki.ca, alpn=["http/1.1"])) as tls:
         assert tls.selected_alpn_protocol() == "http/1.1"
 
 

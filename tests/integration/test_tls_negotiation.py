@@ -53,7 +53,7 @@ def test_http_frontend_still_serves_clients_with_or_without_alpn(pki, localhost_
     server = http_backend()
     offload(http_config(port, [localhost_bundle], [server.address]))
     with tls_connect(port, client_context(pki.ca, alpn=["h2", "http/1.1"])) as tls:
-        assert tls.selected_alpn_protocol() == "http/1.1"
+        assert tls.selected_alpn_protocol() == "h2"
     with tls_connect(port, client_context(pki.ca)) as tls:
         assert tls.selected_alpn_protocol() is None
     result = s_client(port, pki.ca, "-alpn", "foo,http/1.1",

@@ -87,3 +87,33 @@ def test_the_next_silent_connection_is_taken_after_a_spoiled_one():
         for ours, server in pairs:
             ours.close()
             server.close()
+
+
+def test_a_connection_paused_for_a_slow_client_listens_again_when_pooled():
+    """A response may end while its client is slow (the backend connection's reading paused);
+    pooled like that, the next request's answer would never be read (a 504 a minute later)."""
+    import asyncio
+
+    from offload.config.model import BackendConfig
+    from offload.http.upstream import HttpBackend
+    from offload.observe.stats import Counters
+    from offload.upstream.servers import resolve_backend
+
+    async def scenario() -> bool:
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            port = listener.getsockname()[1]
+            config = BackendConfig(name="app", servers=[f"127.0.0.1:{port}"])
+            servers, _ = resolve_backend(config, "backends[0]")
+            backend = HttpBackend(config, servers, Counters(), HttpLimits())
+            connection = await backend.connect(0)
+            accepted, _ = listener.accept()
+            connection.pause_reading()
+            backend.release(connection, True, 0.0)
+            assert connection.transport is not None
+            reading = connection.transport.is_reading()
+            connection.close()
+            await asyncio.sleep(0)
+            accepted.close()
+            return reading
+
+    assert asyncio.run(scenario())

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from offload.errors import ProtocolError
+from offload.errors import BackendTlsError, ProtocolError
 from offload.http.exchange import ClientContext, Exchange
 from offload.observe.stats import Counters
 from offload.proto.forwarding import ClientFacts, ForwardPolicy
@@ -108,23 +108,30 @@ class FakeBackend:
         self.released_to_pool: list[tuple[FakeUpstream, bool]] = []
         self.active = [0] * servers
         self.protocol_errors: list[str] = []
+        self.hosts: list[bytes] = []
+        self.preambles: list[bytes] = []
 
     def candidates(self, key: bytes, now: float) -> list[int]:
         return list(self.order)
 
-    def take_idle(self, index: int) -> FakeUpstream | None:
+    def take_idle(self, index: int, host: bytes = b"") -> FakeUpstream | None:
+        self.hosts.append(host)
         return self.idle.pop(index, None)
 
-    def open(self, index: int, done: Callable[..., None]) -> Callable[[], None]:
+    def open(self, index: int, done: Callable[..., None], host: bytes = b"",
+             preamble: bytes = b"") -> Callable[[], None]:
         cancelled = [False]
         self.opening.append((index, done, cancelled))
+        self.hosts.append(host)
+        self.preambles.append(preamble)
         return lambda: cancelled.__setitem__(0, True)
 
-    def connect_next(self, *, fail: bool = False) -> FakeUpstream | None:
+    def connect_next(self, *, fail: bool = False,
+                     error: BaseException | None = None) -> FakeUpstream | None:
         index, done, cancelled = self.opening.pop(0)
         assert not cancelled[0], "the exchange cancelled this connect"
-        if fail:
-            done(index, None, ConnectionRefusedError("refused"))
+        if fail or error is not None:
+            done(index, None, error or ConnectionRefusedError("refused"))
             return None
         upstream = FakeUpstream(index)
         done(index, upstream, None)
@@ -175,8 +182,10 @@ class FakeDownstream:
         self.paused.discard(why)
         self.calls.append(("resume_request", why))
 
+    proxy = b""
+
     def proxy_header(self) -> bytes:
-        return b""
+        return self.proxy
 
     def names(self) -> list[str]:
         return [name for name, _ in self.calls if name not in ("pause_request",
@@ -236,6 +245,46 @@ def test_a_connect_failure_moves_to_the_next_server():
     assert [index for index, _, _ in script.backend.opening] == [1]
     upstream = script.backend.connect_next()
     assert upstream is not None and upstream.index == 1
+
+
+def test_the_request_host_chooses_the_connection_and_a_proxy_header_goes_first():
+    # over TLS the host is the SNI: the backend picks a pooled connection or opens one by it;
+    # a PROXY header is handed to open(), to be sent before any TLS byte
+    script = Script(request())
+    script.downstream.proxy = b"PROXY TCP4 192.0.2.7 192.0.2.1 50000 443\r\n"
+    script.exchange.start()
+    assert script.backend.hosts == [b"example.test", b"example.test"]
+    assert script.backend.preambles == [script.downstream.proxy]
+    upstream = script.backend.connect_next()
+    assert upstream is not None and upstream.written.startswith(b"GET / HTTP/1.1\r\n")
+
+
+def _tls_error(reason: str, *, client_named: bool) -> BackendTlsError:
+    error = BackendTlsError(reason, "OpenSSL's words")
+    error.client_named = client_named
+    return error
+
+
+def test_a_certificate_refused_for_the_clients_host_is_a_502_at_once():
+    # the SNI came from the client's Host: no other server is tried (a client must not make
+    # offload handshake with every server for one bad name)
+    script = Script(request(), servers=3)
+    script.exchange.start()
+    script.backend.connect_next(error=_tls_error("name_mismatch", client_named=True))
+    assert script.downstream.calls[-1] == ("answer", 502)
+    assert script.exchange.reason == "backend_tls"
+    assert script.backend.opening == []
+    assert script.backend.reports == [], "the backend itself reports what it holds against whom"
+
+
+def test_a_server_with_a_bad_certificate_is_skipped_and_the_last_one_is_a_502():
+    script = Script(request(), servers=2)
+    script.exchange.start()
+    script.backend.connect_next(error=_tls_error("expired", client_named=False))
+    assert [index for index, _, _ in script.backend.opening] == [1]
+    script.backend.connect_next(error=_tls_error("unknown_ca", client_named=False))
+    assert script.downstream.calls[-1] == ("answer", 502)
+    assert script.exchange.reason == "backend_tls"
 
 
 def test_every_server_failing_to_connect_is_a_503_with_retry_after():
@@ -440,3 +489,18 @@ def test_a_response_that_ends_before_the_request_body_never_pools_the_connection
     script.exchange.request_data(b"01234")
     script.respond(upstream, ok(b"early"), Data(b"early"), EndOfMessage())
     assert script.backend.released_to_pool == [(upstream, False)]
+
+
+def test_an_empty_piece_of_body_is_not_an_end_of_chunks():
+    """HTTP/2 clients may send empty DATA frames; chunked towards the backend, an empty chunk
+    would be the last one and the real end a second request."""
+    script = Script(request(b"POST", chunked=True))
+    script.exchange.start()
+    upstream = script.backend.connect_next()
+    assert upstream is not None
+    head_end = len(upstream.written)
+    script.exchange.request_data(b"")
+    script.exchange.request_data(b"ab")
+    script.exchange.request_data(b"")
+    script.exchange.request_end([])
+    assert bytes(upstream.written[head_end:]) == b"2\r\nab\r\n0\r\n\r\n"

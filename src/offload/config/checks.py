@@ -15,12 +15,15 @@ from pydantic import BaseModel
 
 from offload.config.base import HttpOnly
 from offload.config.model import (
+    BACKEND_TLS_KEYS,
     AcmeConfig,
     AdminConfig,
+    BackendConfig,
     Config,
     FrontendConfig,
     FrontendLimits,
     ServerConfig,
+    UnixAddress,
     is_loopback,
 )
 from offload.config.units import HostPort
@@ -45,6 +48,8 @@ def cross_check(config: Config) -> list[Issue]:
     issues.extend(_unused_http_defaults(config))
     issues.extend(_listeners(config))
     issues.extend(_loops(config))
+    for index, backend in enumerate(config.backends):
+        issues.extend(_backend_tls(backend, f"backends[{index}]"))
     if config.acme is not None:
         issues.extend(_check_acme(config.acme, config))
     if config.admin is not None:
@@ -87,13 +92,10 @@ def _frontend(config: Config, frontend: FrontendConfig, where: str) -> list[Issu
     issues.extend(_check_fingerprints(frontend, where))
     if frontend.mode == "tcp":
         issues.extend(_http_keys_in_tcp(frontend, where))
-    if "h2" in frontend.alpn and (frontend.mode == "tcp" or not frontend.http2.enabled):
-        issues.append(Issue(f"{where}.alpn", (
-            'ALPN "h2" is offered but this frontend does not speak HTTP/2' if frontend.mode ==
-            "http" else 'ALPN "h2" would hand clients to the backend as HTTP/2, which a TCP '
-            'frontend relays as bytes: offload only speaks HTTP/2 in mode "http"'),
-            'remove "h2" from alpn' + (", or set http2 = true" if frontend.mode == "http"
-                                       else "")))
+    # (a TCP frontend may offer h2: it relays the bytes to a backend that speaks it, as hitch)
+    if "h2" in frontend.alpn and frontend.mode == "http" and not frontend.http2.enabled:
+        issues.append(Issue(f"{where}.alpn", 'ALPN "h2" is offered but http2 is turned off on '
+                            "this frontend", 'remove "h2" from alpn, or set http2 = true'))
     if not frontend.certificates and not (config.acme and config.acme.serves(frontend.name)):
         issues.append(Issue(f"{where}.certificates", "the frontend has no certificates",
                             "list certificate files or directories, or have [acme] "
@@ -298,6 +300,39 @@ def _loops(config: Config) -> list[Issue]:
 
 
 # --- client certificates, ACME, admin ---------------------------------------------------------
+
+
+def _backend_tls(backend: BackendConfig, where: str) -> list[Issue]:
+    """TLS keys that would do nothing (no TLS where they are set), a check that cannot be made
+    (``ca`` with ``verify = false``), and TLS over a Unix socket."""
+    issues: list[Issue] = []
+    anyone = bool(backend.tls) or any(server.tls for server in backend.servers)
+    for key in BACKEND_TLS_KEYS:
+        if key != "tls" and getattr(backend, key) is not None and not anyone:
+            issues.append(Issue(f"{where}.{key}", f"{key} is set but no server of this backend "
+                                "uses TLS", f"set tls = true on the backend, or remove {key}"))
+    for index, server in enumerate(backend.servers):
+        here = f"{where}.servers[{index}]"
+        uses_tls = server.tls if server.tls is not None else bool(backend.tls)
+        for key in BACKEND_TLS_KEYS:
+            if key != "tls" and getattr(server, key) is not None and not uses_tls:
+                issues.append(Issue(f"{here}.{key}", f"{key} is set but this server does not "
+                                    "use TLS", f"set tls = true on the server, or remove {key}"))
+        if not uses_tls:
+            continue
+        if isinstance(server.address, UnixAddress):
+            issues.append(Issue(f"{here}.address", "TLS to a Unix socket is not supported",
+                                "use a TCP address for this server, or set tls = false on it"))
+        if server.verify is False and server.ca:
+            issues.append(_unused_ca(here))
+    if backend.verify is False and backend.ca:
+        issues.append(_unused_ca(where))
+    return issues
+
+
+def _unused_ca(where: str) -> Issue:
+    return Issue(f"{where}.ca", "ca is set but verify = false: nothing is checked against it",
+                 "remove verify = false (verification is the point of ca), or remove ca")
 
 
 def _check_admin(admin: AdminConfig) -> list[Issue]:

@@ -342,7 +342,73 @@ class FrontendConfig(Model):
     """Inspection rules evaluated on every request (mode http only; docs/security.md)."""
 
 
-class ServerConfig(Model):
+def _sni_setting(value: object) -> str:
+    """``"auto"``, ``"none"`` or the DNS name to send as SNI (an address cannot be one)."""
+    if not isinstance(value, str):
+        raise Invalid(f"{show(value)} is not an SNI setting",
+                      "write \"auto\", \"none\" or a name in quotes, like \"app.internal\"")
+    text = value.strip().rstrip(".").lower()
+    if text in ("auto", "none"):
+        return text
+    try:
+        ip_address(text.strip("[]"))
+    except ValueError:
+        pass
+    else:
+        raise Invalid(f"{show(value)}: an IP address is never sent as SNI (RFC 6066 §3)",
+                      "set sni = \"none\" and verify_name to the address")
+    if not _DNS_NAME.fullmatch(text):
+        raise Invalid(f"{show(value)} is not a DNS name",
+                      "write \"auto\", \"none\" or a name like \"app.internal\"")
+    return text
+
+
+def _verify_name(value: object) -> str:
+    """A DNS name or an IP address the backend's certificate must be issued for."""
+    if not isinstance(value, str):
+        raise Invalid(f"{show(value)} is not a name", "write a name in quotes, like "
+                      "\"app.internal\", or an IP address")
+    text = value.strip().rstrip(".").lower()
+    try:
+        return str(ip_address(text.strip("[]")))
+    except ValueError:
+        pass
+    if not _DNS_NAME.fullmatch(text):
+        raise Invalid(f"{show(value)} is not a DNS name or an IP address",
+                      "write the name the certificate is issued for, like \"app.internal\"")
+    return text
+
+
+_DNS_NAME = re.compile(r"(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)"
+                       r"(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*")
+SniSetting = Annotated[str, PlainValidator(_sni_setting)]
+"""How a backend connection's SNI is chosen: ``"auto"`` (HTTP mode: the request's Host; TCP
+mode: the client's SNI), ``"none"``, or a fixed name."""
+VerifyName = Annotated[str, PlainValidator(_verify_name)]
+ClientCertificate = Annotated[CertificateRef, _table_from_string("cert")]
+
+
+class BackendTlsKeys(Model):
+    """The keys of TLS to the servers, on a backend or (overriding it) on one server.
+
+    Kept in one place so that a backend and a server take exactly the same ones; a server's
+    key left unset (None) takes the backend's value (docs/backend-tls.md)."""
+
+    tls: Flag | None = None
+    verify: Flag | None = None
+    ca: tuple[str, ...] | None = None
+    """CA files or directories of PEM files; none: the system trust store."""
+    verify_name: VerifyName | None = None
+    sni: SniSetting | None = None
+    client_certificate: ClientCertificate | None = None
+    tls_policy: TlsPolicyName | None = None
+
+
+BACKEND_TLS_KEYS = tuple(BackendTlsKeys.model_fields)
+"""The names of the TLS keys a backend and a server share."""
+
+
+class ServerConfig(BackendTlsKeys):
     """One backend server."""
 
     address: BackendServerAddress
@@ -385,8 +451,9 @@ class EjectionConfig(Model):
     max_ejected_percent: Annotated[int, Strict(), Field(ge=0, le=100)] = 50
 
 
-class BackendConfig(Model):
-    """A group of servers and how offload connects to them."""
+class BackendConfig(BackendTlsKeys):
+    """A group of servers and how offload connects to them (TLS keys: :class:`BackendTlsKeys`,
+    every one unset meaning plain TCP)."""
 
     name: str = Field(min_length=1)
     servers: tuple[Annotated[ServerConfig, _table_from_string("address")], ...] = Field(min_length=1)
@@ -559,9 +626,11 @@ class Config(Model):
 
 
 __all__ = [
+    "BACKEND_TLS_KEYS",
     "AcmeCertificateConfig",
     "AcmeConfig",
     "BackendConfig",
+    "BackendTlsKeys",
     "CertificateRef",
     "Config",
     "DefaultsConfig",

@@ -28,6 +28,8 @@ _FLAG_OF_PATH = (
     (r"frontends\[0\]\.client_ca(\[\d+\])?", "--client-ca"),
     (r"backends\[0\]\.servers(\[\d+\])?(\.address)?", "--backend"),
     (r"backends\[0\]\.proxy_protocol", "--proxy-protocol"),
+    (r"backends\[0\]\.ca(\[\d+\])?", "--backend-ca"),
+    (r"backends\[0\]\.tls", "--backend-tls"),
     (r"backends\[0\]\.server_timeout", "--upstream-timeout"),
     (r"global\.workers", "--workers"),
     (r"global\.log_level", "--log-level"),
@@ -54,6 +56,8 @@ class QuickOptions:
     client_ca: tuple[str, ...] = ()
     admin: str | None = None
     allow_readable_keys: bool = False
+    backend_tls: bool = False
+    backend_ca: tuple[str, ...] = ()
     extra_global: dict[str, Any] = field(default_factory=dict)
 
 
@@ -121,6 +125,10 @@ def raw_config(options: QuickOptions) -> dict[str, Any]:
         frontend["client_ca"] = list(options.client_ca)
     if options.proxy_protocol is not None:
         backend["proxy_protocol"] = options.proxy_protocol
+    if options.backend_tls:
+        backend["tls"] = True
+    if options.backend_ca:
+        backend["ca"] = list(options.backend_ca)
     if options.upstream_timeout is not None:
         backend["server_timeout"] = options.upstream_timeout
     if options.workers is not None:

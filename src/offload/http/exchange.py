@@ -28,7 +28,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from offload.errors import ProtocolError
+from offload.errors import BackendTlsError, ProtocolError
 from offload.http.inspection import backend_auth_failure, denied_reason, forwarded_client
 from offload.observe.log import fields
 from offload.proto.forwarding import ClientFacts, request_fields
@@ -176,19 +176,29 @@ class Exchange:
             return
         index = self._candidates.pop(0)
         self.server_index = index
-        idle = self.backend.take_idle(index)
+        host = self.request.host  # over TLS, it chooses the SNI (and so the connection)
+        idle = self.backend.take_idle(index, host)
         if idle is not None:
             self.backend.acquired(index)
             self._bind(idle, fresh=False)
             return
         self.downstream.pause_request("connecting")  # until the new connection is there
-        self._connecting = self.backend.open(index, self._opened)
+        self._connecting = self.backend.open(index, self._opened, host,
+                                             self.downstream.proxy_header())
 
     def _opened(self, index: int, upstream: BackendConnection | None,
                 error: BaseException | None) -> None:
         """The backend connection asked for in :meth:`_next_server` is open (or failed)."""
         self._connecting = None
         self.downstream.resume_request("connecting")
+        if isinstance(error, BackendTlsError):
+            # counted, logged and held against the server by the backend; the client learns
+            # nothing but 502
+            if error.client_named or not self._candidates:
+                self.fail_local(502, "backend_tls")
+            elif not self.finished:
+                self._next_server()
+            return
         if upstream is None:
             self.backend.counters.inc("backend_connect_failed", self.backend.name)
             self.backend.report(index, "connect_failed", self.clock.time())
@@ -219,12 +229,7 @@ class Exchange:
         fields_, self.request_id = request_fields(
             self.request, self.client_context.facts, site.forward_policy, self.request_id,
             trusted=self.client_context.trusted)
-        out = [request_head(self.request, fields_)]
-        if fresh:
-            proxy = self.downstream.proxy_header()
-            if proxy:
-                out.insert(0, proxy)
-                upstream.private = True
+        out = [request_head(self.request, fields_)]  # a PROXY header went first, with open()
         if self._held:
             self.body_sent = True
             out.extend(self._held)
@@ -234,6 +239,8 @@ class Exchange:
     # ------------------------------------------------------------ request body (from client)
 
     def request_data(self, data: bytes) -> None:
+        if not data:
+            return  # an empty chunk would end a chunked body (an HTTP/2 client may send one)
         self.bytes_in += len(data)
         piece = chunk(data) if self.request.chunked else data
         upstream = self.upstream
@@ -353,7 +360,11 @@ class Exchange:
         self._upstream_broken("backend_closed", 502)
 
     def backend_lost(self, exc: Exception | None) -> None:
-        if not self.finished:
+        if self.finished:
+            return
+        if isinstance(exc, BackendTlsError):  # the server refused the handshake after all
+            self._upstream_broken("backend_tls", 502, retry=False)
+        else:
             self._upstream_broken("backend_closed" if exc is None else "backend_reset", 502)
 
     def backend_pause_writing(self) -> None:

@@ -57,7 +57,6 @@ from offload.proto.h2_engine import (
     StreamReset,
     TrailersReceived,
     WindowOpened,
-    make_engine,
 )
 from offload.proto.h2_guard import FrameGuard
 from offload.proto.h2_request import BodyCount, MalformedRequest, request_from_headers
@@ -86,7 +85,8 @@ class H2Stream:
     """One request stream: the :class:`~offload.http.downstream.Downstream` of its exchange."""
 
     __slots__ = ("_conn", "_head_ended", "_paused", "_unacked", "body", "exchange",
-                 "pace", "pace_due", "responded", "stalled_since", "stream_id", "throttled")
+                 "last_queued", "pace", "pace_due", "responded", "stalled_since",
+                 "stream_id", "throttled")
 
     def __init__(self, conn: H2Connection, stream_id: int, body: BodyCount) -> None:
         self._conn = conn
@@ -102,6 +102,7 @@ class H2Stream:
         self.throttled = False
         """The response waits for the client's window: the backend is paused."""
         self.stalled_since = 0.0
+        self.last_queued = 0
         self.pace: BodyPace | None = None
         """The request body's pace (min_body_rate, body_timeout) while it arrives."""
         self.pace_due = 0.0
@@ -150,9 +151,7 @@ class H2Stream:
             engine.send_data(self.stream_id, data, False)
             self._conn.guard.sent_data(len(data))
             if not self.throttled and engine.queued(self.stream_id) > STREAM_HIGH_WATER:
-                self.throttled = True
-                self.stalled_since = self._conn.clock.time()
-                self._conn.watch()
+                self._conn.throttle(self)
                 if self.exchange is not None:
                     self.exchange.client_paused()
 
@@ -207,11 +206,12 @@ class H2Connection(asyncio.Protocol):
     def __init__(self, stream: TLSServerStream, site: HttpSite) -> None:
         self.stream = stream
         self.site = site
-        config = site.frontend.http2
-        self.engine: H2Engine = make_engine(site.h2_settings, config.engine)
+        self.engine: H2Engine = site.h2_engine(site.h2_settings)
         self.guard = FrameGuard(site.h2_flood_limits)
         self.clock = clock = site.clock
         self.streams: dict[int, H2Stream] = {}
+        self.throttled: set[H2Stream] = set()
+        """Streams whose response waits for the client's window."""
         self._requests = 0
         self._closing = False
         self._goaway_sent = False
@@ -280,6 +280,8 @@ class H2Connection(asyncio.Protocol):
     # ------------------------------------------------------------ engine events
 
     def _dispatch(self, events: list[H2Event]) -> None:
+        """Act on the engine's events (an opened window needs nothing: the flush that follows
+        sends what it allows, and releases the streams it drained)."""
         # a stream reset in the same read as its HEADERS is never started (Rapid Reset)
         reset_now = {e.stream_id for e in events if isinstance(e, StreamReset)}
         for event in events:
@@ -293,13 +295,13 @@ class H2Connection(asyncio.Protocol):
             elif isinstance(event, StreamReset):
                 self._reset(event)
             elif isinstance(event, WindowOpened):
-                self._window_opened()
+                pass
             elif isinstance(event, GoAwayReceived):
                 self._goaway_sent = True  # the client opens nothing more: finish and close
                 if not self.streams:
                     self._close()
             elif isinstance(event, ConnectionFailed):
-                self._count_limit(f"protocol_error:{event.reason}"[:64])
+                self._count_limit("protocol_error")
                 self._closing_after_flush()
                 return
             if self._closing:
@@ -399,17 +401,28 @@ class H2Connection(asyncio.Protocol):
         if over is not None:
             self._calm_down(over)
 
-    def _window_opened(self) -> None:
+    def throttle(self, stream: H2Stream) -> None:
+        """``stream``'s response waits for the client's window: watch it for a stall."""
+        stream.throttled = True
+        stream.stalled_since = self.clock.time()
+        stream.last_queued = self.engine.queued(stream.stream_id)
+        self.throttled.add(stream)
+        self.watch()
+
+    def _release(self) -> None:
+        """After output went out: streams whose queue drained get their backend back, and
+        answered ones whose last byte has gone are forgotten."""
         engine = self.engine
-        for stream in self.streams.values():
-            if stream.throttled and engine.queued(stream.stream_id) < STREAM_LOW_WATER:
-                stream.throttled = False
-                if stream.exchange is not None:
-                    stream.exchange.client_resumed()
-        for stream_id in [sid for sid, stream in self.streams.items()
-                          if stream.exchange is not None and stream.exchange.finished
-                          and engine.queued(sid) == 0]:
-            del self.streams[stream_id]  # answered, and everything has gone out
+        for stream in list(self.throttled):
+            if engine.queued(stream.stream_id) >= STREAM_LOW_WATER:
+                continue
+            stream.throttled = False
+            self.throttled.discard(stream)
+            exchange = stream.exchange
+            if exchange is not None and not exchange.finished:
+                exchange.client_resumed()
+            elif engine.queued(stream.stream_id) == 0:
+                self.streams.pop(stream.stream_id, None)
         self._maybe_idle()
 
     # ------------------------------------------------------------ answers and endings
@@ -489,9 +502,7 @@ class H2Connection(asyncio.Protocol):
         if self.engine.queued(stream.stream_id) == 0:
             self.streams.pop(stream.stream_id, None)
         elif not stream.throttled:  # what is left waits for the window: watch it
-            stream.throttled = True
-            stream.stalled_since = self.clock.time()
-            self.watch()
+            self.throttle(stream)
         self._maybe_idle()
 
     def _stream_gone(self, stream: H2Stream, reason: str) -> None:
@@ -544,12 +555,16 @@ class H2Connection(asyncio.Protocol):
                     continue
             if stream.throttled:
                 busy = True
-                if engine.queued(stream.stream_id) < STREAM_LOW_WATER:
-                    continue
+                queued = engine.queued(stream.stream_id)
+                if queued < stream.last_queued:  # the client is reading: not stalled
+                    stream.stalled_since = now
+                stream.last_queued = queued
                 if send_timeout and now - stream.stalled_since > send_timeout:
                     # the client never opened its window: its stream is given up
                     self._count_limit("stalled_stream")
                     engine.reset(stream.stream_id, CANCEL)
+                    stream.throttled = False
+                    self.throttled.discard(stream)
                     self.streams.pop(stream.stream_id, None)
                     self._stream_gone(stream, "send_timeout")
         if busy and not self._closing:
@@ -574,6 +589,8 @@ class H2Connection(asyncio.Protocol):
         data = self.engine.data_to_send()
         if data:
             self.stream.write(data)
+            if self.throttled:
+                self._release()
 
     def _count_limit(self, which: str) -> None:
         self.site.counters.inc("h2_limit", self.site.name, which)

@@ -13,7 +13,8 @@ from offload.observe.access_log import AccessLog
 from offload.observe.stats import Counters
 from offload.proto.fingerprint import FingerprintHeaders
 from offload.proto.forwarding import ForwardPolicy, ResponsePolicy
-from offload.proto.h2_engine import H2Settings
+from offload.proto.h2_engine import EngineFactory, H2Settings
+from offload.proto.h2_engines import engine_factory
 from offload.proto.h2_guard import FloodLimits
 from offload.proto.h2_request import HeadLimits
 from offload.proto.http1 import HttpLimits
@@ -108,11 +109,14 @@ class HttpSite:
     h2_settings: H2Settings = field(init=False)
     h2_flood_limits: FloodLimits = field(init=False)
     h2_head_limits: HeadLimits = field(init=False)
+    h2_engine: EngineFactory = field(init=False)
+    """Makes each HTTP/2 connection's engine (chosen once, when the site is made)."""
 
     def __post_init__(self) -> None:
         self.limits = limits_of(self.frontend)
         self.h2_settings, self.h2_flood_limits, self.h2_head_limits = h2_limits_of(
             self.frontend, self.limits)
+        self.h2_engine = engine_factory(self.frontend.http2.engine)
         frontend = self.frontend
         headers = FingerprintHeaders.of(frontend.ja4_header, frontend.ja3_header)
         self.fingerprint_headers = headers if frontend.fingerprints else FingerprintHeaders(None)

@@ -26,11 +26,13 @@ from collections.abc import Callable
 from typing import Protocol, cast
 
 from offload.config.model import BackendConfig
-from offload.errors import ProtocolError
+from offload.errors import BackendTlsError, ProtocolError
 from offload.observe.log import CappedLog, fields
 from offload.observe.stats import Counters
 from offload.proto.http1 import HttpLimits, ResponseParser
 from offload.proto.http_types import Event
+from offload.tls.backend_tls import ServerTls
+from offload.tls.client_stream import TLSClientStream, open_tls
 from offload.upstream.balancer import AdminState
 from offload.upstream.group import ServerGroup
 from offload.upstream.servers import Server
@@ -63,12 +65,14 @@ class ConnectionOwner(Protocol):
     def protocol_error(self, connection: BackendConnection, reason: str, detail: str) -> None:
         ...
 
+    def tls_failed(self, index: int, error: BackendTlsError) -> None: ...
+
 
 class BackendConnection(asyncio.Protocol):
     """One HTTP/1.1 connection to a backend server."""
 
-    __slots__ = ("batcher", "closed", "fd", "idle_since", "index", "owner", "parser", "private",
-                 "raw", "requests", "spoiled", "transport", "user")
+    __slots__ = ("batcher", "closed", "fd", "idle_since", "index", "key", "owner", "parser",
+                 "private", "raw", "requests", "spoiled", "transport", "user")
 
     def __init__(self, index: int, limits: HttpLimits, owner: ConnectionOwner | None = None,
                  batcher: WriteBatcher | None = None) -> None:
@@ -88,6 +92,9 @@ class BackendConnection(asyncio.Protocol):
         """Bound to one client connection (PROXY protocol): never shared through the pool."""
         self.spoiled = False
         """The server broke HTTP on this connection: it is closed, never pooled."""
+        self.key: object = None
+        """What a request must need to reuse it from the pool: (SNI, client certificate
+        generation) over TLS, None over plain TCP."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -130,7 +137,12 @@ class BackendConnection(asyncio.Protocol):
 
     def data_waiting(self) -> None:
         """Found readable while idle: closed; if it holds bytes rather than an EOF, that is a
-        server speaking unasked."""
+        server speaking unasked. Over TLS the bytes are read and decrypted first: a session
+        ticket keeps the connection usable, close_notify closes it, data is unsolicited."""
+        transport = self.transport
+        if isinstance(transport, TLSClientStream):
+            transport.read_waiting()
+            return
         if _peek(self.fd):
             self._broken("unsolicited", "the server sent data on an idle connection")
         else:
@@ -155,6 +167,8 @@ class BackendConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if isinstance(exc, BackendTlsError) and self.owner is not None:
+            self.owner.tls_failed(self.index, exc)  # refused after our Finished (TLS 1.3)
         user, self.user = self.user, None
         if user is not None:
             user.backend_lost(exc)
@@ -238,19 +252,28 @@ class ConnectionPool:
         self.max_idle = max_idle
         self.idle: list[BackendConnection] = []
 
-    def take(self) -> BackendConnection | None:
-        """An idle connection that is still open and silent, or None. One with bytes waiting
-        that the loop has not delivered yet (a late body, an unsolicited answer, a close) is
-        dropped here, before any request can be written to it."""
+    def take(self, key: object = None) -> BackendConnection | None:
+        """The newest idle connection made for ``key`` (over TLS: the same SNI and client
+        certificate) that is still open and silent, or None. One with bytes waiting that the
+        loop has not delivered yet (a late body, an unsolicited answer, a close) is dropped
+        here, before any request can be written to it."""
         idle = self.idle
-        while idle:
-            connection = idle.pop()
+        position = len(idle) - 1
+        while position >= 0:
+            connection = idle[position]
             if connection.closed:
-                continue
-            if connection.has_input():
-                connection.data_waiting()
-                continue
-            return connection
+                del idle[position]
+            elif connection.key == key:
+                del idle[position]
+                if connection.has_input():
+                    connection.data_waiting()
+                    transport = connection.transport
+                    if (connection.closed or connection.spoiled or transport is None
+                            or transport.is_closing()):  # closing: close_notify was read
+                        position -= 1
+                        continue
+                return connection
+            position -= 1
         return None
 
     def give(self, connection: BackendConnection, now: float) -> bool:
@@ -280,8 +303,9 @@ class HttpBackend(ServerGroup):
     """A backend in HTTP mode, in one worker: its servers plus a keep-alive pool per server."""
 
     def __init__(self, config: BackendConfig, servers: tuple[Server, ...], counters: Counters,
-                 limits: HttpLimits, batcher: WriteBatcher | None = None) -> None:
-        super().__init__(config, servers, counters)
+                 limits: HttpLimits, batcher: WriteBatcher | None = None, *,
+                 tls: tuple[ServerTls | None, ...] | None = None) -> None:
+        super().__init__(config, servers, counters, tls)
         self.limits = limits
         self.batcher = batcher
         self.pools = [ConnectionPool(config.pool_max_idle) for _ in servers]
@@ -331,39 +355,70 @@ class HttpBackend(ServerGroup):
     def idle_connections(self, index: int) -> int:
         return len(self.pools[index].idle)
 
-    def take_idle(self, index: int) -> BackendConnection | None:
-        return self.pools[index].take()
+    def take_idle(self, index: int, host: bytes = b"") -> BackendConnection | None:
+        """An idle connection to server ``index`` fit for a request to ``host`` (its
+        authority: over TLS it chooses the SNI, and only a connection made for the same SNI
+        and client certificate is reused)."""
+        tls = self.tls[index] if self.tls is not None else None
+        if tls is None:
+            return self.pools[index].take()
+        return self.pools[index].take(tls.handshake(tls.sni(host)).key)
 
-    def open(self, index: int, done: OpenCallback) -> Callable[[], object]:
-        """Open a connection to server ``index`` and call ``done(index, connection, None)``,
-        or ``done(index, None, error)`` if it fails; returns what cancels it (then ``done`` is
-        not called)."""
-        task = asyncio.get_running_loop().create_task(self._open(index, done))
+    def open(self, index: int, done: OpenCallback, host: bytes = b"",
+             preamble: bytes = b"") -> Callable[[], object]:
+        """Open a connection to server ``index`` for a request to ``host`` and call
+        ``done(index, connection, None)``, or ``done(index, None, error)`` if it fails;
+        returns what cancels it (then ``done`` is not called). ``preamble`` (a PROXY protocol
+        header) is the first thing sent, before TLS starts; such a connection is private to
+        its client."""
+        task = asyncio.get_running_loop().create_task(self._open(index, done, host, preamble))
         return task.cancel
 
-    async def _open(self, index: int, done: OpenCallback) -> None:
+    async def _open(self, index: int, done: OpenCallback, host: bytes, preamble: bytes
+                    ) -> None:
         try:
-            connection = await self.connect(index)
+            connection = await self.connect(index, host, preamble)
+        except BackendTlsError as error:
+            self.tls_failed(index, error)
+            done(index, None, error)
+            return
         except (OSError, TimeoutError) as error:
             done(index, None, error)
             return
         done(index, connection, None)
 
-    async def connect(self, index: int) -> BackendConnection:
-        """A new connection to server ``index``; raises OSError or TimeoutError."""
+    async def connect(self, index: int, host: bytes = b"", preamble: bytes = b""
+                      ) -> BackendConnection:
+        """A new connection to server ``index``; raises OSError, TimeoutError or
+        :class:`BackendTlsError`."""
         loop = asyncio.get_running_loop()
         server = self.servers[index]
         connection = BackendConnection(index, self.limits, self, self.batcher)
+        connection.private = bool(preamble)
+        tls = self.tls[index] if self.tls is not None else None
         async with asyncio.timeout(self.config.connect_timeout):
-            if server.unix_path:
+            if tls is not None:
+                sni = tls.sni(host)
+                plan = tls.handshake(sni)
+                connection.key = plan.key
+                try:
+                    await open_tls(connection, tls, plan, (server.host, server.port),
+                                   preamble=preamble, batcher=self.batcher)
+                except BackendTlsError as error:
+                    error.client_named = sni is not None and tls.client.settings.sni == "auto"
+                    raise
+            elif server.unix_path:
                 await loop.create_unix_connection(lambda: connection, server.unix_path)
             else:
                 await loop.create_connection(lambda: connection, server.host, server.port)
+        if preamble and tls is None:
+            connection.write(preamble)
         return connection
 
     def release(self, connection: BackendConnection, reusable: bool, now: float) -> None:
         """An exchange is done with ``connection``: pool it or close it."""
         connection.user = None
+        connection.resume_reading()  # paused for a slow client: an idle connection must listen
         if (reusable and not connection.closed and not connection.private
                 and not connection.spoiled and connection.parser.answered
                 and self.pools[connection.index].give(connection, now)):

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from offload.errors import UpstreamError
+from offload.errors import BackendTlsError, UpstreamError
 from offload.observe.log import fields
 from offload.observe.stats import Counters
 from offload.proto import proxy_protocol
@@ -95,9 +95,15 @@ class TcpRelay(asyncio.Protocol):
 
     async def _open_upstream(self) -> None:
         assert self._backend is not None
+        stream = self._stream
         try:
-            key = str((self._stream.get_extra_info("peername") or ("",))[0]).encode()
-            upstream, index = await self._backend.connect(lambda: _BackendSide(self), key)
+            key = str((stream.get_extra_info("peername") or ("",))[0]).encode()
+            upstream, index = await self._backend.connect(
+                lambda: _BackendSide(self), key, preamble=self._proxy_header(),
+                server_name=stream.server_name)
+        except BackendTlsError:
+            self._finish("backend_tls")  # counted and logged by the backend
+            return
         except UpstreamError:
             self._counters.inc("backend_unavailable", self._backend.name)
             self._finish("backend_unavailable")
@@ -109,9 +115,6 @@ class TcpRelay(asyncio.Protocol):
             return
         self._upstream, self._server = upstream, server
         self._server_index = index
-        header = self._proxy_header(upstream)
-        if header:
-            upstream.write(header)
         if self._early:
             upstream.write(b"".join(self._early))
             self._early.clear()
@@ -119,7 +122,7 @@ class TcpRelay(asyncio.Protocol):
             upstream.write_eof()
         self._stream.resume_reading()
 
-    def _proxy_header(self, upstream: asyncio.Transport) -> bytes:
+    def _proxy_header(self) -> bytes:
         assert self._backend is not None
         return proxy_header(self._stream, self._backend.config.proxy_protocol)
 
@@ -173,7 +176,11 @@ class TcpRelay(asyncio.Protocol):
     def backend_lost(self, exc: Exception | None) -> None:
         if self._closed:
             return
-        if exc is not None:
+        if isinstance(exc, BackendTlsError) and self._backend is not None \
+                and self._server_index >= 0:
+            self._backend.tls_failed(self._server_index, exc)
+            self._finish("backend_tls", notify=False)
+        elif exc is not None:
             self._counters.inc("backend_reset", self._backend_name)
             self._finish("backend_error", notify=False)
         else:

@@ -321,7 +321,8 @@ class AdminApi:
                 "backup": view.backup, "admin": view.admin, "health": view.health,
                 "healthy_workers": view.healthy_workers, "workers": view.workers,
                 "active": view.active, "idle": view.idle, "waiting": view.waiting,
-                "oldest_wait": round(view.oldest_wait, 1)})
+                "oldest_wait": round(view.oldest_wait, 1), "tls": view.tls,
+                "check": view.check})
         balance = self._host.backend_balance()
         return _json(200, {"backends": [
             {"name": name, "balance": balance.get(name, ""), "servers": servers}

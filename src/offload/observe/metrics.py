@@ -101,6 +101,9 @@ COUNTERS: dict[str, Spec] = {spec_key: spec for spec_key, spec in [
                                     ("backend", "reason"))),
     ("backend_reset", Spec("offload_backend_resets", "Backend connections reset mid-stream",
                            ("backend",))),
+    ("backend_tls_error", Spec("offload_backend_tls_errors", "TLS handshakes with backend "
+                               "servers that failed, by the check that failed (expired, "
+                               "unknown_ca, name_mismatch, ...)", ("backend", "reason"))),
     ("backend_auth_failure", Spec("offload_backend_auth_failures",
                                   "401 and 403 answers from the backend", ("frontend",))),
     ("retry", Spec("offload_backend_retries", "Requests retried on another server",
@@ -221,6 +224,9 @@ class _Collector(Collector):
                                     labels=labels)
         oldest = GaugeMetricFamily("offload_backend_server_oldest_wait_seconds", "How long "
                                    "the longest-waiting of them has waited", labels=labels)
+        tls = GaugeMetricFamily("offload_backend_server_tls", "TLS to the server (1): "
+                                "verified, or unverified (verify = false); servers reached "
+                                "over plain TCP are not listed", labels=[*labels, "verify"])
         for view in server_views(self._merged):
             names = [view.backend, view.server]
             up.add_metric(names, view.healthy_workers / view.workers)
@@ -230,7 +236,9 @@ class _Collector(Collector):
             idle.add_metric(names, view.idle)
             waiting.add_metric(names, view.waiting)
             oldest.add_metric(names, view.oldest_wait)
-        yield from (up, admin, active, idle, waiting, oldest)
+            if view.tls != "off":
+                tls.add_metric([*names, "true" if view.tls == "verified" else "false"], 1)
+        yield from (up, admin, active, idle, waiting, oldest, tls)
 
     def _supervisor(self) -> Iterator[Metric]:
         facts = self._facts
@@ -299,6 +307,10 @@ class ServerView:
     waiting: int = 0
     oldest_wait: float = 0.0
     """The longest wait on any worker."""
+    tls: str = "off"
+    """"off", "verified" or "unverified" (the configuration's, the same on every worker)."""
+    check: str = ""
+    """The last health check's result on the first worker that has one."""
 
     @property
     def health(self) -> str:
@@ -319,13 +331,14 @@ def server_views(merged: Merged) -> list[ServerView]:
                 views[key] = ServerView(
                     report.backend, report.server, report.address, report.weight,
                     report.backup, report.admin, healthy, 1, report.active, report.idle,
-                    report.waiting, report.oldest_wait)
+                    report.waiting, report.oldest_wait, report.tls, report.check)
             else:
                 views[key] = ServerView(
                     seen.backend, seen.server, seen.address, seen.weight, seen.backup,
                     seen.admin, seen.healthy_workers + healthy, seen.workers + 1,
                     seen.active + report.active, seen.idle + report.idle,
-                    seen.waiting + report.waiting, max(seen.oldest_wait, report.oldest_wait))
+                    seen.waiting + report.waiting, max(seen.oldest_wait, report.oldest_wait),
+                    seen.tls, seen.check or report.check)
     return list(views.values())
 
 

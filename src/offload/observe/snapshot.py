@@ -30,6 +30,10 @@ class ServerReport:
     """Requests sent to the server that wait for its response head."""
     oldest_wait: float = 0.0
     """Seconds the longest-waiting of them has waited (0 when none)."""
+    tls: str = "off"
+    """TLS to the server: "off", "verified" or "unverified" (``verify = false``)."""
+    check: str = ""
+    """The last active health check: "ok: status 200", "failed: unknown_ca ..." ("": none)."""
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ offload does not write HTTP/2 framing or HPACK itself. An engine wraps a well-ke
 libnghttp2 through our cffi binding (:mod:`offload.proto.h2_nghttp2`), or python-hyper ``h2``
 where that binding is not built (:mod:`offload.proto.h2_hyper`) — behind this one interface,
 so that the HTTP/2 connection (:mod:`offload.http.h2_connection`) and the conformance tests do
-not depend on which one runs. :func:`make_engine` picks it.
+not depend on which one runs. :func:`offload.proto.h2_engines.engine_factory` picks it.
 
 Semantics every engine implements the same way:
 
@@ -15,24 +15,32 @@ Semantics every engine implements the same way:
   after which the engine has queued GOAWAY and takes no more input. Stream errors the engine
   detects itself (a malformed request per RFC 9113 §8.1.1, a flow-control violation on a
   stream) reset the stream and are reported as :class:`StreamReset` with ``by_peer`` False:
-  the caller counts those as well (MadeYouReset, CVE-2025-8671).
+  the caller counts those as well (MadeYouReset, CVE-2025-8671). Such a reset may name a stream
+  the caller never saw (one refused before its request was complete). Where RFC 9113 lets an
+  endpoint choose between a stream and a connection error, the engines may differ
+  (tests/unit/test_h2_engines.py names where).
 * Flow control of what the client sends: DATA is reported with its flow-controlled length;
   the window is opened again only when the caller says it has passed the bytes on
   (:meth:`acknowledge`), so a slow backend holds the client back instead of a buffer growing.
+  Acknowledge what was received even on a stream that then ended abnormally: the connection's
+  window counts it too.
 * Flow control of what we send: :meth:`send_data` always takes the bytes; what the client's
   windows do not allow yet is queued per stream and sent as WINDOW_UPDATEs arrive.
   :meth:`queued` says how much waits, so the caller can stop reading the backend
   (backpressure) and time out a client that never opens its window.
 * :meth:`data_to_send` returns every byte queued for the client since the last call.
+* Calls about a stream that is gone (reset by either side) or after the connection failed do
+  nothing: the caller learns of those from the events, possibly later than it acts.
 * Header names given to :meth:`send_headers` are lower-case; pseudo-headers come first.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 Header = tuple[bytes, bytes]
+EnginePreference = Literal["auto", "nghttp2", "h2"]
 
 # RFC 9113 §7 error codes
 NO_ERROR = 0x0
@@ -83,7 +91,8 @@ class DataReceived:
     stream_id: int
     data: bytes
     flow_length: int
-    """Bytes this frame took from the windows (data plus padding): what to acknowledge."""
+    """What to acknowledge for this frame: the data, plus the padding where the engine does not
+    return padding to the windows itself (``h2`` does not; nghttp2 does)."""
     end_stream: bool
 
 
@@ -180,8 +189,3 @@ class H2Engine(Protocol):
 class EngineFactory(Protocol):
     def __call__(self, settings: H2Settings) -> H2Engine: ...
 
-
-def make_engine(settings: H2Settings, prefer: str = "auto") -> H2Engine:
-    """An engine: libnghttp2's when offload's binding was built (``prefer`` "auto" or
-    "nghttp2"), else python-hyper h2's."""
-    raise RuntimeError("no HTTP/2 engine is installed yet")  # replaced by the engines' branch

@@ -8,12 +8,9 @@ connection's types) never loads either library.
 from __future__ import annotations
 
 import importlib
-from typing import Literal
 
 from offload.build_info import nghttp2_binding
-from offload.proto.h2_engine import EngineFactory, H2Engine, H2Settings
-
-EnginePreference = Literal["auto", "nghttp2", "h2"]
+from offload.proto.h2_engine import EngineFactory, EnginePreference, H2Engine, H2Settings
 
 
 class EngineUnavailable(RuntimeError):

@@ -208,17 +208,22 @@ class HyperH2Engine:
 
     def goaway(self, error_code: int, last_stream_id: int | None = None) -> None:
         conn = self._conn
+        if self._done:
+            return  # the connection has failed: its GOAWAY is queued already
         if error_code == NO_ERROR and last_stream_id is None:
             if not self._shutting_down:  # the notice, then the real GOAWAY on the PING's ACK
                 self._shutting_down = self._awaiting_ping_ack = True
                 self._write_goaway(NO_ERROR, _LAST_STREAM_ID)
-                conn.ping(_SHUTDOWN_PING)
+                try:
+                    conn.ping(_SHUTDOWN_PING)
+                except H2Error:  # the client sent GOAWAY: h2 sends nothing more
+                    self._awaiting_ping_ack = False
             return
         last = conn.highest_inbound_stream_id if last_stream_id is None else last_stream_id
         if error_code == NO_ERROR:
             self._write_goaway(NO_ERROR, last)
             self._last_stream_id = min(self._last_stream_id, last)
-        elif not self._done:
+        else:
             self._done = True
             conn.close_connection(error_code, last_stream_id=last)
 
@@ -236,7 +241,7 @@ class HyperH2Engine:
         elif isinstance(event, H2RequestReceived):
             stream_id = event.stream_id
             if stream_id > self._last_stream_id:  # after our final GOAWAY: refused
-                self._conn.reset_stream(stream_id, REFUSED_STREAM)
+                self.reset(stream_id, REFUSED_STREAM)
                 events.append(StreamReset(stream_id, REFUSED_STREAM, by_peer=False))
                 return
             events.append(RequestReceived(stream_id, list(event.headers),

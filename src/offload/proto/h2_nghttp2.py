@@ -10,28 +10,34 @@ How the library is driven (the contract is :mod:`offload.proto.h2_engine`'s docs
   one buffer, so what nghttp2 decides on its own — a RST_STREAM for a malformed request, a
   GOAWAY for a connection error — is seen during :meth:`NgHttp2Engine.receive` (by the frame-sent
   callback) and reported there: as ``StreamReset(by_peer=False)`` or :class:`ConnectionFailed`.
+  (What the caller queued is drained before the input is parsed, so a RST_STREAM sent after
+  it is nghttp2's.)
 * Automatic WINDOW_UPDATEs are off: :meth:`NgHttp2Engine.acknowledge` calls
   ``nghttp2_session_consume``, which sends one when half a window has been consumed. nghttp2
   consumes padding itself, so ``flow_length`` is the data length.
-* Response bodies are pulled by nghttp2 from a per-stream queue through the data provider:
-  what the windows allow is copied into frames, an empty queue defers the stream
-  (``NGHTTP2_ERR_DEFERRED``) until :meth:`NgHttp2Engine.send_data` resumes it. Trailers are
-  submitted from the provider once the queue is empty.
-* nghttp2 does not enforce the header list size it announces; :meth:`NgHttp2Engine._header`
-  does (a connection error ENHANCE_YOUR_CALM, as python-hyper ``h2`` answers).
+* Response bodies wait in a per-stream buffer on the C side (the stream's user data in
+  nghttp2), which nghttp2's data provider reads as the windows allow, without a call into
+  Python; an empty buffer defers the stream (``NGHTTP2_ERR_DEFERRED``) until
+  :meth:`NgHttp2Engine.send_data` adds to it and resumes it. Trailers wait there too and are
+  submitted once the body has gone. Buffers are freed when their stream closes.
+* Header fields are collected on the C side and read once per block. nghttp2 does not enforce
+  the header list size it announces; the C side does (a connection error ENHANCE_YOUR_CALM, as
+  python-hyper ``h2`` answers).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections import deque
 from types import TracebackType
 from typing import Any
 
 from offload.proto._nghttp2 import ffi, lib
 from offload.proto.h2_engine import (
+    COMPRESSION_ERROR,
     ENHANCE_YOUR_CALM,
+    FLOW_CONTROL_ERROR,
+    FRAME_SIZE_ERROR,
     INTERNAL_ERROR,
     NO_ERROR,
     PROTOCOL_ERROR,
@@ -61,34 +67,20 @@ _FATAL = {
                               "control frames without reading them"),
 }
 
+_REASONS = {COMPRESSION_ERROR: "a header block that HPACK cannot decode",
+            FLOW_CONTROL_ERROR: "a flow-control window overrun or overflowed",
+            FRAME_SIZE_ERROR: "a frame of a size its type does not allow"}
+"""Reasons for a connection error nghttp2 found without telling why."""
+
 _DATA, _HEADERS, _RST_STREAM, _SETTINGS, _PING, _GOAWAY, _WINDOW_UPDATE = (
     lib.NGHTTP2_DATA, lib.NGHTTP2_HEADERS, lib.NGHTTP2_RST_STREAM, lib.NGHTTP2_SETTINGS,
     lib.NGHTTP2_PING, lib.NGHTTP2_GOAWAY, lib.NGHTTP2_WINDOW_UPDATE)
 _END_STREAM = lib.NGHTTP2_FLAG_END_STREAM
 _REQUEST = lib.NGHTTP2_HCAT_REQUEST
-_DEFERRED = lib.NGHTTP2_ERR_DEFERRED
-_EOF = lib.NGHTTP2_DATA_FLAG_EOF
-_EOF_TRAILERS = lib.NGHTTP2_DATA_FLAG_EOF | lib.NGHTTP2_DATA_FLAG_NO_END_STREAM
 
 
 def _error_text(code: int) -> str:
     return str(ffi.string(lib.nghttp2_strerror(code)).decode("ascii", "replace"))
-
-
-class _Outgoing:
-    """A response body waiting for the client's windows."""
-
-    __slots__ = ("chunks", "deferred", "ended", "offset", "size", "trailers")
-
-    def __init__(self) -> None:
-        self.chunks: deque[bytes] = deque()
-        self.offset = 0
-        """How much of ``chunks[0]`` has gone."""
-        self.size = 0
-        self.ended = False
-        self.trailers: list[Header] | None = None
-        self.deferred = False
-        """nghttp2 was told there is nothing yet: it must be resumed when there is."""
 
 
 class NgHttp2Engine:
@@ -100,24 +92,23 @@ class NgHttp2Engine:
         self._settings = settings
         self._handle = ffi.new_handle(self)
         self._out = bytearray()
-        self._sent = ffi.new("const uint8_t **")
         self._events: list[H2Event] = []
-        self._headers: list[Header] = []
-        self._header_size = 0
-        self._header_overflow = False
         self._chunks: list[bytes] = []
-        self._outgoing: dict[int, _Outgoing] = {}
-        self._open: set[int] = set()
-        self._own_resets: set[int] = set()
+        self._draining_receive = False
+        self._submitted = False
+        """Something was queued since the last drain (else receive need not drain first)."""
+        """Frames sent now were queued by nghttp2 while it parsed input: its own decisions."""
         self._own_goaways = 0
         self._shutdown_pinged = False
         self._awaiting_ping_ack = False
         self._done = False
         """A connection error happened, or the caller sent GOAWAY with an error: no more input."""
         self._reason = ""
-        self._session = self._new_session()
+        self._context = self._new_context()
+        self._session = self._context.session
 
-    def _new_session(self) -> Any:
+    def _new_context(self) -> Any:
+        """The session, and the C side's state beside it; freed together with the engine."""
         option = ffi.new("nghttp2_option **")
         if lib.nghttp2_option_new(option) != 0:
             raise MemoryError("nghttp2_option_new")
@@ -125,12 +116,13 @@ class NgHttp2Engine:
             lib.nghttp2_option_set_no_auto_window_update(option[0], 1)
             lib.nghttp2_option_set_max_send_header_block_length(
                 option[0], max(self._settings.max_header_list_size, 16_384))
-            session = ffi.new("nghttp2_session **")
-            if lib.offload_session_new(session, option[0], self._handle) != 0:
+            context = lib.offload_new(option[0], self._handle,
+                                      self._settings.max_header_list_size)
+            if context == ffi.NULL:
                 raise MemoryError("nghttp2_session_server_new2")
         finally:
             lib.nghttp2_option_del(option[0])
-        return ffi.gc(session[0], lib.nghttp2_session_del)
+        return ffi.gc(context, lib.offload_del)
 
     # -- the H2Engine interface ------------------------------------------------------------
 
@@ -149,18 +141,25 @@ class NgHttp2Engine:
                 self._session, 0, 0, settings.connection_window_size))
 
     def receive(self, data: bytes) -> list[H2Event]:
-        if self._done:
-            return []
+        if self._done:  # no more input; a failure found while sending is still told
+            events, self._events = self._events, []
+            return events
+        if self._submitted:  # what the caller queued goes first, and is not nghttp2's doing
+            self._drain()
         result = lib.nghttp2_session_mem_recv(self._session, data, len(data))
-        if result < 0:
-            code, self._reason = _FATAL.get(
-                result, (INTERNAL_ERROR, f"nghttp2: {_error_text(result)}"))
-            lib.nghttp2_session_terminate_session(self._session, code)
-            self._drain()
-            if not self._done:  # nghttp2 could not queue the GOAWAY: say so all the same
-                self._fail(code)
-        else:
-            self._drain()
+        self._draining_receive = True
+        try:
+            if result < 0:
+                code, self._reason = _FATAL.get(
+                    result, (INTERNAL_ERROR, f"nghttp2: {_error_text(result)}"))
+                lib.nghttp2_session_terminate_session(self._session, code)
+                self._drain()
+                if not self._done:  # nghttp2 could not queue the GOAWAY: say so all the same
+                    self._fail(code)
+            else:
+                self._drain()
+        finally:
+            self._draining_receive = False
         events, self._events = self._events, []
         return events
 
@@ -178,40 +177,25 @@ class NgHttp2Engine:
         elif headers and headers[0][0] == b":status" and headers[0][1][:1] == b"1":
             kind = lib.OFFLOAD_INTERIM
         else:
-            kind = lib.OFFLOAD_RESPONSE
-            self._outgoing[stream_id] = _Outgoing()
+            kind = lib.OFFLOAD_RESPONSE  # the C side keeps the body that follows
         self._submit(kind, stream_id, headers)
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
-        out = self._outgoing.get(stream_id)
-        if out is None or out.ended:
-            return  # the stream is gone (reset by either side): nothing to send it on
-        if data:
-            out.chunks.append(data)
-            out.size += len(data)
-        if end_stream:
-            out.ended = True
-        self._resume(stream_id, out)
+        # copied into the stream's body on the C side; a stream that is gone takes nothing
+        self._check(lib.offload_push(self._context, stream_id, data, len(data), end_stream))
 
     def send_trailers(self, stream_id: int, headers: list[Header]) -> None:
-        out = self._outgoing.get(stream_id)
-        if out is None or out.ended:
-            return
-        out.ended = True
-        out.trailers = headers
-        self._resume(stream_id, out)
+        self._submit(lib.OFFLOAD_TRAILERS, stream_id, headers)
 
     def queued(self, stream_id: int) -> int:
-        out = self._outgoing.get(stream_id)
-        return 0 if out is None else out.size
+        return int(lib.offload_queued(self._context, stream_id))
 
     def acknowledge(self, stream_id: int, flow_length: int) -> None:
         if flow_length > 0:
             self._check(lib.nghttp2_session_consume(self._session, stream_id, flow_length))
 
     def reset(self, stream_id: int, error_code: int) -> None:
-        self._outgoing.pop(stream_id, None)
-        self._own_resets.add(stream_id)
+        lib.offload_drop(self._context, stream_id)
         self._check(lib.nghttp2_submit_rst_stream(self._session, 0, stream_id, error_code))
 
     def goaway(self, error_code: int, last_stream_id: int | None = None) -> None:
@@ -234,60 +218,49 @@ class NgHttp2Engine:
 
     @property
     def open_streams(self) -> int:
-        return len(self._open)
+        return int(self._context.open_streams)
 
     # -- helpers ---------------------------------------------------------------------------
 
     def _check(self, result: int) -> None:
-        if result < 0 and result != lib.NGHTTP2_ERR_INVALID_ARGUMENT:
-            raise RuntimeError(f"nghttp2: {_error_text(result)}")
+        """nghttp2 refuses what no longer applies (a reset of a closed stream, a GOAWAY after
+        the connection failed): nothing to do then. Only running out of memory is raised."""
+        self._submitted = True
+        if result == lib.NGHTTP2_ERR_NOMEM:
+            raise MemoryError("nghttp2")
 
     def _submit(self, kind: int, stream_id: int, headers: list[Header]) -> None:
         block = b"".join([part for field in headers for part in field])
         lengths = [len(part) for field in headers for part in field]
-        result = lib.offload_submit(self._session, kind, stream_id, block, lengths, len(headers))
-        if result < 0 and stream_id in self._open:
-            raise ValueError(f"nghttp2 refused the header block: {_error_text(result)}")
-
-    def _resume(self, stream_id: int, out: _Outgoing) -> None:
-        if out.deferred:
-            out.deferred = False
-            lib.nghttp2_session_resume_data(self._session, stream_id)
+        # an error means the stream is gone or was never ours to answer: as with the data of
+        # a reset stream, there is nothing to send
+        self._check(lib.offload_submit(self._context, kind, stream_id, block, lengths,
+                                       len(headers)))
 
     def _drain(self) -> None:
         """Take every frame nghttp2 has queued (module docstring)."""
-        session, sent, out = self._session, self._sent, self._out
-        while True:
-            length = lib.nghttp2_session_mem_send(session, sent)
-            if length <= 0:
-                if length < 0 and not self._done:
-                    self._reason = f"nghttp2: {_error_text(length)}"
-                    self._fail(INTERNAL_ERROR)
-                return
-            out += ffi.buffer(sent[0], length)
+        self._submitted = False
+        length = lib.offload_send_all(self._context)
+        if length > 0:
+            self._out += ffi.buffer(self._context.out, length)
+        elif length < 0 and not self._done:
+            self._reason = f"nghttp2: {_error_text(length)}"
+            self._fail(INTERNAL_ERROR)
 
     def _fail(self, error_code: int) -> None:
         self._done = True
-        self._events.append(ConnectionFailed(error_code, self._reason or "protocol error"))
+        reason = self._reason or _REASONS.get(error_code, "protocol error")
+        self._events.append(ConnectionFailed(error_code, reason))
 
     # -- callbacks (from C, through the functions at the end of this module) ----------------
 
-    def _begin_headers(self, stream_id: int) -> None:
-        self._headers = []
-        self._header_size = 0
-
-    def _header(self, name: bytes, value: bytes) -> int:
-        if self._header_overflow:
-            return 0
-        self._header_size += len(name) + len(value) + 32
-        if self._header_size > self._settings.max_header_list_size:
-            self._header_overflow = True
-            self._reason = (f"a header list larger than the {self._settings.max_header_list_size} "
-                            "bytes announced")
-            lib.nghttp2_session_terminate_session(self._session, ENHANCE_YOUR_CALM)
-            return 0
-        self._headers.append((name, value))
-        return 0
+    def _header_block(self) -> list[Header]:
+        """The fields the C side collected for the block just received."""
+        context = self._context
+        if not context.count:
+            return []
+        parts = iter(ffi.buffer(context.block, context.used - 1)[:].split(b"\0"))
+        return list(zip(parts, parts, strict=True))
 
     def _frame_recv(self, kind: int, flags: int, stream_id: int, length: int, code: int,
                     argument: int) -> None:
@@ -296,14 +269,13 @@ class NgHttp2Engine:
             data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             self._events.append(DataReceived(stream_id, data, length, bool(flags & _END_STREAM)))
         elif kind == _HEADERS:
-            if self._header_overflow:
+            if self._context.overflow:
                 return
             if code == _REQUEST:
-                self._open.add(stream_id)
-                self._events.append(RequestReceived(stream_id, self._headers,
+                self._events.append(RequestReceived(stream_id, self._header_block(),
                                                     bool(flags & _END_STREAM)))
             else:
-                self._events.append(TrailersReceived(stream_id, self._headers))
+                self._events.append(TrailersReceived(stream_id, self._header_block()))
         elif kind == _RST_STREAM:
             self._events.append(StreamReset(stream_id, code, by_peer=True))
         elif kind == _WINDOW_UPDATE:
@@ -318,57 +290,17 @@ class NgHttp2Engine:
 
     def _frame_sent(self, kind: int, stream_id: int, code: int) -> None:
         if kind == _RST_STREAM:
-            if stream_id in self._own_resets:
-                self._own_resets.discard(stream_id)
-            else:
+            if self._draining_receive:
                 self._events.append(StreamReset(stream_id, code, by_peer=False))
         elif self._own_goaways > 0:
             self._own_goaways -= 1
         elif not self._done:
+            if self._context.reason != ffi.NULL:  # the C side's own checks
+                self._reason = ffi.string(self._context.reason).decode("ascii")
             self._fail(code)
 
     def _invalid_frame(self, lib_error_code: int) -> None:
         self._reason = f"nghttp2: {_error_text(lib_error_code)}"
-
-    def _stream_closed(self, stream_id: int) -> None:
-        self._open.discard(stream_id)
-        self._outgoing.pop(stream_id, None)
-        self._own_resets.discard(stream_id)
-
-    def _read(self, stream_id: int, buf: Any, length: int, data_flags: Any) -> int:
-        out = self._outgoing.get(stream_id)
-        if out is None:  # reset meanwhile: end the body (nghttp2 drops it with the stream)
-            data_flags[0] = _EOF
-            return 0
-        chunks = out.chunks
-        written = 0
-        while chunks and written < length:
-            chunk = chunks[0]
-            size = len(chunk) - out.offset
-            room = length - written
-            if size <= room:
-                ffi.memmove(buf + written, chunk if out.offset == 0 else
-                            memoryview(chunk)[out.offset:], size)
-                chunks.popleft()
-                out.offset = 0
-                written += size
-            else:
-                ffi.memmove(buf + written, memoryview(chunk)[out.offset:out.offset + room], room)
-                out.offset += room
-                written += room
-        out.size -= written
-        if not chunks:
-            if out.ended:
-                del self._outgoing[stream_id]
-                if out.trailers is None:
-                    data_flags[0] = _EOF
-                else:
-                    data_flags[0] = _EOF_TRAILERS
-                    self._submit(lib.OFFLOAD_TRAILERS, stream_id, out.trailers)
-            elif written == 0:
-                out.deferred = True
-                return int(_DEFERRED)
-        return written
 
 
 def _callback_failed(exception: type[BaseException] | None, value: BaseException | None,
@@ -382,19 +314,6 @@ _FAILED = int(lib.NGHTTP2_ERR_CALLBACK_FAILURE)
 
 
 @ffi.def_extern(error=_FAILED, onerror=_callback_failed)  # type: ignore[untyped-decorator]
-def offload_begin_headers(handle: Any, stream_id: int, category: int) -> int:
-    ffi.from_handle(handle)._begin_headers(stream_id)
-    return 0
-
-
-@ffi.def_extern(error=_FAILED, onerror=_callback_failed)  # type: ignore[untyped-decorator]
-def offload_header(session: Any, frame: Any, name: Any, namelen: int, value: Any,
-                   valuelen: int, flags: int, handle: Any) -> int:
-    engine: NgHttp2Engine = ffi.from_handle(handle)
-    return engine._header(ffi.buffer(name, namelen)[:], ffi.buffer(value, valuelen)[:])
-
-
-@ffi.def_extern(error=_FAILED, onerror=_callback_failed)  # type: ignore[untyped-decorator]
 def offload_frame_recv(handle: Any, kind: int, flags: int, stream_id: int, length: int,
                        code: int, argument: int) -> int:
     ffi.from_handle(handle)._frame_recv(kind, flags, stream_id, length, code, argument)
@@ -402,36 +321,21 @@ def offload_frame_recv(handle: Any, kind: int, flags: int, stream_id: int, lengt
 
 
 @ffi.def_extern(error=_FAILED, onerror=_callback_failed)  # type: ignore[untyped-decorator]
-def offload_data_chunk(session: Any, flags: int, stream_id: int, data: Any, length: int,
-                       handle: Any) -> int:
+def offload_data_chunk(handle: Any, stream_id: int, data: Any, length: int) -> int:
     ffi.from_handle(handle)._chunks.append(ffi.buffer(data, length)[:])
     return 0
 
 
 @ffi.def_extern(error=_FAILED, onerror=_callback_failed)  # type: ignore[untyped-decorator]
-def offload_frame_sent(handle: Any, kind: int, stream_id: int, code: int,
-                       last_stream_id: int) -> int:
+def offload_frame_sent(handle: Any, kind: int, stream_id: int, code: int) -> int:
     ffi.from_handle(handle)._frame_sent(kind, stream_id, code)
     return 0
 
 
 @ffi.def_extern(error=_FAILED, onerror=_callback_failed)  # type: ignore[untyped-decorator]
-def offload_stream_closed(session: Any, stream_id: int, error_code: int, handle: Any) -> int:
-    ffi.from_handle(handle)._stream_closed(stream_id)
-    return 0
-
-
-@ffi.def_extern(error=_FAILED, onerror=_callback_failed)  # type: ignore[untyped-decorator]
-def offload_invalid_frame(handle: Any, kind: int, stream_id: int, lib_error_code: int) -> int:
+def offload_invalid_frame(handle: Any, lib_error_code: int) -> int:
     ffi.from_handle(handle)._invalid_frame(lib_error_code)
     return 0
-
-
-@ffi.def_extern(error=_FAILED, onerror=_callback_failed)  # type: ignore[untyped-decorator]
-def offload_read(session: Any, stream_id: int, buf: Any, length: int, data_flags: Any,
-                 source: Any, handle: Any) -> int:
-    engine: NgHttp2Engine = ffi.from_handle(handle)
-    return engine._read(stream_id, buf, length, data_flags)
 
 
 def make(settings: H2Settings) -> NgHttp2Engine:

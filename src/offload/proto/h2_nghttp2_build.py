@@ -5,10 +5,12 @@ The binding is a compiled C extension, ``offload.proto._nghttp2``, linked agains
 libnghttp2 (Debian: ``libnghttp2-dev``; 1.52 or later, the version Debian 12 carries with the
 Rapid Reset and CONTINUATION fixes). It declares only what :mod:`offload.proto.h2_nghttp2` uses.
 
-Most nghttp2 callbacks fire for every frame; crossing into Python costs far more than the C
-work, so the C side here filters: only the frames the engine reacts to reach Python
-(``offload_frame_recv``, ``offload_frame_sent``), with their few fields as plain integers. Header
-blocks are submitted from one buffer and a list of lengths, so a response head costs one call.
+Most nghttp2 callbacks fire for every frame or every header field; crossing into Python costs
+far more than the C work, so the C side here does what needs no Python: it collects a header
+block's fields (and enforces the header list size announced, which nghttp2 does not), counts
+open streams, and passes on only the frames the engine reacts to (``offload_frame_recv``,
+``offload_frame_sent``), with their few fields as plain integers. Header blocks are submitted
+from one buffer and a list of lengths, so a response head costs one call.
 """
 
 from __future__ import annotations
@@ -82,30 +84,37 @@ int nghttp2_submit_ping(nghttp2_session *session, uint8_t flags, const uint8_t *
 const char *nghttp2_strerror(int lib_error_code);
 
 /* offload's C side (set_source below) */
-int offload_session_new(nghttp2_session **session_ptr, nghttp2_option *option, void *handle);
-int offload_submit(nghttp2_session *session, int kind, int32_t stream_id, const char *block,
-                   const size_t *lengths, size_t count);
+typedef struct {
+    nghttp2_session *session;
+    char *block;            /* the header block being received: name NUL value NUL ... */
+    size_t used;
+    size_t count;           /* fields */
+    int overflow;           /* the header list went over max_list_size */
+    int open_streams;
+    uint8_t *out;           /* what offload_send_all took from nghttp2 */
+    const char *reason;     /* why the C side ended the connection, if it did */
+    ...;
+} offload_context;
 
-/* Python, called from C */
-extern "Python" int offload_begin_headers(void *handle, int32_t stream_id, int category);
-extern "Python" int offload_header(nghttp2_session *session, const nghttp2_frame *frame,
-                                   const uint8_t *name, size_t namelen, const uint8_t *value,
-                                   size_t valuelen, uint8_t flags, void *handle);
+offload_context *offload_new(nghttp2_option *option, void *handle, size_t max_list_size);
+void offload_del(offload_context *context);
+ssize_t offload_send_all(offload_context *context);
+int offload_submit(offload_context *context, int kind, int32_t stream_id, const char *block,
+                   const size_t *lengths, size_t count);
+int offload_push(offload_context *context, int32_t stream_id, const char *data, size_t length,
+                 int end_stream);
+size_t offload_queued(offload_context *context, int32_t stream_id);
+void offload_drop(offload_context *context, int32_t stream_id);
+
+/* Python, called from C with the engine's handle */
 extern "Python" int offload_frame_recv(void *handle, uint8_t type, uint8_t flags,
                                        int32_t stream_id, size_t length, uint32_t code,
                                        int64_t argument);
-extern "Python" int offload_data_chunk(nghttp2_session *session, uint8_t flags,
-                                       int32_t stream_id, const uint8_t *data, size_t len,
-                                       void *handle);
+extern "Python" int offload_data_chunk(void *handle, int32_t stream_id, const uint8_t *data,
+                                       size_t len);
 extern "Python" int offload_frame_sent(void *handle, uint8_t type, int32_t stream_id,
-                                       uint32_t code, int32_t last_stream_id);
-extern "Python" int offload_stream_closed(nghttp2_session *session, int32_t stream_id,
-                                          uint32_t error_code, void *handle);
-extern "Python" int offload_invalid_frame(void *handle, uint8_t type, int32_t stream_id,
-                                          int lib_error_code);
-extern "Python" ssize_t offload_read(nghttp2_session *session, int32_t stream_id, uint8_t *buf,
-                                     size_t length, uint32_t *data_flags,
-                                     nghttp2_data_source *source, void *handle);
+                                       uint32_t code);
+extern "Python" int offload_invalid_frame(void *handle, int lib_error_code);
 """
 
 SOURCE = r"""
@@ -118,31 +127,143 @@ SOURCE = r"""
 #define OFFLOAD_INTERIM 2        /* a 1xx HEADERS, more follow */
 #define OFFLOAD_TRAILERS 3       /* HEADERS with END_STREAM after the body */
 
-static int offload_begin_headers(void *handle, int32_t stream_id, int category);
-static int offload_header(nghttp2_session *session, const nghttp2_frame *frame,
-                          const uint8_t *name, size_t namelen, const uint8_t *value,
-                          size_t valuelen, uint8_t flags, void *handle);
+/* A response body waiting for the client's windows: nghttp2's data provider reads from it.
+   Every body is also on the context's list, so that those of streams still open when the
+   session goes are freed with it. */
+typedef struct offload_body {
+    struct offload_body *previous, *next;
+    uint8_t *data;
+    size_t start, end, room;
+    int ended, deferred;
+    char *trailers;             /* a header block as offload_submit takes it, and its lengths */
+    size_t *trailer_lengths;
+    size_t trailer_count;
+} offload_body;
+
+#define OFFLOAD_GAPS 16
+
+typedef struct {
+    nghttp2_session *session;
+    char *block;
+    size_t used;
+    size_t count;
+    int overflow;
+    int open_streams;
+    uint8_t *out;
+    const char *reason;
+    void *handle;
+    int32_t last_request;           /* the highest stream a request opened */
+    int32_t gaps[OFFLOAD_GAPS][2];  /* stream ids the client skipped (first, last), newest last */
+    int gap_count;
+    offload_body *bodies;
+    size_t room;
+    size_t out_room;
+    size_t list_size;
+    size_t max_list_size;
+} offload_context;
+
 static int offload_frame_recv(void *handle, uint8_t type, uint8_t flags, int32_t stream_id,
                               size_t length, uint32_t code, int64_t argument);
-static int offload_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream_id,
-                              const uint8_t *data, size_t len, void *handle);
-static int offload_frame_sent(void *handle, uint8_t type, int32_t stream_id, uint32_t code,
-                              int32_t last_stream_id);
-static int offload_stream_closed(nghttp2_session *session, int32_t stream_id,
-                                 uint32_t error_code, void *handle);
-static int offload_invalid_frame(void *handle, uint8_t type, int32_t stream_id,
-                                 int lib_error_code);
-static ssize_t offload_read(nghttp2_session *session, int32_t stream_id, uint8_t *buf,
-                            size_t length, uint32_t *data_flags, nghttp2_data_source *source,
-                            void *handle);
+static int offload_data_chunk(void *handle, int32_t stream_id, const uint8_t *data, size_t len);
+static int offload_frame_sent(void *handle, uint8_t type, int32_t stream_id, uint32_t code);
+static int offload_invalid_frame(void *handle, int lib_error_code);
 
-static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *handle) {
+/* Header fields are collected here, in C, and read by Python once per block: a call into
+   Python per field would cost more than everything else a request does. Names and values are
+   separated by NUL, which neither may contain (nghttp2 checks them, RFC 9113 §8.2.1; checked
+   again below), so Python splits the block in one call. */
+/* Stream ids the client skipped: it may never use them (RFC 9113 §5.1.1). nghttp2 ignores a
+   HEADERS on a lower id it does not know (it cannot tell a skipped id from a closed stream's);
+   the skipped ranges are remembered here — the last OFFLOAD_GAPS of them, as clients that
+   skip ids at all are rare — and such a HEADERS is a connection error PROTOCOL_ERROR. */
+static void note_request(offload_context *context, int32_t stream_id) {
+    if (stream_id > context->last_request + 2) {
+        if (context->gap_count == OFFLOAD_GAPS) {
+            memmove(context->gaps[0], context->gaps[1],
+                    (OFFLOAD_GAPS - 1) * sizeof(context->gaps[0]));
+            context->gap_count--;
+        }
+        context->gaps[context->gap_count][0] = context->last_request + 2;
+        context->gaps[context->gap_count][1] = stream_id - 2;
+        context->gap_count++;
+    }
+    if (stream_id > context->last_request) context->last_request = stream_id;
+}
+
+static int skipped(offload_context *context, int32_t stream_id) {
+    int i;
+    for (i = 0; i < context->gap_count; i++) {
+        if (stream_id >= context->gaps[i][0] && stream_id <= context->gaps[i][1]) return 1;
+    }
+    return 0;
+}
+
+static int on_begin_frame(nghttp2_session *session, const nghttp2_frame_hd *hd, void *data) {
+    offload_context *context = data;
+    if (hd->type == NGHTTP2_HEADERS && (hd->stream_id & 1) && hd->stream_id < context->last_request
+        && skipped(context, hd->stream_id)) {
+        context->reason = "a HEADERS frame on a stream id lower than one already used";
+        return nghttp2_session_terminate_session(session, NGHTTP2_PROTOCOL_ERROR);
+    }
+    return 0;
+}
+
+static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *data) {
+    offload_context *context = data;
     (void)session;
-    return offload_begin_headers(handle, frame->hd.stream_id, (int)frame->headers.cat);
+    context->used = context->count = context->list_size = 0;
+    if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+        context->open_streams++;
+        note_request(context, frame->hd.stream_id);
+    }
+    return 0;
+}
+
+static int grow(void **memory, size_t *room, size_t needed, size_t unit) {
+    size_t size = *room ? *room : 16;
+    void *larger;
+    if (needed <= *room) return 0;
+    while (size < needed) size *= 2;
+    larger = realloc(*memory, size * unit);
+    if (larger == NULL) return -1;
+    *memory = larger;
+    *room = size;
+    return 0;
+}
+
+static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name,
+                     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
+                     void *data) {
+    offload_context *context = data;
+    (void)frame; (void)flags;
+    if (context->overflow) return 0;
+    /* RFC 9113 §6.5.2: a field counts its name, its value and 32 */
+    context->list_size += namelen + valuelen + 32;
+    if (context->list_size > context->max_list_size) {
+        context->overflow = 1;
+        context->reason = "a header list larger than the size announced";
+        return nghttp2_session_terminate_session(session, NGHTTP2_ENHANCE_YOUR_CALM);
+    }
+    if (memchr(name, 0, namelen) != NULL || memchr(value, 0, valuelen) != NULL) {
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;  /* never reached: nghttp2 refuses NUL */
+    }
+    if (grow((void **)&context->block, &context->room, context->used + namelen + valuelen + 2,
+             1)) {
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    memcpy(context->block + context->used, name, namelen);
+    context->used += namelen;
+    context->block[context->used++] = 0;
+    memcpy(context->block + context->used, value, valuelen);
+    context->used += valuelen;
+    context->block[context->used++] = 0;
+    context->count++;
+    return 0;
 }
 
 /* Only what the engine reacts to crosses into Python. */
-static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *handle) {
+static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *data) {
+    void *handle = ((offload_context *)data)->handle;
     size_t i;
     int64_t opaque;
     (void)session;
@@ -180,51 +301,213 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
     }
 }
 
-static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *handle) {
+static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream_id,
+                         const uint8_t *chunk, size_t len, void *data) {
+    (void)session; (void)flags;
+    return offload_data_chunk(((offload_context *)data)->handle, stream_id, chunk, len);
+}
+
+static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *data) {
+    void *handle = ((offload_context *)data)->handle;
     (void)session;
     switch (frame->hd.type) {
     case NGHTTP2_RST_STREAM:
         return offload_frame_sent(handle, frame->hd.type, frame->hd.stream_id,
-                                  frame->rst_stream.error_code, 0);
+                                  frame->rst_stream.error_code);
     case NGHTTP2_GOAWAY:
-        return offload_frame_sent(handle, frame->hd.type, 0, frame->goaway.error_code,
-                                  frame->goaway.last_stream_id);
+        return offload_frame_sent(handle, frame->hd.type, 0, frame->goaway.error_code);
     default:
         return 0;
     }
 }
 
-static int on_invalid_frame_recv(nghttp2_session *session, const nghttp2_frame *frame,
-                                 int lib_error_code, void *handle) {
-    (void)session;
-    return offload_invalid_frame(handle, frame->hd.type, frame->hd.stream_id, lib_error_code);
+static void body_free(offload_context *context, offload_body *body) {
+    if (body->previous) body->previous->next = body->next;
+    else context->bodies = body->next;
+    if (body->next) body->next->previous = body->previous;
+    free(body->data);
+    free(body->trailers);
+    free(body->trailer_lengths);
+    free(body);
 }
 
-static int offload_session_new(nghttp2_session **session_ptr, nghttp2_option *option,
-                               void *handle) {
+static offload_body *body_of(offload_context *context, int32_t stream_id) {
+    return nghttp2_session_get_stream_user_data(context->session, stream_id);
+}
+
+static void offload_drop(offload_context *context, int32_t stream_id) {
+    offload_body *body = body_of(context, stream_id);
+    if (body == NULL) return;
+    nghttp2_session_set_stream_user_data(context->session, stream_id, NULL);
+    body_free(context, body);
+}
+
+static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t error_code,
+                           void *data) {
+    (void)session; (void)error_code;
+    ((offload_context *)data)->open_streams--;
+    offload_drop(data, stream_id);
+    return 0;
+}
+
+static size_t offload_queued(offload_context *context, int32_t stream_id) {
+    offload_body *body = body_of(context, stream_id);
+    return body == NULL ? 0 : body->end - body->start;
+}
+
+static int submit_fields(nghttp2_session *session, int kind, int32_t stream_id,
+                         const char *block, const size_t *lengths, size_t count,
+                         nghttp2_data_provider *provider);
+
+/* The body so far, as the windows allow; the trailers (or END_STREAM) once it has all gone. */
+static ssize_t read_body(nghttp2_session *session, int32_t stream_id, uint8_t *buf,
+                         size_t length, uint32_t *data_flags, nghttp2_data_source *source,
+                         void *data) {
+    offload_context *context = data;
+    offload_body *body = body_of(context, stream_id);
+    size_t size;
+    (void)source;
+    if (body == NULL) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;  /* not reached */
+    size = body->end - body->start;
+    if (size > length) size = length;
+    memcpy(buf, body->data + body->start, size);
+    body->start += size;
+    if (body->start < body->end) return (ssize_t)size;
+    body->start = body->end = 0;
+    if (!body->ended) {
+        if (size > 0) return (ssize_t)size;
+        body->deferred = 1;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+    if (body->trailers != NULL) {
+        *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+        if (submit_fields(session, OFFLOAD_TRAILERS, stream_id, body->trailers,
+                          body->trailer_lengths, body->trailer_count, NULL) != 0) {
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        }
+    }
+    offload_drop(context, stream_id);
+    return (ssize_t)size;
+}
+
+static int resume(offload_context *context, int32_t stream_id, offload_body *body) {
+    if (!body->deferred) return 0;
+    body->deferred = 0;
+    return nghttp2_session_resume_data(context->session, stream_id);
+}
+
+/* Body bytes for a stream whose response head said more follows (copied: the caller's buffer
+   is free when this returns). A stream that is gone takes nothing. */
+static int offload_push(offload_context *context, int32_t stream_id, const char *data,
+                        size_t length, int end_stream) {
+    offload_body *body = body_of(context, stream_id);
+    if (body == NULL || body->ended) return 0;
+    if (length > 0) {
+        if (body->start > 0 && body->end + length > body->room) {
+            memmove(body->data, body->data + body->start, body->end - body->start);
+            body->end -= body->start;
+            body->start = 0;
+        }
+        if (grow((void **)&body->data, &body->room, body->end + length, 1)) {
+            return NGHTTP2_ERR_NOMEM;
+        }
+        memcpy(body->data + body->end, data, length);
+        body->end += length;
+    }
+    if (end_stream) body->ended = 1;
+    return resume(context, stream_id, body);
+}
+
+static int keep_trailers(offload_context *context, int32_t stream_id, const char *block,
+                         const size_t *lengths, size_t count) {
+    offload_body *body = body_of(context, stream_id);
+    size_t size = 0, i;
+    if (body == NULL || body->ended) return 0;
+    for (i = 0; i < 2 * count; i++) size += lengths[i];
+    body->trailers = malloc(size ? size : 1);
+    body->trailer_lengths = malloc(2 * count * sizeof(size_t) + 1);
+    if (body->trailers == NULL || body->trailer_lengths == NULL) return NGHTTP2_ERR_NOMEM;
+    memcpy(body->trailers, block, size);
+    memcpy(body->trailer_lengths, lengths, 2 * count * sizeof(size_t));
+    body->trailer_count = count;
+    body->ended = 1;
+    return resume(context, stream_id, body);
+}
+
+static int on_invalid_frame_recv(nghttp2_session *session, const nghttp2_frame *frame,
+                                 int lib_error_code, void *data) {
+    (void)session; (void)frame;
+    return offload_invalid_frame(((offload_context *)data)->handle, lib_error_code);
+}
+
+static void offload_del(offload_context *context) {
+    if (context == NULL) return;
+    nghttp2_session_del(context->session);
+    while (context->bodies != NULL) body_free(context, context->bodies);
+    free(context->block);
+    free(context->out);
+    free(context);
+}
+
+/* Everything nghttp2 has to send, in one buffer (one call from Python instead of one per
+   frame). A buffer grown past 64 KiB by a burst is given back before the next use. */
+static ssize_t offload_send_all(offload_context *context) {
+    const uint8_t *data;
+    size_t used = 0;
+    ssize_t length;
+    if (context->out_room > 65536) {
+        free(context->out);
+        context->out = NULL;
+        context->out_room = 0;
+    }
+    for (;;) {
+        length = nghttp2_session_mem_send(context->session, &data);
+        if (length < 0) return length;
+        if (length == 0) return (ssize_t)used;
+        if (grow((void **)&context->out, &context->out_room, used + (size_t)length, 1)) {
+            return NGHTTP2_ERR_NOMEM;
+        }
+        memcpy(context->out + used, data, (size_t)length);
+        used += (size_t)length;
+    }
+}
+
+static offload_context *offload_new(nghttp2_option *option, void *handle,
+                                    size_t max_list_size) {
     nghttp2_session_callbacks *callbacks;
-    int rv = nghttp2_session_callbacks_new(&callbacks);
-    if (rv != 0) return rv;
+    offload_context *context = calloc(1, sizeof(offload_context));
+    if (context == NULL) return NULL;
+    context->handle = handle;
+    context->max_list_size = max_list_size;
+    if (nghttp2_session_callbacks_new(&callbacks) != 0) {
+        free(context);
+        return NULL;
+    }
+    nghttp2_session_callbacks_set_on_begin_frame_callback(callbacks, on_begin_frame);
     nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks, on_begin_headers);
-    nghttp2_session_callbacks_set_on_header_callback(callbacks, offload_header);
+    nghttp2_session_callbacks_set_on_header_callback(callbacks, on_header);
     nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, on_frame_recv);
-    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, offload_data_chunk);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, on_data_chunk);
     nghttp2_session_callbacks_set_on_frame_send_callback(callbacks, on_frame_send);
-    nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, offload_stream_closed);
+    nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, on_stream_close);
     nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(callbacks,
                                                                  on_invalid_frame_recv);
-    rv = nghttp2_session_server_new2(session_ptr, callbacks, handle, option);
+    if (nghttp2_session_server_new2(&context->session, callbacks, context, option) != 0) {
+        free(context);
+        context = NULL;
+    }
     nghttp2_session_callbacks_del(callbacks);
-    return rv;
+    return context;
 }
 
 /* A header block as one buffer of names and values back to back, and their lengths
    (name, value, name, value...). nghttp2 copies the fields before this returns. */
-static int offload_submit(nghttp2_session *session, int kind, int32_t stream_id,
-                          const char *block, const size_t *lengths, size_t count) {
+static int submit_fields(nghttp2_session *session, int kind, int32_t stream_id,
+                         const char *block, const size_t *lengths, size_t count,
+                         nghttp2_data_provider *provider) {
     nghttp2_nv stack[32];
     nghttp2_nv *nva = stack;
-    nghttp2_data_provider provider;
     size_t i, offset = 0;
     int rv;
     if (count > sizeof(stack) / sizeof(stack[0])) {
@@ -242,9 +525,7 @@ static int offload_submit(nghttp2_session *session, int kind, int32_t stream_id,
     }
     switch (kind) {
     case OFFLOAD_RESPONSE:
-        provider.source.ptr = NULL;
-        provider.read_callback = offload_read;
-        rv = nghttp2_submit_response(session, stream_id, nva, count, &provider);
+        rv = nghttp2_submit_response(session, stream_id, nva, count, provider);
         break;
     case OFFLOAD_RESPONSE_END:
         rv = nghttp2_submit_response(session, stream_id, nva, count, NULL);
@@ -258,6 +539,33 @@ static int offload_submit(nghttp2_session *session, int kind, int32_t stream_id,
         break;
     }
     if (nva != stack) free(nva);
+    return rv;
+}
+
+/* A response head (with a body to come: OFFLOAD_RESPONSE), an interim head, or trailers. */
+static int offload_submit(offload_context *context, int kind, int32_t stream_id,
+                          const char *block, const size_t *lengths, size_t count) {
+    nghttp2_data_provider provider;
+    offload_body *body;
+    int rv;
+    if (kind == OFFLOAD_TRAILERS) return keep_trailers(context, stream_id, block, lengths, count);
+    if (kind != OFFLOAD_RESPONSE) {
+        return submit_fields(context->session, kind, stream_id, block, lengths, count, NULL);
+    }
+    if (body_of(context, stream_id) != NULL) return NGHTTP2_ERR_DATA_EXIST;
+    body = calloc(1, sizeof(offload_body));
+    if (body == NULL) return NGHTTP2_ERR_NOMEM;
+    if (nghttp2_session_set_stream_user_data(context->session, stream_id, body) != 0) {
+        free(body);
+        return 0;  /* the stream is gone: nothing to answer */
+    }
+    body->next = context->bodies;
+    if (body->next) body->next->previous = body;
+    context->bodies = body;
+    provider.source.ptr = NULL;
+    provider.read_callback = read_body;
+    rv = submit_fields(context->session, kind, stream_id, block, lengths, count, &provider);
+    if (rv != 0) offload_drop(context, stream_id);
     return rv;
 }
 """

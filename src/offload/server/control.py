@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from offload.observe.snapshot import WorkerStats
 from offload.security.bans import BanEvent
+from offload.tls.certs import LoadedCertificate
 from offload.tls.store import FileCertificates
 from offload.upstream.balancer import AdminState
 
@@ -30,6 +31,14 @@ class CertificatesChanged:
     frontend: str
     order: tuple[str, ...]
     changed: dict[str, FileCertificates | None] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class BackendCertificateChanged:
+    """A client certificate for backend servers (``client_certificate``) was replaced."""
+
+    path: str
+    certificate: LoadedCertificate = field(repr=False)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 from offload.acme.storage import AcmeStorage
 from offload.config.model import Config, FrontendConfig
 from offload.errors import ConfigError, Issue
+from offload.tls.backend_tls import BackendTls, load_backend_tls
 from offload.tls.certs import LoadedCertificate, readable_by
 from offload.tls.client_certs import load_client_auth
 from offload.tls.groups import groups_problem
@@ -57,7 +58,7 @@ def served_alpn(frontend: FrontendConfig) -> tuple[str, ...]:
         return frontend.alpn
     if frontend.mode != "http":
         return ()
-    return HTTP1_ALPN  # h2 is offered once the engines are in (HTTP_ALPN)
+    return HTTP_ALPN if frontend.http2.enabled else HTTP1_ALPN
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ class Prepared:
     rewrite: Callable[[Issue], Issue] | None = None
     """Turns an issue into what the user wrote (quick mode: flags); for errors found later,
     like an address already in use."""
+    backend_tls: BackendTls | None = None
+    """TLS to the backend servers: contexts built, CAs and client certificates loaded."""
 
     def issue(self, where: str, what: str, fix: str) -> Issue:
         """An issue at a key path, as the user wrote the key."""
@@ -184,9 +187,12 @@ def prepare(config: Config, source: str, rewrite: Callable[[Issue], Issue] | Non
         resolved, problems = resolve_backend(backend, f"backends[{index}]")
         servers[backend.name] = resolved
         issues.extend(problems)
+    backend_tls, problems, tls_warnings = load_backend_tls(config, base_dir, now)
+    issues.extend(problems)
+    warnings.extend(tls_warnings)
     if issues:
         if rewrite is not None:
             issues = [rewrite(issue) for issue in issues]
         raise ConfigError(source, issues)
     return Prepared(config, source, tuple(frontends), servers, tuple(warnings), base_dir,
-                    admin_token, rewrite)
+                    admin_token, rewrite, backend_tls)

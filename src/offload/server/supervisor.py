@@ -35,6 +35,7 @@ import os
 import selectors
 import signal
 import socket
+import ssl
 import sys
 import time
 import traceback
@@ -55,6 +56,7 @@ from offload.server.acme_process import run_acme_process
 from offload.server.admin_server import AdminServer
 from offload.server.ban_hub import BanHub
 from offload.server.control import (
+    BackendCertificateChanged,
     CertificatesChanged,
     Inbox,
     Offences,
@@ -509,6 +511,9 @@ class Supervisor(SupervisorAdmin):
         for frontend in self._current.frontends:
             for path in frontend.sources.watch_paths():
                 watcher.watch(path)
+        if self._current.backend_tls is not None:
+            for path in self._current.backend_tls.watch_paths():
+                watcher.watch(path)
         self._watcher = watcher
         self._selector.register(watcher.fileno(), selectors.EVENT_READ, self._on_watch)
 
@@ -553,7 +558,40 @@ class Supervisor(SupervisorAdmin):
             _audit.info("certificate change", extra=fields(
                 audit=True, who=why, what=f"certificates of {name}", result="applied",
                 loaded=added, removed=removed))
+        self._refresh_backend_certificates(why, now)
         self._check_expiry()
+
+    def _refresh_backend_certificates(self, why: str, now: dt.datetime) -> None:
+        """The same for the client certificates offload shows backend servers."""
+        backend_tls = self._current.backend_tls
+        if backend_tls is None or not backend_tls.sources:
+            return
+        result = backend_tls.refresh(now, settle=CERTIFICATE_DEBOUNCE, clock=time.monotonic())
+        if result.unsettled:
+            self._debounce.note(time.monotonic(), result.unsettled)
+        for path, reason in result.rejected:
+            _log.error("backend client certificate rejected, the previous one stays in use",
+                       extra=fields(event="certificate_rejected", file=path, reason=reason))
+        for warning in result.warnings:
+            _log.warning(warning)
+        for path, certificate in result.changed.items():
+            try:
+                backend_tls.use_certificate(path, certificate)  # for workers forked later
+            except (ssl.SSLError, OSError) as error:
+                _log.error("backend client certificate rejected, the previous one stays in "
+                           "use", extra=fields(event="certificate_rejected", file=path,
+                                               reason=str(error)))
+                continue
+            message = BackendCertificateChanged(path, certificate)
+            for worker in self._workers.values():
+                if not worker.draining:
+                    self._send(worker, message)
+            _log.info("backend client certificate updated", extra=fields(
+                event="certificates_updated", file=path, why=why,
+                certificate=certificate.describe()))
+            _audit.info("certificate change", extra=fields(
+                audit=True, who=why, what=f"backend client certificate {path}",
+                result="applied"))
 
     def _send(self, worker: WorkerProcess, message: object) -> None:
         if not worker.control.send(message):

@@ -18,6 +18,7 @@ import os
 import pwd
 import signal
 import socket
+import ssl
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -44,6 +45,7 @@ from offload.security.bans import BanEvent
 from offload.security.events import SecurityEvents
 from offload.security.limits import Limits, worker_limits
 from offload.server.control import (
+    BackendCertificateChanged,
     BanList,
     CertificatesChanged,
     Inbox,
@@ -209,16 +211,19 @@ class _Apps:
         frontend, client_auth = prepared_frontend.config, prepared_frontend.client_auth
         config = prepared.config.backend(frontend.backend)
         servers = prepared.servers[frontend.backend]
+        tls = (prepared.backend_tls.for_backend(config.name, frontend.mode)
+               if prepared.backend_tls is not None else None)
         if frontend.mode == "tcp":
             backend = self.tcp_backends.get(config.name)
             if backend is None:
-                backend = self.tcp_backends[config.name] = Backend(config, servers, counters)
+                backend = self.tcp_backends[config.name] = Backend(config, servers, counters,
+                                                                   tls)
             idle = min(frontend.idle_timeout, config.server_timeout)
             return lambda stream: TcpRelay(stream, backend, idle, counters)
         http_backend = self.http_backends.get(config.name)
         if http_backend is None:
             http_backend = self.http_backends[config.name] = HttpBackend(
-                config, servers, counters, RESPONSE_LIMITS, self.batcher)
+                config, servers, counters, RESPONSE_LIMITS, self.batcher, tls=tls)
         log = None
         if frontend.access_log != "off":
             key = (frontend.access_log, frontend.access_log_format)
@@ -273,6 +278,17 @@ class _Apps:
                                                                       message.changed):
                     _log.info("certificates updated", extra=fields(
                         frontend=message.frontend, certificates=len(store.certificates())))
+        elif isinstance(message, BackendCertificateChanged):
+            backend_tls = self.spec.prepared.backend_tls
+            if backend_tls is not None:
+                try:
+                    backend_tls.use_certificate(message.path, message.certificate)
+                except (ssl.SSLError, OSError) as error:
+                    _log.error("backend client certificate not applied", extra=fields(
+                        file=message.path, reason=str(error)))
+                else:
+                    _log.info("backend client certificate updated", extra=fields(
+                        file=message.path))
         elif isinstance(message, ServerAdmin):
             for group in self.groups():
                 if group.name == message.backend:

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from offload.config.model import BackendConfig
-from offload.observe.log import fields
+from offload.errors import BackendTlsError
+from offload.observe.log import CappedLog, fields
 from offload.observe.snapshot import ServerReport
 from offload.observe.stats import Counters
 from offload.upstream.balancer import AdminState, make_balancer, server_states
 from offload.upstream.health import EjectionBudget, HealthTracker, Outcome, is_failure
 from offload.upstream.probe import HealthChecker
 from offload.upstream.servers import Server
+
+if TYPE_CHECKING:
+    from offload.tls.backend_tls import ServerTls
 
 _log = logging.getLogger("offload.upstream")
 
@@ -28,11 +33,15 @@ class ServerGroup:
     """A backend's servers in one worker."""
 
     def __init__(self, config: BackendConfig, servers: tuple[Server, ...],
-                 counters: Counters) -> None:
+                 counters: Counters, tls: tuple[ServerTls | None, ...] | None = None) -> None:
         self.config = config
         self.name = config.name
         self.servers = servers
         self.counters = counters
+        self.tls = tls
+        """Per server, how offload speaks TLS to it (None: no server of this backend uses
+        TLS; an entry None: that server is plain TCP)."""
+        self._tls_log = CappedLog()
         self.states = server_states(config)
         self.balancer = make_balancer(config.balance, self.states)
         self.budget = EjectionBudget(self.states, config.ejection.max_ejected_percent)
@@ -51,7 +60,7 @@ class ServerGroup:
         """Start the active health checks, if configured (in the running loop)."""
         if self.config.health_check is not None and self.checker is None:
             self.checker = HealthChecker(self.servers, self.config.health_check, self.trackers,
-                                         on_change=self.health_changed)
+                                         on_change=self.health_changed, tls=self.tls)
             self.checker.start()
 
     async def stop(self) -> None:
@@ -63,9 +72,10 @@ class ServerGroup:
         server = self.servers[index]
         self.counters.inc("server_state", self.name, transition)
         log = _log.warning if transition in ("down", "ejected") else _log.info
+        check = self.check_result(index)
         log("backend server %s", transition, extra=fields(
             event="server_state", backend=self.name, server=server.label, address=str(server),
-            state=transition))
+            state=transition, **({"check": check} if check else {})))
 
     def set_admin(self, server: str, state: AdminState) -> bool:
         """Drain, disable or enable the server labelled ``server``; False if there is none."""
@@ -84,13 +94,43 @@ class ServerGroup:
         """Pooled connections to server ``index`` (none in TCP mode)."""
         return 0
 
+    def tls_failed(self, index: int, error: BackendTlsError) -> None:
+        """The TLS handshake with server ``index`` failed: counted by reason
+        (``backend_tls_error``), logged (capped: a server or a client choosing bad names
+        cannot flood the log) and, unless the client chose the name, held against the
+        server like a failed connect."""
+        server = self.servers[index]
+        self.counters.inc("backend_tls_error", self.name, error.reason)
+        suppressed = self._tls_log.admit(error.reason)
+        if suppressed >= 0:
+            extra = fields(event="backend_tls_error", backend=self.name, server=server.label,
+                           address=str(server), reason=error.reason, detail=error.detail,
+                           **({"suppressed": suppressed} if suppressed else {}))
+            _log.warning("backend TLS handshake failed: %s", error.reason, extra=extra)
+        if not error.client_named:
+            self.report(index, "connect_failed", self.now())
+
+    def tls_state(self, index: int) -> str:
+        """"off", "verified" or "unverified" (``verify = false``), for the status page."""
+        tls = self.tls[index] if self.tls is not None else None
+        if tls is None:
+            return "off"
+        return "verified" if tls.verified else "unverified"
+
+    def check_result(self, index: int) -> str:
+        """The last active health check's result for server ``index`` ("" without checks)."""
+        if self.checker is None:
+            return ""
+        result = self.checker.results.get(index)
+        return "" if result is None else ("ok: " if result[0] else "failed: ") + result[1]
+
     def reports(self, now: float) -> list[ServerReport]:
         """Each server as this worker sees it, for the admin API and metrics."""
         return [ServerReport(
             backend=self.name, server=server.label, address=str(server), weight=state.weight,
             backup=state.backup, healthy=state.up and now >= state.ejected_until,
             admin=state.admin, active=state.active, idle=self.idle_connections(index),
-            waiting=len(waits),
+            waiting=len(waits), tls=self.tls_state(index), check=self.check_result(index),
             oldest_wait=max(0.0, now - min(waits.values())) if waits else 0.0)
             for index, (server, state, waits) in enumerate(
                 zip(self.servers, self.states, self.waits, strict=True))]

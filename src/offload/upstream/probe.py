@@ -17,8 +17,12 @@ import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from offload.errors import BackendTlsError
+from offload.tls.client_stream import open_tls
+
 if TYPE_CHECKING:
     from offload.config.model import HealthCheckConfig
+    from offload.tls.backend_tls import ServerTls
     from offload.upstream.health import HealthTracker
     from offload.upstream.servers import Server
 
@@ -63,10 +67,32 @@ def _connect_reason(error: OSError) -> str:
     return f"connect failed: {(error.strerror or type(error).__name__).lower()}"
 
 
-async def _connect(server: Server) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _connect(server: Server, check: HealthCheckConfig, tls: ServerTls | None
+                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    if tls is not None:
+        return await _connect_tls(server, check, tls)
     if server.unix_path:
         return await asyncio.open_unix_connection(server.unix_path, limit=STATUS_LINE_LIMIT)
     return await asyncio.open_connection(server.host, server.port, limit=STATUS_LINE_LIMIT)
+
+
+def check_sni(check: HealthCheckConfig, tls: ServerTls) -> str | None:
+    """The SNI a check sends: as a request to the check's Host would (``auto``: that Host,
+    else the server's name as configured), or the backend's fixed SNI, or none."""
+    host = check.host or tls.fallback_name
+    return tls.sni(host.encode("ascii", "replace"))
+
+
+async def _connect_tls(server: Server, check: HealthCheckConfig, tls: ServerTls
+                       ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TLS connection with the data path's settings: the same verification, so a check
+    fails when the certificate does (``tls: unknown_ca``, ``tls: expired`` ...)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=STATUS_LINE_LIMIT, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    stream = await open_tls(protocol, tls, tls.handshake(check_sni(check, tls)),
+                            (server.host, server.port))
+    return reader, asyncio.StreamWriter(stream, protocol, reader, loop)
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:
@@ -77,19 +103,23 @@ async def _close(writer: asyncio.StreamWriter) -> None:
 
 
 async def probe(server: Server, check: HealthCheckConfig, *,
-                timeout: float | None = None) -> tuple[bool, str]:  # noqa: ASYNC109 - the one bound for the whole check
+                timeout: float | None = None,  # noqa: ASYNC109 - the one bound for the whole check
+                tls: ServerTls | None = None) -> tuple[bool, str]:
     """Check ``server`` once; ``(ok, reason)``.
 
     The whole check (connect, request, status line) must finish within ``timeout``, by default
     ``check.timeout``. Reasons: "connected", "status 200", "status 503", "timeout",
     "connect refused", "connect failed: ...", "connection closed", "connection reset",
-    "bad response".
+    "bad response", and over TLS "tls: REASON" (``unknown_ca``, ``expired``,
+    ``name_mismatch`` ...: :func:`offload.tls.backend_tls.classify_failure`).
     """
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(check.timeout if timeout is None else timeout):
             try:
-                reader, writer = await _connect(server)
+                reader, writer = await _connect(server, check, tls)
+            except BackendTlsError as error:
+                return False, f"tls: {error.reason}"
             except OSError as error:
                 return False, _connect_reason(error)
             if check.kind == "tcp":
@@ -126,7 +156,8 @@ class HealthChecker:
 
     def __init__(self, servers: Sequence[Server], check: HealthCheckConfig,
                  trackers: Sequence[HealthTracker], on_change: OnChange, *,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None,
+                 tls: Sequence[ServerTls | None] | None = None) -> None:
         if len(servers) != len(trackers):
             raise ValueError("one tracker per server is needed")
         self._servers = tuple(servers)
@@ -134,6 +165,7 @@ class HealthChecker:
         self._check = check
         self._on_change = on_change
         self._clock = clock
+        self._tls = tuple(tls) if tls is not None else (None,) * len(self._servers)
         self._tasks: list[asyncio.Task[None]] = []
         self.results: dict[int, tuple[bool, str]] = {}
 
@@ -144,9 +176,10 @@ class HealthChecker:
         loop = asyncio.get_running_loop()
         clock = self._clock or loop.time
         self._tasks = [
-            loop.create_task(self._run(server, tracker, clock),
+            loop.create_task(self._run(server, tracker, clock, tls),
                              name=f"health-check {server.label}")
-            for server, tracker in zip(self._servers, self._trackers, strict=True)
+            for server, tracker, tls in zip(self._servers, self._trackers, self._tls,
+                                            strict=True)
         ]
 
     async def stop(self) -> None:
@@ -157,13 +190,13 @@ class HealthChecker:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self, server: Server, tracker: HealthTracker,
-                   clock: Callable[[], float]) -> None:
+                   clock: Callable[[], float], tls: ServerTls | None) -> None:
         loop = asyncio.get_running_loop()
         index = tracker.server.index
         interval = self._check.interval
         due = loop.time()
         while True:
-            ok, reason = await probe(server, self._check)
+            ok, reason = await probe(server, self._check, tls=tls)
             self.results[index] = (ok, reason)
             now = clock()
             for transition in (tracker.record_check(ok, now), tracker.refresh(now)):
