@@ -15,7 +15,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from offload import __version__, certs_cli
-from offload.build_info import data_path
+from offload.build_info import data_path, nghttp2_binding
 from offload.config.loader import admin_flag, load_file
 from offload.config.model import AdminConfig, is_loopback
 from offload.config.quick import QuickOptions, quick_config, quick_issue
@@ -259,6 +259,7 @@ def _version() -> int:
     print(f"offload {__version__} (Python {sys.version.split()[0]}, {ssl.OPENSSL_VERSION}, "
           f"uvloop {version('uvloop')})")
     print(data_path().describe())
+    print(nghttp2_binding().describe())
     return 0
 
 

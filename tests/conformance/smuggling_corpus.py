@@ -38,6 +38,8 @@ class Case:
     rejected: int | None = None
     forwarded: tuple[Forwarded, ...] = ()
     bug: str = ""
+    answer: bytes = b""
+    """For a rejected case not answered in HTTP/1.1: how offload's answer starts."""
 
 
 H = b"Host: localhost\r\n"
@@ -220,7 +222,9 @@ CORPUS: list[Case] = [
     rejected("http09", b"GET /\r\n\r\n"),
     rejected("http12", _get(version=b"1.2")),
     rejected("http20", _get(version=b"2.0"), 505),
-    rejected("h2-preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+    # HTTP/2 without ALPN h2 (prior knowledge): refused in HTTP/2, which such a client reads
+    Case("h2-preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", rejected=505,
+         answer=b"\x00\x00\x00\x04\x00\x00\x00\x00\x00\x00\x00\x08\x07"),
     rejected("connect", _get(b"Host: localhost:443\r\n", b"localhost:443", method=b"CONNECT"), 405),
     rejected("request-line-too-long", _get(target=b"/" + b"a" * 9000), 414),
     rejected("header-section-too-large", _get(H + b"X-Big: " + b"b" * 9000 + b"\r\n"), 431),

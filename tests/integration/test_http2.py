@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import ssl
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -125,3 +127,62 @@ def test_chromium_loads_a_page_and_its_resources_over_h2(pki, h2_offload, port):
             " ...performance.getEntriesByType('resource').map(e => e.nextHopProtocol)])")
     assert sizes == [1000 + i for i in range(40)]
     assert set(json.loads(protocols)) == {"h2"}
+
+
+@pytest.mark.parametrize("how", ["reload", "stop"])
+def test_streams_in_flight_finish_across_a_reload_or_stop(pki, h2_offload, port, how):
+    """Graceful GOAWAY: the streams a client has open when the worker drains all finish; new
+    streams go to a new connection (to the new workers, on a reload)."""
+    _server, instance = h2_offload
+    client = H2Client(port, pki.ca, timeout=20)
+    streams = [client.request(f"/slow/{0.5 + i / 10}") for i in range(4)]
+    mark = len(instance.events)
+    if how == "reload":
+        assert instance.config is not None
+        text = instance.config.read_text()
+        instance.config.write_text(text.replace('drain_timeout = "10s"', 'drain_timeout = "11s"'))
+        instance.signal(signal.SIGHUP)
+    else:
+        instance.signal(signal.SIGTERM)
+    instance.wait_msg("worker draining", after=mark)
+    for stream in streams:
+        headers, body, _ = client.response(stream)
+        assert headers[":status"] == "200" and body == b"slow\n"
+    goaway = client.last_goaway or client.goaway()
+    assert goaway.error_code == 0 and goaway.last_stream_id >= streams[-1]
+    if how == "reload":
+        instance.wait_msg("reload complete", after=mark)
+        still = H2Client(port, pki.ca)
+        assert still.response(still.request("/bytes/3"))[0][":status"] == "200"
+    else:
+        assert instance.process.wait(15) == 0
+
+
+def test_a_stream_reset_by_the_client_cancels_its_backend_request(pki, backend, offload, port,
+                                                                  localhost_bundle):
+    """The backend connection of a reset stream is closed: the backend stops working for a
+    client that left."""
+    from harness import Recording
+
+    closed = threading.Event()
+
+    def slow_backend(conn, recording: Recording) -> None:
+        while b"\r\n\r\n" not in recording.data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            recording.data += chunk
+        conn.settimeout(10)
+        try:
+            if conn.recv(1) == b"":
+                closed.set()  # offload let go of the request: the work can stop
+        except OSError:
+            closed.set()
+
+    server = backend(slow_backend)
+    offload(http_config(port, [localhost_bundle], [server.address]))
+    client = H2Client(port, pki.ca)
+    stream = client.request("/long-job")
+    server.wait_connections(1)
+    client.reset(stream)
+    assert closed.wait(5), "the backend connection stayed open for a reset stream"

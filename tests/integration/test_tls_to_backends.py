@@ -456,8 +456,6 @@ def test_http_mode_sends_the_proxy_header_first_to_a_plain_backend(
         assert data.count(PROXY_V2_SIGNATURE) == 1 and data.count(b"GET / HTTP/1.1") == 1
 
 
-@pytest.mark.xfail(strict=True, reason="HTTP/2 is not served yet on main (prepare.served_alpn "
-                   "offers http/1.1 until the engines are wired): remove this mark then")
 def test_an_http2_client_reaches_a_tls_backend_with_its_authority_as_sni(
         pki, offload, port, tls_backend):
     curl = need("curl", "curl")

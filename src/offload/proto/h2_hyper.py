@@ -6,11 +6,11 @@ the reference the conformance tests hold the other engine to. The contract is
 
 * Settings are installed as ``local_settings`` before the preface, so the limits hold from the
   first frame (as nghttp2 does), and the HPACK decoder's header-list limit is the announced one.
-  ``h2`` validates inbound header blocks (``validate_inbound_headers``) and leaves them as sent
-  (no cookie joining: the request translation does that).
-* ``h2`` turns every protocol error it finds — a malformed request included — into a connection
-  error (RFC 9113 §5.4.2 allows treating a stream error so); nghttp2 resets the stream. Both
-  are reported as the interface says (:class:`ConnectionFailed` or :class:`StreamReset`).
+  Request heads are passed on as sent, without ``h2``'s own header validation: ``h2`` turns
+  every protocol error it finds into a connection error, where RFC 9113 §8.1.1 wants a stream
+  error for a malformed request; offload's request translation (:mod:`offload.proto.h2_request`)
+  makes every §8 check and resets just that stream, as nghttp2 does. Frame-level errors stay
+  connection errors (:class:`ConnectionFailed`).
 * Once a GOAWAY is sent or received, ``h2`` refuses to send anything more, which would cut every
   open stream. So a graceful GOAWAY (NO_ERROR) is written here with ``hyperframe`` and spliced
   into the output, ``h2`` never learns of it, and streams opened after the final one are
@@ -89,7 +89,7 @@ class HyperH2Engine:
     def __init__(self, settings: H2Settings) -> None:
         self._settings = settings
         config = H2Configuration(client_side=False, header_encoding=None,
-                                 validate_inbound_headers=True, normalize_inbound_headers=False,
+                                 validate_inbound_headers=False, normalize_inbound_headers=False,
                                  validate_outbound_headers=False,
                                  normalize_outbound_headers=False)
         conn = H2Connection(config=config)
