@@ -84,9 +84,12 @@ def _run(args: list[str], *, timeout: float) -> str:
         return out.decode("utf-8", "replace")
 
 
-def dump_dom(url: str, *, budget_ms: int = 5000, timeout: float = 60.0, dark: bool = False) -> str:
-    """The page's DOM after ``budget_ms`` of virtual time, serialised as HTML."""
-    return _run([*_scheme(dark), f"--virtual-time-budget={budget_ms}", "--dump-dom", url], timeout=timeout)
+def dump_dom(url: str, *, budget_ms: int = 5000, timeout: float = 60.0, dark: bool = False,
+             flags: tuple[str, ...] = ()) -> str:
+    """The page's DOM after ``budget_ms`` of virtual time, serialised as HTML (``flags``: more
+    command-line flags, such as ``--ignore-certificate-errors``)."""
+    return _run([*_scheme(dark), *flags, f"--virtual-time-budget={budget_ms}", "--dump-dom", url],
+                timeout=timeout)
 
 
 def screenshot(url: str, path: Path, *, size: tuple[int, int] = (1280, 1600), budget_ms: int = 5000,

@@ -559,3 +559,71 @@ def test_worker_limits_none_when_nothing_is_limited() -> None:
     assert worker_limits(FrontendLimits(ipv6_prefix=56, max_tracked_clients=10), 8) is None
     only = worker_limits(FrontendLimits(request_rate_per_ip=EventRate(1, 1)), 8)
     assert only == LimitsConfig(per_ip_request_rate=Rate(1, 1))
+
+
+# ------------------------------------------------------------------- per-fingerprint rates
+
+
+class Fingerprint:
+    """A connection's fingerprints as the limits see them; counts how often JA4 is asked."""
+
+    def __init__(self, ja4: str | None) -> None:
+        self._ja4 = ja4
+        self.asked = 0
+
+    @property
+    def ja4(self) -> str | None:
+        self.asked += 1
+        return self._ja4
+
+
+BOT, BROWSER = Fingerprint("t12i190800_d83cc789557e_7af1ed941c26"), Fingerprint(
+    "t13d1516h2_8daaf6152771_e5627efa2ab1")
+
+
+def test_a_fingerprint_rate_spans_addresses() -> None:
+    """A tool rotating its addresses keeps its fingerprint: one budget for all of them."""
+    limits = Limits(LimitsConfig(per_ip_request_rate=Rate(100, 100),
+                                 per_fingerprint_request_rate=Rate(1, 3)))
+    assert limits.keys_fingerprints
+    for address in ("198.51.100.1", "198.51.100.2", "198.51.100.3"):
+        assert limits.on_request(address, 0.0, BOT).allowed  # type: ignore[arg-type]
+    refused = limits.on_request("198.51.100.4", 0.0, BOT)  # type: ignore[arg-type]
+    assert refused == LimitDecision("per_fingerprint_request_rate", 1)
+    assert not refused.per_client  # many clients share a fingerprint: no ban offence
+    assert limits.on_request("198.51.100.4", 0.0, BROWSER).allowed  # type: ignore[arg-type]
+    assert limits.on_request("198.51.100.5", 0.0).allowed  # no fingerprint: not counted
+    assert limits.on_request("198.51.100.4", 1.0, BOT).allowed  # type: ignore[arg-type]
+
+
+def test_fingerprint_handshake_rate_and_order() -> None:
+    limits = Limits(LimitsConfig(per_ip_handshake_rate=Rate(1, 1),
+                                 per_fingerprint_handshake_rate=Rate(1, 2),
+                                 global_handshake_rate=Rate(1, 3)))
+    assert limits.on_full_handshake("a", 0.0, BOT).allowed  # type: ignore[arg-type]
+    # per client first: refused there, the fingerprint's budget is not spent
+    assert limits.on_full_handshake("a", 0.0, BOT).limit == "per_ip_handshake_rate"  # type: ignore[arg-type]
+    assert limits.on_full_handshake("b", 0.0, BOT).allowed  # type: ignore[arg-type]
+    # the fingerprint's budget is spent: the client's token is given back
+    assert limits.on_full_handshake("c", 0.0, BOT).limit == "per_fingerprint_handshake_rate"  # type: ignore[arg-type]
+    assert limits.on_full_handshake("c", 0.0, BROWSER).allowed  # type: ignore[arg-type]
+    # global last: refused there, the fingerprint's token is given back
+    assert limits.on_full_handshake("d", 0.0, BROWSER).limit == "global_handshake_rate"  # type: ignore[arg-type]
+    assert limits.on_full_handshake("d", 1.0, BROWSER).allowed  # type: ignore[arg-type]
+    assert limits.tracked_clients() == 4 + 2
+
+
+def test_fingerprints_are_computed_only_when_a_limit_counts_them() -> None:
+    probe = Fingerprint("t13d1516h2_8daaf6152771_e5627efa2ab1")
+    limits = Limits(LimitsConfig(per_ip_request_rate=Rate(1, 1)))
+    assert not limits.keys_fingerprints
+    assert limits.on_request("a", 0.0, probe).allowed  # type: ignore[arg-type]
+    assert limits.on_full_handshake("a", 0.0, probe).allowed  # type: ignore[arg-type]
+    assert probe.asked == 0
+
+
+def test_worker_limits_share_fingerprint_rates() -> None:
+    config = worker_limits(FrontendLimits(handshake_rate_per_fingerprint=EventRate(40, 80),
+                                          request_rate_per_fingerprint=EventRate(100, 8)), 4)
+    assert config == LimitsConfig(per_fingerprint_handshake_rate=Rate(10, 20),
+                                  per_fingerprint_request_rate=Rate(25, 2))

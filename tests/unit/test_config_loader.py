@@ -408,6 +408,49 @@ BAD = [
      "frontends[0].min_body_rate", ["not a byte rate", '"500B/s"']),
     ("send_timeout without a unit", put("frontends.0.send_timeout", 30),
      "frontends[0].send_timeout", ["needs a unit"]),
+    # PROXY protocol from a balancer: only from the balancers.
+    ("accept_proxy without sources", put("frontends.0.accept_proxy", True),
+     "frontends[0].proxy_sources", ["accept_proxy is on but no proxy_sources are listed",
+                                    'fix: list the addresses of the balancers in front, like '
+                                    'proxy_sources = ["10.0.0.0/24"]']),
+    ("proxy_sources without accept_proxy", put("frontends.0.proxy_sources", ["10.0.0.0/24"]),
+     "frontends[0].proxy_sources", ["does nothing without accept_proxy = true",
+                                    "fix: set accept_proxy = true"]),
+    ("proxy source not a network", put("frontends.0.proxy_sources", ["balancer"]),
+     "frontends[0].proxy_sources[0]", ['"balancer"']),
+    ("accept_proxy quoted", put("frontends.0.accept_proxy", "yes"),
+     "frontends[0].accept_proxy", ["write true or false"]),
+    # TLS fingerprints: what looks at them needs them kept; their fields are offload's own.
+    ("ja4 rule without fingerprints", put("frontends.0.inspect", {"rules": [
+        {"name": "bots", "action": "deny", "ja4": ["t13d*"]}]}),
+     "frontends[0].inspect.rules[0].ja4", ['rule "bots" looks at the client\'s TLS fingerprint',
+                                           "fix: set fingerprints = true on this frontend"]),
+    ("fingerprint limit without fingerprints",
+     put("frontends.0.limits", {"handshake_rate_per_fingerprint": "10/s"}),
+     "frontends[0].limits.handshake_rate_per_fingerprint",
+     ["limits.handshake_rate_per_fingerprint looks at the client's TLS fingerprint",
+      "fix: set fingerprints = true"]),
+    ("not a ja4", put("frontends.0.inspect", {"rules": [
+        {"name": "bots", "action": "deny", "ja4": ["t13d1516h2_8daaf6152771"]}]}),
+     "frontends[0].inspect.rules[0].ja4[0]", ['"t13d1516h2_8daaf6152771" is not a JA4 fingerprint',
+                                              'with * for any characters']),
+    ("ja4 pattern with a regex", put("frontends.0.inspect", {"rules": [
+        {"name": "bots", "action": "deny", "not_ja4": ["t13d.+"]}]}),
+     "frontends[0].inspect.rules[0].not_ja4[0]", ["is not a JA4 fingerprint"]),
+    ("not a ja3", put("frontends.0.inspect", {"rules": [
+        {"name": "bots", "action": "deny", "ja3": ["ada70206"]}]}),
+     "frontends[0].inspect.rules[0].ja3[0]", ['"ada70206" is not a JA3 fingerprint',
+                                              "write its 32 hex digits"]),
+    ("fingerprint header that frames requests", put("frontends.0.ja4_header", "Content-Length"),
+     "frontends[0].ja4_header", ["already means something to the backend"]),
+    ("fingerprint header that forwards", put("frontends.0.ja3_header", "x-forwarded-for"),
+     "frontends[0].ja3_header", ["already means something to the backend"]),
+    ("fingerprint header not a name", put("frontends.0.ja4_header", "X JA4"),
+     "frontends[0].ja4_header", ['"X JA4" is not a header field name']),
+    ("fingerprint headers alike", put("frontends.0.ja3_header", "x-ja4"),
+     "frontends[0].ja3_header", ["ja4_header and ja3_header name the same field"]),
+    ("fingerprint header is the tag header", put("frontends.0.inspect", {"tag_header": "X-JA4"}),
+     "frontends[0].ja4_header", ["ja4_header is the inspection tag header too"]),
 ]
 
 
@@ -490,7 +533,13 @@ HTTP_ONLY_SAMPLES: dict[str, object] = {
     "keepalive_timeout": "30s", "body_timeout": "30s", "min_body_rate": "1KiB/s",
     "access_log": "off", "access_log_format": "combined", "inspect": {"builtin": ["sqli"]},
     "limits.request_rate": "10/s", "limits.request_rate_per_ip": "5/s", "http2": False,
+    "limits.request_rate_per_fingerprint": "50/s", "ja4_header": "X-TLS-JA4",
+    "ja3_header": "X-TLS-JA3",
 }
+SAMPLE_NEEDS: dict[str, dict[str, object]] = {
+    "limits.request_rate_per_fingerprint": {"fingerprints": True},
+}
+"""Keys a sample needs beside it to be valid in HTTP mode (in either mode, not HTTP-only)."""
 
 
 def _all_http_only_keys() -> set[str]:
@@ -516,6 +565,7 @@ def test_mode_defaults_to_http_in_a_file_as_in_quick_mode() -> None:
 def test_an_http_only_key_on_a_tcp_frontend_is_an_error_naming_it(key: str) -> None:
     raw = minimal()
     raw["frontends"][0]["mode"] = "tcp"
+    raw["frontends"][0].update(SAMPLE_NEEDS.get(key, {}))
     put(f"frontends.0.{key}", HTTP_ONLY_SAMPLES[key])(raw)
     [issue] = issues_of(raw)
     assert issue.where == f"frontends[0].{key}"
@@ -568,12 +618,16 @@ def rich() -> Raw:
             "alpn": ["http/1.1"], "client_auth": "required", "client_ca": ["ca.pem"],
             "client_crl": ["crl.pem"], "client_crl_fetch": True, "client_crl_timeout": "2s",
             "trusted_proxies": ["10.0.0.0/8"], "redirect_http": [":8080"],
+            "accept_proxy": True, "proxy_sources": ["10.0.0.0/24"], "fingerprints": True,
             "limits": {"request_rate": "5/s", "ipv4_prefix": 24},
             "http2": {"max_concurrent_streams": 50, "early_resets": "10/s burst 20"},
             "inspect": {"builtin": ["sqli"], "rules": [{
                 "name": "r", "action": "tag", "tag": "t", "path": "^/x", "query": "a", "body": "b",
                 "client": ["10.0.0.0/8"], "not_client": ["10.1.0.0/16"], "methods": ["GET"],
-                "method_not_in": ["POST"], "header": {"X-A": "."}}]},
+                "method_not_in": ["POST"], "header": {"X-A": "."},
+                "ja4": ["t13d*"], "not_ja4": ["t13d1516h2_8daaf6152771_e5627efa2ab1"],
+                "ja3": ["ada70206e40642a3e4461f35503241d5"],
+                "not_ja3": ["ADA70206E40642A3E4461F35503241D5"]}]},
         }],
         "backends": [{"name": "app", "servers": [{"address": "127.0.0.1:8081", "weight": 2,
                                                   "ca": ["server-ca.pem"],

@@ -780,3 +780,37 @@ def test_backend_head_is_exactly_one_unambiguous_request(
                          b"x-forwarded-host", b"x-forwarded-port", b"forwarded", b"x-request-id"}
     expected = [(n, v) for n, v in fields if n.lower() not in ours | named]
     assert [(n, v) for n, v in headers if n.lower() not in ours] == expected
+
+
+# ------------------------------------------------------------------- offload's own fields
+
+
+FINGERPRINTED = ForwardPolicy(own_fields=frozenset({b"x-ja4", b"x-ja3"}))
+
+
+@pytest.mark.parametrize("policy", [FINGERPRINTED, ForwardPolicy(trusted_proxies=NETS,
+                                                                 own_fields=frozenset({b"x-ja4",
+                                                                                       b"x-ja3"}))],
+                         ids=["untrusted", "trusted-proxy"])
+def test_a_clients_fingerprint_fields_are_dropped_and_ours_sent(policy: ForwardPolicy) -> None:
+    """Like the client-certificate fields: only offload may name the client's fingerprint,
+    whoever the client is (a trusted proxy's fingerprint would not be the client's)."""
+    client = ClientFacts(PROXY.address, PROXY.port, PROXY.local_port,
+                         identity=[(b"X-JA4", b"t13d1516h2_8daaf6152771_e5627efa2ab1")])
+    request = req([(b"x-ja4", b"t13d1516h2_forged"), (b"X-JA3", b"forged"),
+                   (b"Connection", b"X-JA4"), (b"Accept", b"*/*")])
+    head = forward(request, client, policy)
+    assert values(head, b"x-ja4") == [b"t13d1516h2_8daaf6152771_e5627efa2ab1"]
+    assert values(head, b"x-ja3") == []
+    assert values(head, b"accept") == [b"*/*"]
+
+
+def test_without_own_fields_a_clients_x_ja4_passes() -> None:
+    head = forward(req([(b"X-JA4", b"anything")]))
+    assert values(head, b"x-ja4") == [b"anything"]
+
+
+@pytest.mark.parametrize("name", [b"x-forwarded-for", b"forwarded", b"x-request-id", b"x ja4"])
+def test_own_fields_cannot_be_forwarding_fields(name: bytes) -> None:
+    with pytest.raises(ValueError):
+        ForwardPolicy(own_fields=frozenset({name}))

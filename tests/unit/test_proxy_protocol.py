@@ -17,8 +17,11 @@ from offload.proto.proxy_protocol import (
     PP2_TYPE_ALPN,
     PP2_TYPE_AUTHORITY,
     PP2_TYPE_SSL,
+    InboundHeader,
     ProxyHeader,
     TlsFacts,
+    TrustedSources,
+    crc32c,
     encode_v1,
     encode_v2,
     parse,
@@ -546,3 +549,199 @@ def test_v2_valid_unsupported_family_falls_back(fam: int, body: bytes) -> None:
 def test_encode_v2_any_client_sni(sni: str) -> None:
     data = encode_v2(("1.2.3.4", 1111), ("5.6.7.8", 443), TlsFacts(sni=sni))
     assert dict(walk_tlvs(data[28:]))[0x02] == sni.encode("ascii")
+
+
+# ------------------------------------------------------------------ inbound: CRC32c, size cap
+
+
+def crc32c_by_hand(data: bytes) -> int:
+    """Bit by bit, from the definition (RFC 3720 B.4: reflected polynomial 0x82F63B78)."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 * (crc & 1))
+    return crc ^ 0xFFFFFFFF
+
+
+def test_crc32c_check_value() -> None:
+    assert crc32c(b"123456789") == 0xE3069283  # the standard check value of CRC-32C
+    assert crc32c(b"") == 0
+
+
+@settings(deadline=None)
+@given(st.binary(max_size=200))
+def test_crc32c_matches_the_definition(data: bytes) -> None:
+    assert crc32c(data) == crc32c_by_hand(data)
+
+
+def with_crc(body_before: bytes, body_after: bytes = b"", *, corrupt: bool = False) -> bytes:
+    """A v2 PROXY header (IPv4) whose TLVs include a CRC32C TLV between the two parts."""
+    body = IPV4_BLOCK + body_before + tlv(0x03, b"\0\0\0\0") + body_after
+    zeroed = v2(0x21, 0x11, body)
+    crc = crc32c_by_hand(zeroed) ^ (1 if corrupt else 0)
+    return zeroed.replace(tlv(0x03, b"\0\0\0\0"), tlv(0x03, struct.pack("!I", crc)))
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    (b"", b""), (tlv(0x01, b"h2"), b""), (b"", tlv(0xE0, b"x" * 40)), (tlv(0x04, b""), tlv(0x02, b"a")),
+])
+def test_v2_with_a_matching_crc32c_is_accepted(before: bytes, after: bytes) -> None:
+    header = assert_parses_exactly(with_crc(before, after))
+    assert header.source == ("1.2.3.4", 1111)
+
+
+def test_v2_with_a_wrong_crc32c_is_refused() -> None:
+    with pytest.raises(ProtocolError, match="CRC32C"):
+        parse(with_crc(tlv(0x01, b"h2"), corrupt=True))
+
+
+def test_v2_changed_after_its_crc32c_was_computed_is_refused() -> None:
+    data = bytearray(with_crc(tlv(0x01, b"h2")))
+    data[16] ^= 0x01  # the source address: 0.2.3.4 instead of 1.2.3.4
+    with pytest.raises(ProtocolError, match="CRC32C"):
+        parse(bytes(data))
+
+
+@pytest.mark.parametrize("value", [b"", b"\0\0\0", b"\0\0\0\0\0"])
+def test_v2_crc32c_tlv_of_the_wrong_size_is_refused(value: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        parse(v2(0x21, 0x11, IPV4_BLOCK + tlv(0x03, value)))
+
+
+def test_v2_longer_than_the_limit_is_refused_from_its_fixed_part() -> None:
+    data = v2(0x21, 0x11, IPV4_BLOCK + tlv(0xE0, b"x" * 5000))
+    assert parse(data) is not None  # the protocol allows it ...
+    with pytest.raises(ProtocolError, match="over 4096"):
+        parse(data, limit=4096)  # ... a balancer's header never needs it
+    with pytest.raises(ProtocolError, match="over 4096"):
+        parse(data[:16], limit=4096)  # refused before the body arrives: nothing to hold
+    exact = v2(0x21, 0x11, IPV4_BLOCK + tlv(0xE0, b"x" * (4096 - 16 - 12 - 3)))
+    assert len(exact) == 4096
+    assert parse(exact, limit=4096) is not None
+
+
+# ------------------------------------------------------------------ InboundHeader
+
+
+def feed_in_pieces(data: bytes, cuts: list[int]) -> tuple[ProxyHeader, bytes] | None:
+    reader = InboundHeader()
+    result = None
+    start = 0
+    for cut in [*sorted(cuts), len(data)]:
+        piece = data[start:cut]
+        start = cut
+        if not piece:
+            continue
+        assert result is None, "bytes were fed after the header was complete"
+        result = reader.feed(piece)
+        if result is not None and start < len(data):
+            header, rest = result
+            return header, rest + data[start:]
+    return result
+
+
+TLS_START = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
+
+
+@pytest.mark.parametrize("data", [
+    encode_v1(("192.0.2.7", 50000), ("198.51.100.1", 443)),
+    encode_v2(("192.0.2.7", 50000), ("198.51.100.1", 443)),
+    encode_v2(("2001:db8::7", 50000), ("2001:db8::1", 443), TLS),
+    with_crc(tlv(0xEA, b"\x01vpce-0123456789abcdef")),
+])
+def test_inbound_header_whole_and_byte_by_byte(data: bytes) -> None:
+    expected = parse(data)
+    assert expected is not None
+    whole = InboundHeader().feed(data + TLS_START)
+    assert whole == (expected[0], TLS_START)
+    reader = InboundHeader()
+    for index, byte in enumerate(data[:-1]):
+        assert reader.feed(bytes([byte])) is None, f"complete after {index + 1} bytes"
+    assert reader.feed(data[-1:] + TLS_START) == (expected[0], TLS_START)
+    assert InboundHeader().feed(data) == (expected[0], b"")
+
+
+@pytest.mark.parametrize("data", [
+    SIG + b"\x20\x00\x00\x00",                   # LOCAL: a health check from the balancer
+    v2(0x20, 0x11, IPV4_BLOCK),                  # LOCAL with an address block to ignore
+    b"PROXY UNKNOWN\r\n",
+])
+def test_inbound_local_and_unknown_name_no_client(data: bytes) -> None:
+    result = InboundHeader().feed(data + TLS_START)
+    assert result == (ProxyHeader(None, None), TLS_START)
+
+
+@pytest.mark.parametrize("data", [
+    TLS_START,                                              # TLS straight away: no header
+    b"GET / HTTP/1.1\r\n",
+    b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n",
+    b"PROXY TCP4 1.2.3.4 5.6.7.8 1 99999\r\n",
+    SIG + b"\x22\x11\x00\x0c",                              # unknown command
+    v2(0x21, 0x11, IPV4_BLOCK + b"\x01\x00\x05ab"),          # TLV running past the header
+])
+def test_inbound_malformed_is_refused(data: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        InboundHeader().feed(data)
+
+
+def test_inbound_holds_at_most_the_limits() -> None:
+    reader = InboundHeader()
+    assert reader.feed(b"PROXY TCP4 ") is None
+    with pytest.raises(ProtocolError):
+        reader.feed(b"1" * 96)                                  # 107 bytes, no CRLF
+    reader = InboundHeader()
+    with pytest.raises(ProtocolError):
+        reader.feed(SIG + b"\x21\x11\xff\xff")                  # claims 65551 bytes
+    reader = InboundHeader(limit=64)
+    assert reader.feed(SIG + b"\x21\x11\x00\x30") is None      # 64 bytes: may come
+    with pytest.raises(ProtocolError):
+        InboundHeader(limit=64).feed(SIG + b"\x21\x11\x00\x31")
+
+
+@settings(deadline=None, max_examples=300)
+@given(header=valid_headers, trailer=st.binary(max_size=40),
+       cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=6))
+def test_inbound_any_split_gives_the_same_header(header: bytes, trailer: bytes,
+                                                  cuts: list[int]) -> None:
+    data = header + trailer
+    expected = parse(header)
+    assert expected is not None
+    result = feed_in_pieces(data, [cut % (len(data) + 1) for cut in cuts])
+    assert result == (expected[0], trailer)
+
+
+@settings(deadline=None, max_examples=300)
+@given(data=st.one_of(st.binary(max_size=300), v1_like, v2_like, mutated, truncated),
+       cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=4))
+def test_inbound_arbitrary_bytes_header_or_refusal(data: bytes, cuts: list[int]) -> None:
+    try:
+        result = feed_in_pieces(data, [cut % (len(data) + 1) for cut in cuts])
+    except ProtocolError:
+        with pytest.raises(ProtocolError):
+            parse(data, limit=4096)  # refused in pieces only if refused whole
+        return
+    whole = parse(data, limit=4096)
+    if result is None:
+        assert whole is None
+    else:
+        assert whole is not None
+        assert result == (whole[0], data[whole[1]:])
+
+
+# ------------------------------------------------------------------ TrustedSources
+
+
+@pytest.mark.parametrize(("address", "admitted"), [
+    ("10.1.2.3", True), ("10.255.255.255", True), ("11.0.0.1", False),
+    ("::ffff:10.1.2.3", True),                   # a dual-stack socket's IPv4 peer
+    ("2001:db8::5", True), ("2001:db8:0:1::5", False),
+    ("fe80::1%eth0", False), ("", False), ("unix", False), ("10.1.2.3/8", False),
+])
+def test_trusted_sources(address: str, admitted: bool) -> None:
+    sources = TrustedSources((ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/64")))
+    assert sources.admits(address) is admitted
+
+
+def test_no_trusted_sources_admit_nobody() -> None:
+    assert not TrustedSources(()).admits("127.0.0.1")

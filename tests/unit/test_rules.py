@@ -586,3 +586,82 @@ def test_normalised_paths_have_no_dot_segments(target: bytes) -> None:
 def test_rule_config_is_reusable_standalone() -> None:
     rule = RuleConfig(name="r", action="deny", path="^/x")
     assert rule.conditions == ("path",)
+
+
+# --- TLS fingerprints ---------------------------------------------------------------------------
+
+CHROME = "t13d1516h2_8daaf6152771_e5627efa2ab1"
+CURL = "t13d3112h2_e8f1e7e78f70_b26ce05bbdd6"
+SCANNER = "t12i190800_d83cc789557e_7af1ed941c26"
+
+
+class StubFingerprints:
+    """What check_request asks of a connection's fingerprints, counting the asks."""
+
+    def __init__(self, ja4: str | None, ja3: str | None = None) -> None:
+        self._ja4, self._ja3, self.asked = ja4, ja3, 0
+
+    @property
+    def ja4(self) -> str | None:
+        self.asked += 1
+        return self._ja4
+
+    @property
+    def ja3(self) -> str | None:
+        self.asked += 1
+        return self._ja3
+
+
+def test_ja4_lists_and_patterns() -> None:
+    rules = ruleset({"name": "known-bot", "action": "deny", "ja4": [SCANNER, "t13d31*_e8f1e7e78f70_*"]},
+                    {"name": "browsers-only", "action": "log", "not_ja4": ["t13d15*"]})
+    head: tuple[bytes, bytes, bytes, Headers] = (b"GET", b"/", b"", [])
+    assert fired(rules.check_head("192.0.2.1", *head, ja4=CHROME)) == []
+    assert fired(rules.check_head("192.0.2.1", *head, ja4=SCANNER)) == ["known-bot", "browsers-only"]
+    assert rules.check_head("192.0.2.1", *head, ja4=CURL).deny
+    # A pattern matches the whole fingerprint, not a part of it; "*" is the only wildcard.
+    assert fired(rules.check_head("192.0.2.1", *head, ja4="x" + CURL)) == ["browsers-only"]
+    assert fired(rules.check_head("192.0.2.1", *head, ja4=CURL.replace("_", "."))) == ["browsers-only"]
+    # Unknown (no fingerprint): never in a list, so an allow-list fails closed.
+    assert fired(rules.check_head("192.0.2.1", *head, ja4=None)) == ["browsers-only"]
+
+
+def test_ja3_lists() -> None:
+    digest = "ada70206e40642a3e4461f35503241d5"
+    rules = ruleset({"name": "old-tool", "action": "deny", "ja3": [digest.upper()]},
+                    {"name": "not-it", "action": "log", "not_ja3": [digest]})
+    head: tuple[bytes, bytes, bytes, Headers] = (b"GET", b"/", b"", [])
+    assert fired(rules.check_head("192.0.2.1", *head, ja3=digest)) == ["old-tool"]
+    assert fired(rules.check_head("192.0.2.1", *head, ja3="0" * 32)) == ["not-it"]
+    assert fired(rules.check_head("192.0.2.1", *head)) == ["not-it"]
+
+
+def test_check_request_asks_for_fingerprints_only_when_a_rule_needs_them() -> None:
+    request = Request(method=b"GET", target=b"/x", version=b"1.1", headers=[], host=b"a")
+    plain = ruleset({"name": "p", "action": "log", "path": "^/x"})
+    stub = StubFingerprints(SCANNER, "0" * 32)
+    assert fired(plain.check_request("192.0.2.1", request, stub)) == ["p"]  # type: ignore[arg-type]
+    assert stub.asked == 0 and not plain.needs_fingerprints
+    bots = ruleset({"name": "b", "action": "deny", "ja4": [SCANNER]})
+    assert bots.needs_fingerprints
+    assert bots.check_request("192.0.2.1", request, stub).deny  # type: ignore[arg-type]
+    assert stub.asked == 1  # JA4 only: JA3 is not computed for a rule that does not read it
+    assert not bots.check_request("192.0.2.1", request).deny  # no fingerprints at all
+
+
+@pytest.mark.parametrize(("rule", "expected"), [
+    ({"ja4": ["t13d1516h2"]}, "is not a JA4 fingerprint"),
+    ({"ja4": ["t13d1516h2_8daaf6152771_E5627EFA2AB1"]}, "is not a JA4 fingerprint"),
+    ({"ja4": ["t13d.*"]}, "is not a JA4 fingerprint"),
+    ({"ja4": []}, "at least 1"),
+    ({"ja3": ["xyz"]}, "is not a JA3 fingerprint"),
+    ({"not_ja3": [5]}, "is not a JA3 fingerprint"),
+])
+def test_invalid_fingerprint_conditions(rule: dict[str, Any], expected: str) -> None:
+    assert expected in invalid({"rules": [{"name": "r", "action": "deny", **rule}]})
+
+
+def test_a_fingerprint_alone_is_a_condition() -> None:
+    config = RuleConfig.model_validate({"name": "r", "action": "deny", "not_ja4": [CHROME]})
+    assert config.conditions == ("not_ja4",)
+    assert config.fingerprint_conditions == ("not_ja4",)

@@ -88,6 +88,8 @@ def _names(config: Config) -> list[Issue]:
 
 def _frontend(config: Config, frontend: FrontendConfig, where: str) -> list[Issue]:
     issues = _check_client_auth(frontend, where)
+    issues.extend(_check_accept_proxy(frontend, where))
+    issues.extend(_check_fingerprints(frontend, where))
     if frontend.mode == "tcp":
         issues.extend(_http_keys_in_tcp(frontend, where))
     # (a TCP frontend may offer h2: it relays the bytes to a backend that speaks it, as hitch)
@@ -98,6 +100,52 @@ def _frontend(config: Config, frontend: FrontendConfig, where: str) -> list[Issu
         issues.append(Issue(f"{where}.certificates", "the frontend has no certificates",
                             "list certificate files or directories, or have [acme] "
                             "obtain them"))
+    return issues
+
+
+def _check_accept_proxy(frontend: FrontendConfig, where: str) -> list[Issue]:
+    """Whoever may send a PROXY header may claim any client address: it takes a list of the
+    balancers, and the list means nothing without the header."""
+    if frontend.accept_proxy and not frontend.proxy_sources:
+        return [Issue(f"{where}.proxy_sources", "accept_proxy is on but no proxy_sources are "
+                      "listed: anyone could claim to be any client",
+                      "list the addresses of the balancers in front, like "
+                      "proxy_sources = [\"10.0.0.0/24\"]")]
+    if frontend.proxy_sources and not frontend.accept_proxy:
+        return [Issue(f"{where}.proxy_sources", "proxy_sources does nothing without "
+                      "accept_proxy = true",
+                      "set accept_proxy = true (the balancers send a PROXY header), or remove "
+                      "proxy_sources")]
+    return []
+
+
+def _check_fingerprints(frontend: FrontendConfig, where: str) -> list[Issue]:
+    """What looks at the TLS fingerprints needs the frontend to keep them; the fields that
+    carry them must not collide."""
+    issues: list[Issue] = []
+    users = [(f"{where}.limits.{key}", f"limits.{key}")
+             for key in ("handshake_rate_per_fingerprint", "request_rate_per_fingerprint")
+             if getattr(frontend.limits, key) is not None]
+    if frontend.mode == "http":
+        users += [(f"{where}.inspect.rules[{index}].{key}", f"rule \"{rule.name}\"")
+                  for index, rule in enumerate(frontend.inspect.rules)
+                  for key in rule.fingerprint_conditions]
+    if not frontend.fingerprints:
+        issues.extend(Issue(path, f"{what} looks at the client's TLS fingerprint, which this "
+                            "frontend does not keep",
+                            "set fingerprints = true on this frontend (it costs a few "
+                            "microseconds per handshake), or remove it")
+                      for path, what in users)
+    if frontend.mode != "http":
+        return issues
+    names = {"ja4_header": frontend.ja4_header.lower(), "ja3_header": frontend.ja3_header.lower()}
+    if names["ja4_header"] and names["ja4_header"] == names["ja3_header"]:
+        issues.append(Issue(f"{where}.ja3_header", "ja4_header and ja3_header name the same "
+                            "field", "give each fingerprint its own field, or set one to \"\""))
+    for key, name in names.items():
+        if name and name == frontend.inspect.tag_header.lower():
+            issues.append(Issue(f"{where}.{key}", f"{key} is the inspection tag header too",
+                                "give the fingerprint a field of its own, like \"X-JA4\""))
     return issues
 
 

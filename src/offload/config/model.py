@@ -141,6 +141,31 @@ def _status_range(value: object) -> tuple[int, int]:
                   "write a status from 100 to 599, or a range: 200 or \"200-399\"")
 
 
+_OWN_HEADER = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_NOT_OWN_HEADERS = frozenset({
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade",
+    "http2-settings", "transfer-encoding", "content-length", "host", "expect", "content-type",
+    "cookie", "authorization", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+    "x-forwarded-port", "forwarded", "x-request-id",
+})
+
+
+def _own_header(value: object) -> str:
+    """A field name offload sends itself (``""``: none); never one that frames the request
+    or one the client's own fields are judged by."""
+    if not isinstance(value, str):
+        raise Invalid(f"{show(value)} is not a header field name", "write one in quotes, like "
+                      "\"X-JA4\", or \"\" to send none")
+    if value and not _OWN_HEADER.fullmatch(value):
+        raise Invalid(f"{show(value)} is not a header field name", "write one like \"X-JA4\"")
+    if value.lower() in _NOT_OWN_HEADERS:
+        raise Invalid(f"{show(value)} already means something to the backend",
+                      "use a name of your own, like \"X-JA4\"")
+    return value
+
+
+OwnHeader = Annotated[str, PlainValidator(_own_header)]
+"""A field offload adds to requests and drops from clients' (``""``: not sent)."""
 ListenAddress = Annotated[HostPort, PlainValidator(_listen_address)]
 Network = Annotated[IPv4Network | IPv6Network, PlainValidator(parse_network)]
 StatusRange = Annotated[tuple[int, int], PlainValidator(_status_range)]
@@ -195,8 +220,10 @@ class FrontendLimits(Model):
     connection_rate_per_ip: Rate = None
     handshake_rate: Rate = None
     handshake_rate_per_ip: Rate = None
+    handshake_rate_per_fingerprint: Rate = None
     request_rate: Annotated[Rate, HttpOnly()] = None
     request_rate_per_ip: Annotated[Rate, HttpOnly()] = None
+    request_rate_per_fingerprint: Annotated[Rate, HttpOnly()] = None
     ipv4_prefix: Annotated[int, Strict(), Field(ge=0, le=32)] = 32
     ipv6_prefix: Annotated[int, Strict(), Field(ge=0, le=128)] = 64
     max_tracked_clients: Count = 65536
@@ -209,7 +236,8 @@ class FrontendLimits(Model):
 
 LIMIT_KEYS = (
     "max_connections", "max_connections_per_ip", "connection_rate", "connection_rate_per_ip",
-    "handshake_rate", "handshake_rate_per_ip", "request_rate", "request_rate_per_ip",
+    "handshake_rate", "handshake_rate_per_ip", "handshake_rate_per_fingerprint", "request_rate",
+    "request_rate_per_ip", "request_rate_per_fingerprint",
 )
 
 
@@ -265,6 +293,14 @@ class FrontendConfig(Model):
     handshake_timeout: Timeout = 10.0
     idle_timeout: Timeout = 300.0
     backlog: Count = 1024
+    accept_proxy: Flag = False
+    """Read a PROXY protocol header (v1 or v2) before TLS on every connection: the client is
+    the address it names (an L4 balancer in front). Needs ``proxy_sources``."""
+    proxy_sources: tuple[Network, ...] = ()
+    """The balancers that may send it; connections from anywhere else are refused."""
+    fingerprints: Flag = False
+    """Keep each ClientHello for its JA4 and JA3 fingerprints, computed when first needed: the
+    access log, ``ja4``/``ja3`` rules, ``_per_fingerprint`` limits, the fingerprint headers."""
     client_auth: Literal["none", "optional", "required"] = "none"
     client_ca: tuple[str, ...] = ()
     client_crl: tuple[str, ...] = ()
@@ -299,6 +335,9 @@ class FrontendConfig(Model):
     access_log_format: Annotated[Literal["json", "combined"], HttpOnly()] = "json"
     http2: Annotated[Http2Config, HttpOnly(), _table_from_flag("enabled")] = Field(
         default_factory=Http2Config)
+    ja4_header: Annotated[OwnHeader, HttpOnly()] = "X-JA4"
+    """With fingerprints: the field carrying the client's JA4 to the backend ("": none)."""
+    ja3_header: Annotated[OwnHeader, HttpOnly()] = ""
     inspect: Annotated[RuleSetConfig, HttpOnly()] = Field(default_factory=RuleSetConfig)
     """Inspection rules evaluated on every request (mode http only; docs/security.md)."""
 

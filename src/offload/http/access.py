@@ -73,6 +73,7 @@ class RequestLog:
             "alpn": stream.alpn,
             "resumed": stream.resumed,
             "handshake_ms": round(stream.handshake_seconds * 1000, 2),
+            "ja4": stream.ja4,
             "status": status,
         }
         if exchange is not None:

@@ -126,7 +126,8 @@ class Exchange:
         if inspection is None:
             self._route()
             return
-        verdict = inspection.head(self.client, self.request, self.request_id)
+        verdict = inspection.head(self.client, self.request, self.request_id,
+                                  self.client_context.facts.fingerprints)
         if verdict.deny:
             self.fail_local(403, denied_reason(verdict))
         elif not verdict.needs_body:

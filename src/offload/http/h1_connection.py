@@ -163,8 +163,10 @@ class Http1Connection(asyncio.Protocol):
         local = stream.get_extra_info("sockname") or ("", 0)
         identity = (identity_fields(stream.peer_certificate, site.client_cas)
                     if site.client_auth else [])
+        identity += site.fingerprint_headers.fields(stream.fingerprints)
         self.client_facts = facts = ClientFacts(address=str(peer[0]), port=int(peer[1]),
-                                                local_port=int(local[1]), identity=identity)
+                                                local_port=int(local[1]), identity=identity,
+                                                fingerprints=stream.fingerprints)
         self.trusted = site.forward_policy.trusts(facts.address)
         self.client = ClientContext(facts, self.trusted)
         self.requests_log = access.RequestLog(site, stream, facts)
@@ -334,7 +336,8 @@ class Http1Connection(asyncio.Protocol):
                             deadline=self.server_deadline)
         limits = self.site.rate_limits
         if limits is not None and self.stream.client_key:
-            decision = limits.on_request(self.stream.client_key, self.clock.precise())
+            decision = limits.on_request(self.stream.client_key, self.clock.precise(),
+                                         self.stream.fingerprints)
             if decision.limit is not None:
                 self._rate_limited(exchange, decision)
                 return

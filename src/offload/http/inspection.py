@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from ipaddress import ip_address
 
+from offload.proto.fingerprint import Fingerprints
 from offload.proto.forwarding import ForwardPolicy
 from offload.proto.http_types import Headers, Request
 from offload.security.events import SecurityEvents
@@ -71,9 +72,10 @@ class Inspection:
         """How much of a body is held back while the body rules decide."""
         return self.rules.body_inspect_bytes
 
-    def head(self, client: str, request: Request, request_id: bytes) -> Verdict:
+    def head(self, client: str, request: Request, request_id: bytes,
+             fingerprints: Fingerprints | None = None) -> Verdict:
         """Evaluate the head; if ``needs_body``, call :meth:`body` with the body's prefix."""
-        verdict = self.rules.check_request(client, request)
+        verdict = self.rules.check_request(client, request, fingerprints)
         if verdict.matches:
             self._report(verdict.matches, client, request, request_id)
         return verdict

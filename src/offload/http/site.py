@@ -11,6 +11,7 @@ from offload.http.inspection import Inspection
 from offload.http.upstream import HttpBackend
 from offload.observe.access_log import AccessLog
 from offload.observe.stats import Counters
+from offload.proto.fingerprint import FingerprintHeaders
 from offload.proto.forwarding import ForwardPolicy, ResponsePolicy
 from offload.proto.h2_engine import EngineFactory, H2Settings
 from offload.proto.h2_engines import engine_factory
@@ -90,6 +91,9 @@ class HttpSite:
     limits: HttpLimits = field(init=False)
     rate_limits: Limits | None = None
     """The frontend's flood limits in this worker (shared with its listener); None: none set."""
+    fingerprint_headers: FingerprintHeaders = field(init=False)
+    """The fields carrying the client's TLS fingerprints to the backend (none unless the
+    frontend keeps fingerprints); dropped from every client request either way."""
     forward_policy: ForwardPolicy = field(init=False)
     response_policy: ResponsePolicy = field(init=False)
     client_auth: bool = field(init=False)
@@ -113,8 +117,11 @@ class HttpSite:
         self.h2_settings, self.h2_flood_limits, self.h2_head_limits = h2_limits_of(
             self.frontend, self.limits)
         self.h2_engine = engine_factory(self.frontend.http2.engine)
-        self.forward_policy = ForwardPolicy(trusted_proxies=self.frontend.trusted_proxies,
-                                            forwarded=self.frontend.forwarded)
+        frontend = self.frontend
+        headers = FingerprintHeaders.of(frontend.ja4_header, frontend.ja3_header)
+        self.fingerprint_headers = headers if frontend.fingerprints else FingerprintHeaders(None)
+        self.forward_policy = ForwardPolicy(trusted_proxies=frontend.trusted_proxies,
+                                            forwarded=frontend.forwarded, own_fields=headers.names)
         self.response_policy = response_policy_of(self.frontend)
         self.client_auth = self.frontend.client_auth != "none"
         rules = compile_rules(self.frontend.inspect)

@@ -228,7 +228,7 @@ class TcpRelay(asyncio.Protocol):
         _log.debug("connection closed", extra=fields(
             client=f"{peer[0]}:{peer[1]}", sni=stream.server_name, tls_version=stream.tls_version,
             cipher=stream.cipher, alpn=stream.alpn, resumed=stream.resumed,
-            handshake_ms=round(stream.handshake_seconds * 1000, 2),
+            handshake_ms=round(stream.handshake_seconds * 1000, 2), ja4=stream.ja4,
             backend=self._backend_name, server=self._server.label if self._server else None,
             bytes_in=self.bytes_in, bytes_out=self.bytes_out,
             duration_ms=round((time.monotonic() - stream.accepted_at) * 1000, 2), reason=reason))

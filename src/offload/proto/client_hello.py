@@ -262,6 +262,18 @@ def _parse_body(body: bytes) -> ClientHello:
     return ClientHello(server_name, alpn, versions, suites // 2, legacy_version, resumes)
 
 
+def client_hello_body(data: bytes | bytearray | memoryview) -> bytes | None:
+    """The ClientHello message's body, reassembled from the records at the start of what the
+    client has sent so far (None while more bytes are needed), without reading it: what a
+    fingerprint keeps. Raises :class:`ClientHelloError` when the records are broken."""
+    return _handshake_body(data if isinstance(data, bytes) else bytes(data))
+
+
+def parse_client_hello_body(body: bytes) -> ClientHello:
+    """Read a body from :func:`client_hello_body`; raises :class:`ClientHelloError`."""
+    return _parse_body(body)
+
+
 def parse_client_hello(data: bytes | bytearray | memoryview) -> ClientHello | None:
     """Read the ClientHello from the start of what the client has sent so far.
 

@@ -34,6 +34,7 @@ from http import HTTPStatus
 from ipaddress import IPv4Network, IPv6Network
 from types import MappingProxyType
 
+from offload.proto.fingerprint import Fingerprints
 from offload.proto.http_types import Headers, Request, Response
 
 HOP_BY_HOP = frozenset({
@@ -82,7 +83,10 @@ class ClientFacts:
     local_port: int
     """The port offload accepted the connection on (for X-Forwarded-Port)."""
     identity: Headers = field(default_factory=list)
-    """Fields naming the verified client certificate (frontends with client_auth)."""
+    """offload's fields naming the client: the verified client certificate (frontends with
+    client_auth) and its TLS fingerprints (frontends with fingerprints)."""
+    fingerprints: Fingerprints | None = field(default=None, compare=False)
+    """The handshake's JA4/JA3, for the rules and limits (computed when first asked)."""
     node: bytes = field(init=False, repr=False, compare=False)
     """The address as forwarded: IPv4-mapped IPv6 shown as IPv4, no zone id, else ``unknown``."""
     forwarded_for: bytes = field(init=False, repr=False, compare=False)
@@ -107,6 +111,9 @@ class ForwardPolicy:
     forwarded: bool = False
     """Also send the standard Forwarded field (RFC 7239)."""
     request_id_header: bytes = b"X-Request-ID"
+    own_fields: frozenset[bytes] = frozenset()
+    """More fields only offload may send (lower-case), dropped from every client request: the
+    fingerprint headers."""
     _v4: tuple[tuple[int, int], ...] = field(init=False, repr=False, compare=False)
     _v6: tuple[tuple[int, int], ...] = field(init=False, repr=False, compare=False)
     _actions: Mapping[bytes, int] = field(init=False, repr=False, compare=False)
@@ -124,7 +131,10 @@ class ForwardPolicy:
             (int(n.network_address), int(n.netmask)) for n in networks if n.version == 4))
         object.__setattr__(self, "_v6", tuple(
             (int(n.network_address), int(n.netmask)) for n in networks if n.version == 6))
-        actions = dict.fromkeys(REQUEST_DROP, _DROP)
+        if any(name in forwarding or name == rid or not TCHAR.fullmatch(name)
+               for name in self.own_fields):
+            raise ValueError(f"{sorted(self.own_fields)!r} cannot be offload's own fields")
+        actions = dict.fromkeys(REQUEST_DROP | self.own_fields, _DROP)
         actions |= {b"x-forwarded-for": _XFF, b"x-forwarded-proto": _XF_PROTO,
                     b"x-forwarded-host": _XF_HOST, b"x-forwarded-port": _XF_PORT,
                     b"forwarded": _FWD_JOIN if self.forwarded else _FWD_PASS, rid: _RID}

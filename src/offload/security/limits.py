@@ -8,6 +8,11 @@ State is per worker process: each worker owns its own :class:`Limits`, so a glob
 applies per worker, and so does a per-client one (the kernel spreads one client's connections
 over the workers). The caller divides global limits by the worker count if it wants a
 process-wide figure.
+
+Per-fingerprint limits count full handshakes and requests per JA4 fingerprint (a tool that
+rotates its addresses keeps its fingerprint), checked after the per-client ones. Many clients
+share a fingerprint (every user of one browser version), so they are sized like global limits,
+shared out between the workers, and a refusal is not held against the client (no ban offence).
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ from offload.security.buckets import ConcurrencyLimit, KeyedBuckets, TokenBucket
 if TYPE_CHECKING:
     from offload.config.model import FrontendLimits
     from offload.config.units import EventRate
+    from offload.proto.fingerprint import Fingerprints
 
 LimitName = Literal[
     "per_ip_connections", "per_ip_connection_rate", "per_ip_handshake_rate",
     "per_ip_request_rate", "client_table_full", "global_connections",
     "global_connection_rate", "global_handshake_rate", "global_request_rate",
+    "per_fingerprint_handshake_rate", "per_fingerprint_request_rate",
 ]
 """What refused an event: a :class:`LimitsConfig` field, or ``client_table_full`` when the
 per-client connection table is full (see :class:`ConcurrencyLimit`)."""
@@ -63,6 +70,8 @@ class LimitsConfig:
     per_ip_handshake_rate: Rate | None = None
     global_request_rate: Rate | None = None
     per_ip_request_rate: Rate | None = None
+    per_fingerprint_handshake_rate: Rate | None = None
+    per_fingerprint_request_rate: Rate | None = None
     max_clients: int = 65536
     v4_prefix: int = 32
     v6_prefix: int = 64
@@ -166,7 +175,8 @@ class Limits:
     attacker offering bogus tickets must not dodge the limit).
     """
 
-    __slots__ = ("_connect_rate", "_connections", "_handshakes", "_requests", "config")
+    __slots__ = ("_connect_rate", "_connections", "_handshakes", "_ja4_handshakes",
+                 "_ja4_requests", "_requests", "config")
 
     def __init__(self, config: LimitsConfig) -> None:
         self.config = config
@@ -181,6 +191,15 @@ class Limits:
                                      clients, "per_ip_handshake_rate", "global_handshake_rate")
         self._requests = _RateGate(config.per_ip_request_rate, config.global_request_rate,
                                    clients, "per_ip_request_rate", "global_request_rate")
+        self._ja4_handshakes = _fingerprint_gate(config.per_fingerprint_handshake_rate, clients,
+                                                 "per_fingerprint_handshake_rate")
+        self._ja4_requests = _fingerprint_gate(config.per_fingerprint_request_rate, clients,
+                                               "per_fingerprint_request_rate")
+
+    @property
+    def keys_fingerprints(self) -> bool:
+        """Whether a limit counts per TLS fingerprint (the stream must keep them)."""
+        return self._ja4_handshakes is not None or self._ja4_requests is not None
 
     def client_key(self, address: str) -> str:
         """:func:`client_key` with the configured prefix lengths."""
@@ -195,7 +214,9 @@ class Limits:
     def tracked_clients(self) -> int:
         """Client keys held in all per-client tables together (for metrics)."""
         return (len(self._connections) + self._connect_rate.clients()
-                + self._handshakes.clients() + self._requests.clients())
+                + self._handshakes.clients() + self._requests.clients()
+                + sum(gate.clients() for gate in (self._ja4_handshakes, self._ja4_requests)
+                      if gate is not None))
 
     def on_connect(self, client: str, now: float) -> LimitDecision:
         """A new connection: counted against the connection rates and, if admitted, the
@@ -223,18 +244,47 @@ class Limits:
         """An admitted connection closed (see :meth:`ConcurrencyLimit.release`)."""
         self._connections.release(client)
 
-    def on_full_handshake(self, client: str, now: float) -> LimitDecision:
+    def on_full_handshake(self, client: str, now: float,
+                          fingerprints: Fingerprints | None = None) -> LimitDecision:
         """A full TLS handshake is about to start (resumptions are not counted)."""
-        return self._handshakes.check(client, now)
+        return _check(self._handshakes, self._ja4_handshakes, client, fingerprints, now)
 
-    def on_request(self, client: str, now: float) -> LimitDecision:
+    def on_request(self, client: str, now: float,
+                   fingerprints: Fingerprints | None = None) -> LimitDecision:
         """An HTTP request head arrived."""
-        return self._requests.check(client, now)
+        return _check(self._requests, self._ja4_requests, client, fingerprints, now)
 
     def prune(self, now: float) -> int:
         """Forget idle per-client buckets (call from a timer); how many were forgotten."""
         return (self._connect_rate.prune(now) + self._handshakes.prune(now)
-                + self._requests.prune(now))
+                + self._requests.prune(now)
+                + sum(gate.prune(now) for gate in (self._ja4_handshakes, self._ja4_requests)
+                      if gate is not None))
+
+
+def _fingerprint_gate(rate: Rate | None, max_keys: int, name: LimitName) -> _RateGate | None:
+    return None if rate is None else _RateGate(rate, None, max_keys, name, name)
+
+
+def _check(gate: _RateGate, by_fingerprint: _RateGate | None, client: str,
+           fingerprints: Fingerprints | None, now: float) -> LimitDecision:
+    """One event against the per-client, per-fingerprint and global rates, in that order; a
+    refused event spends nothing anywhere. The fingerprint is computed only when limited."""
+    ja4 = fingerprints.ja4 if by_fingerprint is not None and fingerprints is not None else None
+    if ja4 is None:
+        return gate.check(client, now)
+    assert by_fingerprint is not None
+    decision = gate.take_client(client, now)
+    if decision.limit is not None:
+        return decision
+    decision = by_fingerprint.take_client(ja4, now)
+    if decision.limit is not None:
+        gate.refund_client(client)
+        return decision
+    decision = gate.take_global(client, now)
+    if decision.limit is not None:
+        by_fingerprint.refund_client(ja4)
+    return decision
 
 
 def worker_limits(settings: FrontendLimits, workers: int) -> LimitsConfig | None:
@@ -263,6 +313,8 @@ def worker_limits(settings: FrontendLimits, workers: int) -> LimitsConfig | None
         per_ip_handshake_rate=share(settings.handshake_rate_per_ip, 1),
         global_request_rate=share(settings.request_rate, workers),
         per_ip_request_rate=share(settings.request_rate_per_ip, 1),
+        per_fingerprint_handshake_rate=share(settings.handshake_rate_per_fingerprint, workers),
+        per_fingerprint_request_rate=share(settings.request_rate_per_fingerprint, workers),
         max_clients=settings.max_tracked_clients,
         v4_prefix=settings.ipv4_prefix,
         v6_prefix=settings.ipv6_prefix,

@@ -33,9 +33,10 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from urllib.parse import unquote_to_bytes
 
+from offload.proto.fingerprint import Fingerprints
 from offload.proto.http_types import Headers, Request, header_value
 from offload.security.builtin_rules import builtin_set
-from offload.security.rules_config import RuleAction, RuleConfig, RuleSetConfig
+from offload.security.rules_config import RuleAction, RuleConfig, RuleSetConfig, ja4_regex
 
 MAX_INSPECT = 64 * 1024
 _FORM = b"application/x-www-form-urlencoded"
@@ -101,6 +102,8 @@ class _Head:
     paths: tuple[str, ...]
     queries: tuple[str, ...]
     headers: dict[bytes, list[str]]
+    ja4: str | None = None
+    ja3: str | None = None
 
 
 def _within(address: Address | None, networks: tuple[Network, ...]) -> bool:
@@ -126,6 +129,18 @@ class Rule:
     query: re.Pattern[str] | None = None
     headers: tuple[tuple[bytes, re.Pattern[str]], ...] = ()
     body: re.Pattern[str] | None = None
+    ja4: re.Pattern[str] | None = None
+    not_ja4: re.Pattern[str] | None = None
+    ja3: frozenset[str] | None = None
+    not_ja3: frozenset[str] | None = None
+
+    @property
+    def needs_ja4(self) -> bool:
+        return self.ja4 is not None or self.not_ja4 is not None
+
+    @property
+    def needs_ja3(self) -> bool:
+        return self.ja3 is not None or self.not_ja3 is not None
 
     @classmethod
     def compile(cls, config: RuleConfig, action: RuleAction | None = None) -> Rule:
@@ -137,6 +152,12 @@ class Rule:
         def pattern(text: str | None) -> re.Pattern[str] | None:
             return None if text is None else re.compile(text)
 
+        def fingerprints(values: tuple[str, ...] | None) -> re.Pattern[str] | None:
+            return None if values is None else re.compile(ja4_regex(values))
+
+        def digests(values: tuple[str, ...] | None) -> frozenset[str] | None:
+            return None if values is None else frozenset(values)
+
         return cls(
             name=config.name, action=action or config.action, tag=config.tag or config.name,
             client=config.client, not_client=config.not_client,
@@ -144,6 +165,8 @@ class Rule:
             path=pattern(config.path), query=pattern(config.query), body=pattern(config.body),
             headers=tuple((name.lower().encode("ascii"), re.compile(text))
                           for name, text in (config.header or {}).items()),
+            ja4=fingerprints(config.ja4), not_ja4=fingerprints(config.not_ja4),
+            ja3=digests(config.ja3), not_ja3=digests(config.not_ja3),
         )
 
     def head_matches(self, head: _Head) -> bool:
@@ -155,6 +178,14 @@ class Rule:
         if self.client is not None and not _within(head.address, self.client):
             return False
         if self.not_client is not None and _within(head.address, self.not_client):
+            return False
+        if self.ja4 is not None and (head.ja4 is None or not self.ja4.fullmatch(head.ja4)):
+            return False
+        if self.not_ja4 is not None and head.ja4 is not None and self.not_ja4.fullmatch(head.ja4):
+            return False
+        if self.ja3 is not None and head.ja3 not in self.ja3:
+            return False
+        if self.not_ja3 is not None and head.ja3 in self.not_ja3:
             return False
         if self.path is not None and not _search(self.path, head.paths):
             return False
@@ -211,8 +242,8 @@ ALLOW = Verdict()
 class RuleSet:
     """A frontend's compiled rules; immutable, shared by every request."""
 
-    __slots__ = ("_header_names", "_needs_path", "_needs_query", "_tag_key", "body_inspect_bytes",
-                 "dry_run", "needs_body", "rules", "tag_header")
+    __slots__ = ("_header_names", "_needs_ja3", "_needs_ja4", "_needs_path", "_needs_query",
+                 "_tag_key", "body_inspect_bytes", "dry_run", "needs_body", "rules", "tag_header")
 
     def __init__(self, rules: tuple[Rule, ...], *, dry_run: bool = False,
                  body_inspect_bytes: int = 8 * 1024, tag_header: str = "X-Offload-Tag") -> None:
@@ -226,11 +257,20 @@ class RuleSet:
         self._needs_path = any(rule.path is not None for rule in rules)
         self._needs_query = any(rule.query is not None for rule in rules)
         self._header_names = frozenset(name for rule in rules for name, _ in rule.headers)
+        self._needs_ja4 = any(rule.needs_ja4 for rule in rules)
+        self._needs_ja3 = any(rule.needs_ja3 for rule in rules)
+
+    @property
+    def needs_fingerprints(self) -> bool:
+        """Whether a rule looks at the client's TLS fingerprints."""
+        return self._needs_ja4 or self._needs_ja3
 
     def check_head(self, client: str | Address | None, method: bytes, path: bytes, query: bytes,
-                   headers: Headers) -> Verdict:
+                   headers: Headers, *, ja4: str | None = None, ja3: str | None = None
+                   ) -> Verdict:
         """Evaluate every rule against the request head; ``client`` is the address the caller
-        trusts as the client's (after any trusted proxies)."""
+        trusts as the client's (after any trusted proxies), ``ja4``/``ja3`` the fingerprints
+        of the connection's TLS handshake (None: unknown)."""
         if not self.rules:
             return ALLOW
         found: dict[bytes, list[str]] = {}
@@ -240,7 +280,7 @@ class RuleSet:
                 found.setdefault(key, []).append(_text(value))
         head = _Head(client_address(client), method,
                      path_forms(path) if self._needs_path else (),
-                     query_forms(query) if self._needs_query else (), found)
+                     query_forms(query) if self._needs_query else (), found, ja4, ja3)
         fired: list[Rule] = []
         pending: list[Rule] = []
         for rule in self.rules:
@@ -249,10 +289,17 @@ class RuleSet:
         form = bool(pending) and (header_value(headers, b"content-type") or b"").lower().startswith(_FORM)
         return self._verdict(ALLOW, fired, tuple(pending), form)
 
-    def check_request(self, client: str | Address | None, request: Request) -> Verdict:
-        """:meth:`check_head` for a parsed request head."""
+    def check_request(self, client: str | Address | None, request: Request,
+                      fingerprints: Fingerprints | None = None) -> Verdict:
+        """:meth:`check_head` for a parsed request head; ``fingerprints`` are the TLS
+        connection's, asked for their values only when a rule looks at them."""
         path, _, query = request.target.partition(b"?")
-        return self.check_head(client, request.method, path, query, request.headers)
+        ja4 = ja3 = None
+        if fingerprints is not None:
+            ja4 = fingerprints.ja4 if self._needs_ja4 else None
+            ja3 = fingerprints.ja3 if self._needs_ja3 else None
+        return self.check_head(client, request.method, path, query, request.headers,
+                               ja4=ja4, ja3=ja3)
 
     def check_body(self, prefix: bytes, head: Verdict) -> Verdict:
         """Finish ``head`` (from :meth:`check_head`) with the body's first bytes; only the first

@@ -75,8 +75,41 @@ def check_pattern(rule: str, key: str, pattern: str) -> str:
     return pattern
 
 
+_JA4 = re.compile(r"[tqd](13|12|11|10|s3|s2|d1|d2|d3|00)[di][0-9]{4}[0-9A-Za-z]{2}"
+                  r"_[0-9a-f]{12}_[0-9a-f]{12}")
+_JA4_PATTERN = re.compile(r"[0-9A-Za-z_*]{1,64}")
+_JA3 = re.compile(r"[0-9a-f]{32}")
+JA4_EXAMPLE = "t13d1516h2_8daaf6152771_e5627efa2ab1"
+
+
+def _ja4(value: object) -> str:
+    """A JA4 fingerprint, or a pattern of one with ``*`` standing for any characters."""
+    if isinstance(value, str) and (("*" in value and _JA4_PATTERN.fullmatch(value))
+                                   or _JA4.fullmatch(value)):
+        return value
+    raise Invalid(f"{show(value)} is not a JA4 fingerprint",
+                  f"write one like \"{JA4_EXAMPLE}\", or a pattern with * for any characters, "
+                  "like \"t13d*_8daaf6152771_*\"")
+
+
+def _ja3(value: object) -> str:
+    """A JA3 fingerprint: 32 hex digits (the MD5), any case, kept lower-case."""
+    if isinstance(value, str) and _JA3.fullmatch(value.lower()):
+        return value.lower()
+    raise Invalid(f"{show(value)} is not a JA3 fingerprint",
+                  "write its 32 hex digits, like \"ada70206e40642a3e4461f35503241d5\"")
+
+
+def ja4_regex(patterns: tuple[str, ...]) -> str:
+    """One regular expression matching (whole) any of ``patterns`` (``*``: any characters)."""
+    return "|".join(".*".join(re.escape(part) for part in pattern.split("*"))
+                    for pattern in patterns)
+
+
 Network = Annotated[IPv4Network | IPv6Network, PlainValidator(parse_network)]
 Method = Annotated[str, PlainValidator(_method)]
+Ja4 = Annotated[str, PlainValidator(_ja4)]
+Ja3 = Annotated[str, PlainValidator(_ja3)]
 Pattern = Annotated[str, Strict(), Field(min_length=1, max_length=4096)]
 
 
@@ -108,6 +141,12 @@ class RuleConfig(Model):
     query: Pattern | None = None
     body: Pattern | None = None
     """Searched in the first ``body_inspect_bytes`` of the body only."""
+    ja4: Annotated[tuple[Ja4, ...], Field(min_length=1)] | None = None
+    """Matches when the client's JA4 fingerprint is one of these (``*``: any characters)."""
+    not_ja4: Annotated[tuple[Ja4, ...], Field(min_length=1)] | None = None
+    """Matches when it is none of these (or unknown): a deny rule with this is an allow-list."""
+    ja3: Annotated[tuple[Ja3, ...], Field(min_length=1)] | None = None
+    not_ja3: Annotated[tuple[Ja3, ...], Field(min_length=1)] | None = None
 
     @field_validator("path", "query", "body")
     @classmethod
@@ -149,13 +188,20 @@ class RuleConfig(Model):
         if not self.conditions:
             raise Invalid(f"rule \"{self.name}\" has no condition and would match every "
                           "request", "add one of client, not_client, methods, method_not_in, "
-                          "path, header, query, body")
+                          "path, header, query, body, ja4, not_ja4, ja3, not_ja3")
         return self
+
+    @property
+    def fingerprint_conditions(self) -> tuple[str, ...]:
+        """The conditions on the TLS fingerprints (they need the frontend's fingerprints)."""
+        return tuple(key for key in ("ja4", "not_ja4", "ja3", "not_ja3")
+                     if getattr(self, key) is not None)
 
     @property
     def conditions(self) -> tuple[str, ...]:
         """The condition keys this rule sets."""
-        keys = ("client", "not_client", "methods", "method_not_in", "path", "header", "query", "body")
+        keys = ("client", "not_client", "methods", "method_not_in", "path", "header", "query",
+                "body", "ja4", "not_ja4", "ja3", "not_ja3")
         return tuple(key for key in keys if getattr(self, key) is not None)
 
 

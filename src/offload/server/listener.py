@@ -8,6 +8,12 @@ The frontend's flood limits (:class:`~offload.security.limits.Limits`, one per f
 worker) are applied here: a connection over a limit is closed as soon as it is accepted, a full
 handshake over a limit before OpenSSL starts it; every refusal and every slow client cut off is
 a :class:`~offload.security.events.SecurityEvents` decision.
+
+Behind an L4 balancer (``accept_proxy``), a connection from a peer outside ``proxy_sources``
+is closed as soon as it is accepted; from a balancer, the limits and bans wait for its PROXY
+header, since they key on the client it names (:meth:`Listener.stream_identified`). Offences
+are never counted against a balancer's own address (a header that never came, a LOCAL health
+check): banning it would refuse every client behind it.
 """
 
 from __future__ import annotations
@@ -20,10 +26,13 @@ import time
 from collections.abc import Callable
 
 from offload.acme.alpn import ChallengeLookup
+from offload.config.model import FrontendConfig
 from offload.observe.log import fields
 from offload.observe.stats import Counters
 from offload.proto.client_hello import ServedProtocols
+from offload.proto.proxy_protocol import TrustedSources
 from offload.security.ban_list import BannedClients
+from offload.security.bans import BanEvent
 from offload.security.events import SecurityEvents
 from offload.security.limits import LimitDecision, Limits
 from offload.server.prepare import PreparedFrontend
@@ -125,8 +134,17 @@ class Listener:
         self._events = events if events is not None else SecurityEvents(counters)
         config = limits.config if limits is not None else None
         self._count_handshakes = config is not None and (
-            config.global_handshake_rate is not None or config.per_ip_handshake_rate is not None)
+            config.global_handshake_rate is not None or config.per_ip_handshake_rate is not None
+            or config.per_fingerprint_handshake_rate is not None)
         self._send_timeout = frontend.config.send_timeout
+        settings = frontend.config
+        self._proxy_sources = (TrustedSources(settings.proxy_sources) if settings.accept_proxy
+                               else None)
+        """The balancers that may send a PROXY header; None: the frontend reads none."""
+        self._fingerprints = settings.fingerprints
+        """Keep each ClientHello for its JA4 (the streams compute it when asked) ..."""
+        self._ja3 = settings.fingerprints and _reads_ja3(settings)
+        """... and its JA3 when a rule or the backend's header reads it."""
         self._served = ServedProtocols.of(frontend.alpn)
         """Clients offering ALPN without any of these are refused (RFC 7301 §3.2)."""
         self._read_buffer = read_buffer()
@@ -144,7 +162,9 @@ class Listener:
         return TLSServerStream(self, self._context, self._handshake_timeout, self._batcher,
                                self._challenges, send_timeout=self._send_timeout,
                                count_handshakes=self._count_handshakes, served=self._served,
-                               buffer=self._read_buffer)
+                               buffer=self._read_buffer,
+                               expect_proxy=self._proxy_sources is not None,
+                               fingerprints=self._fingerprints, ja3=self._ja3)
 
     async def start(self) -> None:
         """Start accepting on every socket of this frontend."""
@@ -200,6 +220,22 @@ class Listener:
         self._counters.inc("accepted", self.name)
         self.open += 1
         self._registry.add(stream)
+        sources = self._proxy_sources
+        if sources is not None:
+            peer = _address(stream)
+            if not sources.admits(peer):
+                stream.refuse()  # it could claim any client address: closed before any byte
+                self._events.decision("connection_refused", "untrusted_proxy_source", self.name,
+                                      peer)
+            return  # admitted by stream_identified, once the header names the client
+        self._admit(stream)
+
+    def stream_identified(self, stream: TLSServerStream) -> None:
+        """The balancer's PROXY header arrived: limits and bans apply to the client it named."""
+        self._admit(stream)
+
+    def _admit(self, stream: TLSServerStream) -> None:
+        """Refuse a banned client or one over a connection limit (closed before TLS)."""
         limits = self._limits
         if not self._banned and limits is None:
             return
@@ -225,7 +261,8 @@ class Listener:
         limits = self._limits
         if limits is None or not stream.client_key:
             return True
-        decision = limits.on_full_handshake(stream.client_key, time.monotonic())
+        decision = limits.on_full_handshake(stream.client_key, time.monotonic(),
+                                            stream.fingerprints)
         if decision.limit is None:
             return True
         self._refused(stream, decision)
@@ -234,7 +271,13 @@ class Listener:
     def _refused(self, stream: TLSServerStream, decision: LimitDecision) -> None:
         assert decision.limit is not None
         self._events.decision("connection_refused", decision.limit, self.name, _address(stream),
-                              offence="limit_hit" if decision.per_client else None)
+                              offence="limit_hit" if decision.per_client and self._blamable(stream)
+                              else None)
+
+    def _blamable(self, stream: TLSServerStream) -> bool:
+        """Whether an offence on ``stream`` may count against its address: not when that is
+        a balancer's (no PROXY header named a client), which would ban everyone behind it."""
+        return self._proxy_sources is None or stream.proxied
 
     def stream_too_slow(self, stream: TLSServerStream, cause: str) -> None:
         """A slow client is cut off (``send_timeout``: it stopped reading our answer)."""
@@ -253,16 +296,19 @@ class Listener:
     def stream_failed(self, stream: TLSServerStream, reason: str, detail: str) -> None:
         self._counters.inc("handshake_failed", self.name, reason)
         events = self._events
+        offence: BanEvent | None = "handshake_failure" if self._blamable(stream) else None
         if reason.startswith(CLIENT_CERT_PREFIX):
             events.decision("client_certificate_refused", reason[len(CLIENT_CERT_PREFIX):],
-                            self.name, _address(stream), offence="handshake_failure")
+                            self.name, _address(stream), offence=offence)
             return
         if reason == "timeout":
             self._counters.inc("timeout", "handshake")
             events.decision("slow_client", "handshake_timeout", self.name, _address(stream),
-                            offence="handshake_failure")
-        elif events.offence is not None and reason not in NOT_OFFENCES:
-            events.offence(_address(stream), "handshake_failure")
+                            offence=offence)
+        elif reason == "bad_proxy_header":
+            events.decision("connection_refused", reason, self.name, _address(stream))
+        elif events.offence is not None and offence is not None and reason not in NOT_OFFENCES:
+            events.offence(_address(stream), offence)
         if _log.isEnabledFor(logging.DEBUG):
             peer = stream.get_extra_info("peername") or ("", 0)
             _log.debug("handshake failed", extra=fields(
@@ -280,6 +326,12 @@ class Listener:
         if stream.client_key and self._limits is not None:
             self._limits.on_disconnect(stream.client_key)
         self._registry.discard(stream)
+
+
+def _reads_ja3(frontend: FrontendConfig) -> bool:
+    """Whether anything on ``frontend`` reads JA3 (it costs as much again as JA4)."""
+    return frontend.mode == "http" and (bool(frontend.ja3_header) or any(
+        rule.ja3 is not None or rule.not_ja3 is not None for rule in frontend.inspect.rules))
 
 
 def _address(stream: TLSServerStream) -> str:

@@ -27,6 +27,16 @@ refused with a fatal ``no_application_protocol`` alert before OpenSSL sees its h
 through Python, would carry on without ALPN). The first read is searched for a served name;
 only when none is there is the ClientHello parsed (see :class:`ServedProtocols`).
 
+PROXY protocol (``expect_proxy``): behind an L4 balancer, the balancer's header comes before
+the ClientHello. It is read first (:class:`InboundHeader`, within the handshake timeout) and
+never reaches OpenSSL; from then on ``peername``/``sockname`` are the addresses it names (the
+socket's peer stays available as ``proxy_peer``), and the owner is told
+(``stream_identified``) so that limits and bans, which key on the client, apply only then. A
+malformed header closes the connection before any TLS byte is answered.
+
+Fingerprints (``fingerprints``): the ClientHello's body is kept, unread, for its JA4 (and JA3),
+which :class:`~offload.proto.fingerprint.Fingerprints` computes when first asked.
+
 Flood limits: the owner may refuse a connection as soon as it is accepted (``refuse``: closed
 before any TLS byte is read), and with ``count_handshakes`` it is asked about every full
 handshake: before OpenSSL starts one when the ClientHello offers no session to resume (so a
@@ -36,19 +46,24 @@ refusal costs no signature), or after the handshake when an offered session was 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import ssl
 import time
 from typing import Any, Protocol, cast
 
 from offload.acme.alpn import ACME_TLS_ALPN, ChallengeLookup
+from offload.errors import ProtocolError
 from offload.proto.client_hello import (
     NO_APPLICATION_PROTOCOL,
     ClientHello,
     ClientHelloError,
     ServedProtocols,
+    client_hello_body,
     fatal_alert,
-    parse_client_hello,
+    parse_client_hello_body,
 )
+from offload.proto.fingerprint import Fingerprints
+from offload.proto.proxy_protocol import InboundHeader, ProxyHeader
 from offload.timers import Deadline
 from offload.tls.sni import SNI_ATTRIBUTE, SNI_MATCHED_ATTRIBUTE
 from offload.writes import WriteBatcher
@@ -119,6 +134,7 @@ class StreamOwner(Protocol):
 
     name: str
     def stream_accepted(self, stream: TLSServerStream) -> None: ...
+    def stream_identified(self, stream: TLSServerStream) -> None: ...
     def stream_opened(self, stream: TLSServerStream) -> asyncio.Protocol: ...
     def stream_failed(self, stream: TLSServerStream, reason: str, detail: str) -> None: ...
     def stream_answered_challenge(self, stream: TLSServerStream) -> None: ...
@@ -143,25 +159,35 @@ def unmapped(address: Any) -> Any:
     return address
 
 
+def _proxied(address: tuple[str, int]) -> tuple[str, int]:
+    """A client address from a PROXY header, as a socket would name it: an IPv4-mapped IPv6
+    address (a v2 header from a dual-stack balancer) as the IPv4 address it is."""
+    host, port = address
+    if host.startswith("::ffff:"):
+        mapped = ipaddress.IPv6Address(host).ipv4_mapped
+        if mapped is not None:
+            return str(mapped), port
+    return host, port
+
+
 class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
     """A TLS server connection: a Protocol for the TCP transport, a Transport for the app."""
 
     __slots__ = (
         "_acme", "_alpn_pending", "_app", "_batcher", "_buffer", "_challenges",
-        "_count_handshakes", "_held", "_hello", "_incoming", "_loop", "_outgoing", "_owner",
-        "_peer_eof",
+        "_count_handshakes", "_fingerprinting", "_held", "_hello", "_incoming", "_loop",
+        "_outgoing", "_owner", "_parse_hello", "_peer_eof", "_proxied", "_proxy",
         "_reading_paused", "_recheck_handshake", "_send_deadline", "_send_timeout", "_served",
-        "_ssl", "_state", "_tcp", "_timer", "_write_eof", "accepted_at", "bytes_in",
-        "bytes_out", "client_key",
-        "handshake_seconds",
-        "handshake_timeout",
+        "_ssl", "_state", "_tcp", "_timer", "_with_ja3", "_write_eof", "accepted_at", "bytes_in",
+        "bytes_out", "client_key", "fingerprints", "handshake_seconds", "handshake_timeout",
     )
 
     def __init__(self, owner: StreamOwner, context: ssl.SSLContext,
                  handshake_timeout: float, batcher: WriteBatcher | None = None,
                  challenges: ChallengeLookup | None = None, *, send_timeout: float = 0.0,
                  count_handshakes: bool = False, served: ServedProtocols | None = None,
-                 buffer: bytearray | None = None) -> None:
+                 buffer: bytearray | None = None, expect_proxy: bool = False,
+                 fingerprints: bool = False, ja3: bool = False) -> None:
         super().__init__()
         self._buffer = memoryview(buffer if buffer is not None else read_buffer())
         """Where the socket reads land (shared by the listener's streams: :func:`read_buffer`)."""
@@ -183,14 +209,24 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
         self._count_handshakes = count_handshakes
         self._recheck_handshake = False
         """The ClientHello offered a session: ask the owner after the handshake if not resumed."""
-        self._hello: bytearray | None = (bytearray() if challenges is not None or count_handshakes
+        self._parse_hello = challenges is not None or count_handshakes
+        """Whether the ClientHello must be read before OpenSSL starts: for an ACME TLS-ALPN-01
+        validation, whether a session is offered, or which ALPN protocols are."""
+        self._fingerprinting = fingerprints
+        self._with_ja3 = ja3
+        self._hello: bytearray | None = (bytearray() if self._parse_hello or fingerprints
                                          else None)
-        """The ClientHello so far, while we look for an ACME TLS-ALPN-01 validation, whether
-        a session is offered, or which ALPN protocols are."""
+        """The ClientHello so far, while it is to be read or kept (see :meth:`_peek`)."""
+        self.fingerprints: Fingerprints | None = None
+        """The handshake's JA4/JA3, computed when first asked (frontends with fingerprints)."""
         self._served = served
         self._alpn_pending = served is not None
         """The first read has yet to be searched for a served ALPN protocol."""
         self._acme = False
+        self._proxy: InboundHeader | None = InboundHeader() if expect_proxy else None
+        """Collects the balancer's PROXY header, until it is complete."""
+        self._proxied: tuple[tuple[str, int], tuple[str, int]] | None = None
+        """(client, destination) as the PROXY header named them; None: the socket's own."""
         self._send_timeout = send_timeout
         self._send_deadline: Deadline | None = None
         self.client_key = ""
@@ -224,6 +260,10 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
+        if self._proxy is not None:
+            data = self._proxy_header(data)
+            if not data:
+                return
         self._incoming.write(data)
         if self._state == OPEN:
             if not self._reading_paused:
@@ -232,12 +272,40 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
             if self._alpn_pending:
                 self._alpn_pending = False
                 served = self._served
-                if served is not None and self._hello is None \
+                if served is not None and not self._parse_hello \
                         and not served.surely_offered(data):
-                    self._hello = bytearray()  # parse it, to see whether to refuse
+                    self._parse_hello = True  # parse it, to see whether to refuse
+                    if self._hello is None:
+                        self._hello = bytearray()
             if self._hello is not None and not self._peek(data):
                 return  # the ClientHello is not complete yet
             self._handshake()
+
+    def _proxy_header(self, data: bytes) -> bytes:
+        """Read the balancer's PROXY header; returns the bytes after it (the TLS start)."""
+        reader = self._proxy
+        assert reader is not None
+        if self._state != HANDSHAKE:
+            self._proxy = None
+            return b""
+        try:
+            result = reader.feed(data)
+        except ProtocolError as error:
+            self._proxy = None
+            self._fail("bad_proxy_header", str(error))
+            return b""
+        if result is None:
+            return b""
+        self._proxy = None
+        header, rest = result
+        self._apply_proxy_header(header)
+        self._owner.stream_identified(self)
+        return rest if self._state == HANDSHAKE else b""
+
+    def _apply_proxy_header(self, header: ProxyHeader) -> None:
+        """LOCAL and UNKNOWN name no client: the balancer itself is talking (health checks)."""
+        if header.source is not None and header.destination is not None:
+            self._proxied = (_proxied(header.source), _proxied(header.destination))
 
     def _peek(self, data: bytes) -> bool:
         """Look at the ClientHello before OpenSSL does; True once it is complete (or broken).
@@ -245,18 +313,25 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
         A ClientHello offering exactly ``acme-tls/1`` for a name with a pending challenge is
         answered with the validation certificate (RFC 8737 §3), never the site's. False too
         when the client offers only protocols we do not serve, or when the owner refused a full
-        handshake (the stream is then closed)."""
+        handshake (the stream is then closed). With fingerprints, the hello's body is kept for
+        them, unread (:class:`Fingerprints` reads it when asked)."""
         hello = self._hello
         assert hello is not None
         hello += data
+        parsed: ClientHello | None = None
         try:
-            parsed = parse_client_hello(hello)
+            body = client_hello_body(hello)
+            if body is None:
+                return False
+            if self._fingerprinting:
+                self.fingerprints = Fingerprints(body, with_ja3=self._with_ja3)
+            if self._parse_hello:
+                parsed = parse_client_hello_body(body)
         except ClientHelloError:
             parsed = None  # OpenSSL will refuse it with the right alert
-        else:
-            if parsed is None:
-                return False
         self._hello = None
+        if not self._parse_hello:
+            return True
         if parsed is not None and parsed.alpn == (ACME_TLS_ALPN,) and self._challenges is not None:
             context = self._challenges(parsed.server_name)
             if context is not None:
@@ -535,6 +610,7 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
         """Close the connection at once, without a TLS answer (a flood limit refused it)."""
         self._state = max(self._state, CLOSING)
         self._hello = None
+        self._proxy = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -582,10 +658,14 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
             return self._ssl
         if self._tcp is None:
             return default
-        info = self._tcp.get_extra_info(name, default)
         if name in ("peername", "sockname"):
-            return unmapped(info)
-        return info
+            proxied = self._proxied
+            if proxied is not None:
+                return proxied[0] if name == "peername" else proxied[1]
+            return unmapped(self._tcp.get_extra_info(name, default))
+        if name == "proxy_peer":  # the balancer, when a PROXY header named the client
+            return unmapped(self._tcp.get_extra_info("peername", default))
+        return self._tcp.get_extra_info(name, default)
 
     @property
     def app(self) -> asyncio.Protocol | None:
@@ -597,6 +677,23 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
         self._app = app
 
     # ----------------------------------------------------------------- connection facts
+
+    @property
+    def proxied(self) -> bool:
+        """Whether a PROXY header named the client (``peername`` is then its address)."""
+        return self._proxied is not None
+
+    @property
+    def ja4(self) -> str | None:
+        """The client's JA4 fingerprint (None without fingerprints, or for an unreadable
+        hello); computed on first use."""
+        fingerprints = self.fingerprints
+        return fingerprints.ja4 if fingerprints is not None else None
+
+    @property
+    def ja3(self) -> str | None:
+        fingerprints = self.fingerprints
+        return fingerprints.ja3 if fingerprints is not None else None
 
     @property
     def peer_eof(self) -> bool:
