@@ -99,16 +99,16 @@ def restart_delay(lived: float, failures: int) -> tuple[int, float]:
 class Forker:
     """Forks children that keep nothing of the supervisor but what they are given.
 
-    ``holders`` lists, for each part of the supervisor, a function naming the descriptors it
-    holds; a child closes all of them, every listening socket but its own, and the selector.
+    ``held`` names every descriptor the supervisor's parts hold at the moment of the fork; a
+    child closes all of them, every listening socket but its own, and the selector.
     """
 
-    def __init__(self, sockets: SocketSet, selector: selectors.BaseSelector,
-                 logs: LogSetup) -> None:
+    def __init__(self, sockets: SocketSet, selector: selectors.BaseSelector, logs: LogSetup,
+                 held: Callable[[], Iterable[int]]) -> None:
         self._sockets = sockets
         self._selector = selector
         self.logs = logs
-        self.holders: list[Callable[[], Iterable[int]]] = []
+        self._held = held
         self.lifeline = self._lifeline_w = -1
         """The read end every child holds: EOF there means the supervisor died."""
 
@@ -146,7 +146,7 @@ class Forker:
         for sock in self._sockets.all():
             if all(sock is not mine for mine in keep):
                 sock.close()
-        for fd in [*fds, self._lifeline_w, *(fd for held in self.holders for fd in held())]:
+        for fd in [*fds, self._lifeline_w, *self._held()]:
             if fd >= 0:
                 os.close(fd)
         self._selector.close()

@@ -38,9 +38,9 @@ start, reload and stop sequence above. Each part is a module with one job:
     statistics from the workers           stats_hub.py (StatsHub)
     forking, backoff, shared state        children.py (Forker, Instance, ChildComponent)
 
-Another process beside the workers is another ChildComponent: add it to ``_children`` and to
-the forker's holders; the loop then reaps it, keeps its deadlines, syncs it after a reload,
-stops it, and waits for it.
+Another process beside the workers is another ChildComponent: add it to ``_children``; the loop
+then reaps it, keeps its deadlines, syncs it after a reload, stops it and waits for it, and
+every child forked later closes its descriptors.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class Supervisor:
         self._on_ready = on_ready
         self._sockets = SocketSet(reuseport=prepared.config.global_.reuseport)
         self._selector = selectors.DefaultSelector()
-        self._forker = Forker(self._sockets, self._selector, logs)
+        self._forker = Forker(self._sockets, self._selector, logs, self._held_fds)
         self._stats = StatsHub()
         self._switching: set[int] = set()
         """Old workers that have not yet stopped accepting; the reload completes without any."""
@@ -120,11 +120,15 @@ class Supervisor:
         self._acme = AcmeComponent(self._instance, self._forker)
         self._children: list[ChildComponent] = [self._acme]
         """Processes beside the workers: reaped, synced, stopped and waited for alike."""
-        self._timed: list[Timed] = [self._workers, self._certificates, *self._children,
-                                    self._stats, self._admin]
-        """Everything with deadlines, in the order the loop serves them."""
-        self._forker.holders = [self._signal_fds, self._workers.fds, self._certificates.fds,
-                                self._admin.fds, *(child.fds for child in self._children)]
+
+    def _timed(self) -> list[Timed]:
+        """Every part with deadlines, in the order the loop serves them."""
+        return [self._workers, self._certificates, *self._children, self._stats, self._admin]
+
+    def _held_fds(self) -> list[int]:
+        """Every descriptor of the supervisor and its parts (a forked child closes them)."""
+        return [self._signal_r, self._signal_w, *self._workers.fds(), *self._certificates.fds(),
+                *self._admin.fds(), *(fd for child in self._children for fd in child.fds())]
 
     @property
     def _current(self) -> Prepared:
@@ -164,7 +168,7 @@ class Supervisor:
                 for key, _ in self._selector.select(timeout):
                     key.data()
                 now = time.monotonic()
-                for part in self._timed:
+                for part in self._timed():
                     part.on_time(now)
         finally:
             self._cleanup()
@@ -184,9 +188,6 @@ class Supervisor:
             signal.signal(signum, _note_signal)
         self._selector.register(self._signal_r, selectors.EVENT_READ, self._on_signals)
 
-    def _signal_fds(self) -> list[int]:
-        return [self._signal_r, self._signal_w]
-
     def _cleanup(self) -> None:
         self._admin.close()
         self._certificates.close()
@@ -196,13 +197,13 @@ class Supervisor:
             signal.signal(signum, signal.SIG_DFL)
         self._selector.close()
         self._sockets.close()
-        for fd in self._signal_fds():
+        for fd in (self._signal_r, self._signal_w):
             if fd >= 0:
                 os.close(fd)
         self._forker.close()
 
     def _next_deadline(self) -> float | None:
-        deadlines = [d for d in (part.deadline() for part in self._timed) if d is not None]
+        deadlines = [d for d in (part.deadline() for part in self._timed()) if d is not None]
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
