@@ -6,12 +6,13 @@ system's libmodsecurity3 (Debian: ``libmodsecurity-dev``, which brings ``libmods
 declares only what :mod:`offload.security.waf_engine` uses, and calls in API mode release the
 GIL, so the engine's work runs in a worker's thread pool beside the event loop.
 
-ModSecurity reports what its rules matched through a log callback. A callback into Python
-from the pool's threads would take the GIL for every matched rule; instead a small callback
-appends each rule message's id, severity and text to a bounded per-transaction buffer
-(``offload_waf_log``) that Python reads after each phase. They are read from the engine's
-``RuleMessage``, hence the few lines of C++: the C API only offers the message as a text line
-that quotes the client's data, where a client could forge an ``[id "..."]``.
+What the rules matched is read after each phase, in C++, from the transaction's own list of
+rule messages (``Transaction::m_rulesMessages``), into a bounded per-transaction buffer
+(``offload_waf_log``: id, severity, disruptive, phase, message per line) that Python reads. Not
+through the C API's log callback: it never reports the disruptive rule (the one that refused),
+a Python callback from the pool's threads would take the GIL per matched rule, and it only
+offers the message as a text line that quotes the client's data, where a client could forge an
+``[id "..."]``.
 A request head is handed over in one call (connection, URI, every header, phase 1), so a
 request costs two crossings, not one per header.
 """
@@ -32,6 +33,7 @@ typedef struct {
     size_t cap;
     size_t max;
     unsigned int dropped;
+    size_t seen;
 } offload_waf_log;
 
 const char *msc_who_am_i(ModSecurity *msc);
@@ -48,14 +50,15 @@ ModSecurity *offload_waf_init(void);
 offload_waf_log *offload_waf_log_new(size_t max);
 void offload_waf_log_free(offload_waf_log *log);
 void offload_waf_error_free(const char *error);
-int offload_waf_head(Transaction *t, const char *client, int client_port, const char *server,
-                     int server_port, const char *uri, const char *method, const char *version,
-                     const unsigned char *fields, const size_t *lengths, size_t count,
-                     int *status);
-int offload_waf_body(Transaction *t, const unsigned char *body, size_t size, int *status);
-int offload_waf_response_head(Transaction *t, int code, const char *protocol,
-                              const unsigned char *fields, const size_t *lengths, size_t count,
-                              int *status);
+int offload_waf_head(Transaction *t, offload_waf_log *log, const char *client, int client_port,
+                     const char *server, int server_port, const char *uri, const char *method,
+                     const char *version, const unsigned char *fields, const size_t *lengths,
+                     size_t count, int *status);
+int offload_waf_body(Transaction *t, offload_waf_log *log, const unsigned char *body,
+                     size_t size, int *status);
+int offload_waf_response_head(Transaction *t, offload_waf_log *log, int code,
+                              const char *protocol, const unsigned char *fields,
+                              const size_t *lengths, size_t count, int *status);
 """
 
 SOURCE = r"""
@@ -79,6 +82,7 @@ typedef struct {
     size_t cap;
     size_t max;
     unsigned int dropped;
+    size_t seen;  /* the transaction's rule messages already copied */
 } offload_waf_log;
 
 #define OFFLOAD_WAF_MESSAGE_MAX 200
@@ -100,21 +104,18 @@ static void offload_waf_append(offload_waf_log *log, const char *text, size_t si
     log->len += size;
 }
 
-static void offload_waf_log_cb(void *data, const void *message) {
-    offload_waf_log *log = (offload_waf_log *)data;
-    const modsecurity::RuleMessage *rm = (const modsecurity::RuleMessage *)message;
+static void offload_waf_line(offload_waf_log *log, const modsecurity::RuleMessage &rm) {
     char head[64];
     char text[OFFLOAD_WAF_MESSAGE_MAX];
     size_t size, head_size, i;
-    if (log == NULL || rm == NULL) return;
-    size = rm->m_message.size();
+    size = rm.m_message.size();
     if (size > sizeof(text)) size = sizeof(text);
     for (i = 0; i < size; i++) {
-        char c = rm->m_message[i];
+        char c = rm.m_message[i];
         text[i] = (c == '\t' || c == '\n' || c == '\r' || c == '\0') ? ' ' : c;
     }
-    head_size = (size_t)snprintf(head, sizeof(head), "%d\t%d\t%d\t%d\t", rm->m_ruleId,
-                                 rm->m_severity, rm->m_isDisruptive ? 1 : 0, rm->m_phase);
+    head_size = (size_t)snprintf(head, sizeof(head), "%d\t%d\t%d\t%d\t", rm.m_ruleId,
+                                 rm.m_severity, rm.m_isDisruptive ? 1 : 0, rm.m_phase);
     if (head_size >= sizeof(head)) return;
     if (log->len + head_size + size + 1 > log->max) { log->dropped++; return; }
     offload_waf_append(log, head, head_size);
@@ -122,11 +123,26 @@ static void offload_waf_log_cb(void *data, const void *message) {
     offload_waf_append(log, "\n", 1);
 }
 
+/* The rule messages the last phase added (the engine keeps them all, disruptive ones
+   included, which its log callback never sees). */
+static void offload_waf_collect(Transaction *t, offload_waf_log *log) {
+    size_t index = 0;
+    for (const modsecurity::RuleMessage &rm : t->m_rulesMessages) {
+        if (index++ < log->seen) continue;
+        offload_waf_line(log, rm);
+    }
+    log->seen = index;
+}
+
+static void offload_waf_quiet(void *data, const void *message) {
+    (void)data;
+    (void)message;  /* messages are read from the transaction instead */
+}
+
 static ModSecurity *offload_waf_init(void) {
     modsecurity::ModSecurity *ms = new modsecurity::ModSecurity();
     ms->setConnectorInformation("offload");
-    ms->setServerLogCb(offload_waf_log_cb,
-                       modsecurity::RuleMessageLogProperty);
+    ms->setServerLogCb(offload_waf_quiet, modsecurity::RuleMessageLogProperty);
     return ms;
 }
 
@@ -147,9 +163,10 @@ static void offload_waf_error_free(const char *error) {
 }
 
 /* Whether the transaction must be interrupted now; *status: the status to answer. */
-static int offload_waf_verdict(Transaction *t, int *status) {
+static int offload_waf_verdict(Transaction *t, offload_waf_log *log, int *status) {
     ModSecurityIntervention it;
     int disruptive;
+    offload_waf_collect(t, log);
     memset(&it, 0, sizeof(it));
     it.status = 200;
     disruptive = msc_intervention(t, &it);
@@ -159,34 +176,34 @@ static int offload_waf_verdict(Transaction *t, int *status) {
     return disruptive;
 }
 
-static int offload_waf_head(Transaction *t, const char *client, int client_port,
-                            const char *server, int server_port, const char *uri,
+static int offload_waf_head(Transaction *t, offload_waf_log *log, const char *client,
+                            int client_port, const char *server, int server_port, const char *uri,
                             const char *method, const char *version,
                             const unsigned char *fields, const size_t *lengths, size_t count,
                             int *status) {
     size_t i, offset = 0;
     msc_process_connection(t, client, client_port, server, server_port);
-    if (offload_waf_verdict(t, status)) return 1;
+    if (offload_waf_verdict(t, log, status)) return 1;
     msc_process_uri(t, uri, method, version);
-    if (offload_waf_verdict(t, status)) return 1;
+    if (offload_waf_verdict(t, log, status)) return 1;
     for (i = 0; i + 1 < count; i += 2) {
         msc_add_n_request_header(t, fields + offset, lengths[i],
                                  fields + offset + lengths[i], lengths[i + 1]);
         offset += lengths[i] + lengths[i + 1];
     }
     msc_process_request_headers(t);
-    return offload_waf_verdict(t, status);
+    return offload_waf_verdict(t, log, status);
 }
 
-static int offload_waf_body(Transaction *t, const unsigned char *body, size_t size,
-                            int *status) {
+static int offload_waf_body(Transaction *t, offload_waf_log *log, const unsigned char *body,
+                            size_t size, int *status) {
     if (size) msc_append_request_body(t, body, size);
     msc_process_request_body(t);
-    return offload_waf_verdict(t, status);
+    return offload_waf_verdict(t, log, status);
 }
 
-static int offload_waf_response_head(Transaction *t, int code, const char *protocol,
-                                     const unsigned char *fields, const size_t *lengths,
+static int offload_waf_response_head(Transaction *t, offload_waf_log *log, int code,
+                                     const char *protocol, const unsigned char *fields, const size_t *lengths,
                                      size_t count, int *status) {
     size_t i, offset = 0;
     for (i = 0; i + 1 < count; i += 2) {
@@ -195,7 +212,7 @@ static int offload_waf_response_head(Transaction *t, int code, const char *proto
         offset += lengths[i] + lengths[i + 1];
     }
     msc_process_response_headers(t, code, protocol);
-    return offload_waf_verdict(t, status);
+    return offload_waf_verdict(t, log, status);
 }
 """
 

@@ -175,22 +175,22 @@ class Transaction:
         """Phase 1: the connection, the request line and the header fields."""
         blob, lengths = _fields(headers)
         intervene = self._lib.offload_waf_head(
-            self._tx, client[0].encode(), client[1], server[0].encode(), server[1],
+            self._tx, self._log, client[0].encode(), client[1], server[0].encode(), server[1],
             self._ffi.new("char[]", uri), self._ffi.new("char[]", method),
             version.encode(), blob, lengths, len(lengths), self._status)
         return self._outcome(intervene)
 
     def body(self, data: bytes) -> Outcome:
         """Phase 2: the body (or its prefix); called once, even when there is none."""
-        return self._outcome(self._lib.offload_waf_body(self._tx, data, len(data),
-                                                        self._status))
+        return self._outcome(self._lib.offload_waf_body(self._tx, self._log, data,
+                                                        len(data), self._status))
 
     def response_head(self, status: int, version: str,
                       headers: list[tuple[bytes, bytes]]) -> Outcome:
         """Phase 3: the response status and header fields."""
         blob, lengths = _fields(headers)
         return self._outcome(self._lib.offload_waf_response_head(
-            self._tx, status, version.encode(), blob, lengths, len(lengths), self._status))
+            self._tx, self._log, status, version.encode(), blob, lengths, len(lengths), self._status))
 
     def close(self) -> None:
         """Free the transaction (never while a phase of it runs)."""

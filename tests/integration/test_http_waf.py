@@ -329,3 +329,29 @@ def test_check_describes_the_waf_and_names_what_is_wrong(tmp_path, localhost_bun
     assert "frontends[0].waf.paranoia_level:" in bad.stderr
     assert "frontends[0].waf.mode:" in bad.stderr
     assert "frontends[0].waf.exclusions[0].target:" in bad.stderr
+
+
+def test_response_headers_are_inspected_when_asked(pki, localhost_bundle, http_backend, offload,
+                                                   port, tmp_path):
+    server = http_backend()
+    rules = tmp_path / "responses.conf"
+    rules.write_text('SecRule REQUEST_FILENAME "@beginsWith /leak" "id:190010,phase:3,deny,'
+                     "status:502,log,msg:'internal header leaked',chain\"\n"
+                     '    SecRule RESPONSE_HEADERS:X-Backend "@rx ."\n')
+    instance = offload(http_config(port, [localhost_bundle], [server.address], frontend=waf(
+        f'rules = ["{rules}"]\nresponse_headers = true')))
+    conn = https(port, pki.ca)
+    response, body = get(conn, "/leak/report")
+    assert response.status == 502
+    assert b"secret" not in body and response.getheader("X-Backend") is None
+    assert server.requests[-1].target == "/leak/report", "asked, then its answer withheld"
+    entry = _access(instance, "/leak/report")
+    assert entry["reason"] == "waf_denied:190010"
+    response, body = get(https(port, pki.ca), "/fine")
+    assert response.status == 200 and body == b"ok"
+    assert response.getheader("X-Backend") == "backend"
+    client = H2Client(port, pki.ca)
+    fields, _, _ = client.response(client.request("/leak/again"))
+    assert fields[":status"] == "502"
+    fields, body, _ = client.response(client.request("/fine/too"))
+    assert fields[":status"] == "200" and body == b"ok"
