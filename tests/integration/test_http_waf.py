@@ -67,6 +67,7 @@ def _refused(instance, server, path: str, response_id: str | None, *, body: byte
     assert line["request_id"] == entry["request_id"] and line["client"] == "127.0.0.1"
     assert line["rules"] and line["score"] >= 5 and line["mode"] == "block"
     assert str(line["rules"][0]) == entry["reason"].split(":", 1)[1]
+    assert entry["waf"] == {"rules": line["rules"], "score": line["score"], "outcome": "denied"}
     assert all(not r.target.startswith(path.split("?", maxsplit=1)[0]) for r in server.requests), \
         "a refused request never reaches the backend"
     return line
@@ -170,6 +171,7 @@ def test_detect_mode_forwards_and_logs(pki, localhost_bundle, http_backend, offl
     line = instance.wait_for(lambda e: e.get("event") == "waf_detected" and e.get("path") == path)
     assert line["mode"] == "detect" and line["score"] >= 5
     assert any(rule // 1000 == 942 for rule in line["rules"])
+    assert _access(instance, path)["waf"]["outcome"] == "detected"
     assert not [e for e in instance.events if e.get("event") == "waf_denied"]
 
 

@@ -67,7 +67,7 @@ class Exchange:
         "_candidates", "_connecting", "_fresh_retry", "_gate", "_held", "_held_events",
         "_prefix", "_prefix_size", "_response_complete", "_timer",
         "backend", "body_sent", "bytes_in", "bytes_out", "client", "client_context", "clock",
-        "downstream", "finished", "reason", "request", "request_done", "request_id",
+        "downstream", "finished", "notes", "reason", "request", "request_done", "request_id",
         "response", "response_started", "server_index", "site", "started", "status",
         "t_connected", "t_first_byte", "upstream",
     )
@@ -107,6 +107,8 @@ class Exchange:
         """The backend side's deadline (a client connection may share one between its
         exchanges, which run one at a time)."""
         self._gate: Gate | None = None
+        self.notes: dict[str, object] | None = None
+        """The inspectors' fields for the access log (what a WAF matched), if any."""
         """The inspectors' sessions, while any has something to decide."""
         self._held_events: list[Event] | None = None
         """Backend events held while the inspectors decide on the response."""
@@ -131,9 +133,10 @@ class Exchange:
             self._route()
             return
         facts = self.client_context.facts
+        self.notes = {}
         self._gate = gate = open_gate(site.inspectors, Subject(
             site.name, self.client, facts.port, facts.local_port, self.request,
-            self.request_id, facts.fingerprints), self.clock)
+            self.request_id, facts.fingerprints, self.notes), self.clock)
         if gate is None:
             self._route()
             return

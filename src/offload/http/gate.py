@@ -89,6 +89,8 @@ class Subject:
     request: Request
     request_id: bytes
     fingerprints: Fingerprints | None = None
+    notes: dict[str, object] = field(default_factory=dict)
+    """What inspectors found worth a field in the request's access-log line (``waf``)."""
 
 
 class Session(Protocol):

@@ -145,6 +145,7 @@ class WafInspector:
             self.counters.inc("waf_rule", frontend, str(rule), outcome_label)
         self.counters.inc("waf_check", frontend, outcome_label)
         score = anomaly_score(matches)
+        subject.notes["waf"] = {"rules": ids, "score": score, "outcome": outcome_label}
         cause = str(ids[0]) if ids else "engine"
         request = subject.request
         target = request.target.decode("latin-1")

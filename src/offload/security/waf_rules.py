@@ -65,6 +65,10 @@ def engine_directives(config: WafConfig) -> str:
         '"id:100001,phase:1,t:none,t:lowercase,pass,nolog,ctl:requestBodyProcessor=JSON"',
         'SecRule REQUEST_HEADERS:Content-Type "@rx ^(?:application(?:/soap\\+|/)|text/)xml" '
         '"id:100002,phase:1,t:none,t:lowercase,pass,nolog,ctl:requestBodyProcessor=XML"',
+        # a body without Content-Type is read as a form, as ModSecurity 2 did: arguments a
+        # lenient application may still parse are not left uninspected
+        'SecRule &REQUEST_HEADERS:Content-Type "@eq 0" '
+        '"id:100003,phase:1,t:none,pass,nolog,ctl:requestBodyProcessor=URLENCODED"',
         f'SecRule REQBODY_ERROR "!@eq 0" "id:{BODY_ERROR_RULE},phase:2,t:none,pass,log,'
         "msg:'offload: the request body could not be parsed'\"",
         f'SecRule MULTIPART_STRICT_ERROR "!@eq 0" "id:{MULTIPART_ERROR_RULE},phase:2,t:none,'
