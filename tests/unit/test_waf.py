@@ -259,3 +259,20 @@ async def _until(arrived: asyncio.Event, results: list[Any], count: int) -> None
         while len(results) < count:
             await arrived.wait()
             arrived.clear()
+
+
+def test_a_form_body_without_content_type_is_still_inspected():
+    # no Content-Type: without offload's directive the engine would not parse the body, and an
+    # application that reads it as a form anyway would get arguments nobody inspected
+    tx = engine().transaction()
+    try:
+        body = b"comment=%3Cscript%3Ealert(document.cookie)%3C%2Fscript%3E"
+        tx.head(("192.0.2.9", 50000), ("127.0.0.1", 443), uri=b"/comment", method=b"POST",
+                version="1.1", headers=[(b"Host", b"shop.example"), (b"User-Agent", b"Mozilla"),
+                                        (b"Accept", b"*/*"),
+                                        (b"Content-Length", b"%d" % len(body))])
+        outcome = tx.body(body)
+    finally:
+        tx.close()
+    assert outcome.intervene
+    assert any(m.rule // 1000 == 941 for m in outcome.matches)
