@@ -99,7 +99,7 @@ def test_crs_regression_at_paranoia_level_1(pki, localhost_bundle, http_backend,
                                             tmp_path):
     problem = binding_problem()
     if problem is not None:
-        pytest.fail(problem)
+        pytest.fail("; ".join(problem))
     if not CRS_RULES.is_dir():
         pytest.fail("the OWASP CRS is not installed; install it with: "
                     "apt-get install -y modsecurity-crs")

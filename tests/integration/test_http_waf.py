@@ -34,7 +34,7 @@ CRS_RULES = Path("/usr/share/modsecurity-crs/rules")
 def _needs_the_waf() -> None:
     problem = binding_problem()
     if problem is not None:
-        pytest.fail(problem)
+        pytest.fail("; ".join(problem))
     if not CRS_RULES.is_dir():
         pytest.fail("the OWASP CRS is not installed; install it with: "
                     "apt-get install -y modsecurity-crs")
@@ -357,3 +357,22 @@ def test_response_headers_are_inspected_when_asked(pki, localhost_bundle, http_b
     assert fields[":status"] == "502"
     fields, body, _ = client.response(client.request("/fine/too"))
     assert fields[":status"] == "200" and body == b"ok"
+
+
+def test_check_says_how_to_install_a_missing_engine(tmp_path, localhost_bundle):
+    # offload installed without libmodsecurity-dev: no binding; a waf is refused with the fix,
+    # and a configuration without one is not concerned
+    without_binding = ("import sys; sys.modules['offload.security._modsecurity'] = None; "
+                       "from offload.cli import main; main()")
+    path = tmp_path / "offload.toml"
+    for frontend, expected in ((waf(), 1), ("", 0)):
+        path.write_text(http_config(8443, [localhost_bundle], ["127.0.0.1:8080"],
+                                    frontend=frontend))
+        result = subprocess.run([sys.executable, "-c", without_binding, "check", "-c", str(path)],
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == expected, result.stderr
+        if expected:
+            assert "frontends[0].waf: the WAF needs libmodsecurity3" in result.stderr
+            fix = result.stderr.split("fix: ", 1)[1]
+            assert fix.startswith("install libmodsecurity3 with its headers")
+            assert "apt-get install libmodsecurity-dev modsecurity-crs" in fix

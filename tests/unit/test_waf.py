@@ -29,7 +29,7 @@ CRS = Path("/usr/share/modsecurity-crs/rules")
 def needs_engine() -> None:
     problem = binding_problem()
     if problem is not None:
-        pytest.fail(problem)
+        pytest.fail("; ".join(problem))
     if not CRS.is_dir():
         pytest.fail("the OWASP CRS is not installed; install it with: "
                     "apt-get install -y modsecurity-crs")
@@ -93,7 +93,9 @@ def test_a_missing_binding_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "offload.security._modsecurity", None)
     problem = binding_problem()
     assert problem is not None
-    assert "apt-get install libmodsecurity-dev modsecurity-crs" in problem
+    reason, fix = problem
+    assert "binding is not available" in reason
+    assert "apt-get install libmodsecurity-dev modsecurity-crs" in fix
 
 
 # --- the engine with the CRS -------------------------------------------------------------------

@@ -163,7 +163,7 @@ class Gate:
     """
 
     __slots__ = ("_asked", "_clock", "_closed", "_deadline_handle", "_more", "_outcome",
-                 "_pending", "_phase", "_response_body", "_sessions")
+                 "_pending", "_phase", "_sessions")
 
     def __init__(self, sessions: list[Session], clock: Clock) -> None:
         self._sessions = sessions
@@ -176,7 +176,6 @@ class Gate:
         self._closed = False
         self._deadline_handle: Cancellable | None = None
         self._asked = False
-        self._response_body: list[Session] = []
 
     # ------------------------------------------------------------ request
 
@@ -284,9 +283,9 @@ class Gate:
         if action in ("deny", "replace"):
             self._decide(decision)
             return
-        if action == "more" and (self._phase == "request_head"
-                                 or check.session.response_body_limit > 0):
-            self._more.append(check.session)
+        if action == "more" and (self._phase == "request_head" or (
+                self._phase == "response_head" and check.session.response_body_limit > 0)):
+            self._more.append(check.session)  # "more" anywhere else is an allow
         if not self._pending and not self._asked:
             self._phase_done()
 

@@ -38,10 +38,10 @@ def _binding() -> ModuleType | str:
         return f"offload's libmodsecurity binding is not available ({error})"
 
 
-def binding_problem() -> str | None:
-    """Why the WAF cannot run here (with how to fix it), or ``None``."""
+def binding_problem() -> tuple[str, str] | None:
+    """Why the WAF cannot run here and how to fix it, or ``None``."""
     found = _binding()
-    return f"{found}; {INSTALL_HINT}" if isinstance(found, str) else None
+    return (found, INSTALL_HINT) if isinstance(found, str) else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -146,9 +146,9 @@ def _prepare_waf(frontend: FrontendConfig, base_dir: Path, where: str
         return None, []
     problem = binding_problem()
     if problem is not None:
+        reason, fix = problem
         return None, [Issue(f"{where}.waf", "the WAF needs libmodsecurity3, which offload "
-                            "cannot use here: " + problem.split("; ")[0],
-                            problem.split("; ", 1)[-1])]
+                            f"cannot use here: {reason}", fix)]
     plan, issues = plan_waf(frontend.waf, base_dir, f"{where}.waf")
     if plan is None:
         return None, issues
