@@ -783,3 +783,15 @@ def test_a_response_can_be_replaced_after_its_body_prefix_was_seen():
     assert (b"Content-Length", b"8") in head.headers
     assert sent[1] == ("send_data", b"blocked\n")
     assert upstream.aborted
+
+
+def test_an_inspector_that_answers_at_once_never_pauses_the_client():
+    # pausing a socket costs system calls: the rules answer synchronously, so nothing stops
+    session = FakeSession(body_limit=4, auto=gate.MORE)
+    script = gated(request(b"POST", content_length=6), session)
+    script.exchange.start()
+    session.auto = gate.ALLOW
+    script.exchange.request_data(b"123456")
+    assert session.asked[-1] == ("body", (b"1234", False))
+    assert ("pause_request", "inspection") not in script.downstream.calls
+    assert script.backend.opening, "allowed and on its way"

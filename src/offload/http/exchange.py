@@ -177,8 +177,9 @@ class Exchange:
         held = self._prefix_size >= wanted
         if gate.awaiting_body and (held or self.request_done or not self.request.has_body):
             prefix = b"".join(self._prefix)
-            self.downstream.pause_request("inspection")
             gate.body(prefix, self.request_done or not self.request.has_body)
+            if self._gate is gate and gate.pending:  # answered later: hold what comes
+                self.downstream.pause_request("inspection")
         elif held:
             self.downstream.pause_request("inspection")
         else:
