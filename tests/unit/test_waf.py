@@ -71,7 +71,7 @@ def test_exclusions_become_directives_around_the_crs(tmp_path):
     assert plan is not None and issues == []
     text = [value for kind, value in plan.sources if kind == "text"]
     files = [value for kind, value in plan.sources if kind == "file"]
-    before = next(t for t in text if "@beginsWith /api/search" in t)
+    before = next(t for t in text if "@rx ^\\Q/api/search\\E(?:/|$)" in t)
     assert "ctl:ruleRemoveById=942100,ctl:ruleRemoveById=942190" in before
     after = text[-1]
     assert 'SecRuleUpdateTargetById 941100 "!ARGS:html"' in after
@@ -278,3 +278,16 @@ def test_a_form_body_without_content_type_is_still_inspected():
         tx.close()
     assert outcome.intervene
     assert any(m.rule // 1000 == 941 for m in outcome.matches)
+
+
+@pytest.mark.parametrize(("path", "excluded"), [
+    (b"/api/search", True), (b"/api/search/suggest", True),
+    (b"/api/search/../../login", False), (b"/api/search/%2e%2e/%2e%2e/login", False),
+    (b"/api/search\\..\\..\\login", False), (b"/api/searchadmin", False), (b"/login", False),
+])
+def test_a_path_exclusion_covers_its_path_and_nothing_a_client_can_dress_up_as_it(path,
+                                                                                   excluded):
+    # an attacker must not get rules removed on /login by prefixing it with an excluded path
+    tuned = {"exclusions": [{"rules": [942100], "path": "/api/search"}]}
+    _, matches = run(path + b"?q=1%27%20OR%20%271%27=%271", **tuned)
+    assert (942100 not in [m.rule for m in matches]) == excluded

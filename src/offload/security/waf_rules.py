@@ -5,7 +5,8 @@ The order matters to ModSecurity (rules run in the order they were loaded, per p
     offload's engine settings       SecRuleEngine, body access and limit, body processors
     crs-setup.conf                  the operator's (Debian: /etc/modsecurity/crs/)
     paranoia level and threshold    after crs-setup.conf, so the frontend's values win
-    exclusions under a path         SecRule ... ctl:ruleRemove... (before the CRS rules)
+    exclusions under a path         SecRule ... ctl:ruleRemove... (before the CRS rules), on the
+                                    path with dot segments resolved, whole segments only
     the CRS rules                   REQUEST-900 (Debian's), rules/*.conf, RESPONSE-999
     other exclusions                SecRuleRemoveById / SecRuleUpdateTargetById (after)
     the operator's rule files       ``rules``, in the order given (globs sorted)
@@ -93,9 +94,14 @@ def _exclusions(config: WafConfig) -> tuple[str, str]:
             else:
                 actions = ",".join(f"ctl:ruleRemoveTargetById={rule};{exclusion.target}"
                                    for rule in ids)
-            before.append(f'SecRule REQUEST_FILENAME "@beginsWith {exclusion.path}" '
+            # the path as the backend will route it (dot segments resolved: an exclusion
+            # for /api/search must not cover /api/search/../../login), whole segments only;
+            # the path holds no backslash or quote (checked), so \Q...\E quotes it
+            path = exclusion.path
+            pattern = "^\\Q" + path + "\\E" + ("" if path.endswith("/") else "(?:/|$)")
+            before.append(f'SecRule REQUEST_FILENAME "@rx {pattern}" '
                           f'"id:{EXCLUSION_FIRST_ID + index},phase:1,pass,nolog,t:none,'
-                          f'{actions}"')
+                          f't:normalizePathWin,{actions}"')
         elif exclusion.target is None:
             after.append("SecRuleRemoveById " + " ".join(ids))
         else:
