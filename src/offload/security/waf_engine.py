@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -115,7 +114,6 @@ class Engine:
         except WafError:
             self.close()
             raise
-        self.rule_count = 0
 
     @property
     def version(self) -> str:
@@ -200,10 +198,6 @@ class Transaction:
         log, self._log = self._log, self._ffi.NULL
         if log != self._ffi.NULL:
             self._lib.offload_waf_log_free(log)
-
-
-def readable(path: str) -> bool:
-    return Path(path).is_file()
 
 
 __all__ = ["INSTALL_HINT", "Engine", "Outcome", "RuleMatch", "Transaction", "WafError",
