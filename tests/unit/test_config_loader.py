@@ -534,7 +534,7 @@ HTTP_ONLY_SAMPLES: dict[str, object] = {
     "access_log": "off", "access_log_format": "combined", "inspect": {"builtin": ["sqli"]},
     "limits.request_rate": "10/s", "limits.request_rate_per_ip": "5/s", "http2": False,
     "limits.request_rate_per_fingerprint": "50/s", "ja4_header": "X-TLS-JA4",
-    "ja3_header": "X-TLS-JA3",
+    "ja3_header": "X-TLS-JA3", "waf": {"mode": "detect"},
 }
 SAMPLE_NEEDS: dict[str, dict[str, object]] = {
     "limits.request_rate_per_fingerprint": {"fingerprints": True},
@@ -628,6 +628,8 @@ def rich() -> Raw:
                 "ja4": ["t13d*"], "not_ja4": ["t13d1516h2_8daaf6152771_e5627efa2ab1"],
                 "ja3": ["ada70206e40642a3e4461f35503241d5"],
                 "not_ja3": ["ADA70206E40642A3E4461F35503241D5"]}]},
+            "waf": {"mode": "block", "rules": ["waf/local.conf"], "paranoia_level": 2,
+                    "exclusions": [{"rules": [942100], "path": "/search", "target": "ARGS:q"}]},
         }],
         "backends": [{"name": "app", "servers": [{"address": "127.0.0.1:8081", "weight": 2,
                                                   "ca": ["server-ca.pem"],

@@ -97,6 +97,8 @@ class RequestLog:
                 "user_agent": _text(header_value(request.headers, b"user-agent")),
                 "referer": _text(header_value(request.headers, b"referer")),
             })
+            if exchange.notes:
+                line.update(exchange.notes)
         if reason:
             line["reason"] = reason
         return line

@@ -29,11 +29,13 @@ from offload.acme.storage import AcmeStorage
 from offload.config.model import AcmeChallenge, FrontendConfig
 from offload.config.units import HostPort
 from offload.errors import OffloadError
+from offload.http.gate import Inspector
 from offload.http.h1_connection import Http1Connection
 from offload.http.h2_connection import H2Connection
 from offload.http.redirect import RedirectProtocol
 from offload.http.site import HttpSite
 from offload.http.upstream import HttpBackend
+from offload.http.waf import WafInspector, WafPool
 from offload.l4.relay import TcpRelay
 from offload.observe.access_log import AccessLog
 from offload.observe.log import LogSetup, fields
@@ -44,6 +46,7 @@ from offload.security.ban_list import BannedClients, OffenceBatch
 from offload.security.bans import BanEvent
 from offload.security.events import SecurityEvents
 from offload.security.limits import Limits, worker_limits
+from offload.security.waf_engine import Engine
 from offload.server.control import (
     BackendCertificateChanged,
     BanList,
@@ -182,6 +185,9 @@ class _Apps:
         self.http_backends: dict[str, HttpBackend] = {}
         self.access_logs: dict[tuple[str, str], AccessLog] = {}
         self.sites: list[HttpSite] = []
+        self.waf_pools: list[WafPool] = []
+        self.waf_engines: dict[tuple[tuple[str, str], ...], Engine] = {}
+        """Loaded rule sets, shared by the frontends that load the same (about 19 MB each)."""
         self.listeners: list[Listener] = []
         self.redirects: list[asyncio.Server] = []
         storage = spec.prepared.acme_storage
@@ -231,11 +237,25 @@ class _Apps:
             if log is None:
                 log = self.access_logs[key] = AccessLog(*key)
         site = HttpSite(frontend, http_backend, counters, log, self.security, self.clock,
-                        rate_limits=limits,
+                        rate_limits=limits, extra_inspectors=self._waf(prepared_frontend),
                         client_cas=client_auth.authorities if client_auth is not None else None,
                         banned=self.banned)
         self.sites.append(site)
         return lambda stream: http_connection(stream, site)
+
+    def _waf(self, prepared_frontend: PreparedFrontend) -> tuple[Inspector, ...]:
+        """The frontend's WAF in this worker: its rules loaded here (after fork: libmodsecurity
+        holds no thread or lock across it), its own thread pool."""
+        plan, config = prepared_frontend.waf, prepared_frontend.config.waf
+        if plan is None or config is None:
+            return ()
+        pool = WafPool(asyncio.get_running_loop(), config.threads, config.queue)
+        self.waf_pools.append(pool)
+        engine = self.waf_engines.get(plan.sources)
+        if engine is None:
+            engine = self.waf_engines[plan.sources] = Engine(list(plan.sources))
+        return (WafInspector(engine, config, pool, events=self.security,
+                             counters=self.counters, frontend=prepared_frontend.config.name),)
 
     async def start(self) -> None:
         for log in self.access_logs.values():
@@ -332,6 +352,8 @@ class _Apps:
     async def stop(self) -> None:
         for group in self.groups():
             await group.stop()
+        for pool in self.waf_pools:
+            pool.close()
         for log in self.access_logs.values():
             log.stop()
         await self.crls.stop()
