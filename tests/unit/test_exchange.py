@@ -19,6 +19,7 @@ import pytest
 
 from offload.errors import BackendTlsError, ProtocolError
 from offload.http import exchange as exchange_module
+from offload.http import gate
 from offload.http.exchange import ClientContext, Exchange
 from offload.observe.stats import Counters
 from offload.proto.forwarding import ClientFacts, ForwardPolicy
@@ -218,7 +219,7 @@ class Script:
         self.downstream = FakeDownstream()
         site = SimpleNamespace(
             clock=self.clock, backend=self.backend, forward_policy=ForwardPolicy(),
-            inspection=None, banned=None, security=None, name="web")
+            inspectors=(), banned=None, security=None, name="web")
         client = ClientContext(ClientFacts("192.0.2.7", 50000, 443), trusted=False)
         self.exchange = Exchange(self.downstream, site, client, req, b"rid-1")  # type: ignore[arg-type]
 
@@ -510,3 +511,275 @@ def test_an_empty_piece_of_body_is_not_an_end_of_chunks():
     script.exchange.request_data(b"")
     script.exchange.request_end([])
     assert bytes(upstream.written[head_end:]) == b"2\r\nab\r\n0\r\n\r\n"
+
+
+# ------------------------------------------------------------ the inspection gate
+
+
+class FakeSession:
+    """An inspector's session that answers when the test says (``None``: at once with
+    ``auto``); records what it was asked."""
+
+    def __init__(self, *, body_limit: int = 0, wants_response: bool = False,
+                 auto: Any = None, timeout: float = 5.0, on_timeout: Any = None) -> None:
+        self.body_limit = body_limit
+        self.wants_response = wants_response
+        self.response_body_limit = 0
+        self.timeout = timeout
+        self.auto = auto
+        self.timeout_decision = on_timeout or gate.deny(503, "inspector_timeout")
+        self.asked: list[tuple[str, Any]] = []
+        self.replies: list[Callable[[gate.Decision], None]] = []
+        self.closed = 0
+
+    def _ask(self, what: str, argument: Any, reply: Callable[[gate.Decision], None]) -> None:
+        self.asked.append((what, argument))
+        if self.auto is not None:
+            reply(self.auto)
+        else:
+            self.replies.append(reply)
+
+    def request_head(self, reply: Callable[[gate.Decision], None]) -> None:
+        self._ask("head", None, reply)
+
+    def request_body(self, prefix: bytes, complete: bool,
+                     reply: Callable[[gate.Decision], None]) -> None:
+        self._ask("body", (prefix, complete), reply)
+
+    def response_head(self, response: Response, reply: Callable[[gate.Decision], None]) -> None:
+        self._ask("response", response.status, reply)
+
+    def response_body(self, prefix: bytes, complete: bool,
+                      reply: Callable[[gate.Decision], None]) -> None:
+        self._ask("response_body", (prefix, complete), reply)
+
+    def on_timeout(self) -> gate.Decision:
+        return self.timeout_decision
+
+    def close(self) -> None:
+        self.closed += 1
+
+    def answer(self, decision: gate.Decision) -> None:
+        self.replies.pop(0)(decision)
+
+
+class FakeInspector:
+    name = "fake"
+
+    def __init__(self, session: FakeSession | None) -> None:
+        self.session = session
+        self.subjects: list[gate.Subject] = []
+
+    def begin(self, subject: gate.Subject) -> FakeSession | None:
+        self.subjects.append(subject)
+        return self.session
+
+
+def gated(req: Request, *sessions: FakeSession) -> Script:
+    script = Script(req)
+    script.exchange.site.inspectors = tuple(FakeInspector(s) for s in sessions)
+    return script
+
+
+def test_a_request_is_held_until_the_inspector_answers_and_a_deny_never_reaches_a_backend():
+    session = FakeSession()
+    script = gated(request(b"GET", b"/?id=1%27%20or%201=1"), session)
+    script.exchange.start()
+    assert session.asked == [("head", None)]
+    assert script.backend.opening == [], "nothing is sent before the inspector decided"
+    assert "inspection" in script.downstream.paused
+    session.answer(gate.deny(403, "waf_denied:942100"))
+    assert script.backend.opening == [] and script.backend.idle == {}
+    assert script.downstream.calls[-1] == ("answer", 403)
+    assert script.exchange.reason == "waf_denied:942100"
+    assert session.closed == 1
+    assert script.downstream.paused == set()
+
+
+def test_the_deny_answer_carries_the_request_id():
+    session = FakeSession(auto=gate.deny(403, "waf_denied:1"))
+    script = gated(request(), session)
+    answers: list[Any] = []
+    script.downstream.answer = lambda status, **kw: answers.append((status, kw))  # type: ignore[method-assign]
+    script.exchange.start()
+    assert answers == [(403, {"retry_after": False, "extra": ((b"X-Request-ID", b"rid-1"),),
+                              "detail": "request id: rid-1"})]
+
+
+def test_an_allowed_request_goes_on_and_the_subject_names_the_client():
+    session = FakeSession()
+    inspector = FakeInspector(session)
+    script = Script(request())
+    script.exchange.site.inspectors = (inspector,)
+    script.exchange.start()
+    subject = inspector.subjects[0]
+    assert (subject.client, subject.client_port, subject.request_id) == ("192.0.2.7", 50000,
+                                                                          b"rid-1")
+    session.answer(gate.ALLOW)
+    upstream = script.backend.connect_next()
+    assert upstream is not None and upstream.written.startswith(b"GET / HTTP/1.1\r\n")
+    assert session.closed == 1, "no response inspection: the session is freed at once"
+
+
+def test_the_body_prefix_is_held_reading_pauses_at_the_limit_and_all_of_it_is_sent_after():
+    session = FakeSession(body_limit=4)
+    script = gated(request(b"POST", content_length=10), session)
+    script.exchange.start()
+    assert "inspection" not in script.downstream.paused, "the body is read while the head waits"
+    script.exchange.request_data(b"12")
+    assert "inspection" not in script.downstream.paused
+    script.exchange.request_data(b"3456")
+    assert "inspection" in script.downstream.paused, "the prefix is held: reading stops"
+    session.answer(gate.MORE)
+    assert session.asked[-1] == ("body", (b"1234", False))
+    assert script.backend.opening == []
+    session.answer(gate.ALLOW)
+    assert "inspection" not in script.downstream.paused
+    upstream = script.backend.connect_next()
+    assert upstream is not None
+    script.exchange.request_data(b"7890")
+    script.exchange.request_end([])
+    assert upstream.written.endswith(b"\r\n\r\n1234567890")
+
+
+def test_a_body_shorter_than_the_limit_is_inspected_whole_at_its_end():
+    session = FakeSession(body_limit=100)
+    script = gated(request(b"POST", content_length=5), session)
+    script.exchange.start()
+    session.answer(gate.MORE)
+    script.exchange.request_data(b"a=1&b")
+    assert len(session.asked) == 1
+    script.exchange.request_end([])
+    assert session.asked[-1] == ("body", (b"a=1&b", True))
+    session.answer(gate.deny(403, "waf_denied:941100"))
+    assert script.downstream.calls[-1] == ("answer", 403)
+    assert script.backend.opening == []
+
+
+def test_a_request_without_body_still_gets_its_body_phase():
+    # ModSecurity's CRS decides on the query string in phase 2: "more" on a GET is answered
+    # at once with an empty, complete body
+    session = FakeSession(body_limit=100)
+    script = gated(request(), session)
+    script.exchange.start()
+    session.answer(gate.MORE)
+    assert session.asked[-1] == ("body", (b"", True))
+
+
+def test_expect_continue_waits_for_the_head_decision():
+    session = FakeSession(body_limit=10)
+    script = gated(request(b"POST", content_length=3, expect_continue=True), session)
+    script.exchange.start()
+    assert "send_continue" not in script.downstream.names(), "a refused head needs no body"
+    session.answer(gate.MORE)
+    assert script.downstream.names() == ["send_continue"]
+    script.exchange.request_data(b"abc")
+    script.exchange.request_end([])
+    session.answer(gate.ALLOW)
+    upstream = script.backend.connect_next()
+    assert upstream is not None and b"Expect" not in upstream.written
+
+
+def test_an_inspector_that_does_not_answer_in_time_gets_its_timeout_policy():
+    session = FakeSession(timeout=2.0)
+    script = gated(request(), session)
+    script.exchange.start()
+    script.clock.advance(1.5)
+    assert script.downstream.names() == []
+    script.clock.advance(1.0)
+    assert script.downstream.calls[-1] == ("answer", 503)
+    assert script.exchange.reason == "inspector_timeout"
+    session.answer(gate.ALLOW)  # too late: ignored
+    assert script.backend.opening == []
+
+    allowing = FakeSession(timeout=2.0, on_timeout=gate.ALLOW)
+    script = gated(request(), allowing)
+    script.exchange.start()
+    script.clock.advance(3)
+    assert script.backend.opening, "on_timeout allow: the request goes on"
+
+
+def test_every_inspector_must_answer_and_the_first_refusal_decides():
+    first, second = FakeSession(), FakeSession()
+    script = gated(request(), first, second)
+    script.exchange.start()
+    first.answer(gate.ALLOW)
+    assert script.backend.opening == []
+    second.answer(gate.deny(403, "icap:Eicar"))
+    assert script.downstream.calls[-1] == ("answer", 403)
+    assert (first.closed, second.closed) == (1, 1)
+
+    sync_deny = FakeSession(auto=gate.deny(403, "rule_denied:x"))
+    late = FakeSession()
+    script = gated(request(), sync_deny, late)
+    script.exchange.start()
+    assert late.asked == [], "once refused, the others are not asked"
+
+
+def test_a_client_gone_while_inspecting_frees_the_sessions_and_late_answers_do_nothing():
+    session = FakeSession()
+    script = gated(request(), session)
+    script.exchange.start()
+    script.exchange.client_gone()
+    assert session.closed == 1
+    session.answer(gate.ALLOW)
+    assert script.backend.opening == [] and script.downstream.names() == []
+
+
+def test_the_response_head_is_held_until_the_inspector_allows_it():
+    session = FakeSession(wants_response=True, auto=None)
+    script = gated(request(), session)
+    script.exchange.start()
+    session.answer(gate.ALLOW)
+    upstream = script.backend.connect_next()
+    assert upstream is not None
+    script.exchange.request_end([])
+    script.respond(upstream, ok(b"hello"), Data(b"hel"))
+    assert session.asked[-1] == ("response", 200)
+    assert script.downstream.names() == [] and upstream.paused
+    script.respond(upstream, Data(b"lo"), EndOfMessage())  # already in flight
+    session.answer(gate.ALLOW)
+    assert not upstream.paused
+    assert script.downstream.names() == ["send_head", "send_data", "send_data", "send_end",
+                                         "exchange_done"]
+    assert script.backend.released_to_pool == [(upstream, True)]
+    assert session.closed == 1
+
+
+def test_a_refused_response_never_reaches_the_client():
+    session = FakeSession(wants_response=True)
+    script = gated(request(), session)
+    script.exchange.start()
+    session.answer(gate.ALLOW)
+    upstream = script.backend.connect_next()
+    assert upstream is not None
+    script.respond(upstream, ok(b"secret"), Data(b"secret"), EndOfMessage())
+    session.answer(gate.deny(502, "waf_response_denied:950100"))
+    assert script.downstream.names() == ["answer"]
+    assert script.downstream.calls[-1] == ("answer", 502)
+    assert upstream.aborted and script.backend.released_to_pool == []
+
+
+def test_a_response_can_be_replaced_after_its_body_prefix_was_seen():
+    session = FakeSession(wants_response=True)
+    session.response_body_limit = 4
+    script = gated(request(), session)
+    script.exchange.start()
+    session.answer(gate.ALLOW)
+    upstream = script.backend.connect_next()
+    assert upstream is not None
+    script.respond(upstream, ok(b"EICAR-virus"), Data(b"EIC"))
+    session.answer(gate.MORE)
+    assert not upstream.paused
+    script.respond(upstream, Data(b"AR-virus"))
+    assert session.asked[-1] == ("response_body", (b"EICA", False))
+    assert upstream.paused
+    session.answer(gate.replace(403, [(b"Content-Type", b"text/plain")], b"blocked\n",
+                                "icap_replaced"))
+    assert script.downstream.names() == ["send_head", "send_data", "send_end", "exchange_done"]
+    sent = [(name, value) for name, value in script.downstream.calls if name.startswith("send")]
+    head = sent[0][1]
+    assert head.status == 403
+    assert (b"Content-Length", b"8") in head.headers
+    assert sent[1] == ("send_data", b"blocked\n")
+    assert upstream.aborted

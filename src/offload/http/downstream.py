@@ -12,6 +12,7 @@ Calls from an exchange, in the order they may come::
     send_interim*                       1xx answers of the backend, not 101
     send_head, send_data*, send_end     the backend's response; then exchange_done
     answer                              offload answers itself (no head was sent); ends it
+                                        (an inspector's refusal: with the request id)
     abort                               the response was started and cannot be finished
     start_tunnel                        101 to a WebSocket request (HTTP/1.1 only)
 
@@ -60,8 +61,10 @@ class Downstream(Protocol):
     def exchange_done(self) -> None:
         """The exchange is over after ``send_end``: log it, go on with the next request."""
 
-    def answer(self, status: int, *, retry_after: bool) -> None:
-        """Offload answers the request itself (``exchange.status``/``reason`` say why)."""
+    def answer(self, status: int, *, retry_after: bool,
+               extra: tuple[tuple[bytes, bytes], ...] = (), detail: str = "") -> None:
+        """Offload answers the request itself (``exchange.status``/``reason`` say why), with
+        ``extra`` header fields (valid ones) and a ``detail`` line in the body."""
 
     def abort(self) -> None:
         """The response was started and cannot be finished: the client must see it cut."""

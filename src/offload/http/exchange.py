@@ -13,11 +13,14 @@ again only when it is idempotent, no response byte has arrived, and no body byte
 (so a stale keep-alive connection costs nothing). A request whose body was streamed is never
 repeated.
 
-Inspection rules (:mod:`offload.http.inspection`) run before a server is chosen: a denied
-request is answered 403 and never reaches a backend. When a rule also looks at the body, the
-exchange holds the body until it has the first ``body_inspect_bytes`` (or the whole body, if
-shorter), decides, and only then connects and sends what it held; reading is never paused for
-this, and nothing beyond that prefix (plus the rest of the read it arrived in) is buffered.
+Inspection (:mod:`offload.http.gate`: the frontend's rules, a WAF, a scanner) runs before a
+server is chosen: a denied request is answered with the inspector's status (403) and its
+request id, and never reaches a backend. While the inspectors decide, the exchange holds the
+body until it has the prefix they asked for (or the whole body, if shorter) and only then
+connects and sends what it held; once it holds that prefix and an answer is still awaited it
+pauses reading the client (``pause_request("inspection")``), so nothing beyond the prefix (plus
+the rest of the read it arrived in) is buffered. An inspector that wants the response head is
+asked before the head reaches the client; the backend is not read meanwhile.
 
 Towards the backend, a body of unknown length (``request.chunked``) goes out chunked.
 """
@@ -29,12 +32,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from offload.errors import BackendTlsError, ProtocolError
-from offload.http.inspection import backend_auth_failure, denied_reason, forwarded_client
+from offload.http.gate import Decision, Gate, Subject, open_gate
+from offload.http.inspection import backend_auth_failure, forwarded_client
 from offload.observe.log import fields
-from offload.proto.forwarding import ClientFacts, request_fields
+from offload.proto.forwarding import FIELD_VALUE, ClientFacts, request_fields
 from offload.proto.http1_write import chunk, last_chunk, request_head
 from offload.proto.http_types import Data, EndOfMessage, Event, Headers, Request, Response
-from offload.security.rules import Verdict
 from offload.timers import Clock, Deadline
 
 if TYPE_CHECKING:
@@ -61,8 +64,8 @@ class Exchange:
     """A request travelling through offload (one per request, created by the client side)."""
 
     __slots__ = (
-        "_candidates", "_connecting", "_fresh_retry", "_held", "_prefix", "_prefix_size",
-        "_response_complete", "_timer", "_verdict",
+        "_candidates", "_connecting", "_fresh_retry", "_gate", "_held", "_held_events",
+        "_prefix", "_prefix_size", "_response_complete", "_timer",
         "backend", "body_sent", "bytes_in", "bytes_out", "client", "client_context", "clock",
         "downstream", "finished", "reason", "request", "request_done", "request_id",
         "response", "response_started", "server_index", "site", "started", "status",
@@ -103,8 +106,10 @@ class Exchange:
                        else Deadline(self.clock, self._on_server_deadline))
         """The backend side's deadline (a client connection may share one between its
         exchanges, which run one at a time)."""
-        self._verdict: Verdict | None = None
-        """Set while the body prefix is held for the rules that look at it."""
+        self._gate: Gate | None = None
+        """The inspectors' sessions, while any has something to decide."""
+        self._held_events: list[Event] | None = None
+        """Backend events held while the inspectors decide on the response."""
         self._prefix: list[bytes] = []
         self._prefix_size = 0
         self.client = (forwarded_client(request.headers, site.forward_policy,
@@ -122,44 +127,82 @@ class Exchange:
             site.security.decision("request_refused", "banned", site.name, self.client)
             self.fail_local(403, "banned")
             return
-        inspection = site.inspection
-        if inspection is None:
+        if not site.inspectors:
             self._route()
             return
-        verdict = inspection.head(self.client, self.request, self.request_id,
-                                  self.client_context.facts.fingerprints)
-        if verdict.deny:
-            self.fail_local(403, denied_reason(verdict))
-        elif not verdict.needs_body:
-            inspection.forward(self.request, verdict)
+        facts = self.client_context.facts
+        self._gate = gate = open_gate(site.inspectors, Subject(
+            site.name, self.client, facts.port, facts.local_port, self.request,
+            self.request_id, facts.fingerprints), self.clock)
+        if gate is None:
             self._route()
-        elif not self.request.has_body:
-            self._verdict = verdict
-            self._inspect_body()
-        else:
-            self._verdict = verdict
+            return
+        gate.start(self._request_decided)
+        if gate.pending and not self.finished:
+            self._hold_body()
+
+    def _request_decided(self, decision: Decision) -> None:
+        """The inspectors answered: ``more`` (they want the body prefix) or the verdict."""
+        if self.finished:
+            return
+        action = decision.action
+        if action == "more":
             request = self.request
-            if request.expect_continue:
-                # the client waits for 100 before it sends the body the rules must see: say it
-                # ourselves, and do not ask the backend again
+            if request.expect_continue and not self.request_done:
+                # the client waits for 100 before it sends the body the inspectors must see:
+                # say it ourselves, and do not ask the backend again
                 request.expect_continue = False
                 self.downstream.send_continue()
-
-    def _inspect_body(self) -> None:
-        """The body prefix is complete: finish the verdict, then deny or go on."""
-        inspection = self.site.inspection
-        verdict = self._verdict
-        assert inspection is not None and verdict is not None
-        prefix = b"".join(self._prefix)
-        self._verdict = None
-        self._prefix = []
-        verdict = inspection.body(prefix, verdict, self.client, self.request, self.request_id)
-        if verdict.deny:
-            self._held = []
-            self.fail_local(403, denied_reason(verdict))
+            self._hold_body()
             return
-        inspection.forward(self.request, verdict)
-        self._route()
+        self._prefix = []
+        self.downstream.resume_request("inspection")
+        if action == "allow":
+            if self._gate is not None and not self._gate.wants_response():
+                self._end_gate()
+            self._route()
+        else:
+            self._held = []
+            self._refuse(decision)
+
+    def _hold_body(self) -> None:
+        """Hold the body prefix the inspectors want; once held, ask them, or stop reading."""
+        gate = self._gate
+        if gate is None or not gate.pending:
+            return
+        wanted = gate.body_wanted()
+        held = self._prefix_size >= wanted
+        if gate.awaiting_body and (held or self.request_done or not self.request.has_body):
+            prefix = b"".join(self._prefix)
+            self.downstream.pause_request("inspection")
+            gate.body(prefix, self.request_done or not self.request.has_body)
+        elif held:
+            self.downstream.pause_request("inspection")
+        else:
+            self.downstream.resume_request("inspection")
+
+    def _refuse(self, decision: Decision) -> None:
+        """An inspector refused: answer with its status (or its page) and the request id."""
+        if decision.action == "replace":
+            self.status = decision.status
+            self.reason = decision.reason
+            self.finished = True
+            self._timer.clear()
+            self._cancel_connect()
+            response = Response(status=decision.status, reason=b"", version=b"1.1",
+                                headers=[*decision.headers, (b"Content-Length",
+                                                             b"%d" % len(decision.body))],
+                                content_length=len(decision.body))
+            self.response = response
+            self.response_started = True
+            downstream = self.downstream
+            downstream.send_head(response)
+            if decision.body:
+                downstream.send_data(decision.body)
+            downstream.send_end([])
+            downstream.exchange_done()
+            return
+        self.fail_local(decision.status or 403, decision.reason, request_id=True)
 
     def _route(self) -> None:
         self._candidates = self.backend.candidates(self.client_context.balance_key,
@@ -249,12 +292,11 @@ class Exchange:
         else:
             self.body_sent = True
             upstream.write(piece)
-        if self._verdict is not None:
+        gate = self._gate
+        if gate is not None and gate.pending and not gate.awaiting_response_body:
             self._prefix.append(data)
             self._prefix_size += len(data)
-            inspection = self.site.inspection
-            if inspection is not None and self._prefix_size >= inspection.body_bytes:
-                self._inspect_body()
+            self._hold_body()
 
     def request_end(self, trailers: Headers) -> None:
         self.request_done = True
@@ -264,8 +306,9 @@ class Exchange:
                 self._held.append(piece)
             else:
                 self.upstream.write(piece)
-        if self._verdict is not None:
-            self._inspect_body()  # the whole body was shorter than the prefix
+        gate = self._gate
+        if gate is not None and gate.pending:
+            self._hold_body()  # the whole body was shorter than the prefix
 
     # ------------------------------------------------------------ the client's pace
 
@@ -287,9 +330,16 @@ class Exchange:
     # ------------------------------------------------------------ response (from backend)
 
     def backend_events(self, events: list[Event]) -> None:
+        held = self._held_events
+        if held is not None:  # the inspectors are deciding on the response
+            self._hold_response(events)
+            return
         self._timer.set(self.clock.time() + self.backend.config.server_timeout)
         downstream = self.downstream
-        for event in events:
+        for index, event in enumerate(events):
+            if self._held_events is not None:  # the head just went to the inspectors
+                self._hold_response(events[index:])
+                return
             if isinstance(event, Data):
                 self.bytes_out += len(event.data)
                 downstream.send_data(event.data)
@@ -326,7 +376,63 @@ class Exchange:
         if status in (401, 403):
             site = self.site
             backend_auth_failure(site.security, site.name, self.client)
+        gate = self._gate
+        if gate is not None and gate.wants_response():
+            self._held_events = []
+            self._prefix = []
+            self._prefix_size = 0
+            self._timer.clear()  # the inspectors' own deadline runs meanwhile
+            if self.upstream is not None:
+                self.upstream.pause_reading()
+            gate.response(response, self._response_decided)
+            return
         self.downstream.send_head(response)
+
+    def _hold_response(self, events: list[Event]) -> None:
+        """Backend events that came while the inspectors decide on the response."""
+        held = self._held_events
+        gate = self._gate
+        assert held is not None
+        held.extend(events)
+        if gate is None or not gate.awaiting_response_body:
+            return
+        for event in events:
+            if isinstance(event, Data):
+                self._prefix.append(event.data)
+                self._prefix_size += len(event.data)
+        complete = any(isinstance(event, EndOfMessage) for event in held)
+        if complete or self._prefix_size >= gate.response_body_wanted():
+            if self.upstream is not None:
+                self.upstream.pause_reading()
+            prefix = b"".join(self._prefix)
+            self._prefix = []
+            gate.response_data(prefix, complete)
+
+    def _response_decided(self, decision: Decision) -> None:
+        if self.finished:
+            return
+        upstream = self.upstream
+        if decision.action == "more":  # read the response body prefix, then ask again
+            held, self._held_events = self._held_events or [], []
+            if upstream is not None:
+                upstream.resume_reading()
+            self._hold_response(held)
+            return
+        held, self._held_events = self._held_events or [], None
+        self._end_gate()
+        if decision.action == "allow":
+            response = self.response
+            assert response is not None
+            self._timer.set(self.clock.time() + self.backend.config.server_timeout)
+            if upstream is not None:
+                upstream.resume_reading()
+            self.downstream.send_head(response)
+            self.backend_events(held)
+            return
+        self._drop_upstream()
+        self.response = None
+        self.response_started = False
+        self._refuse(decision)
 
     def _switch_protocols(self, response: Response) -> None:
         upstream = self.upstream
@@ -339,6 +445,7 @@ class Exchange:
         self.response_started = True
         self.finished = True
         self._timer.clear()
+        self._end_gate()
         self.downstream.send_interim(response)
         self.downstream.start_tunnel(upstream, upstream.upgrade_tail())
 
@@ -430,8 +537,10 @@ class Exchange:
             self._connecting = None
             self.downstream.resume_request("connecting")
 
-    def fail_local(self, status: int, reason: str, *, retry_after: bool = False) -> None:
-        """offload answers itself (no server, timeout, bad gateway, refused by a rule)."""
+    def fail_local(self, status: int, reason: str, *, retry_after: bool = False,
+                   request_id: bool = False) -> None:
+        """offload answers itself (no server, timeout, bad gateway, refused by a rule); a
+        refusal carries the request id, for the client to quote when it asks why."""
         if self.finished:
             return
         self.status = status
@@ -439,18 +548,34 @@ class Exchange:
         self.finished = True
         self._timer.clear()
         self._cancel_connect()
-        self.downstream.answer(status, retry_after=retry_after)
+        self._end_gate()
+        rid = self.request_id
+        if request_id and FIELD_VALUE.fullmatch(rid):
+            name = self.site.forward_policy.request_id_header
+            self.downstream.answer(status, retry_after=retry_after,
+                                   extra=((name, rid),),
+                                   detail=f"request id: {rid.decode('latin-1')}")
+        else:
+            self.downstream.answer(status, retry_after=retry_after)
+
+    def _end_gate(self) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.close()
+            self.downstream.resume_request("inspection")
 
     def _abort(self, reason: str) -> None:
         """The response was already started: all we can do is cut the connection."""
         self.reason = reason
         self.finished = True
         self._timer.clear()
+        self._end_gate()
         self.downstream.abort()
 
     def _finish(self) -> None:
         self.finished = True
         self._timer.clear()
+        self._end_gate()
         upstream, self.upstream = self.upstream, None
         response = self.response
         if upstream is not None:
@@ -470,3 +595,4 @@ class Exchange:
             self.finished = True
             self.reason = self.reason or "client_closed"
             self._drop_upstream()
+        self._end_gate()

@@ -456,7 +456,8 @@ class Http1Connection(asyncio.Protocol):
     def proxy_header(self) -> bytes:
         return proxy_header(self.stream, self.backend.config.proxy_protocol)
 
-    def answer(self, status: int, *, retry_after: bool) -> None:
+    def answer(self, status: int, *, retry_after: bool,
+               extra: tuple[tuple[bytes, bytes], ...] = (), detail: str = "") -> None:
         """offload answers the current request itself (no server, timeout, bad gateway)."""
         exchange = self.exchange
         assert exchange is not None
@@ -466,9 +467,10 @@ class Http1Connection(asyncio.Protocol):
                             and self._receiving is not exchange and not self.draining
                             and not self._client_eof)
         self._out.clear()
-        extra = ((b"Retry-After", b"1"),) if retry_after else ()
+        if retry_after:
+            extra = (*extra, (b"Retry-After", b"1"))
         self.stream.write(error_response(
-            status, keep_alive=self._keep_alive, extra_headers=extra,
+            status, keep_alive=self._keep_alive, extra_headers=extra, detail=detail,
             policy=self.response_policy))
         self.exchange_done()
 

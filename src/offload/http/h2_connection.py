@@ -169,8 +169,9 @@ class H2Stream:
     def exchange_done(self) -> None:
         self._conn.stream_done(self)
 
-    def answer(self, status: int, *, retry_after: bool) -> None:
-        self._conn.answer(self, status, retry_after=retry_after)
+    def answer(self, status: int, *, retry_after: bool,
+               extra: tuple[tuple[bytes, bytes], ...] = (), detail: str = "") -> None:
+        self._conn.answer(self, status, retry_after=retry_after, extra=extra, detail=detail)
 
     def abort(self) -> None:
         """The response cannot be finished: the client sees the stream reset."""
@@ -427,14 +428,17 @@ class H2Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------ answers and endings
 
-    def answer(self, stream: H2Stream, status: int, *, retry_after: bool) -> None:
+    def answer(self, stream: H2Stream, status: int, *, retry_after: bool,
+               extra: tuple[tuple[bytes, bytes], ...] = (), detail: str = "") -> None:
         """The exchange's own answer (no server, timeout, refused by a rule)."""
-        self._own_answer(stream, status,
-                         extra=((b"Retry-After", b"1"),) if retry_after else ())
+        if retry_after:
+            extra = (*extra, (b"Retry-After", b"1"))
+        self._own_answer(stream, status, extra=extra, detail=detail)
 
     def _own_answer(self, stream: H2Stream, status: int,
-                    extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-        answer = own_response(status, extra_headers=extra, policy=self.site.response_policy)
+                    extra: tuple[tuple[bytes, bytes], ...] = (), detail: str = "") -> None:
+        answer = own_response(status, extra_headers=extra, detail=detail,
+                              policy=self.site.response_policy)
         engine = self.engine
         engine.send_headers(stream.stream_id, [
             (b":status", b"%d" % status), *_h2_fields(answer.fields),

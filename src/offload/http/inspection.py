@@ -4,7 +4,8 @@
 request and the backend: it evaluates the head (and, when a rule asks for it, the body's first
 bytes), reports every rule that fired as one security decision (counted, logged with the
 client and the rule, a ban offence on deny), and rewrites the head's tag header. It does no
-I/O; :class:`~offload.http.exchange.Exchange` holds the body prefix and answers 403.
+I/O. :class:`RulesInspector` makes it one of the frontend's inspectors behind the exchange's
+inspection gate (:mod:`offload.http.gate`), which holds the body prefix and answers 403.
 
 Decisions, by what the rule says and whether the rule set is in dry-run::
 
@@ -21,9 +22,10 @@ from __future__ import annotations
 
 from ipaddress import ip_address
 
+from offload.http.gate import ALLOW, MORE, Decision, Reply, Subject, deny
 from offload.proto.fingerprint import Fingerprints
 from offload.proto.forwarding import ForwardPolicy
-from offload.proto.http_types import Headers, Request
+from offload.proto.http_types import Headers, Request, Response
 from offload.security.events import SecurityEvents
 from offload.security.rules import Match, RuleSet, Verdict
 
@@ -110,6 +112,75 @@ class Inspection:
                 request_id=request_id.decode("latin-1"))
 
 
+class RulesInspector:
+    """The rules as an inspector of the gate: answered at once, on the event loop."""
+
+    __slots__ = ("inspection", "name")
+
+    def __init__(self, inspection: Inspection) -> None:
+        self.inspection = inspection
+        self.name = "rules"
+
+    def begin(self, subject: Subject) -> RulesSession:
+        return RulesSession(self.inspection, subject)
+
+
+class RulesSession:
+    """One request before the rules: the head's verdict, finished with the body if a rule
+    looks at it; the tag header is rewritten once the rules are done."""
+
+    __slots__ = ("_inspection", "_subject", "_verdict", "body_limit")
+
+    wants_response = False
+    response_body_limit = 0
+    timeout = 3600.0
+    """Never reached: the rules answer before the check returns."""
+
+    def __init__(self, inspection: Inspection, subject: Subject) -> None:
+        self._inspection = inspection
+        self._subject = subject
+        self._verdict: Verdict | None = None
+        self.body_limit = inspection.body_bytes
+
+    def request_head(self, reply: Reply) -> None:
+        subject = self._subject
+        verdict = self._inspection.head(subject.client, subject.request, subject.request_id,
+                                        subject.fingerprints)
+        if verdict.deny:
+            reply(deny(403, denied_reason(verdict)))
+        elif verdict.needs_body:
+            self._verdict = verdict
+            reply(MORE)
+        else:
+            self._inspection.forward(subject.request, verdict)
+            reply(ALLOW)
+
+    def request_body(self, prefix: bytes, complete: bool, reply: Reply) -> None:
+        subject = self._subject
+        verdict = self._verdict
+        assert verdict is not None
+        self._verdict = None
+        verdict = self._inspection.body(prefix, verdict, subject.client, subject.request,
+                                        subject.request_id)
+        if verdict.deny:
+            reply(deny(403, denied_reason(verdict)))
+        else:
+            self._inspection.forward(subject.request, verdict)
+            reply(ALLOW)
+
+    def response_head(self, response: Response, reply: Reply) -> None:
+        reply(ALLOW)
+
+    def response_body(self, prefix: bytes, complete: bool, reply: Reply) -> None:
+        reply(ALLOW)
+
+    def on_timeout(self) -> Decision:
+        return ALLOW
+
+    def close(self) -> None:
+        self._verdict = None
+
+
 def backend_auth_failure(events: SecurityEvents, frontend: str, client: str) -> None:
     """The backend answered 401 or 403: count it and tell the ban jail (a login being guessed
     shows up as a run of these). No log line: the access log already has the status."""
@@ -118,4 +189,5 @@ def backend_auth_failure(events: SecurityEvents, frontend: str, client: str) -> 
         events.offence(client, "backend_auth_failure")
 
 
-__all__ = ["Inspection", "backend_auth_failure", "denied_reason", "forwarded_client"]
+__all__ = ["Inspection", "RulesInspector", "RulesSession", "backend_auth_failure",
+           "denied_reason", "forwarded_client"]

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 from offload.config.model import FrontendConfig
 from offload.config.units import EventRate
-from offload.http.inspection import Inspection
+from offload.http.gate import Inspector
+from offload.http.inspection import Inspection, RulesInspector
 from offload.http.upstream import HttpBackend
 from offload.observe.access_log import AccessLog
 from offload.observe.stats import Counters
@@ -100,6 +101,10 @@ class HttpSite:
     """Clients present certificates: forward who they are, and keep Host to the SNI."""
     inspection: Inspection | None = field(init=False)
     """The frontend's inspection rules, compiled once here; None when it has none."""
+    inspectors: tuple[Inspector, ...] = field(init=False)
+    """What the inspection gate asks about each request (the rules first)."""
+    extra_inspectors: tuple[Inspector, ...] = ()
+    """Inspectors the worker made for this frontend (a WAF, a scanner), after the rules."""
     client_cas: CaBundle | None = None
     """The client CAs, to name the chain in Client-Cert-Chain (frontends with client_auth)."""
     request_ids: RequestIds = field(default_factory=RequestIds)
@@ -127,6 +132,8 @@ class HttpSite:
         rules = compile_rules(self.frontend.inspect)
         self.inspection = (Inspection(rules, self.security, self.frontend.name)
                            if rules.rules else None)
+        own = (RulesInspector(self.inspection),) if self.inspection is not None else ()
+        self.inspectors = own + self.extra_inspectors
 
     @property
     def name(self) -> str:
