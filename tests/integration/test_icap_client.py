@@ -9,6 +9,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
+import uvloop
 from harness import free_port
 from icap_server import INFECTED_MARKER, SIGNATURE, IcapServer, running_icap_server
 
@@ -24,9 +25,11 @@ INFECTED = b"prefix " + INFECTED_MARKER + b" suffix\n"
 
 
 def run(scenario: Callable[[asyncio.AbstractEventLoop], Awaitable[None]]) -> None:
+    """On uvloop, as in a worker (its transports are no asyncio.Transport subclasses)."""
     async def main() -> None:
         await asyncio.wait_for(scenario(asyncio.get_running_loop()), 30)
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
 
 
 def client_for(url: str, loop: asyncio.AbstractEventLoop, **kwargs: int) -> IcapClient:

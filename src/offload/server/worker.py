@@ -29,8 +29,11 @@ from offload.acme.storage import AcmeStorage
 from offload.config.model import AcmeChallenge, FrontendConfig
 from offload.config.units import HostPort
 from offload.errors import OffloadError
+from offload.http.gate import Inspector
 from offload.http.h1_connection import Http1Connection
 from offload.http.h2_connection import H2Connection
+from offload.http.icap_client import IcapClient
+from offload.http.icap_inspector import IcapInspector
 from offload.http.redirect import RedirectProtocol
 from offload.http.site import HttpSite
 from offload.http.upstream import HttpBackend
@@ -182,6 +185,8 @@ class _Apps:
         self.http_backends: dict[str, HttpBackend] = {}
         self.access_logs: dict[tuple[str, str], AccessLog] = {}
         self.sites: list[HttpSite] = []
+        self.icap_clients: dict[tuple[str, int], IcapClient] = {}
+        """One client (one connection pool) per ICAP service and pool size, for every frontend."""
         self.listeners: list[Listener] = []
         self.redirects: list[asyncio.Server] = []
         storage = spec.prepared.acme_storage
@@ -231,11 +236,23 @@ class _Apps:
             if log is None:
                 log = self.access_logs[key] = AccessLog(*key)
         site = HttpSite(frontend, http_backend, counters, log, self.security, self.clock,
-                        rate_limits=limits,
+                        rate_limits=limits, extra_inspectors=self._icap(frontend),
                         client_cas=client_auth.authorities if client_auth is not None else None,
                         banned=self.banned)
         self.sites.append(site)
         return lambda stream: http_connection(stream, site)
+
+    def _icap(self, frontend: FrontendConfig) -> tuple[Inspector, ...]:
+        """The frontend's ICAP scanning, if it has one (docs/inspection.md)."""
+        icap = frontend.icap
+        if icap is None:
+            return ()
+        key = (icap.url, icap.max_connections)
+        client = self.icap_clients.get(key)
+        if client is None:
+            client = self.icap_clients[key] = IcapClient(
+                icap.service, self.clock, max_connections=icap.max_connections)
+        return (IcapInspector(icap, client, self.security, frontend.name),)
 
     async def start(self) -> None:
         for log in self.access_logs.values():
@@ -330,6 +347,8 @@ class _Apps:
         self.registry.drain()
 
     async def stop(self) -> None:
+        for client in self.icap_clients.values():
+            client.close()
         for group in self.groups():
             await group.stop()
         for log in self.access_logs.values():
