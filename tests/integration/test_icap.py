@@ -4,10 +4,13 @@ scanning with a real c-icap + ClamAV that knows one test signature (made in the 
 from __future__ import annotations
 
 import json
+import socket
+import time
 from collections.abc import Iterator
 
 import pytest
 from conftest import http_config
+from h2_client import H2Client
 from harness import free_port
 from http_client import get, https
 from icap_server import INFECTED_MARKER, SIGNATURE, IcapServer, running_icap_server
@@ -23,8 +26,9 @@ def icap_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IcapServer
 
 
 def icap_line(url: str, **keys: str) -> str:
+    keys = {"timeout": '"5s"', **keys}
     extra = "".join(f", {key} = {value}" for key, value in keys.items())
-    return f'icap = {{ url = "{url}", timeout = "5s"{extra} }}'
+    return f'icap = {{ url = "{url}"{extra} }}'
 
 
 def start(offload, pki, localhost_bundle, server, port, line: str):
@@ -122,6 +126,22 @@ def test_service_down_follows_on_error(pki, localhost_bundle, http_backend, offl
         assert not server.requests
 
 
+def test_slow_service_times_out_and_is_denied(pki, localhost_bundle, http_backend, offload,
+                                              port):
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, never answers
+    try:
+        server = http_backend()
+        instance = start(offload, pki, localhost_bundle, server, port, icap_line(
+            f"icap://127.0.0.1:{silent.getsockname()[1]}/avscan", timeout='"300ms"'))
+        began = time.monotonic()
+        response, _ = post(https(port, pki.ca), "/sha", CLEAN)
+        assert response.status == 503 and time.monotonic() - began < 5
+        assert access(instance, "/sha")["reason"] == "icap_error:icap_timeout"
+        assert not server.requests
+    finally:
+        silent.close()
+
+
 @pytest.mark.parametrize("policy", ["pass", "deny"])
 def test_oversize_policy(pki, localhost_bundle, http_backend, offload, port, icap_server,
                          policy):
@@ -142,3 +162,23 @@ def test_oversize_policy(pki, localhost_bundle, http_backend, offload, port, ica
     # small enough bodies are still scanned
     response, _ = post(https(port, pki.ca), "/small", b"x" + INFECTED_MARKER)
     assert response.status == 403
+
+
+def test_http2_streams_are_scanned_too(pki, localhost_bundle, http_backend, offload, port,
+                                       icap_server):
+    server = http_backend()
+    instance = start(offload, pki, localhost_bundle, server, port, icap_line(
+        icap_server.url, scan='["request-body", "response-body"]'))
+    client = H2Client(port, pki.ca, timeout=20)
+    infected = client.request("/h2-upload", method="POST", body=INFECTED)
+    clean = client.request("/sha", method="POST", body=CLEAN)
+    download = client.request("/echo", extra=[("x-note", INFECTED_MARKER.decode())])
+    headers, body, _ = client.response(infected)
+    assert headers[":status"] == "403" and b"request id: " in body
+    headers, body, _ = client.response(clean)
+    assert headers[":status"] == "200"
+    headers, body, _ = client.response(download)
+    assert headers[":status"] == "403" and SIGNATURE.encode() in body
+    assert access(instance, "/h2-upload")["reason"] == f"icap_infected:{SIGNATURE}"
+    assert all(r.target != "/h2-upload" for r in server.requests)
+    assert [r.body for r in server.requests if r.target == "/sha"] == [CLEAN]

@@ -254,3 +254,32 @@ def test_busy_pool_refuses_instead_of_queueing_without_end(
         assert client.connections == 0
         client.close()
     run(scenario)
+
+
+def test_a_connection_the_server_closed_is_retried_once(
+        raw_server: Callable[..., RawServer]) -> None:
+    """The service closes a kept-alive connection just as the next scan goes out on it (its
+    keep-alive timeout): the scan goes again on a new connection, and only once."""
+    def reply(conn: socket.socket) -> None:
+        first = server.accepted == 1
+        try:
+            while head := read_head(conn):
+                if head.startswith(b"OPTIONS "):
+                    conn.sendall(OPTIONS_ANSWER)
+                elif first:
+                    conn.close()  # without a word
+                    return
+                else:
+                    conn.sendall(b"ICAP/1.0 204 No Content\r\n\r\n")
+        except OSError:
+            pass
+
+    server = raw_server(reply)
+
+    async def scenario(loop: asyncio.AbstractEventLoop) -> None:
+        client = client_for(f"icap://127.0.0.1:{server.port}/avscan", loop)
+        verdict = await client.scan("REQMOD", HTTP_REQUEST, body=CLEAN, time_limit=5)
+        assert verdict.kind == "clean", verdict
+        assert server.accepted == 2
+        client.close()
+    run(scenario)

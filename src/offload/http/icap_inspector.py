@@ -26,6 +26,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from offload.http.gate import ALLOW, MORE, Decision, Reply, Subject, deny, replace
+from offload.proto.forwarding import FIELD_VALUE
 from offload.proto.http_types import Request, Response
 from offload.proto.icap import Method, Verdict
 
@@ -223,7 +224,9 @@ class IcapSession:
         rid = self.subject.request_id
         body = (f"403 Forbidden: this download was blocked because it contains malware "
                 f"({signature}).\nrequest id: {rid.decode('latin-1')}\n").encode()
-        headers = [_OWN_TYPE, _NO_STORE, (self.inspector.request_id_header, rid)]
+        headers = [_OWN_TYPE, _NO_STORE]
+        if FIELD_VALUE.fullmatch(rid):
+            headers.append((self.inspector.request_id_header, rid))
         return replace(403, headers, body, reason)
 
     def _failed(self, reason: str) -> Decision:
