@@ -295,7 +295,7 @@ class IcapClient:
                 response = await connection.send(rest, new_request=False)
                 if response.status == 100:
                     raise IcapProtocolError("a second 100 Continue")
-            if response.keep_alive and not connection.write_pending:
+            if response.keep_alive and not connection.write_pending and not self._closed:
                 done = True
             return response
         finally:
