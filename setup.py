@@ -13,6 +13,11 @@ The libnghttp2 binding (``offload.proto._nghttp2``, a cffi extension: see
 shadows no Python module), when cffi and the libnghttp2 headers are there; ``OFFLOAD_NGHTTP2=0``
 skips it. Its outcome — built, skipped or failed, with the reason — is recorded in the same file
 under ``nghttp2``, and a failure never fails the install: HTTP/2 then runs on python-hyper ``h2``.
+
+The libmodsecurity3 binding (``offload.security._modsecurity``, cffi, a few lines of C++: see
+``src/offload/security/modsecurity_build.py``) is built the same way when the
+``libmodsecurity-dev`` headers are there (``OFFLOAD_MODSECURITY=0`` skips it), recorded under
+``modsecurity``; without it only a configuration with a ``waf`` is refused, by ``offload check``.
 """
 
 from __future__ import annotations
@@ -54,6 +59,11 @@ COMPILED = [
 NGHTTP2_BUILD = "src/offload/proto/h2_nghttp2_build.py"
 NGHTTP2_MODULE = "offload.proto._nghttp2"
 NGHTTP2_HEADER = "nghttp2/nghttp2.h"
+MODSECURITY_BUILD = "src/offload/security/modsecurity_build.py"
+MODSECURITY_MODULE = "offload.security._modsecurity"
+MODSECURITY_HEADER = "modsecurity/modsecurity.h"
+OPTIONAL_MODULES = {NGHTTP2_MODULE: "nghttp2", MODSECURITY_MODULE: "modsecurity"}
+"""Bindings that may fail alone (recorded under their key) without failing the install."""
 BUILD_RECORD = "offload/_build.json"
 """What the build did about compiling, read by ``offload version`` and at start
 (offload/build_info.py)."""
@@ -96,13 +106,13 @@ def _plan() -> tuple[list[object], dict[str, object]]:
                                                       "modules": modules}
 
 
-def _nghttp2_header_found() -> bool:
-    """Whether the C compiler will find ``nghttp2/nghttp2.h`` (the usual places, and CPATH)."""
+def _nghttp2_header_found(header: str = NGHTTP2_HEADER) -> bool:
+    """Whether the C compiler will find ``header`` (the usual places, and CPATH)."""
     places = ["/usr/include", "/usr/local/include",
               *os.environ.get("CPATH", "").split(os.pathsep),
               *os.environ.get("C_INCLUDE_PATH", "").split(os.pathsep)]
     places += [str(path) for path in Path("/usr/include").glob("*-linux-gnu*")]
-    return any(place and (Path(place) / NGHTTP2_HEADER).is_file() for place in places)
+    return any(place and (Path(place) / header).is_file() for place in places)
 
 
 def _plan_nghttp2() -> tuple[list[object], dict[str, str]]:
@@ -130,9 +140,36 @@ def _plan_nghttp2() -> tuple[list[object], dict[str, str]]:
     return [extension], {"status": "built", "reason": ""}
 
 
+def _plan_modsecurity() -> tuple[list[object], dict[str, str]]:
+    """The libmodsecurity3 binding, if it can be built here (module docstring)."""
+    if os.environ.get("OFFLOAD_MODSECURITY", "1") == "0":
+        return [], {"status": "skipped", "reason": "OFFLOAD_MODSECURITY=0"}
+    if not _nghttp2_header_found(MODSECURITY_HEADER):
+        reason = (f"{MODSECURITY_HEADER} not found (Debian/Ubuntu: apt-get install "
+                  "libmodsecurity-dev modsecurity-crs; then reinstall offload)")
+        _announce(f"not building the libmodsecurity binding: {reason}; the waf key is refused")
+        return [], {"status": "skipped", "reason": reason}
+    try:
+        import importlib.util  # noqa: PLC0415 - only a build needs it
+
+        spec = importlib.util.spec_from_file_location("_offload_modsecurity_build",
+                                                      MODSECURITY_BUILD)
+        assert spec is not None and spec.loader is not None
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+        extension = script.builder().distutils_extension(tmpdir="build/cffi")
+    except Exception as error:  # cffi missing or the script broken: no binding, no failure
+        reason = f"cffi could not prepare the binding ({_short(error)})"
+        _announce(f"not building the libmodsecurity binding: {reason}")
+        return [], {"status": "failed", "reason": reason}
+    return [extension], {"status": "built", "reason": ""}
+
+
 EXTENSIONS, RECORD = _plan()
 NGHTTP2_EXTENSIONS, NGHTTP2_RECORD = _plan_nghttp2()
 RECORD["nghttp2"] = NGHTTP2_RECORD
+MODSECURITY_EXTENSIONS, MODSECURITY_RECORD = _plan_modsecurity()
+RECORD["modsecurity"] = MODSECURITY_RECORD
 
 
 def _write_record(build_lib: str, record: dict[str, object]) -> None:
@@ -162,27 +199,28 @@ class OptionalBuildExt(build_ext):
             _announce(f"compiling the data path failed ({_short(error)}); this install runs as "
                       "pure Python, about a fifth slower")
             RECORD.update(compile="failed", reason=_short(error))
-            self.extensions = [ext for ext in self.extensions if ext.name == NGHTTP2_MODULE]
+            self.extensions = [ext for ext in self.extensions if ext.name in OPTIONAL_MODULES]
             if self.extensions:  # the binding stands on its own
                 super().run()
             if not self.inplace:
                 _write_record(self.build_lib, RECORD)
 
     def build_extension(self, ext: Any) -> None:
-        """The libnghttp2 binding may fail alone: recorded, and HTTP/2 runs on ``h2``."""
-        if ext.name != NGHTTP2_MODULE:
+        """A binding may fail alone: recorded (HTTP/2 then runs on ``h2``; a ``waf`` is
+        refused)."""
+        key = OPTIONAL_MODULES.get(ext.name)
+        if key is None:
             super().build_extension(ext)
             return
         try:
             super().build_extension(ext)
         except Exception as error:
             reason = _short(error)
-            _announce(f"building the libnghttp2 binding failed ({reason}); HTTP/2 runs on "
-                      "python-hyper h2, slower")
-            RECORD["nghttp2"] = {"status": "failed", "reason": reason}
+            _announce(f"building the {ext.name} binding failed ({reason})")
+            RECORD[key] = {"status": "failed", "reason": reason}
             if not self.inplace:
                 _write_record(self.build_lib, RECORD)
 
 
-setup(ext_modules=EXTENSIONS + NGHTTP2_EXTENSIONS,
+setup(ext_modules=EXTENSIONS + NGHTTP2_EXTENSIONS + MODSECURITY_EXTENSIONS,
       cmdclass={"build_ext": OptionalBuildExt, "build_py": RecordingBuildPy})

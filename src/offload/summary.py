@@ -34,12 +34,13 @@ from offload.config.units import (
     parse_size,
 )
 from offload.security.rules_config import RuleSetConfig
+from offload.security.waf_config import WafConfig
 from offload.server.prepare import Prepared
 
 _SHOWN_APART = {
     # frontend keys with a line of their own (or in the heading)
     "name", "bind", "backend", "certificates", "mode", "tls_policy", "hsts", "redirect_http",
-    "limits", "inspect", "client_auth", "client_ca", "client_crl", "client_crl_fetch",
+    "limits", "inspect", "waf", "client_auth", "client_ca", "client_crl", "client_crl_fetch",
     "client_crl_failure", "client_crl_timeout", "client_crl_max_size", "client_crl_refresh",
     "client_crl_retry",
     # backend keys
@@ -145,6 +146,18 @@ def _frontend_lines(frontend: FrontendConfig) -> list[str]:
     return ["    " + line for line in lines]
 
 
+def _waf(waf: WafConfig, crs: str) -> str:
+    rules = f"OWASP CRS from {crs}, paranoia level {waf.paranoia_level}, anomaly threshold " \
+        f"{waf.anomaly_threshold}" if crs else "no CRS"
+    if waf.rules:
+        rules += f", {len(waf.rules)} rule file(s) of your own"
+    if waf.exclusions:
+        rules += f", {len(waf.exclusions)} exclusion(s)"
+    return (f"waf: {waf.mode} mode, {rules}; request bodies inspected up to "
+            f"{format_size(waf.request_body_limit)}; {waf.threads} engine thread(s) per worker, "
+            f"on_overload {waf.on_overload}")
+
+
 def _health(check: HealthCheckConfig | None) -> str:
     if check is None:
         return "no active health check"
@@ -198,6 +211,8 @@ def summary(prepared: Prepared, now: dt.datetime | None = None) -> str:
             lines.append(f"    certificate {certificate.describe()} "
                          f"({certificate.days_left(now)} days left)")
         lines.extend(_frontend_lines(fc))
+        if fc.waf is not None and frontend.waf is not None:
+            lines.append("    " + _waf(fc.waf, frontend.waf.crs))
     for backend in config.backends:
         servers = ", ".join(f"{server.label}" + ("" if server.label == str(server) else f"={server}")
                             for server in prepared.servers[backend.name])

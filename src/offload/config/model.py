@@ -37,6 +37,7 @@ from offload.config.units import (
 from offload.observe.admin_guard import AllowedHost, parse_allowed_host
 from offload.security.icap_config import IcapConfig
 from offload.security.rules_config import RuleSetConfig
+from offload.security.waf_config import WafConfig
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 """Seconds, written with a unit in the file (``"10s"``)."""
@@ -344,6 +345,8 @@ class FrontendConfig(Model):
     ja3_header: Annotated[OwnHeader, HttpOnly()] = ""
     inspect: Annotated[RuleSetConfig, HttpOnly()] = Field(default_factory=RuleSetConfig)
     """Inspection rules evaluated on every request (mode http only; docs/security.md)."""
+    waf: Annotated[WafConfig | None, HttpOnly()] = None
+    """The web application firewall (OWASP CRS on libmodsecurity3; docs/inspection.md)."""
 
 
 def _sni_setting(value: object) -> str:

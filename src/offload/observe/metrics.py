@@ -90,6 +90,12 @@ COUNTERS: dict[str, Spec] = {spec_key: spec for spec_key, spec in [
     ("timeout", Spec("offload_timeouts", "Connections closed by a timeout", ("kind",))),
     ("security", Spec("offload_security_decisions", "Connections and requests refused, "
                       "limited or flagged", ("frontend", "kind", "cause"))),
+    ("waf_rule", Spec("offload_waf_rule_matches", "WAF rule matches by rule id (outcome "
+                      "denied: the request was refused; detected: logged only)",
+                      ("frontend", "rule", "outcome"))),
+    ("waf_check", Spec("offload_waf_checks", "Requests checked by the WAF, by result (allowed, "
+                       "denied, detected, overload_allowed, overload_denied, error)",
+                       ("frontend", "result"))),
     ("backend_connect_failed", Spec("offload_backend_connect_failures",
                                     "Failed connections to backend servers", ("backend",))),
     ("backend_unavailable", Spec("offload_backend_unavailable",

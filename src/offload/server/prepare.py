@@ -18,6 +18,8 @@ from pathlib import Path
 from offload.acme.storage import AcmeStorage
 from offload.config.model import Config, FrontendConfig
 from offload.errors import ConfigError, Issue
+from offload.security.waf_engine import Engine, WafError, binding_problem
+from offload.security.waf_rules import WafPlan, plan_waf
 from offload.tls.backend_tls import BackendTls, load_backend_tls
 from offload.tls.certs import LoadedCertificate, readable_by
 from offload.tls.client_certs import load_client_auth
@@ -40,6 +42,8 @@ class PreparedFrontend:
     store: CertificateStore
     sources: FrontendSources
     client_auth: ClientAuth | None = None
+    waf: WafPlan | None = None
+    """The WAF's rules, found and checked to load (frontends with ``waf``)."""
 
     @property
     def certificates(self) -> list[LoadedCertificate]:
@@ -134,6 +138,28 @@ def _read_admin_token(config: Config, base_dir: Path) -> tuple[bytes | None, lis
     return token, []
 
 
+def _prepare_waf(frontend: FrontendConfig, base_dir: Path, where: str
+                 ) -> tuple[WafPlan | None, list[Issue]]:
+    """Find the frontend's WAF rules and load them once, so a broken rule set (or a missing
+    libmodsecurity) is a configuration error, not a worker that cannot start."""
+    if frontend.waf is None or frontend.mode != "http":
+        return None, []
+    problem = binding_problem()
+    if problem is not None:
+        return None, [Issue(f"{where}.waf", "the WAF needs libmodsecurity3, which offload "
+                            "cannot use here: " + problem.split("; ")[0],
+                            problem.split("; ", 1)[-1])]
+    plan, issues = plan_waf(frontend.waf, base_dir, f"{where}.waf")
+    if plan is None:
+        return None, issues
+    try:
+        Engine(list(plan.sources)).close()
+    except WafError as error:
+        return None, [Issue(f"{where}.waf", f"the WAF rules do not load: {error}",
+                            "fix the rule file named (or remove it from rules)")]
+    return plan, []
+
+
 def prepare(config: Config, source: str, rewrite: Callable[[Issue], Issue] | None = None,
             now: dt.datetime | None = None, base_dir: Path | None = None) -> Prepared:
     """Load and check everything ``config`` names; raise ConfigError listing every problem.
@@ -175,10 +201,12 @@ def prepare(config: Config, source: str, rewrite: Callable[[Issue], Issue] | Non
         client_auth, problems, auth_warnings = load_client_auth(frontend, base_dir, where, now)
         issues.extend(problems)
         warnings.extend(auth_warnings)
+        waf, problems = _prepare_waf(frontend, base_dir, where)
+        issues.extend(problems)
         if (files or acme_dir is not None) and not issues:
             store = CertificateStore(
                 functools.partial(server_context, frontend.tls_policy, alpn, client_auth), files)
-            frontends.append(PreparedFrontend(frontend, store, sources, client_auth))
+            frontends.append(PreparedFrontend(frontend, store, sources, client_auth, waf))
     issues.extend(_check_accounts(config))
     admin_token, problems = _read_admin_token(config, base_dir)
     issues.extend(problems)

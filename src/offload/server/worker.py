@@ -37,6 +37,7 @@ from offload.http.icap_inspector import IcapInspector
 from offload.http.redirect import RedirectProtocol
 from offload.http.site import HttpSite
 from offload.http.upstream import HttpBackend
+from offload.http.waf import WafInspector, WafPool
 from offload.l4.relay import TcpRelay
 from offload.observe.access_log import AccessLog
 from offload.observe.log import LogSetup, fields
@@ -47,6 +48,7 @@ from offload.security.ban_list import BannedClients, OffenceBatch
 from offload.security.bans import BanEvent
 from offload.security.events import SecurityEvents
 from offload.security.limits import Limits, worker_limits
+from offload.security.waf_engine import Engine
 from offload.server.control import (
     BackendCertificateChanged,
     BanList,
@@ -187,6 +189,7 @@ class _Apps:
         self.sites: list[HttpSite] = []
         self.icap_clients: dict[tuple[str, int], IcapClient] = {}
         """One client (one connection pool) per ICAP service and pool size, for every frontend."""
+        self.waf_pools: list[WafPool] = []
         self.listeners: list[Listener] = []
         self.redirects: list[asyncio.Server] = []
         storage = spec.prepared.acme_storage
@@ -236,7 +239,8 @@ class _Apps:
             if log is None:
                 log = self.access_logs[key] = AccessLog(*key)
         site = HttpSite(frontend, http_backend, counters, log, self.security, self.clock,
-                        rate_limits=limits, extra_inspectors=self._icap(frontend),
+                        rate_limits=limits,
+                        extra_inspectors=self._waf(prepared_frontend) + self._icap(frontend),
                         client_cas=client_auth.authorities if client_auth is not None else None,
                         banned=self.banned)
         self.sites.append(site)
@@ -253,6 +257,17 @@ class _Apps:
             client = self.icap_clients[key] = IcapClient(
                 icap.service, self.clock, max_connections=icap.max_connections)
         return (IcapInspector(icap, client, self.security, frontend.name),)
+
+    def _waf(self, prepared_frontend: PreparedFrontend) -> tuple[Inspector, ...]:
+        """The frontend's WAF in this worker: its rules loaded here (after fork: libmodsecurity
+        holds no thread or lock across it), its own thread pool."""
+        plan, config = prepared_frontend.waf, prepared_frontend.config.waf
+        if plan is None or config is None:
+            return ()
+        pool = WafPool(asyncio.get_running_loop(), config.threads, config.queue)
+        self.waf_pools.append(pool)
+        return (WafInspector(Engine(list(plan.sources)), config, pool, events=self.security,
+                             counters=self.counters, frontend=prepared_frontend.config.name),)
 
     async def start(self) -> None:
         for log in self.access_logs.values():
@@ -351,6 +366,8 @@ class _Apps:
             client.close()
         for group in self.groups():
             await group.stop()
+        for pool in self.waf_pools:
+            pool.close()
         for log in self.access_logs.values():
             log.stop()
         await self.crls.stop()
