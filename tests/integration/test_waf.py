@@ -25,13 +25,13 @@ from harness import free_port
 from http_client import get, https
 from test_admin import samples, value, with_admin
 
+from offload.security.waf_engine import binding_problem
+
 CRS_RULES = Path("/usr/share/modsecurity-crs/rules")
 
 
 @pytest.fixture(autouse=True)
 def _needs_the_waf() -> None:
-    from offload.security.waf_engine import binding_problem  # noqa: PLC0415
-
     problem = binding_problem()
     if problem is not None:
         pytest.fail(problem)
@@ -67,7 +67,7 @@ def _refused(instance, server, path: str, response_id: str | None, *, body: byte
     assert line["request_id"] == entry["request_id"] and line["client"] == "127.0.0.1"
     assert line["rules"] and line["score"] >= 5 and line["mode"] == "block"
     assert str(line["rules"][0]) == entry["reason"].split(":", 1)[1]
-    assert all(not r.target.startswith(path.split("?")[0]) for r in server.requests), \
+    assert all(not r.target.startswith(path.split("?", maxsplit=1)[0]) for r in server.requests), \
         "a refused request never reaches the backend"
     return line
 
@@ -193,7 +193,7 @@ def test_the_body_limit_is_respected(pki, localhost_bundle, http_backend, offloa
     response.read()
     assert response.status == 200 and server.requests[-1].body == late
     # a JSON body longer than the limit is cut mid-document: not refused as unparsable...
-    long_json = json.dumps({"items": ["entry %d" % n for n in range(400)]}).encode()
+    long_json = json.dumps({"items": [f"entry {n}" for n in range(400)]}).encode()
     conn.request("POST", "/long-json", body=long_json,
                  headers={"Content-Type": "application/json"})
     response = conn.getresponse()
