@@ -535,6 +535,7 @@ HTTP_ONLY_SAMPLES: dict[str, object] = {
     "limits.request_rate": "10/s", "limits.request_rate_per_ip": "5/s", "http2": False,
     "limits.request_rate_per_fingerprint": "50/s", "ja4_header": "X-TLS-JA4",
     "ja3_header": "X-TLS-JA3", "waf": {"mode": "detect"},
+    "icap": {"url": "icap://127.0.0.1/avscan"},
 }
 SAMPLE_NEEDS: dict[str, dict[str, object]] = {
     "limits.request_rate_per_fingerprint": {"fingerprints": True},
@@ -621,6 +622,7 @@ def rich() -> Raw:
             "accept_proxy": True, "proxy_sources": ["10.0.0.0/24"], "fingerprints": True,
             "limits": {"request_rate": "5/s", "ipv4_prefix": 24},
             "http2": {"max_concurrent_streams": 50, "early_resets": "10/s burst 20"},
+            "icap": {"url": "icap://127.0.0.1/avscan", "scan": ["request-body"]},
             "inspect": {"builtin": ["sqli"], "rules": [{
                 "name": "r", "action": "tag", "tag": "t", "path": "^/x", "query": "a", "body": "b",
                 "client": ["10.0.0.0/8"], "not_client": ["10.1.0.0/16"], "methods": ["GET"],

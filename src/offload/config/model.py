@@ -35,6 +35,7 @@ from offload.config.units import (
     port_only_fix,
 )
 from offload.observe.admin_guard import AllowedHost, parse_allowed_host
+from offload.security.icap_config import IcapConfig
 from offload.security.rules_config import RuleSetConfig
 from offload.security.waf_config import WafConfig
 
@@ -336,6 +337,9 @@ class FrontendConfig(Model):
     access_log_format: Annotated[Literal["json", "combined"], HttpOnly()] = "json"
     http2: Annotated[Http2Config, HttpOnly(), _table_from_flag("enabled")] = Field(
         default_factory=Http2Config)
+    icap: Annotated[IcapConfig | None, HttpOnly()] = None
+    """Malware scanning of uploads (and downloads) through an ICAP service
+    (docs/inspection.md)."""
     ja4_header: Annotated[OwnHeader, HttpOnly()] = "X-JA4"
     """With fingerprints: the field carrying the client's JA4 to the backend ("": none)."""
     ja3_header: Annotated[OwnHeader, HttpOnly()] = ""

@@ -131,6 +131,9 @@ COUNTERS: dict[str, Spec] = {spec_key: spec for spec_key, spec in [
     ("server_responses", Spec("offload_backend_server_responses", "Final responses from each "
                              "backend server, by status class", ("backend", "server",
                                                                  "status_class"))),
+    ("icap", Spec("offload_icap_scans", "Bodies sent to the ICAP service, or not, by outcome "
+                  "(clean, infected, error_allowed, error_denied, oversize_passed, "
+                  "oversize_denied)", ("frontend", "direction", "result"))),
     ("server_failures", Spec("offload_backend_server_failures", "Requests and connections to "
                              "each backend server that failed (connect_failed, timeout, reset, "
                              "bad_response)", ("backend", "server", "reason"))),

@@ -32,6 +32,8 @@ from offload.errors import OffloadError
 from offload.http.gate import Inspector
 from offload.http.h1_connection import Http1Connection
 from offload.http.h2_connection import H2Connection
+from offload.http.icap_client import IcapClient
+from offload.http.icap_inspector import IcapInspector
 from offload.http.redirect import RedirectProtocol
 from offload.http.site import HttpSite
 from offload.http.upstream import HttpBackend
@@ -185,6 +187,8 @@ class _Apps:
         self.http_backends: dict[str, HttpBackend] = {}
         self.access_logs: dict[tuple[str, str], AccessLog] = {}
         self.sites: list[HttpSite] = []
+        self.icap_clients: dict[tuple[str, int], IcapClient] = {}
+        """One client (one connection pool) per ICAP service and pool size, for every frontend."""
         self.waf_pools: list[WafPool] = []
         self.waf_engines: dict[tuple[tuple[str, str], ...], Engine] = {}
         """Loaded rule sets, shared by the frontends that load the same (about 19 MB each)."""
@@ -237,11 +241,24 @@ class _Apps:
             if log is None:
                 log = self.access_logs[key] = AccessLog(*key)
         site = HttpSite(frontend, http_backend, counters, log, self.security, self.clock,
-                        rate_limits=limits, extra_inspectors=self._waf(prepared_frontend),
+                        rate_limits=limits,
+                        extra_inspectors=self._waf(prepared_frontend) + self._icap(frontend),
                         client_cas=client_auth.authorities if client_auth is not None else None,
                         banned=self.banned)
         self.sites.append(site)
         return lambda stream: http_connection(stream, site)
+
+    def _icap(self, frontend: FrontendConfig) -> tuple[Inspector, ...]:
+        """The frontend's ICAP scanning, if it has one (docs/inspection.md)."""
+        icap = frontend.icap
+        if icap is None:
+            return ()
+        key = (icap.url, icap.max_connections)
+        client = self.icap_clients.get(key)
+        if client is None:
+            client = self.icap_clients[key] = IcapClient(
+                icap.service, self.clock, max_connections=icap.max_connections)
+        return (IcapInspector(icap, client, self.security, frontend.name),)
 
     def _waf(self, prepared_frontend: PreparedFrontend) -> tuple[Inspector, ...]:
         """The frontend's WAF in this worker: its rules loaded here (after fork: libmodsecurity
@@ -350,6 +367,8 @@ class _Apps:
         self.registry.drain()
 
     async def stop(self) -> None:
+        for client in self.icap_clients.values():
+            client.close()
         for group in self.groups():
             await group.stop()
         for pool in self.waf_pools:
