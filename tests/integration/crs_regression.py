@@ -1,6 +1,8 @@
 """The OWASP CRS's own regression tests against a live offload (detect mode, paranoia level 1)
-in front of a recording backend: a bounded, deterministic subset here, the whole set with
-``OFFLOAD_CRS_CASES=all`` (``tools/crs-regression``), which also writes a report.
+in front of a recording backend: a bounded, deterministic subset of 300 cases, or the whole set
+with ``OFFLOAD_CRS_CASES=all`` (``tools/crs-regression``), which also writes a report. Not named
+``test_*.py``: ./dev test does not collect it, because the cases come from GitHub; run it by
+naming the file (``tools/crs-regression`` does).
 
 A case is sent on its own TLS connection exactly as written (offload's HTTP parser sees it
 first), and judged by the rule ids offload's access log says the WAF matched (crs_cases.py).
