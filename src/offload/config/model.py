@@ -227,6 +227,12 @@ class FrontendLimits(Model):
     ipv4_prefix: Annotated[int, Strict(), Field(ge=0, le=32)] = 32
     ipv6_prefix: Annotated[int, Strict(), Field(ge=0, le=128)] = 64
     max_tracked_clients: Count = 65536
+    scope: Literal["instance", "fleet"] = "instance"
+    """``fleet``: the rate limits count for every instance of the ``[fleet]`` together
+    (docs/fleet.md); concurrent connections stay per instance."""
+    on_store_failure: Literal["local", "deny"] = "local"
+    """With ``scope = "fleet"`` and Redis unreachable: ``local`` keeps per-instance limits,
+    ``deny`` refuses what the fleet limits cover."""
 
     @property
     def any(self) -> bool:

@@ -1,0 +1,1 @@
+"""Fleet mode: several offload instances sharing state through Redis (docs/fleet.md)."""
