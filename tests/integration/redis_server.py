@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from harness import free_port, need
 
 START_TIMEOUT = 10.0
