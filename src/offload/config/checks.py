@@ -20,6 +20,7 @@ from offload.config.model import (
     AdminConfig,
     BackendConfig,
     Config,
+    FleetConfig,
     FrontendConfig,
     FrontendLimits,
     ServerConfig,
@@ -54,6 +55,8 @@ def cross_check(config: Config) -> list[Issue]:
         issues.extend(_check_acme(config.acme, config))
     if config.admin is not None:
         issues.extend(_check_admin(config.admin))
+    if config.fleet is not None:
+        issues.extend(_check_fleet(config.fleet))
     return issues
 
 
@@ -342,6 +345,34 @@ def _check_admin(admin: AdminConfig) -> list[Issue]:
                       "set admin.token_file (a file holding a long random token), or "
                       "bind it to 127.0.0.1")]
     return []
+
+
+def _check_fleet(fleet: FleetConfig) -> list[Issue]:
+    """Sentinel needs a master's name; TLS keys need ``rediss://``; a client certificate needs
+    its key; the ticket-key periods must leave at least one key to decrypt with."""
+    issues: list[Issue] = []
+    if fleet.sentinels and fleet.master is None:
+        issues.append(Issue("fleet.master", "Sentinel needs the name of the master to follow",
+                            'set fleet.master to the name the sentinels monitor, like '
+                            '"mymaster"'))
+    if fleet.master is not None and not fleet.sentinels:
+        issues.append(Issue("fleet.sentinels", "fleet.master is set but no sentinel is listed",
+                            'list the sentinels, like sentinels = ["10.0.0.5:26379"], or '
+                            "remove fleet.master"))
+    tls_keys = [key for key in ("tls_ca", "tls_certificate", "tls_key")
+                if getattr(fleet, key) is not None]
+    if tls_keys and not fleet.redis.startswith("rediss://"):
+        issues.append(Issue(f"fleet.{tls_keys[0]}", "TLS files are set but the Redis URL is "
+                            "not rediss://", "write fleet.redis as rediss://host:port/db"))
+    if (fleet.tls_certificate is None) != (fleet.tls_key is None):
+        missing = "tls_key" if fleet.tls_key is None else "tls_certificate"
+        issues.append(Issue(f"fleet.{missing}", "a client certificate needs both "
+                            "tls_certificate and tls_key", f"set fleet.{missing} too"))
+    if fleet.ticket_key_lifetime < fleet.ticket_key_rotation:
+        issues.append(Issue("fleet.ticket_key_lifetime", "keys would be retired before the "
+                            "next one is made", "make ticket_key_lifetime at least "
+                            "ticket_key_rotation (by default 36h and 12h)"))
+    return issues
 
 
 def _check_client_auth(frontend: FrontendConfig, where: str) -> list[Issue]:
