@@ -11,8 +11,10 @@ import redis
 from redis.asyncio import Redis
 from redis_server import RedisServer
 
+from offload.config.model import FleetConfig
 from offload.fleet.limit_script import GCRA_SCRIPT, MAX_KEYS_PER_CALL, key_name
 from offload.fleet.limit_sync import FleetLimitSync
+from offload.fleet.link import FleetLink, redis_client
 from offload.fleet.tally import Batch, FleetRate, FleetTally
 from offload.observe.stats import Counters
 
@@ -73,15 +75,15 @@ def test_the_batch_task_carries_a_large_batch_in_one_round_trip(server: RedisSer
         tally = FleetTally()
         tally.add_limit("web", "per_ip_request_rate", FleetRate.of(1, 1))
         counters = Counters()
-        client = Redis(port=server.port)
-        sync = FleetLimitSync(tally, client, "t", counters)
+        link = FleetLink(*_link(server))
+        sync = FleetLimitSync(tally, link, counters)
         clients = MAX_KEYS_PER_CALL * 2 + 7
         for index in range(clients):
             tally.count(("web", "per_ip_request_rate", f"10.0.{index // 256}.{index % 256}"))
         batch = tally.take_batch(0.0)
         assert batch is not None and len(batch) == clients
         await sync.send(batch)
-        await client.aclose()
+        await link.close()
         return tally, counters
 
     tally, counters = asyncio.run(scenario())
@@ -95,8 +97,8 @@ def test_the_batch_task_notices_the_store_going_and_coming_back(server: RedisSer
     async def scenario() -> list[bool]:
         tally = FleetTally()
         tally.add_limit("web", "per_ip_request_rate", FleetRate.of(100, 100))
-        client = Redis(port=server.port, socket_connect_timeout=1, socket_timeout=1)
-        sync = FleetLimitSync(tally, client, "t", Counters())
+        link = FleetLink(*_link(server))
+        sync = FleetLimitSync(tally, link, Counters())
         seen = []
         key = ("web", "per_ip_request_rate", "192.0.2.1")
         tally.count(key)
@@ -109,10 +111,15 @@ def test_the_batch_task_notices_the_store_going_and_coming_back(server: RedisSer
         server.start()
         await _send(sync, tally)  # the probe
         seen.append(tally.failing)
-        await client.aclose()
+        await link.close()
         return seen
 
     assert asyncio.run(scenario()) == [False, True, False]
+
+
+def _link(server: RedisServer) -> tuple[Redis, FleetConfig]:
+    config = FleetConfig(redis=server.url, name="t", node="test")
+    return redis_client(config), config
 
 
 async def _send(sync: FleetLimitSync, tally: FleetTally) -> None:

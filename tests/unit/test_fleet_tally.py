@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from offload.fleet.tally import FleetRate, FleetTally
+from offload.fleet.tally import FleetRate, FleetTally, StoreFailure
 from offload.security.limits import Limits, LimitsConfig, Rate
 
 KEY = ("web", "per_ip_request_rate", "192.0.2.1")
 
 
-def tally(**kwargs: object) -> FleetTally:
-    fleet = FleetTally(**kwargs)  # type: ignore[arg-type]
-    fleet.add_limit("web", "per_ip_request_rate", FleetRate.of(10, 5))
-    fleet.add_limit("web", "global_request_rate", FleetRate.of(100, 100))
+def tally(*, on_store_failure: StoreFailure = "local", max_keys: int = 65536) -> FleetTally:
+    fleet = FleetTally(max_keys=max_keys)
+    fleet.add_limit("web", "per_ip_request_rate", FleetRate.of(10, 5), on_store_failure)
+    fleet.add_limit("web", "global_request_rate", FleetRate.of(100, 100), on_store_failure)
     return fleet
 
 
@@ -71,6 +71,7 @@ def test_store_failure_local_keeps_deciding_and_probes_until_it_is_back() -> Non
     assert fleet.fail(batch) is True  # started failing: the caller logs once
     assert fleet.unsynced == 1
     assert fleet.refused(KEY, 0.1) is None  # local limits decide
+    assert fleet.local_decisions == 1
     probe = fleet.take_batch(0.1)
     assert probe is not None and probe.probe and len(probe) == 0
     assert fleet.fail(probe) is False  # still failing: not logged again
@@ -91,6 +92,7 @@ def test_store_failure_deny_refuses_everything_covered() -> None:
     assert probe is not None
     fleet.settle(probe, [], 0.1)
     assert fleet.refused(KEY, 0.2) is None
+    assert fleet.local_decisions == 0
 
 
 def test_tables_stay_bounded_under_address_spraying() -> None:

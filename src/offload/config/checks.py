@@ -93,6 +93,7 @@ def _frontend(config: Config, frontend: FrontendConfig, where: str) -> list[Issu
     issues = _check_client_auth(frontend, where)
     issues.extend(_check_accept_proxy(frontend, where))
     issues.extend(_check_fingerprints(frontend, where))
+    issues.extend(_check_limit_scope(config, frontend, where))
     if frontend.mode == "tcp":
         issues.extend(_http_keys_in_tcp(frontend, where))
     # (a TCP frontend may offer h2: it relays the bytes to a backend that speaks it, as hitch)
@@ -119,6 +120,19 @@ def _check_accept_proxy(frontend: FrontendConfig, where: str) -> list[Issue]:
                       "accept_proxy = true",
                       "set accept_proxy = true (the balancers send a PROXY header), or remove "
                       "proxy_sources")]
+    return []
+
+
+def _check_limit_scope(config: Config, frontend: FrontendConfig, where: str) -> list[Issue]:
+    """Fleet-wide limits need a fleet; the failure mode of the fleet store needs fleet limits."""
+    limits = frontend.limits
+    if limits.scope == "fleet" and config.fleet is None:
+        return [Issue(f"{where}.limits.scope", "scope = \"fleet\" counts limits in Redis, but "
+                      "there is no [fleet] section",
+                      "add [fleet] with redis = \"redis://host:6379/0\", or remove scope")]
+    if "on_store_failure" in limits.model_fields_set and limits.scope != "fleet":
+        return [Issue(f"{where}.limits.on_store_failure", "it only matters for fleet-wide "
+                      "limits", "set scope = \"fleet\", or remove on_store_failure")]
     return []
 
 

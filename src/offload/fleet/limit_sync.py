@@ -18,15 +18,16 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from redis.exceptions import RedisError
-
 from offload.fleet.limit_script import GCRA_SCRIPT, script_calls, waits
-from offload.fleet.tally import Batch, FleetTally
+from offload.fleet.link import UNAVAILABLE, FleetLink
+from offload.fleet.tally import Batch, FleetRate, FleetTally
 from offload.observe.log import fields
+from offload.security.limits import fleet_rates
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from offload.config.model import Config
     from offload.observe.stats import Counters
 
 _log = logging.getLogger("offload.fleet")
@@ -35,19 +36,37 @@ BATCH_INTERVAL = 0.05
 """Seconds between batches: a fleet refusal reaches every node within about this long."""
 
 
-class FleetLimitSync:
-    """Runs the batches of one worker's tally over its Redis link."""
+def fleet_tally(config: Config) -> FleetTally | None:
+    """One worker's tally for every frontend with ``limits.scope = "fleet"``, or None."""
+    if config.fleet is None:
+        return None
+    tally: FleetTally | None = None
+    for frontend in config.frontends:
+        settings = frontend.limits
+        rates = fleet_rates(settings)
+        if not rates:
+            continue
+        if tally is None:
+            tally = FleetTally(max_keys=sum(f.limits.max_tracked_clients
+                                            for f in config.frontends))
+        for limit, per_second, burst in rates:
+            tally.add_limit(frontend.name, limit, FleetRate.of(per_second, burst),
+                            settings.on_store_failure)
+    return tally
 
-    def __init__(self, tally: FleetTally, redis: Redis, prefix: str, counters: Counters, *,
-                 interval: float = BATCH_INTERVAL, timeout: float = 1.0) -> None:
+
+class FleetLimitSync:
+    """Runs the batches of one worker's tally over its process's Redis link."""
+
+    def __init__(self, tally: FleetTally, link: FleetLink, counters: Counters, *,
+                 interval: float = BATCH_INTERVAL) -> None:
         self._tally = tally
-        self._redis = redis
-        self._prefix = prefix
+        self._link = link
+        self._prefix = link.config.name
         self._counters = counters
         self._interval = interval
-        self._timeout = timeout
         self._task: asyncio.Task[None] | None = None
-        self._script = redis.register_script(GCRA_SCRIPT)
+        self._script = link.client.register_script(GCRA_SCRIPT)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="fleet-limits")
@@ -62,7 +81,7 @@ class FleetLimitSync:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(self._interval)
+            await asyncio.sleep(self._interval)  # the batch timer
             batch = self._tally.take_batch(loop.time())
             if batch is not None:
                 await self.send(batch)
@@ -74,33 +93,34 @@ class FleetLimitSync:
         counters.inc("fleet_round_trips", path)
         counters.inc("fleet_limit_batches")
         counters.inc("fleet_limit_batch_keys", amount=len(batch))
-        try:
-            async with asyncio.timeout(self._timeout):
-                answers = await self._call(batch)
-            result = waits(answers, batch)
-        except (RedisError, OSError, TimeoutError, ValueError) as error:
-            lost = sum(count for _, count, _ in batch.entries)
-            counters.inc("fleet_store_failures", "limits")
-            if lost:
-                counters.inc("fleet_limit_unsynced", amount=lost)
+        answers = await self._link.call("limit_batch", lambda client: self._call(client, batch))
+        reason = "the store is unavailable"
+        result: list[int] | None = None
+        if answers is not UNAVAILABLE:
+            assert isinstance(answers, list)
+            try:
+                result = waits(answers, batch)
+            except ValueError as error:
+                reason = str(error)
+        if result is None:
+            counters.inc("fleet_limit_failures")  # the lost counts: tally.unsynced
             if tally.fail(batch):
-                _log.warning("fleet store unreachable: rate limits fall back to "
-                             + ("per-instance limits" if tally.on_store_failure == "local"
-                                else "refusing every event they cover"),
-                             extra=fields(reason=f"{type(error).__name__}: {error}"))
+                _log.warning("fleet rate limits cannot reach the store: each instance applies "
+                             "them alone (or refuses, where on_store_failure = \"deny\")",
+                             extra=fields(event="fleet_limits_local", reason=reason))
             return
         if tally.settle(batch, result, asyncio.get_running_loop().time()):
-            _log.info("fleet store reachable again: rate limits count for the fleet")
+            _log.info("fleet rate limits count for the fleet again",
+                      extra=fields(event="fleet_limits_shared"))
 
-    async def _call(self, batch: Batch) -> list[object]:
+    async def _call(self, client: Redis, batch: Batch) -> list[object]:
         if batch.probe:
-            await self._redis.ping()
+            await client.ping()
             return []
-        calls = script_calls(self._prefix, batch)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for keys, args in calls:
+        async with client.pipeline(transaction=False) as pipe:
+            for keys, args in script_calls(self._prefix, batch):
                 await self._script(keys=keys, args=args, client=pipe)
             return list(await pipe.execute())
 
 
-__all__ = ["BATCH_INTERVAL", "FleetLimitSync"]
+__all__ = ["BATCH_INTERVAL", "FleetLimitSync", "fleet_tally"]

@@ -84,15 +84,14 @@ class FleetTally:
     beyond it replaces the oldest.
     """
 
-    __slots__ = ("_denied", "_in_flight", "_pending", "_rates", "failing", "max_keys",
-                 "on_store_failure", "unsynced")
+    __slots__ = ("_denied", "_deny_when_failing", "_in_flight", "_pending", "_rates", "failing",
+                 "local_decisions", "max_keys", "unsynced")
 
-    def __init__(self, *, on_store_failure: StoreFailure = "local",
-                 max_keys: int = 65536) -> None:
+    def __init__(self, *, max_keys: int = 65536) -> None:
         if max_keys < 1:
             raise ValueError(f"max_keys must be at least 1, not {max_keys}")
-        self.on_store_failure: StoreFailure = on_store_failure
         self.max_keys = max_keys
+        self._deny_when_failing: set[str] = set()
         self._rates: dict[tuple[str, str], FleetRate] = {}
         self._pending: dict[CounterKey, int] = {}
         self._denied: dict[CounterKey, float] = {}  # oldest first
@@ -101,10 +100,20 @@ class FleetTally:
         """Whether the last batch failed (the store is unreachable or erring)."""
         self.unsynced = 0
         """Admitted events never charged to the fleet (dropped batches, a full table)."""
+        self.local_decisions = 0
+        """Events decided by the per-instance limits alone because the store was failing."""
 
-    def add_limit(self, frontend: str, limit: str, rate: FleetRate) -> None:
+    def add_limit(self, frontend: str, limit: str, rate: FleetRate,
+                  on_store_failure: StoreFailure = "local") -> None:
         """Declare a fleet limit; events of undeclared limits are not counted."""
         self._rates[frontend, limit] = rate
+        if on_store_failure == "deny":
+            self._deny_when_failing.add(frontend)
+        else:
+            self._deny_when_failing.discard(frontend)
+
+    def denies_when_failing(self, frontend: str) -> bool:
+        return frontend in self._deny_when_failing
 
     def covers(self, frontend: str, limit: str) -> bool:
         return (frontend, limit) in self._rates
@@ -115,10 +124,13 @@ class FleetTally:
         """Seconds the fleet still refuses ``key`` for, or None when it does not.
 
         While the store is failing under ``on_store_failure = "deny"`` every key is refused
-        (for one second at a time: the next batch may find the store back).
+        (for one second at a time: the next batch may find the store back); under ``"local"``
+        the event is left to the per-instance limits, and counted.
         """
-        if self.failing and self.on_store_failure == "deny":
-            return 1.0
+        if self.failing:
+            if key[0] in self._deny_when_failing:
+                return 1.0
+            self.local_decisions += 1
         until = self._denied.get(key)
         if until is None:
             return None

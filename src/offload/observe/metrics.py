@@ -125,6 +125,23 @@ COUNTERS: dict[str, Spec] = {spec_key: spec for spec_key, spec in [
     ("server_responses", Spec("offload_backend_server_responses", "Final responses from each "
                              "backend server, by status class", ("backend", "server",
                                                                  "status_class"))),
+    ("fleet_round_trips", Spec("offload_fleet_limit_round_trips", "Redis round trips of "
+                               "fleet rate limits, by where they were made: batch (the batch "
+                               "task) or request (on the request path: must stay 0)",
+                               ("path",))),
+    ("fleet_limit_batches", Spec("offload_fleet_limit_batches", "Batches of fleet rate-limit "
+                                 "counts sent to Redis", ())),
+    ("fleet_limit_batch_keys", Spec("offload_fleet_limit_batch_keys", "Counters carried by "
+                                    "those batches (divide by the batches for the mean size)",
+                                    ())),
+    ("fleet_limit_failures", Spec("offload_fleet_limit_store_failures", "Batches of fleet "
+                                  "rate-limit counts that did not reach Redis", ())),
+    ("fleet_limit_unsynced", Spec("offload_fleet_limit_unsynced_events", "Events admitted but "
+                                  "never charged to the fleet (failed batches, full table)",
+                                  ())),
+    ("fleet_limit_local_decisions", Spec("offload_fleet_limit_local_decisions", "Events "
+                                         "decided by per-instance limits alone while Redis "
+                                         "was unreachable (on_store_failure = local)", ())),
     ("server_failures", Spec("offload_backend_server_failures", "Requests and connections to "
                              "each backend server that failed (connect_failed, timeout, reset, "
                              "bad_response)", ("backend", "server", "reason"))),

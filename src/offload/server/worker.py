@@ -29,6 +29,8 @@ from offload.acme.storage import AcmeStorage
 from offload.config.model import AcmeChallenge, FrontendConfig
 from offload.config.units import HostPort
 from offload.errors import OffloadError
+from offload.fleet.limit_sync import FleetLimitSync, fleet_tally
+from offload.fleet.link import FleetLink, redis_client
 from offload.http.h1_connection import Http1Connection
 from offload.http.h2_connection import H2Connection
 from offload.http.redirect import RedirectProtocol
@@ -187,11 +189,25 @@ class _Apps:
         storage = spec.prepared.acme_storage
         tls_alpn = ChallengeContexts(storage).lookup if storage is not None else None
         workers = spec.prepared.config.global_.workers
+        self.fleet_link: FleetLink | None = None
+        """This process's one Redis link, when something in it talks to the fleet."""
+        self.fleet_limits: FleetLimitSync | None = None
+        tally = fleet_tally(spec.prepared.config)
+        fleet = spec.prepared.config.fleet
+        if tally is not None and fleet is not None:
+            try:
+                client = redis_client(fleet, spec.prepared.base_dir)
+            except OSError as error:
+                raise OffloadError(f"fleet.password_file: cannot read it: {error}") from None
+            self.fleet_link = FleetLink(client, fleet)
+            self.fleet_limits = FleetLimitSync(tally, self.fleet_link, counters)
+        self.fleet_tally = tally
         for frontend in spec.prepared.frontends:
             gate = RevocationGate.of(frontend.config, frontend.client_auth, self.crls,
                                      self.security)
             shares = worker_limits(frontend.config.limits, workers)
-            limits = Limits(shares) if shares is not None else None
+            limits = (Limits(shares, tally, frontend.config.name) if shares is not None
+                      else None)
             self.listeners.append(Listener(
                 frontend, self._factory(frontend, limits),
                 [spec.sockets[address] for address in frontend.config.bind], registry, counters,
@@ -244,6 +260,8 @@ class _Apps:
             group.start()
         for listener in self.listeners:
             await listener.start()
+        if self.fleet_limits is not None:
+            self.fleet_limits.start()
         loop = asyncio.get_running_loop()
         for prepared in self.spec.prepared.frontends:
             frontend = prepared.config
@@ -311,6 +329,10 @@ class _Apps:
         for (target, _), log in self.access_logs.items():
             for reason, lost in log.dropped().items():
                 live.inc("access_log_dropped", target, reason, amount=lost)
+        tally = self.fleet_tally
+        if tally is not None:  # plain ints on the request path, turned into counters here
+            live.inc("fleet_limit_local_decisions", amount=tally.local_decisions)
+            live.inc("fleet_limit_unsynced", amount=tally.unsynced)
         now = asyncio.get_running_loop().time()
         servers: list[ServerReport] = []
         for group in self.groups():
@@ -330,6 +352,10 @@ class _Apps:
         self.registry.drain()
 
     async def stop(self) -> None:
+        if self.fleet_limits is not None:
+            await self.fleet_limits.stop()
+        if self.fleet_link is not None:
+            await self.fleet_link.close()
         for group in self.groups():
             await group.stop()
         for log in self.access_logs.values():
