@@ -410,6 +410,27 @@ def _check_client_auth(frontend: FrontendConfig, where: str) -> list[Issue]:
     return []
 
 
+def _check_acme_shared(acme: AcmeConfig, config: Config) -> list[Issue]:
+    """A shared ACME store lives in the fleet's Redis and needs a secret to encrypt with."""
+    sources = [key for key in ("shared_key_file", "shared_key_env")
+               if getattr(acme, key) is not None]
+    if not acme.shared:
+        return [Issue(f"acme.{key}", "it only matters with acme.shared = true",
+                      "set shared = true, or remove this key") for key in sources]
+    if config.fleet is None:
+        return [Issue("acme.shared", "shared ACME certificates live in the fleet's Redis, but "
+                      "there is no [fleet] section",
+                      'add [fleet] with redis = "redis://host:6379/0", or remove shared')]
+    if not sources:
+        return [Issue("acme.shared", "the shared store needs a secret to encrypt keys with",
+                      'set shared_key_file = "/etc/offload/acme.secret" (made with `openssl '
+                      'rand -base64 32`), or shared_key_env = "OFFLOAD_ACME_KEY"')]
+    if len(sources) > 1:
+        return [Issue("acme.shared_key_env", "both shared_key_file and shared_key_env are set",
+                      "keep one of them")]
+    return []
+
+
 def _check_acme(acme: AcmeConfig, config: Config) -> list[Issue]:
     """ACME settings that depend on the rest of the configuration."""
     issues: list[Issue] = []
@@ -430,6 +451,7 @@ def _check_acme(acme: AcmeConfig, config: Config) -> list[Issue]:
         issues.append(Issue("acme.challenges", "http-01 needs a plain-HTTP listener",
                             "set redirect_http = \":80\" on a frontend that serves the "
                             "ACME certificates, or allow tls-alpn-01"))
+    issues.extend(_check_acme_shared(acme, config))
     seen: dict[str, str] = {}
     for c_index, certificate in enumerate(acme.certificates):
         for n_index, name in enumerate(certificate.names):

@@ -544,6 +544,15 @@ class AcmeConfig(Model):
     frontends: tuple[str, ...] = ()
     retry_after: Timeout = 60.0
     certificates: tuple[AcmeCertificateConfig, ...] = Field(min_length=1)
+    shared: Flag = False
+    """Keep issued certificates and the account key in the ``[fleet]``'s Redis, encrypted, so
+    one node orders each name and every node serves it (docs/fleet.md)."""
+    shared_key_file: str | None = None
+    """The secret that encrypts them (at least 32 characters), in a file..."""
+    shared_key_env: Annotated[str, form(r"[A-Za-z_][A-Za-z0-9_]*",
+                                        "an environment variable name",
+                                        "OFFLOAD_ACME_KEY")] | None = None
+    """... or in this environment variable."""
 
     def serves(self, frontend: str) -> bool:
         """Whether ``frontend`` serves the ACME certificates (all frontends when none named)."""
