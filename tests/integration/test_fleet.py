@@ -13,7 +13,6 @@ import contextlib
 import functools
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,9 +20,9 @@ from pathlib import Path
 
 import pytest
 from conftest import http_config
-from fleet_harness import HaProxy, RedisServer, SentinelServer
+from fleet_harness import HaProxy, RedisServer
 from harness import Offload, client_context, free_port
-from test_admin import admin, api, samples, value, with_admin
+from test_admin import api, samples, value, with_admin
 from test_automatic_bans import DENY_ATTACKS, wait_until
 
 from offload.proto.proxy_protocol import encode_v2
