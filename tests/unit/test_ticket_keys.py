@@ -8,11 +8,11 @@ import ssl
 from pathlib import Path
 
 import pytest
+from tls_helpers import client_context, issued, write_bundle
 
 from offload.fleet.ticket_schedule import TicketKey
 from offload.tls.policy import server_context
 from offload.tls.ticket_keys import TicketBridge, TicketKeyRing
-from tls_helpers import client_context, issued, write_bundle
 
 _ROUNDS = 50
 
@@ -105,7 +105,7 @@ def test_bridge_refuses_an_object_that_is_not_a_context(bridge: TicketBridge) ->
     context.verify_mode = ssl.CERT_REQUIRED
     bridge._offset += 8  # read the wrong field: the check must notice
     try:
-        with pytest.raises(TicketBridgeError, match="SSL_CTX|layout"):
+        with pytest.raises(TicketBridgeError, match=r"SSL_CTX|layout"):
             bridge.install(context, TicketKeyRing())
     finally:
         bridge._offset -= 8

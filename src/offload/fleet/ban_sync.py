@@ -28,6 +28,9 @@ from offload.security.bans import BAN_EVENTS, Ban, BanEvent
 
 MAX_FLEET_BANS = 65536
 """Records a full pull reads at most (the jail's own bound)."""
+PUSH_GRACE = 10.0
+"""Seconds a ban this node pushed is kept though a full pull does not list it yet (the pull
+may have been read before the push was written)."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class FleetBook:
 
     def __init__(self) -> None:
         self.imposed: dict[str, float] = {}
+        self._pushed: dict[str, float] = {}
 
     def merge(self, records: list[FleetBan], wall_now: float, *, full: bool) -> Merge:
         """Fold announced (``full=False``) or pulled (``full=True``) records in."""
@@ -105,15 +109,18 @@ class FleetBook:
         for key, until in list(self.imposed.items()):
             if until <= wall_now:
                 del self.imposed[key]
-            elif full and key not in listed:
+            elif full and key not in listed and wall_now - self._pushed.get(key, 0.0) >= PUSH_GRACE:
                 del self.imposed[key]
                 lift.append(key)
+        self._pushed = {k: t for k, t in self._pushed.items() if wall_now - t < PUSH_GRACE}
         return Merge(tuple(impose), tuple(lift))
 
     def unbanned(self, key: str) -> bool:
         """The fleet lifted ``key``; whether the node held it from the fleet."""
+        self._pushed.pop(key, None)
         return self.imposed.pop(key, None) is not None
 
-    def own(self, ban: FleetBan) -> None:
-        """A ban this node decided and pushed: the fleet lists it from now on."""
+    def own(self, ban: FleetBan, wall_now: float) -> None:
+        """A ban this node decided and is pushing: the fleet lists it from now on."""
         self.imposed[ban.client] = max(ban.until, self.imposed.get(ban.client, 0.0))
+        self._pushed[ban.client] = wall_now

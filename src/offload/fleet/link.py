@@ -39,8 +39,6 @@ T = TypeVar("T")
 class _Unavailable:
     """The answer of an operation the store could not carry out (down, slow, failing over)."""
 
-    _instance: _Unavailable | None = None
-
     def __repr__(self) -> str:
         return "UNAVAILABLE"
 
@@ -106,7 +104,8 @@ def redis_client(config: FleetConfig, base_dir: Path | None = None) -> aioredis.
         sentinels.append((host.strip("[]"), int(port)))
     sentinel_options = {key: options[key] for key in
                         ("socket_connect_timeout", "socket_timeout", "retry")}
-    sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_options, **options)
+    sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_options,  # type: ignore[no-untyped-call]
+                        **options)
     assert config.master is not None  # checked with the configuration
     client: aioredis.Redis = sentinel.master_for(config.master)
     return client

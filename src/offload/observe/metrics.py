@@ -23,6 +23,8 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from offload.fleet.messages import FleetStatus
+from offload.observe.fleet_metrics import fleet_families
 from offload.observe.snapshot import WorkerStats
 from offload.observe.stats import LATENCY_BUCKETS
 
@@ -142,6 +144,9 @@ COUNTERS: dict[str, Spec] = {spec_key: spec for spec_key, spec in [
     ("fleet_limit_local_decisions", Spec("offload_fleet_limit_local_decisions", "Events "
                                          "decided by per-instance limits alone while Redis "
                                          "was unreachable (on_store_failure = local)", ())),
+    ("ticket", Spec("offload_fleet_tickets", "Session tickets under the fleet's keys: issued, "
+                    "resumed (by the age of the key: current, previous, older), or under a key "
+                    "no longer held (unknown)", ("result", "key_age"))),
     ("server_failures", Spec("offload_backend_server_failures", "Requests and connections to "
                              "each backend server that failed (connect_failed, timeout, reset, "
                              "bad_response)", ("backend", "server", "reason"))),
@@ -189,6 +194,7 @@ class SupervisorFacts:
     certificates: tuple[CertificateExpiry, ...]
     bans: int = 0
     bans_active: int = 0
+    fleet: FleetStatus | None = None
 
 
 class _Collector(Collector):
@@ -284,6 +290,8 @@ class _Collector(Collector):
         banned = GaugeMetricFamily("offload_bans_active", "Bans in force")
         banned.add_metric([], facts.bans_active)
         yield from (info, start, workers, reloads, restarts, expiry, bans, banned)
+        if facts.fleet is not None:
+            yield from fleet_families(facts.fleet)
 
 
 _Family = TypeVar("_Family", CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily)

@@ -66,6 +66,7 @@ from offload.server.control import (
     StatsReply,
     StoppedAccepting,
 )
+from offload.server.fleet_part import FleetPart
 from offload.server.prepare import Prepared
 from offload.server.sockets import ListenError, SocketSet
 from offload.server.stats_hub import StatsHub
@@ -180,6 +181,7 @@ class Supervisor(SupervisorAdmin):
         self._server_admin: dict[tuple[str, str], AdminState] = {}
         """Servers drained or disabled through the API (told to every new worker too)."""
         self._bans = BanHub(prepared.config.bans) if prepared.config.bans is not None else None
+        self._fleet = FleetPart(self._selector, logs, self._broadcast, lambda: self._bans)
         self._in_rotation = True
         """False after POST /api/drain: /readyz says 503 so the balancer in front moves on."""
         self._reloads = {"success": 0, "failure": 0}
@@ -215,7 +217,7 @@ class Supervisor(SupervisorAdmin):
         self._watch_certificates()
         try:
             while not (self._stopping and not self._workers and self._acme.pid is None
-                       and not self._retired_acme):
+                       and not self._retired_acme and not self._fleet.running):
                 timeout = self._next_deadline()
                 for key, _ in self._selector.select(timeout):
                     key.data()
@@ -264,6 +266,7 @@ class Supervisor(SupervisorAdmin):
             deadlines.append(due)
         deadlines.append(self._next_expiry_check)
         deadlines += self._acme_deadlines()
+        deadlines += self._fleet.deadlines()
         for extra in (self._stats.deadline(),
                       self._admin.deadline() if self._admin is not None else None):
             if extra is not None:
@@ -294,6 +297,7 @@ class Supervisor(SupervisorAdmin):
             self._next_expiry_check = now + EXPIRY_CHECK_INTERVAL
             self._check_expiry()
         self._acme_on_time(now)
+        self._fleet.on_time(now)
         self._stats.on_time(now)
         if self._admin is not None:
             self._admin.on_time(now)
@@ -346,6 +350,7 @@ class Supervisor(SupervisorAdmin):
             if done:
                 self._worker_exited(self._workers.pop(pid), os.waitstatus_to_exitcode(status))
         self._reap_acme()
+        self._fleet.reap()
 
     def _worker_exited(self, worker: WorkerProcess, code: int) -> None:
         self._forget_pipe(worker)
@@ -427,6 +432,7 @@ class Supervisor(SupervisorAdmin):
             if not worker.draining:
                 self._drain(worker, deadline)
         self._stop_acme()
+        self._fleet.stop()
 
     # ------------------------------------------------------------------ generations
 
@@ -463,6 +469,7 @@ class Supervisor(SupervisorAdmin):
                              self._current.config.global_.workers)
         listening = sorted({str(a) for a, _ in _addresses(self._current)})
         self._sync_acme()
+        self._fleet.sync(self._current, lambda: self._shed([], []), self._lifeline_r)
         self._forget_missing_servers()
         self._sync_bans()
         if self._started:
@@ -680,6 +687,8 @@ class Supervisor(SupervisorAdmin):
             self._send(worker, ServerAdmin(backend, server, state))
         if self._bans is not None:
             self._send(worker, self._bans.current(time.monotonic()))
+        for message in self._fleet.for_new_worker():
+            self._send(worker, message)
         _log.info("worker started", extra=fields(pid=pid, slot=slot, generation=generation))
 
     def _become_worker(self, slot: int, generation: int, prepared: Prepared, *,
@@ -718,7 +727,8 @@ class Supervisor(SupervisorAdmin):
                 sock.close()
         for fd in [*fds, self._signal_r, self._signal_w, self._lifeline_w,
                    *(w.status_fd for w in self._workers.values() if w.status_fd >= 0),
-                   *(w.control.fd for w in self._workers.values() if w.control.fd >= 0)]:
+                   *(w.control.fd for w in self._workers.values() if w.control.fd >= 0),
+                   *self._fleet.fds()]:
             os.close(fd)
         if self._watcher is not None:
             self._watcher.close()

@@ -37,6 +37,7 @@ from offload.server.stats_hub import StatsHub
 from offload.upstream.balancer import AdminState
 
 if TYPE_CHECKING:
+    from offload.server.fleet_part import FleetPart
     from offload.server.supervisor import WorkerProcess
 
 _log = logging.getLogger("offload.supervisor")
@@ -59,6 +60,7 @@ class SupervisorAdmin:
     _admin_config: AdminConfig | None
     _server_admin: dict[tuple[str, str], AdminState]
     _bans: BanHub | None
+    _fleet: FleetPart
     _in_rotation: bool
     _reloads: dict[str, int]
     _worker_restarts: int
@@ -135,9 +137,11 @@ class SupervisorAdmin:
     def _on_offences(self, message: Offences) -> None:
         assert self._bans is not None
         now = time.monotonic()
+        self._fleet.offences(message)
         bans = self._bans.offences(message, now)
         if not bans:
             return
+        self._fleet.banned(bans)
         self._broadcast(BanList(added=tuple((ban.client, ban.until) for ban in bans)))
         for ban in bans:
             counts = {event: count for event, count in ban.events}
@@ -196,7 +200,8 @@ class SupervisorAdmin:
         return SupervisorFacts(__version__, self._start_time, live, dict(self._reloads),
                                self._worker_restarts, certificates,
                                bans.total if bans is not None else 0,
-                               len(bans.jail.bans(time.monotonic())) if bans is not None else 0)
+                               len(bans.jail.bans(time.monotonic())) if bans is not None else 0,
+                               fleet=self._fleet.status)
 
     def certificates(self) -> list[ServedCertificate]:
         return [ServedCertificate(frontend.config.name, certificate)
@@ -244,9 +249,13 @@ class SupervisorAdmin:
         if key is None:
             return f"{client} is not banned"
         self._broadcast(BanList(removed=(key,)))
+        self._fleet.unbanned(key, who)
         _audit.info("unban", extra=fields(audit=True, who=who, what=f"unban {key}",
                                           result="done"))
         return None
+
+    def fleet(self) -> dict[str, object] | None:
+        return self._fleet.as_json()
 
     def set_in_rotation(self, wanted: bool) -> None:
         self._in_rotation = wanted

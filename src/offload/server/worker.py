@@ -31,6 +31,8 @@ from offload.config.units import HostPort
 from offload.errors import OffloadError
 from offload.fleet.limit_sync import FleetLimitSync, fleet_tally
 from offload.fleet.link import FleetLink, redis_client
+from offload.fleet.messages import TicketKeys
+from offload.fleet.worker_tickets import WorkerTickets
 from offload.http.h1_connection import Http1Connection
 from offload.http.h2_connection import H2Connection
 from offload.http.redirect import RedirectProtocol
@@ -176,6 +178,9 @@ class _Apps:
         self.banned = BannedClients()
         """Clients the supervisor's jail banned: refused before the TLS handshake."""
         self._offences = OffenceBatch()
+        self.tickets = WorkerTickets([f.store.base for f in spec.prepared.frontends],
+                                     lambda result, age: counters.inc("ticket", result, age))
+        """The fleet's session-ticket keys, once the supervisor sends them ([fleet])."""
         self.registry = registry
         self.batcher = WriteBatcher(asyncio.get_running_loop())
         self.clock = LoopClock(asyncio.get_running_loop())
@@ -289,6 +294,8 @@ class _Apps:
         """Act on a control message from the supervisor."""
         if isinstance(message, BanList):
             self.banned.update(message.added, message.removed)
+        elif isinstance(message, TicketKeys):
+            self.tickets.update(message.keys)
         elif isinstance(message, CertificatesChanged):
             for listener in self.listeners:
                 store = listener.frontend.store

@@ -132,7 +132,9 @@ class _Functions:
 
 
 class TicketBridge:
-    """The checked bridge; :meth:`load` builds it or says why it cannot."""
+    """The checked bridge; :meth:`load` builds it or says why it cannot. Keep it for as long
+    as the contexts it installed into live: it holds the callbacks OpenSSL calls (dropped,
+    they would be freed under OpenSSL's feet)."""
 
     def __init__(self, functions: _Functions, offset: int, description: str) -> None:
         self._f = functions
