@@ -33,7 +33,10 @@ LOCK_RETRY = dt.timedelta(seconds=5)
 ALONE_WITHIN = dt.timedelta(days=7)
 """With a shared store that cannot be reached: a node orders on its own only when its
 certificate is missing or expires within this long (a fleet must not go dark because Redis
-did, nor order once per node when it need not)."""
+did, nor order once per node when it need not)..."""
+ALONE_AFTER = dt.timedelta(seconds=30)
+"""... and only once the store has been unreachable this long (a blip, or a slow first
+connection while the machine starts, must not make every node order)."""
 
 Wait = Callable[[float], bool]
 """Sleep up to this many seconds; True when the process must stop."""
@@ -62,6 +65,7 @@ class AcmeManager:
         self._storage = storage
         self._issuer = issuer
         self._shared = shared
+        self._unreachable_since: dt.datetime | None = None
         rng = rng or random.Random()  # noqa: S311 (jitter, not a secret)
         first = dt.timedelta(seconds=config.retry_after)
         self._entries = [_Entry(c.names, rng.random(), Backoff(first))
@@ -95,14 +99,17 @@ class AcmeManager:
         if self._adopt(shared, entry, now):
             return
         lease = shared.lock(entry.names)
+        if lease is not None:
+            self._unreachable_since = None
         if lease is False:
             entry.due = now + LOCK_RETRY
             _log.info("ACME certificate being ordered by another node", extra=fields(
                 names=list(entry.names), node=shared.holder(entry.names)))
             return
         if lease is None or lease is True:  # the store is unreachable
+            since = self._unreachable_since = self._unreachable_since or now
             expiry = leaf_expiry(self._local(entry))
-            if expiry is None or expiry - now < ALONE_WITHIN:
+            if now - since >= ALONE_AFTER and (expiry is None or expiry - now < ALONE_WITHIN):
                 _log.warning("ACME store unreachable: ordering without the fleet",
                              extra=fields(names=list(entry.names)))
                 self._order(entry, now)
