@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from offload.fleet.seal import SealError, Sealer, check_secret
+from offload.fleet.seal import Sealer, SealError, check_secret
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 
