@@ -57,6 +57,7 @@ return 1
 """
 
 _HEARTBEAT: Final = """
+redis.replicate_commands()  -- Redis < 5: replicate effects, so TIME may precede writes
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 redis.call('ZADD', KEYS[1], ms, ARGV[1])

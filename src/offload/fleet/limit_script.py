@@ -19,6 +19,7 @@ from typing import Final
 from offload.fleet.tally import Batch
 
 GCRA_SCRIPT: Final = """
+redis.replicate_commands()  -- Redis < 5: replicate effects, so TIME may precede writes
 local now_s = redis.call('TIME')
 local now = tonumber(now_s[1]) * 1000000 + tonumber(now_s[2])
 local out = {}

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import uvloop
+from redis.asyncio import Redis
 
 from offload.acme.alpn import ChallengeContexts
 from offload.acme.storage import AcmeStorage
@@ -150,11 +151,12 @@ def run_worker(spec: WorkerSpec, logs: LogSetup) -> int:
     try:
         if settings.tune_malloc:
             tune_malloc()
+        fleet = _fleet_client(spec)  # reads the Redis password while the files are readable
         drop_privileges(settings.user, settings.group)
         loop = uvloop.new_event_loop()
         asyncio.set_event_loop(loop)
         try:
-            return loop.run_until_complete(_serve(spec))
+            return loop.run_until_complete(_serve(spec, fleet))
         finally:
             loop.close()
     except OffloadError as error:
@@ -164,11 +166,23 @@ def run_worker(spec: WorkerSpec, logs: LogSetup) -> int:
         logs.stop()
 
 
+def _fleet_client(spec: WorkerSpec) -> Redis | None:
+    """This worker's Redis client when a frontend has fleet-wide limits (it connects lazily,
+    in the worker's loop), else None."""
+    fleet = spec.prepared.config.fleet
+    if fleet is None or not any(f.limits.scope == "fleet" for f in spec.prepared.config.frontends):
+        return None
+    try:
+        return redis_client(fleet, spec.prepared.base_dir)
+    except OSError as error:
+        raise OffloadError(f"fleet.password_file: cannot read it: {error}") from None
+
+
 class _Apps:
     """The per-worker runtime of every frontend: backends, sites, access logs, listeners."""
 
     def __init__(self, spec: WorkerSpec, registry: ConnectionRegistry, counters: Counters,
-                 status: _StatusPipe) -> None:
+                 status: _StatusPipe, fleet_client: Redis | None = None) -> None:
         self.spec = spec
         self.counters = counters
         self.status = status
@@ -199,12 +213,8 @@ class _Apps:
         self.fleet_limits: FleetLimitSync | None = None
         tally = fleet_tally(spec.prepared.config)
         fleet = spec.prepared.config.fleet
-        if tally is not None and fleet is not None:
-            try:
-                client = redis_client(fleet, spec.prepared.base_dir)
-            except OSError as error:
-                raise OffloadError(f"fleet.password_file: cannot read it: {error}") from None
-            self.fleet_link = FleetLink(client, fleet)
+        if tally is not None and fleet is not None and fleet_client is not None:
+            self.fleet_link = FleetLink(fleet_client, fleet)
             self.fleet_limits = FleetLimitSync(tally, self.fleet_link, counters)
         self.fleet_tally = tally
         for frontend in spec.prepared.frontends:
@@ -370,7 +380,7 @@ class _Apps:
         await self.crls.stop()
 
 
-async def _serve(spec: WorkerSpec) -> int:
+async def _serve(spec: WorkerSpec, fleet_client: Redis | None = None) -> int:
     loop = asyncio.get_running_loop()
     settings = spec.prepared.config.global_
     stop = asyncio.Event()
@@ -386,7 +396,7 @@ async def _serve(spec: WorkerSpec) -> int:
     counters = Counters()
     registry = ConnectionRegistry(settings.max_connections)
     status = _StatusPipe(spec.status_fd)
-    apps = _Apps(spec, registry, counters, status)
+    apps = _Apps(spec, registry, counters, status, fleet_client)
     inbox = Inbox()
 
     def control() -> None:
