@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,9 +22,9 @@ from pathlib import Path
 
 import pytest
 from conftest import http_config
-from fleet_harness import HaProxy, RedisServer
+from fleet_harness import HaProxy, RedisServer, SentinelServer
 from harness import Offload, client_context, free_port
-from test_admin import api, samples, value, with_admin
+from test_admin import admin, api, samples, value, with_admin
 from test_automatic_bans import DENY_ATTACKS, wait_until
 
 from offload.proto.proxy_protocol import encode_v2
@@ -162,3 +164,155 @@ def test_sessions_resume_across_the_fleet_and_after_a_rotation(tmp_path, pki, fl
             assert value(metrics, "offload_fleet_ticket_key_sets_total") >= 2
     finally:
         store.kill()
+
+
+def banned_everywhere(nodes: list[Node], ca: Path, client: str) -> bool:
+    return all(refused(node.port, ca, client) for node in nodes)
+
+
+def test_a_ban_through_one_node_refuses_the_client_on_the_others_within_a_second(
+        tmp_path, pki, fleet_of):
+    store = RedisServer(tmp_path / "redis")
+    try:
+        nodes = fleet_of([free_port() for _ in range(3)], f'redis = "{store.url}"\n')
+        assert wait_until(lambda: fleet_ready(nodes, keys=True), timeout=15)
+        attacker, bystander = "198.51.100.7", "198.51.100.8"
+        for _ in range(3):  # through node 0 only; the PROXY v2 header names the client
+            assert https_get(nodes[0].port, pki.ca, header=as_client(attacker),
+                             path="/attack")[0] == 403
+        nodes[0].instance.wait_msg("client banned", client=attacker, reason="rule_denied")
+        started = time.monotonic()
+        assert wait_until(lambda: refused(nodes[1].port, pki.ca, attacker)
+                          and refused(nodes[2].port, pki.ca, attacker), timeout=5)
+        assert time.monotonic() - started <= 1.0, "the ban took over a second to spread"
+        for node in nodes:  # others still served
+            assert https_get(node.port, pki.ca, header=as_client(bystander))[0] == 200
+        nodes[2].instance.wait_msg("client banned by the fleet", client=attacker)
+        listed = api(nodes[2].admin_port, "/api/bans")["bans"]
+        assert [b["client"] for b in listed] == [attacker]
+        # Lifted through node 2's API: every node serves the client again.
+        status, _, _ = admin(nodes[2].admin_port, f"/api/bans/{attacker}", method="DELETE")
+        assert status == 200
+        assert wait_until(lambda: not any(refused(n.port, pki.ca, attacker) for n in nodes),
+                          timeout=5)
+        # Offences spread over the nodes count for the fleet: one on each bans the client.
+        second = "198.51.100.9"
+        for node in nodes:
+            assert https_get(node.port, pki.ca, header=as_client(second),
+                             path="/attack")[0] == 403
+        assert wait_until(lambda: banned_everywhere(nodes, pki.ca, second), timeout=5)
+        # Bans live in Redis: a restarted node refuses the client again.
+        nodes[1].instance.stop()
+        restarted = Offload(tmp_path / "offload1.toml")
+        try:
+            restarted.wait_ready()
+            assert wait_until(lambda: refused(nodes[1].port, pki.ca, second), timeout=5)
+        finally:
+            restarted.kill()
+    finally:
+        store.kill()
+
+
+class Load:
+    """Requests through the balancer in a thread until stopped; failures recorded."""
+
+    def __init__(self, port: int, ca: Path) -> None:
+        self.port, self.ca = port, ca
+        self.done = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                status = https_get(self.port, self.ca)[0]
+                if status != 200:
+                    self.failures.append(f"status {status}")
+            except (ssl.SSLError, OSError, IndexError) as error:
+                self.failures.append(repr(error))
+            self.done += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def test_redis_killed_mid_load_fails_no_request_and_state_syncs_when_it_returns(
+        tmp_path, pki, fleet_of):
+    store = RedisServer(tmp_path / "redis")
+    try:
+        ports = [free_port() for _ in range(3)]
+        with balancer(tmp_path, ports) as proxy:
+            nodes = fleet_of(ports, f'redis = "{store.url}"\noperation_timeout = "300ms"\n'
+                                    f'connect_timeout = "300ms"\n')
+            assert wait_until(lambda: fleet_ready(nodes), timeout=15)
+            before = samples(nodes[0].admin_port)
+            trips_before = value(before, "offload_fleet_store_round_trips_total")
+            load = Load(proxy.port, pki.ca)
+            try:
+                time.sleep(1.0)
+                store.kill()
+                nodes[0].instance.wait_msg("fleet store unavailable; serving with local state",
+                                           timeout=10)
+                # While Redis is away, a ban on node 0 holds there (local state) ...
+                outage_client = "203.0.113.50"
+                for _ in range(3):
+                    assert https_get(nodes[0].port, pki.ca, header=as_client(outage_client),
+                                     path="/attack")[0] == 403
+                assert wait_until(lambda: refused(nodes[0].port, pki.ca, outage_client))
+                time.sleep(1.0)
+                store.start()
+                # ... and reaches the others once it is back, without a restart.
+                assert wait_until(lambda: refused(nodes[1].port, pki.ca, outage_client)
+                                  and refused(nodes[2].port, pki.ca, outage_client), timeout=10)
+                time.sleep(0.5)
+            finally:
+                load.stop()
+            assert load.done >= 20
+            assert load.failures == [], load.failures[:5]
+            metrics = samples(nodes[0].admin_port)
+            assert value(metrics, "offload_fleet_store_failures_total") >= 1
+            assert value(metrics, "offload_fleet_store_outages_total") >= 1
+            assert wait_until(lambda: value(samples(nodes[0].admin_port),
+                                            "offload_fleet_store_up") == 1, timeout=10)
+            # No Redis round trip on the request path: the fleet process's operations are
+            # its own timers' (heartbeats, key and ban pulls), far fewer than the requests.
+            trips = value(samples(nodes[0].admin_port), "offload_fleet_store_round_trips_total")
+            handled = value(metrics, "offload_http_requests_total")
+            assert trips - trips_before < handled / 2, (trips - trips_before, handled)
+            assert wait_until(lambda: fleet_ready(nodes), timeout=15)
+    finally:
+        store.kill()
+
+
+def test_sentinel_failover_is_followed_without_a_restart(tmp_path, pki, fleet_of):
+    primary = RedisServer(tmp_path / "primary")
+    replica = RedisServer(tmp_path / "replica", replica_of=primary.port)
+    sentinels = [SentinelServer(tmp_path / f"sentinel{i}", primary.port) for i in range(3)]
+    try:
+        assert wait_until(lambda: replica.client().info("replication")["master_link_status"]
+                          == "up", timeout=10)
+        listed = ", ".join(f'"127.0.0.1:{s.port}"' for s in sentinels)
+        (node,) = fleet_of([free_port()], f'redis = "redis://ignored:1/0"\n'
+                                          f'sentinels = [{listed}]\nmaster = "fleetmaster"\n')
+        assert wait_until(lambda: fleet_ready([node]), timeout=15)
+        pid = node.instance.process.pid
+        assert sentinels[0].client().execute_command("SENTINEL", "FAILOVER", "fleetmaster")
+        assert wait_until(lambda: replica.client().info("replication")["role"] == "master",
+                          timeout=15)
+        promoted = time.time()
+
+        def beats_on_new_primary() -> bool:
+            raw = replica.client().hget("offload:nodes", "node-0")
+            return raw is not None and json.loads(raw)["seen"] > promoted
+        # The node keeps beating (every 5 s) into the new primary, without a restart.
+        assert wait_until(beats_on_new_primary, timeout=15)
+        assert node.instance.process.pid == pid and node.instance.process.poll() is None
+        assert node.fleet()["store"]["up"]
+    finally:
+        for sentinel in sentinels:
+            sentinel.kill()
+        replica.kill()
+        primary.kill()

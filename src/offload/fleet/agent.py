@@ -180,8 +180,8 @@ class FleetAgent:
         assert schedule is not None
         names, node = self._names, self.settings.node
         keys = await self._read_keys()
-        if keys is None:
-            return
+        if keys is None:  # the store is away: keep the keys we have, minus retired ones
+            keys = self.keys
         if schedule.due(keys, self._wall()):
             locked = await self.link.call("keys_lock", lambda c: store.command(
                 c, "SET", names.ticket_lock, node, "NX", "PX", store.LOCK_MS))
@@ -192,7 +192,7 @@ class FleetAgent:
                     await self.link.call("keys_unlock", lambda c: store.run_script(
                         c, store.RELEASE_LOCK, [names.ticket_lock], [node]))
         valid = schedule.valid(keys, self._wall())
-        if valid and not same_set(valid, self.keys):
+        if not same_set(valid, self.keys):
             self.keys = valid
             self.key_sets_seen += 1
             self._send(TicketKeys(valid))

@@ -102,8 +102,9 @@ def redis_client(config: FleetConfig, base_dir: Path | None = None) -> aioredis.
     for entry in config.sentinels:
         host, _, port = entry.rpartition(":")
         sentinels.append((host.strip("[]"), int(port)))
-    sentinel_options = {key: options[key] for key in
-                        ("socket_connect_timeout", "socket_timeout", "retry")}
+    sentinel_options = {key: value for key, value in options.items()
+                        if key in ("socket_connect_timeout", "socket_timeout", "retry")
+                        or key.startswith("ssl")}  # rediss: the sentinels are asked over TLS
     sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_options,  # type: ignore[no-untyped-call]
                         **options)
     assert config.master is not None  # checked with the configuration

@@ -29,9 +29,9 @@ class WorkerTickets:
         self._refused = False
 
     def update(self, keys: tuple[TicketKey, ...]) -> None:
-        if self._refused or not keys:
+        if self._refused or (not keys and self._bridge is None):
             return
-        self.ring.update(keys)
+        self.ring.update(keys)  # none left: no tickets (a full handshake each time)
         if self._bridge is not None:
             return
         try:

@@ -70,7 +70,9 @@ class FleetPart:
         self.status: FleetStatus | None = None
         self.book = FleetBook()
         self.ticket_sharing = "off"
-        self._bridge_error: str | None = None
+        self._prepared: Prepared | None = None
+        self._shed: Callable[[], None] = lambda: None
+        self._lifeline = -1
 
     # ------------------------------------------------------------------ life
 
@@ -80,9 +82,11 @@ class FleetPart:
         return self.pid is not None or bool(self._retired)
 
     def sync(self, prepared: Prepared, shed: Callable[[], None], lifeline_r: int) -> None:
-        """Run a fleet process for the current ``[fleet]`` (a new one when it changed)."""
+        """Run a fleet process for the current configuration: a new one whenever it changed
+        (the process reports the configuration's hash and counts offences by ``[bans]``)."""
         wanted = prepared.config.fleet
-        if wanted == self.config and (self.pid is not None or self._restart_at is not None):
+        running = self.pid is not None or self._restart_at is not None
+        if running and self._prepared is not None and prepared.config == self._prepared.config:
             self._prepared = prepared
             return
         self.stop()
@@ -119,6 +123,7 @@ class FleetPart:
                 os.close(down_w)
                 os.close(up_r)
                 self._shed()
+                assert self._prepared is not None
                 code = run_fleet_process(self._prepared, self._logs, self._lifeline, down_r,
                                          up_w, self.ticket_sharing)
             except BaseException:  # the child must never return into the supervisor
@@ -226,7 +231,9 @@ class FleetPart:
         if isinstance(message, FleetStatus):
             self.status = message
         elif isinstance(message, TicketKeys):
-            if self.ticket_sharing == "on" and message.keys:
+            # An empty set (every key retired while Redis was away) stops tickets rather
+            # than keep encrypting under a retired key.
+            if self.ticket_sharing == "on" and (message.keys or self.keys is not None):
                 self.keys = message
                 self._broadcast(message)
         elif isinstance(message, FleetBans):
