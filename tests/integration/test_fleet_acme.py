@@ -14,7 +14,7 @@ import pytest
 from conftest import tcp_config
 from cryptography import x509
 from harness import Offload, echo, free_port, tls_connect
-from redis_server import RedisServer
+from fleet_harness import RedisServer
 from test_acme_pebble import NAME, _acme, pebble  # noqa: F401 - pebble is a fixture
 
 pytestmark = pytest.mark.peers
@@ -24,10 +24,9 @@ SECRET = "c2VjcmV0LWZvci10aGUtZmxlZXQtYWNtZS1zdG9yZS0wMTIzNDU2Nzg5"
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
+    instance = RedisServer(tmp_path / "redis")
+    yield instance
+    instance.kill()
 
 
 def _serial_served(pebble_roots: bytes, port: int) -> int:

@@ -9,7 +9,7 @@ from typing import TypeVar
 
 import pytest
 import redis
-from redis_server import RedisServer
+from fleet_harness import RedisServer
 
 from offload.config.model import FleetConfig
 from offload.fleet.acme_store import AcmeStore, Lease
@@ -23,10 +23,9 @@ SECRET = b"0123456789abcdef0123456789abcdef"
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[RedisServer]:
-    instance = RedisServer(tmp_path)
-    instance.start()
+    instance = RedisServer(tmp_path / "redis")
     yield instance
-    instance.stop()
+    instance.kill()
 
 
 def with_stores(server: RedisServer, body: Callable[[AcmeStore, AcmeStore], Awaitable[T]]) -> T:
@@ -128,7 +127,7 @@ def test_challenges_reach_other_nodes_with_acknowledgements(server: RedisServer)
 
 def test_a_store_that_is_down_answers_none_and_never_raises(server: RedisServer) -> None:
     async def body(a: AcmeStore, b: AcmeStore) -> None:
-        server.stop()
+        server.kill()
         assert await a.acquire("site.test", 1000) is None
         assert await a.certificate("site.test") is None
         assert await a.heartbeat() is None

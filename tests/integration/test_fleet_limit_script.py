@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 from redis.asyncio import Redis
-from redis_server import RedisServer
+from fleet_harness import RedisServer
 
 from offload.config.model import FleetConfig
 from offload.fleet.limit_script import GCRA_SCRIPT, MAX_KEYS_PER_CALL, key_name
@@ -23,10 +23,9 @@ pytestmark = pytest.mark.peers
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[RedisServer]:
-    instance = RedisServer(tmp_path)
-    instance.start()
+    instance = RedisServer(tmp_path / "redis")
     yield instance
-    instance.stop()
+    instance.kill()
 
 
 def charge(client: redis.Redis, key: str, events: int, rate: FleetRate) -> int:
@@ -104,7 +103,7 @@ def test_the_batch_task_notices_the_store_going_and_coming_back(server: RedisSer
         tally.count(key)
         await _send(sync, tally)
         seen.append(tally.failing)
-        server.stop()
+        server.kill()
         tally.count(key)
         await _send(sync, tally)
         seen.append(tally.failing)

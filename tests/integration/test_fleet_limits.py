@@ -1,6 +1,8 @@
-"""Fleet rate limits over real processes: three offload instances, one redis-server, all on
-127.0.0.1; one client spreads keep-alive requests over the three in turn (the limit key is the
-client address, the same on every instance)."""
+"""Fleet rate limits over real processes, all on 127.0.0.1: three offload instances behind
+HAProxy (``mode tcp``, round robin, ``send-proxy-v2``; offload takes the client address from
+the PROXY header), one redis-server. One client opens three keep-alive connections through
+HAProxy (one lands on each instance) and sends requests over them in turn; the limit key is
+the client address the PROXY header names."""
 
 from __future__ import annotations
 
@@ -12,9 +14,9 @@ from pathlib import Path
 
 import pytest
 from conftest import http_config
+from fleet_harness import HaProxy, RedisServer
 from harness import Offload, free_port
 from http_client import https
-from redis_server import RedisServer
 from test_admin import samples, value
 
 pytestmark = pytest.mark.peers
@@ -27,28 +29,29 @@ WINDOW = 5.0
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
+    instance = RedisServer(tmp_path / "redis")
+    yield instance
+    instance.kill()
 
 
-def fleet(pki, bundle: Path, backend: str, redis: RedisServer, offload, *,
-          on_failure: str = "local") -> tuple[list[int], list[int], list[Offload]]:
+def fleet(tmp_path: Path, pki, bundle: Path, backend: str, redis: RedisServer, offload, *,
+          on_failure: str = "local", rate: str = f"{RATE}/s burst {BURST}"
+          ) -> tuple[HaProxy, list[int], list[Offload]]:
     ports, admins, instances = [], [], []
     for index in range(3):
         port, admin = free_port(), free_port()
         config = http_config(
             port, [bundle], [backend], access_log="off",
             frontend=(f'limits = {{ scope = "fleet", on_store_failure = "{on_failure}", '
-                      f'request_rate_per_ip = "{RATE}/s burst {BURST}" }}'),
+                      f'request_rate_per_ip = "{rate}" }}\n'
+                      'accept_proxy = true\nproxy_sources = ["127.0.0.1/32"]'),
             global_="")
         config += (f'\n[fleet]\nredis = "{redis.url}"\nnode = "edge-{index}"\n'
                    f'name = "limits-test"\n[admin]\nbind = "127.0.0.1:{admin}"\n')
         ports.append(port)
         admins.append(admin)
         instances.append(offload(config))
-    return ports, admins, instances
+    return HaProxy(tmp_path, ports), admins, instances
 
 
 def hammer(connections: list[http.client.HTTPSConnection], seconds: float,
@@ -76,14 +79,37 @@ def hammer(connections: list[http.client.HTTPSConnection], seconds: float,
     return outcomes
 
 
+def connect_through(proxy: HaProxy, pki, admins: list[int]) -> list[http.client.HTTPSConnection]:
+    """One keep-alive connection through the balancer on each instance. Round robin does not
+    promise that (HAProxy's own threads, its port probe), so each connection's instance is
+    read from the instances' open-connection gauges; a second one on an instance is closed."""
+    placed: dict[int, http.client.HTTPSConnection] = {}
+    for _ in range(12):
+        conn = https(proxy.port, pki.ca)
+        conn.request("GET", "/")  # through TLS and the PROXY header: the instance counts it
+        conn.getresponse().read()
+        open_now = [value(samples(admin), "offload_connections_active") for admin in admins]
+        new = [index for index, count in enumerate(open_now)
+               if count > (1 if index in placed else 0)]
+        if len(new) == 1 and new[0] not in placed:
+            placed[new[0]] = conn
+            if len(placed) == len(admins):
+                return [placed[index] for index in sorted(placed)]
+        else:
+            conn.close()
+    raise AssertionError(f"the balancer did not reach every instance: {sorted(placed)}")
+
+
 def test_a_per_client_limit_holds_for_the_fleet(pki, localhost_bundle, http_backend, offload,
-                                                redis_server):
+                                                redis_server, tmp_path):
     backend = http_backend()
-    ports, admins, _ = fleet(pki, localhost_bundle, backend.address, redis_server, offload)
-    connections = [https(port, pki.ca) for port in ports]
-    outcomes = hammer(connections, WINDOW)
+    proxy, admins, _ = fleet(tmp_path, pki, localhost_bundle, backend.address, redis_server,
+                             offload)
+    try:
+        outcomes = hammer(connect_through(proxy, pki, admins), WINDOW)
+    finally:
+        proxy.kill()
     admitted = outcomes[200]
-    print("fleet limit outcomes", outcomes)
     expected = RATE * WINDOW + BURST
     assert set(outcomes) <= {200, 429}, outcomes
     assert outcomes[429] > admitted, "the client did not go over the limit: nothing measured"
@@ -99,12 +125,13 @@ def test_a_per_client_limit_holds_for_the_fleet(pki, localhost_bundle, http_back
 
 
 def test_redis_stopping_mid_load_fails_no_request(pki, localhost_bundle, http_backend, offload,
-                                                  redis_server):
+                                                  redis_server, tmp_path):
     backend = http_backend()
-    ports, admins, instances = fleet(pki, localhost_bundle, backend.address, redis_server,
-                                     offload)
-    connections = [https(port, pki.ca) for port in ports]
-    outcomes = hammer(connections, 3.0, during=1.0, action=redis_server.stop)
+    # a limit this client stays under: every instance admits, counts and sends all along
+    proxy, admins, instances = fleet(tmp_path, pki, localhost_bundle, backend.address,
+                                     redis_server, offload, rate="5000/s")
+    connections = connect_through(proxy, pki, admins)
+    outcomes = hammer(connections, 3.0, during=1.0, action=redis_server.kill)
     assert set(outcomes) <= {200, 429}, outcomes  # no request failed because Redis did
     assert outcomes[200] > 0
     for instance in instances:
@@ -116,4 +143,5 @@ def test_redis_stopping_mid_load_fails_no_request(pki, localhost_bundle, http_ba
     for instance in instances:
         instance.wait_for(lambda event: event.get("event") == "fleet_limits_shared")
     outcomes = hammer(connections, 1.0)
+    proxy.kill()
     assert set(outcomes) <= {200, 429}, outcomes

@@ -83,8 +83,18 @@ class FleetLimitSync:
         while True:
             await asyncio.sleep(self._interval)  # the batch timer
             batch = self._tally.take_batch(loop.time())
-            if batch is not None:
+            if batch is None:
+                continue
+            try:
                 await self.send(batch)
+            except Exception as error:  # a client library bug must not end fleet limits
+                self._counters.inc("internal_error", "fleet_limits")
+                _log.error("fleet rate-limit batch failed unexpectedly", exc_info=error,
+                           extra=fields(event="fleet_limits_error"))
+                if self._tally.fail(batch):
+                    _log.warning("fleet rate limits cannot reach the store: each instance "
+                                 "applies them alone", extra=fields(event="fleet_limits_local",
+                                                                    reason=repr(error)))
 
     async def send(self, batch: Batch) -> None:
         """Charge ``batch`` to the fleet and apply the answer (or the failure) to the tally."""
