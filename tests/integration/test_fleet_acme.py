@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import tcp_config
 from cryptography import x509
-from harness import Offload, echo, free_port, tls_connect
 from fleet_harness import RedisServer
+from harness import Offload, echo, free_port, tls_connect
 from test_acme_pebble import NAME, _acme, pebble  # noqa: F401 - pebble is a fixture
 
 pytestmark = pytest.mark.peers

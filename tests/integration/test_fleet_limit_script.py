@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from redis.asyncio import Redis
 from fleet_harness import RedisServer
+from redis.asyncio import Redis
 
 from offload.config.model import FleetConfig
 from offload.fleet.limit_script import GCRA_SCRIPT, MAX_KEYS_PER_CALL, key_name

@@ -44,6 +44,9 @@ LEASE: Final = 120.0
 """Seconds a lock is held without renewal; renewed every third of it while ordering."""
 CHALLENGE_WAIT: Final = 10.0
 """Longest wait for every live node to hold a challenge answer before the CA is told."""
+SETTLE: Final = 3.0
+"""Seconds an ACME process with a shared store waits after start before it orders (it takes
+certificates from the fleet at once): time for nodes started together to heartbeat."""
 CALL_TIMEOUT: Final = 10.0
 """Longest wait of the main thread for one store operation."""
 
@@ -278,5 +281,5 @@ class SharedAcmeStorage(AcmeStorage):
             self.shared.withdraw_challenge(f"tls-alpn-01/{name}")
 
 
-__all__ = ["CALL_TIMEOUT", "CHALLENGE_WAIT", "LEASE", "MIRROR_INTERVAL", "SharedAcme",
+__all__ = ["CALL_TIMEOUT", "CHALLENGE_WAIT", "LEASE", "MIRROR_INTERVAL", "SETTLE", "SharedAcme",
            "SharedAcmeStorage", "leaf_expiry"]

@@ -14,7 +14,7 @@ import signal
 
 from offload.acme.issuer import AcmeIssuer
 from offload.acme.manager import AcmeManager
-from offload.acme.shared import SharedAcme, SharedAcmeStorage
+from offload.acme.shared import SETTLE, SharedAcme, SharedAcmeStorage
 from offload.acme.storage import AcmeStorage
 from offload.errors import OffloadError
 from offload.fleet.acme_store import AcmeStore
@@ -69,6 +69,11 @@ def run_acme_process(prepared: Prepared, logs: LogSetup, lifeline_fd: int) -> in
 
         if shared is not None:
             shared.start()
+            # nodes started together must see each other's heartbeats before one of them
+            # orders, or the CA's validation may reach a node that has no answer yet
+            if wait(SETTLE):
+                shared.stop()
+                return 0
         try:
             AcmeManager(acme, storage, AcmeIssuer(acme, storage, prepared.base_dir),
                         shared=shared).run(wait)
