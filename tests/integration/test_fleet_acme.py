@@ -149,3 +149,34 @@ def test_a_node_started_later_serves_the_fleet_certificate_within_seconds(
     finally:
         for instance in instances:
             instance.kill()
+
+
+def test_a_reload_that_changes_the_fleet_restarts_the_acme_process(
+        pki, localhost_bundle, backend, port, tmp_path, redis_server):
+    import signal
+
+    server = backend(echo)
+    secret = tmp_path / "acme.secret"
+    secret.write_text(SECRET)
+    os.chmod(secret, 0o600)
+    acme = (f'\n[acme]\nshared = true\nshared_key_file = "{secret}"\nagree_to_terms = true\n'
+            f'directory = "https://127.0.0.1:1/dir"\nstorage = "{tmp_path / "acme"}"\n'
+            f'[[acme.certificates]]\nnames = ["{NAME}"]\n')
+    path = tmp_path / "offload.toml"
+
+    def write(node: str) -> None:
+        path.write_text(tcp_config(port, [localhost_bundle], [server.address]) + acme
+                        + f'\n[fleet]\nredis = "{redis_server.url}"\nnode = "{node}"\n')
+
+    write("before")
+    instance = Offload(path)
+    try:
+        instance.wait_ready()
+        instance.wait_msg("ACME process started")
+        mark = len(instance.events)
+        write("after")
+        instance.signal(signal.SIGHUP)
+        instance.wait_msg("reload complete", after=mark)
+        instance.wait_msg("ACME process started", after=mark)  # the new link, the new node
+    finally:
+        instance.kill()

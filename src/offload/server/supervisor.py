@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from offload.config.checks import listen_addresses
-from offload.config.model import AcmeConfig, AdminConfig
+from offload.config.model import AcmeConfig, AdminConfig, FleetConfig
 from offload.config.units import HostPort
 from offload.errors import Issue, OffloadError, StartError
 from offload.observe.admin_api import (
@@ -118,6 +118,8 @@ class AcmeChild:
     """The supervisor's record of an ACME process (or of the wish for one)."""
 
     config: AcmeConfig | None = None
+    shared: tuple[FleetConfig | None, bytes | None] = (None, None)
+    """With ``acme.shared``: the ``[fleet]`` and the secret it was started with."""
     pid: int | None = None
     started: float = 0.0
     failures: int = 0
@@ -742,11 +744,13 @@ class Supervisor(SupervisorAdmin):
     def _sync_acme(self) -> None:
         """Run an ACME process for the current ``[acme]`` section (a new one when it changed)."""
         wanted = self._current.config.acme
+        shared = ((self._current.config.fleet, self._current.acme_secret)
+                  if wanted is not None and wanted.shared else (None, None))
         running = self._acme.pid is not None or self._acme.restart_at is not None
-        if running and self._acme.config == wanted:
+        if running and self._acme.config == wanted and self._acme.shared == shared:
             return
         self._stop_acme()
-        self._acme = AcmeChild(config=wanted)
+        self._acme = AcmeChild(config=wanted, shared=shared)
         if wanted is not None:
             self._spawn_acme()
 
