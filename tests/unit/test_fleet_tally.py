@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from offload.fleet.tally import FleetRate, FleetTally, StoreFailure
+from offload.fleet.tally import MAX_BATCH, FleetRate, FleetTally, StoreFailure
 from offload.security.limits import Limits, LimitsConfig, Rate
 
 KEY = ("web", "per_ip_request_rate", "192.0.2.1")
@@ -176,3 +176,19 @@ def test_a_fleet_global_refusal_gives_the_client_token_back() -> None:
         assert not decision.per_client
     assert fleet.take_batch(0.0) is None  # nothing admitted, nothing charged
     assert gate.on_request("192.0.2.1", 1.0).allowed
+
+
+def test_a_batch_is_bounded_and_the_global_counter_always_goes() -> None:
+    fleet = tally(max_keys=3 * MAX_BATCH)
+    for index in range(MAX_BATCH + 10):
+        fleet.count(("web", "per_ip_request_rate", f"2001:db8:{index:x}::/64"))
+    fleet.count(("web", "global_request_rate", "*"))
+    batch = fleet.take_batch(0.0)
+    assert batch is not None
+    sent = {key for key, _, _ in batch.entries}
+    assert len(sent) == MAX_BATCH + 1
+    assert ("web", "global_request_rate", "*") in sent
+    fleet.settle(batch, [0] * len(batch), 0.0)
+    batch = fleet.take_batch(0.05)
+    assert batch is not None and len(batch) == 10  # the rest, next time
+    assert not sent & {key for key, _, _ in batch.entries}
