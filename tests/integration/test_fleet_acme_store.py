@@ -134,3 +134,38 @@ def test_a_store_that_is_down_answers_none_and_never_raises(server: RedisServer)
         assert await a.account_key(b"k") is None
 
     with_stores(server, body)
+
+
+def test_the_mirror_writes_challenge_files_by_safe_names_only(server: RedisServer,
+                                                              tmp_path: Path) -> None:
+    from offload.acme.shared import SharedAcme
+    from offload.acme.storage import AcmeStorage
+    from offload.fleet.loop_thread import LoopThread
+
+    storage = AcmeStorage(tmp_path / "node-b")
+    storage.create()
+    config = FleetConfig(redis=server.url, name="t", node="b")
+    thread = LoopThread(config)
+    shared = SharedAcme(AcmeStore(thread.link, Sealer(SECRET), "b"), thread, storage,
+                        (("site.test",),))
+    thread.start()
+    try:
+        publisher = FleetConfig(redis=server.url, name="t", node="a")
+
+        async def publish() -> None:
+            link = FleetLink(redis_client(publisher), publisher)
+            store = AcmeStore(link, Sealer(SECRET), "a")
+            # a node holding the secret, but misbehaving (or a CA sending odd tokens)
+            for field in ("http-01/../../escaped", "tls-alpn-01/../x", "dns-01/x",
+                          "http-01/good-token"):
+                assert await store.put_challenge(field, b"answer")
+            await link.close()
+        asyncio.run(publish())
+        thread.run(shared.mirror(), 10)
+        assert storage.http01("good-token") == b"answer"
+        written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")
+                         if p.is_file())
+        assert written == ["node-b/challenges/http-01/good-token"]
+        assert thread.run(shared.store.acks("http-01/good-token"), 10) == {"b"}
+    finally:
+        thread.stop()

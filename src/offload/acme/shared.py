@@ -30,7 +30,7 @@ from typing import Final
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from offload.acme.storage import AcmeStorage, replace_private
+from offload.acme.storage import AcmeStorage, replace_private, valid_name, valid_token
 from offload.fleet.acme_store import AcmeStore, Lease
 from offload.fleet.loop_thread import LoopThread
 from offload.observe.log import fields
@@ -204,11 +204,11 @@ class SharedAcme:
             if field in self._own or field in self._mirrored:
                 continue
             kind, _, value = field.partition("/")
-            if kind == "http-01":
+            if kind == "http-01" and valid_token(value):
                 AcmeStorage.put_http01(self.storage, value, answer.decode("ascii", "replace"))
-            elif kind == "tls-alpn-01":
+            elif kind == "tls-alpn-01" and valid_name(value):
                 AcmeStorage.put_tls_alpn01(self.storage, value, answer)
-            else:
+            else:  # never a file name of anyone's choosing, even one the secret sealed
                 continue
             self._mirrored.add(field)
             await self.store.ack(field)

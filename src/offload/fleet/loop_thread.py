@@ -56,14 +56,16 @@ class LoopThread:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Cancel the background tasks, close the link, stop the loop and the thread."""
-        if not self._thread.is_alive():
-            return
-        for task in self._tasks:
-            task.cancel()
-        with contextlib.suppress(concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
-            asyncio.run_coroutine_threadsafe(self.link.close(), self.loop).result(timeout)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            for task in self._tasks:
+                task.cancel()
+            with contextlib.suppress(concurrent.futures.TimeoutError,
+                                     concurrent.futures.CancelledError):
+                asyncio.run_coroutine_threadsafe(self.link.close(), self.loop).result(timeout)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout)
+        if not self._thread.is_alive() and not self.loop.is_closed():
+            self.loop.close()
 
 
 __all__ = ["LoopThread"]
