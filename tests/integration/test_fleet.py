@@ -93,7 +93,7 @@ def https_get(port: int, ca: Path, *, session: ssl.SSLSession | None = None,
 
 
 def as_client(address: str) -> bytes:
-    return encode_v2((address, 40001), VIP)
+    return encode_v2((address, 40001), VIP if ":" not in address else ("2001:db8::1", 443))
 
 
 def refused(port: int, ca: Path, address: str) -> bool:
@@ -201,6 +201,11 @@ def test_a_ban_through_one_node_refuses_the_client_on_the_others_within_a_second
             assert https_get(node.port, pki.ca, header=as_client(second),
                              path="/attack")[0] == 403
         assert wait_until(lambda: banned_everywhere(nodes, pki.ca, second), timeout=5)
+        # IPv6 clients count by their /64 in the fleet, as in each node's jail.
+        for node, host in zip(nodes, ("2001:db8:1:2::a", "2001:db8:1:2::b", "2001:db8:1:2::c"),
+                              strict=True):
+            assert https_get(node.port, pki.ca, header=as_client(host), path="/attack")[0] == 403
+        assert wait_until(lambda: banned_everywhere(nodes, pki.ca, "2001:db8:1:2::d"), timeout=5)
         # Bans live in Redis: a restarted node refuses the client again.
         nodes[1].instance.stop()
         restarted = Offload(tmp_path / "offload1.toml")

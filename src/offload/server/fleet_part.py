@@ -32,7 +32,7 @@ from offload.fleet.messages import (
     TicketKeys,
 )
 from offload.observe.log import LogSetup, fields
-from offload.security.bans import Ban
+from offload.security.bans import Ban, BanEvent
 from offload.server.ban_hub import BanHub
 from offload.server.control import BanList, Inbox, Offences, Outbox
 from offload.server.fleet_process import run_fleet_process
@@ -271,8 +271,22 @@ class FleetPart:
             _log.info("ban lifted by the fleet", extra=fields(event="unban", client=key))
 
     def offences(self, message: Offences) -> None:
-        if self.config is not None and message.reports:
-            self._send(FleetOffences(message.reports))
+        """Workers' offences, for the fleet's count: under the jail's client keys (an IPv6
+        client by its /64, as the jail counts it), allow-listed clients and events the
+        jail does not count left out."""
+        hub = self._bans()
+        if self.config is None or hub is None or not message.reports:
+            return
+        reports: list[tuple[str, BanEvent, int]] = []
+        for address, event, count in message.reports:
+            try:
+                if event not in hub.jail.config.events or hub.jail.is_allowed(address):
+                    continue
+                reports.append((hub.jail.client_key(address), event, count))
+            except ValueError:
+                continue  # not an IP address (a Unix socket peer): nothing to count
+        if reports:
+            self._send(FleetOffences(tuple(reports)))
 
     def banned(self, bans: list[Ban]) -> None:
         """Bans the node's jail decided: the whole fleet holds them."""
