@@ -181,6 +181,9 @@ def test_a_ban_through_one_node_refuses_the_client_on_the_others_within_a_second
             assert https_get(nodes[0].port, pki.ca, header=as_client(attacker),
                              path="/attack")[0] == 403
         nodes[0].instance.wait_msg("client banned", client=attacker, reason="rule_denied")
+        # The access log names the client of the PROXY v2 header, not the balancer.
+        nodes[0].instance.wait_for(lambda e: e.get("client") == f"{attacker}:40001"
+                                   and e.get("status") == 403)
         started = time.monotonic()
         assert wait_until(lambda: refused(nodes[1].port, pki.ca, attacker)
                           and refused(nodes[2].port, pki.ca, attacker), timeout=5)
