@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import signal
 import socket
 import ssl
 import threading
@@ -162,6 +163,16 @@ def test_sessions_resume_across_the_fleet_and_after_a_rotation(tmp_path, pki, fl
             metrics = samples(nodes[1].admin_port)
             assert value(metrics, "offload_fleet_tickets_total", result="resumed") >= 1
             assert value(metrics, "offload_fleet_ticket_key_sets_total") >= 2
+            # A node reloaded with another configuration is flagged, and its new workers
+            # get the fleet's keys at once.
+            mark = len(nodes[2].instance.events)
+            nodes[2].instance.config.write_text(nodes[2].config.replace("threshold = 3",
+                                                                        "threshold = 4"))
+            nodes[2].instance.signal(signal.SIGHUP)
+            nodes[2].instance.wait_msg("reload complete", after=mark)
+            assert resumption_rate(proxy.port, pki.ca, 20) >= 0.95
+            assert wait_until(lambda: [n["config_differs"] for n in nodes[0].fleet()["nodes"]]
+                              == [False, False, True], timeout=10)
     finally:
         store.kill()
 
