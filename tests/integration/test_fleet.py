@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import signal
 import socket
 import ssl
 import threading
@@ -93,7 +94,7 @@ def https_get(port: int, ca: Path, *, session: ssl.SSLSession | None = None,
 
 
 def as_client(address: str) -> bytes:
-    return encode_v2((address, 40001), VIP)
+    return encode_v2((address, 40001), VIP if ":" not in address else ("2001:db8::1", 443))
 
 
 def refused(port: int, ca: Path, address: str) -> bool:
@@ -162,6 +163,16 @@ def test_sessions_resume_across_the_fleet_and_after_a_rotation(tmp_path, pki, fl
             metrics = samples(nodes[1].admin_port)
             assert value(metrics, "offload_fleet_tickets_total", result="resumed") >= 1
             assert value(metrics, "offload_fleet_ticket_key_sets_total") >= 2
+            # A node reloaded with another configuration is flagged, and its new workers
+            # get the fleet's keys at once.
+            mark = len(nodes[2].instance.events)
+            nodes[2].instance.config.write_text(nodes[2].config.replace("threshold = 3",
+                                                                        "threshold = 4"))
+            nodes[2].instance.signal(signal.SIGHUP)
+            nodes[2].instance.wait_msg("reload complete", after=mark)
+            assert resumption_rate(proxy.port, pki.ca, 20) >= 0.95
+            assert wait_until(lambda: [n["config_differs"] for n in nodes[0].fleet()["nodes"]]
+                              == [False, False, True], timeout=10)
     finally:
         store.kill()
 
@@ -181,6 +192,9 @@ def test_a_ban_through_one_node_refuses_the_client_on_the_others_within_a_second
             assert https_get(nodes[0].port, pki.ca, header=as_client(attacker),
                              path="/attack")[0] == 403
         nodes[0].instance.wait_msg("client banned", client=attacker, reason="rule_denied")
+        # The access log names the client of the PROXY v2 header, not the balancer.
+        nodes[0].instance.wait_for(lambda e: e.get("client") == f"{attacker}:40001"
+                                   and e.get("status") == 403)
         started = time.monotonic()
         assert wait_until(lambda: refused(nodes[1].port, pki.ca, attacker)
                           and refused(nodes[2].port, pki.ca, attacker), timeout=5)
@@ -201,6 +215,11 @@ def test_a_ban_through_one_node_refuses_the_client_on_the_others_within_a_second
             assert https_get(node.port, pki.ca, header=as_client(second),
                              path="/attack")[0] == 403
         assert wait_until(lambda: banned_everywhere(nodes, pki.ca, second), timeout=5)
+        # IPv6 clients count by their /64 in the fleet, as in each node's jail.
+        for node, host in zip(nodes, ("2001:db8:1:2::a", "2001:db8:1:2::b", "2001:db8:1:2::c"),
+                              strict=True):
+            assert https_get(node.port, pki.ca, header=as_client(host), path="/attack")[0] == 403
+        assert wait_until(lambda: banned_everywhere(nodes, pki.ca, "2001:db8:1:2::d"), timeout=5)
         # Bans live in Redis: a restarted node refuses the client again.
         nodes[1].instance.stop()
         restarted = Offload(tmp_path / "offload1.toml")

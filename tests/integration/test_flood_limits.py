@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import http_config, tcp_config
-from harness import Offload, client_context, echo
+from harness import Offload, client_context, echo, free_port
 from http_client import get, https, read_responses
 
 CLIENT, BYSTANDER, OTHER = "127.0.0.1", "127.0.0.2", "127.0.0.3"
@@ -187,7 +187,7 @@ def test_an_unusable_session_offer_still_counts_as_a_full_handshake(
     """A client offering a ticket the server cannot use gets a full handshake: counted after
     it, so bogus tickets do not dodge the limit."""
     server = backend(echo)
-    other_port = port + 1 if port < 65000 else port - 1
+    other_port = free_port()
     elsewhere = offload(tcp_config(other_port, [localhost_bundle], [server.address]))
     limited = offload(tcp_config(port, [localhost_bundle], [server.address],
                                  frontend='limits = { handshake_rate_per_ip = "1/m burst 1" }'))

@@ -29,7 +29,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from offload.build_info import Nghttp2Binding, data_path, nghttp2_binding
-from offload.proto import h2_engine
 from offload.proto.h2_engine import (
     CANCEL,
     COMPRESSION_ERROR,
@@ -530,7 +529,6 @@ def test_make_engine_picks_nghttp2_when_built_and_h2_when_asked() -> None:
     assert make_engine(H2Settings()).name == "nghttp2"
     assert make_engine(H2Settings(), prefer="nghttp2").name == "nghttp2"
     assert make_engine(H2Settings(), prefer="h2").name == "h2"
-    assert h2_engine.make_engine(H2Settings(), "h2").name == "h2", "the interface's own entry"
 
 
 def test_asking_for_nghttp2_where_it_is_not_built_says_how_to_get_it(

@@ -188,13 +188,3 @@ class H2Engine(Protocol):
 
 class EngineFactory(Protocol):
     def __call__(self, settings: H2Settings) -> H2Engine: ...
-
-
-
-def make_engine(settings: H2Settings, prefer: EnginePreference = "auto") -> H2Engine:
-    """A new engine for one connection (:func:`offload.proto.h2_engines.make_engine`: nghttp2
-    where its binding was built, else h2; :class:`~offload.proto.h2_engines.EngineUnavailable`
-    when ``prefer`` names one this install cannot run)."""
-    from offload.proto import h2_engines  # noqa: PLC0415 - this module loads no library
-
-    return h2_engines.make_engine(settings, prefer)

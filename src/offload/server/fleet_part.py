@@ -2,11 +2,12 @@
 backoff when it dies, stopped with the supervisor), moves messages between it and the workers,
 and folds the fleet's bans into the node's jail.
 
-The supervisor calls a handful of methods from its selector loop (``sync`` after a
-configuration becomes current, ``reap`` on SIGCHLD, ``deadlines``/``on_time`` for its timers,
-``offences``/``banned``/``unbanned`` from the ban jail, ``for_new_worker`` when it forks a
-worker) and gives it two callables: ``broadcast`` (to every live worker) and ``bans`` (the
-current jail, if any). Nothing here waits on Redis: the fleet process does, on its own loop.
+A :class:`~offload.server.children.ChildComponent` (the loop reaps it, keeps its deadline, syncs
+it after a reload, stops it and waits for it). The ban relay tells it of offences, bans and
+unbans (:meth:`offences`, :meth:`banned`, :meth:`unbanned`); a newly forked worker is told its
+:meth:`greeting` (the fleet's ticket keys). It is given ``broadcast`` (to every live worker) and
+``bans`` (the current jail, if any). Nothing here waits on Redis: the fleet process does, on
+its own loop.
 """
 
 from __future__ import annotations
@@ -15,9 +16,7 @@ import logging
 import os
 import selectors
 import signal
-import sys
 import time
-import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -31,28 +30,26 @@ from offload.fleet.messages import (
     FleetUnban,
     TicketKeys,
 )
-from offload.observe.log import LogSetup, fields
-from offload.security.bans import Ban
+from offload.observe.log import fields
+from offload.security.bans import Ban, BanEvent
 from offload.server.ban_hub import BanHub
+from offload.server.children import KILL_GRACE, Forker, Instance, kill, restart_delay
 from offload.server.control import BanList, Inbox, Offences, Outbox
 from offload.server.fleet_process import run_fleet_process
 from offload.server.prepare import Prepared
 from offload.tls.ticket_keys import TicketBridge, TicketBridgeError
 
 _log = logging.getLogger("offload.fleet")
-_audit = logging.getLogger("offload.audit")
-
-KILL_GRACE = 5.0
-BACKOFF_FIRST, BACKOFF_MAX, STABLE_AFTER = 0.1, 10.0, 30.0
 
 
-class FleetPart:
+class FleetComponent:
     """See the module docstring."""
 
-    def __init__(self, selector: selectors.BaseSelector, logs: LogSetup,
+    def __init__(self, instance: Instance, forker: Forker, selector: selectors.BaseSelector,
                  broadcast: Callable[[object], None], bans: Callable[[], BanHub | None]) -> None:
+        self._instance = instance
+        self._forker = forker
         self._selector = selector
-        self._logs = logs
         self._broadcast = broadcast
         self._bans = bans
         self.config: FleetConfig | None = None
@@ -71,8 +68,6 @@ class FleetPart:
         self.book = FleetBook()
         self.ticket_sharing = "off"
         self._prepared: Prepared | None = None
-        self._shed: Callable[[], None] = lambda: None
-        self._lifeline = -1
 
     # ------------------------------------------------------------------ life
 
@@ -81,9 +76,10 @@ class FleetPart:
         """Whether a fleet process is alive (the supervisor waits for it before exiting)."""
         return self.pid is not None or bool(self._retired)
 
-    def sync(self, prepared: Prepared, shed: Callable[[], None], lifeline_r: int) -> None:
+    def sync(self) -> None:
         """Run a fleet process for the current configuration: a new one whenever it changed
         (the process reports the configuration's hash and counts offences by ``[bans]``)."""
+        prepared = self._instance.prepared
         wanted = prepared.config.fleet
         running = self.pid is not None or self._restart_at is not None
         if running and self._prepared is not None and prepared.config == self._prepared.config:
@@ -93,7 +89,6 @@ class FleetPart:
         self._stopping = False
         self.config = wanted
         self._prepared = prepared
-        self._shed, self._lifeline = shed, lifeline_r
         if wanted is None:
             self.keys = self.status = None
             return
@@ -116,20 +111,17 @@ class FleetPart:
     def _spawn(self) -> None:
         down_r, down_w = os.pipe()  # supervisor -> fleet process
         up_r, up_w = os.pipe()  # fleet process -> supervisor
-        pid = os.fork()
-        if pid == 0:
-            code = 70
-            try:
-                os.close(down_w)
-                os.close(up_r)
-                self._shed()
-                assert self._prepared is not None
-                code = run_fleet_process(self._prepared, self._logs, self._lifeline, down_r,
-                                         up_w, self.ticket_sharing)
-            except BaseException:  # the child must never return into the supervisor
-                traceback.print_exc(file=sys.stderr)
-            finally:
-                os._exit(code)
+        prepared, sharing, forker = self._prepared, self.ticket_sharing, self._forker
+        assert prepared is not None
+
+        def become_fleet() -> int:
+            """In the fleet child: shed the supervisor's state, then keep the node in the
+            fleet."""
+            forker.shed(fds=(down_w, up_r))
+            return run_fleet_process(prepared, forker.logs, forker.lifeline, down_r, up_w,
+                                     sharing)
+
+        pid = forker.fork(become_fleet)
         os.close(down_r)
         os.close(up_w)
         os.set_blocking(up_r, False)
@@ -149,7 +141,7 @@ class FleetPart:
         self._stopping = True
         self._restart_at = None
         if self.pid is not None:
-            _kill(self.pid, signal.SIGTERM)
+            kill(self.pid, signal.SIGTERM)
             self._retired[self.pid] = time.monotonic() + KILL_GRACE
             self.pid = None
         self._forget_pipes()
@@ -180,24 +172,26 @@ class FleetPart:
                 continue
             self.pid = None
             self._forget_pipes()
-            lived = time.monotonic() - self._started
-            self._failures = 0 if lived >= STABLE_AFTER else self._failures + 1
-            delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, self._failures - 1))
+            self._failures, delay = restart_delay(time.monotonic() - self._started,
+                                                  self._failures)
             _log.warning("fleet process died; restarting it", extra=fields(
                 pid=pid, exit_code=code, restart_in_s=round(delay, 2)))
             self._restart_at = time.monotonic() + delay
 
-    def deadlines(self) -> list[float]:
-        return [*self._retired.values(),
-                *([self._restart_at] if self._restart_at is not None else [])]
+    def deadline(self) -> float | None:
+        return min([*self._retired.values(),
+                    *([self._restart_at] if self._restart_at is not None else [])],
+                   default=None)
 
     def on_time(self, now: float) -> None:
         for pid, kill_at in list(self._retired.items()):
             if kill_at <= now:
                 self._retired[pid] = now + 3600.0
-                _kill(pid, signal.SIGKILL)
-        if self._restart_at is not None and self._restart_at <= now and not self._stopping:
-            self._spawn()
+                kill(pid, signal.SIGKILL)
+        if self._restart_at is not None and self._restart_at <= now:
+            self._restart_at = None
+            if not self._stopping and not self._instance.stopping:
+                self._spawn()
 
     # ------------------------------------------------------------------ messages
 
@@ -239,7 +233,7 @@ class FleetPart:
         elif isinstance(message, FleetBans):
             self._fleet_bans(message)
 
-    def for_new_worker(self) -> list[object]:
+    def greeting(self) -> list[object]:
         """What a newly forked worker must be told (the fleet's ticket keys)."""
         return [self.keys] if self.keys is not None else []
 
@@ -271,8 +265,22 @@ class FleetPart:
             _log.info("ban lifted by the fleet", extra=fields(event="unban", client=key))
 
     def offences(self, message: Offences) -> None:
-        if self.config is not None and message.reports:
-            self._send(FleetOffences(message.reports))
+        """Workers' offences, for the fleet's count: under the jail's client keys (an IPv6
+        client by its /64, as the jail counts it), allow-listed clients and events the
+        jail does not count left out."""
+        hub = self._bans()
+        if self.config is None or hub is None or not message.reports:
+            return
+        reports: list[tuple[str, BanEvent, int]] = []
+        for address, event, count in message.reports:
+            try:
+                if event not in hub.jail.config.events or hub.jail.is_allowed(address):
+                    continue
+                reports.append((hub.jail.client_key(address), event, count))
+            except ValueError:
+                continue  # not an IP address (a Unix socket peer): nothing to count
+        if reports:
+            self._send(FleetOffences(tuple(reports)))
 
     def banned(self, bans: list[Ban]) -> None:
         """Bans the node's jail decided: the whole fleet holds them."""
@@ -329,10 +337,4 @@ def _without_password(url: str) -> str:
     credentials, at, host = rest.rpartition("@")
     return f"{scheme}{sep}{'***@' if at else ''}{host}" if credentials or at else url
 
-
-def _kill(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
 
