@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
                           "(default host 127.0.0.1)")
     quick.add_argument("--upstream-timeout", metavar="DURATION",
                        help="how long a backend may stay silent, e.g. 60s")
+    quick.add_argument("--fleet-redis", metavar="URL",
+                       help="fleet mode: share ticket keys and bans with the other instances "
+                            "through this Redis (redis:// or rediss://), see docs/fleet.md")
     quick.add_argument("--client-ca", metavar="FILE", action="append", default=[],
                        help="require client certificates issued by this CA (repeatable)")
     quick.add_argument("--backend-tls", action="store_true",
@@ -123,7 +126,7 @@ def _quick_options(args: argparse.Namespace) -> QuickOptions:
         access_log=args.access_log, client_ca=tuple(args.client_ca), admin=args.admin,
         allow_readable_keys=args.allow_readable_keys,
         backend_tls=args.backend_tls or bool(args.backend_ca),
-        backend_ca=tuple(args.backend_ca),
+        backend_ca=tuple(args.backend_ca), fleet_redis=args.fleet_redis,
     )
 
 
@@ -136,7 +139,7 @@ def _loader(args: argparse.Namespace) -> Callable[[], Prepared]:
     quick_flags = [args.listen, args.cert, args.key, args.backend, args.workers,
                    args.proxy_protocol, args.tls_policy, args.upstream_timeout, args.access_log,
                    args.client_ca, args.allow_readable_keys, args.backend_tls,
-                   args.backend_ca]
+                   args.backend_ca, args.fleet_redis]
     if args.config:
         if any(quick_flags):
             raise UsageError("give either -c FILE or the quick-mode flags, not both")

@@ -643,6 +643,9 @@ def rich() -> Raw:
                  "challenges": ["tls-alpn-01"], "certificates": [{"names": ["a.example.com"]}]},
         "admin": {"bind": "127.0.0.1:9404", "hosts": ["admin.example.test"]},
         "bans": {"events": ["limit_hit"], "allow": ["10.0.0.0/8"]},
+        "fleet": {"redis": "rediss://r:6379/0", "sentinels": ["10.0.0.5:26379"],
+                  "master": "m", "tls_ca": "ca.pem", "tls_certificate": "c.pem",
+                  "tls_key": "k.pem", "password_file": "p"},
     }
 
 

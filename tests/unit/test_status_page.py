@@ -131,6 +131,18 @@ CERTIFICATES = {"certificates": [
     certificate(["api.example.org", "api2.example.org"], 12, "2026-12-06T00:00:00Z"),
 ]}
 
+FLEET = {"enabled": True, "name": "edge", "node": "edge-1", "ticket_sharing": "on",
+         "store": {"up": True, "round_trips": {"heartbeat": 9}, "failures": 2, "outages": 1,
+                   "latency_ms": 0.4, "last_error": None},
+         "ticket_keys": {"keys": 3, "newest_age_s": 600, "rotations_made": 1, "sets_received": 3},
+         "nodes": [
+             {"node": "edge-1", "version": "0.1.0", "config_hash": "aaaa", "age": 2.0,
+              "ticket_key_age": 600.0, "latency_ms": 0.4, "store_failures": 2,
+              "config_differs": False, "this_node": True},
+             {"node": "edge-2", "version": "0.1.0", "config_hash": "bbbb", "age": 4.0,
+              "ticket_key_age": 601.0, "latency_ms": 0.7, "store_failures": 0,
+              "config_differs": True, "this_node": False}]}
+
 
 class AdminFixture(ThreadingHTTPServer):
     """Serves the page and canned API answers; optionally behind HTTP Basic auth."""
@@ -181,6 +193,8 @@ class Handler(BaseHTTPRequestHandler):
             self.json(CERTIFICATES)
         elif self.path == "/api/history":
             self.json(HISTORY)
+        elif self.path == "/api/fleet":
+            self.json(FLEET)
         else:
             self.answer(404, "text/plain", b"not found\n")
 
@@ -397,6 +411,12 @@ def test_rendered_page_shows_rates_backends_and_certificates(admin: AdminFixture
     order = [key for key in page.text if key in {"www.example.com", "old.example.net", "api.example.org"}]
     assert order == ["old.example.net", "api.example.org", "www.example.com"], "sorted by days left"
     assert page["live"].startswith("live · updated")
+
+    assert page["fleet-note"] == ("edge · this node edge-1 · Redis up, 0.4 ms · 2 store failures · "
+                                  "ticket keys on, newest 10m 00s old")
+    assert page["fleet"].startswith("Node Version Configuration")
+    assert "edge-1 (this node) 0.1.0 aaaa 2 s ago 10m 00s 0.4 ms 2" in page["fleet"]
+    assert "edge-2 0.1.0 bbbb (differs) 4 s ago 10m 01s 0.7 ms 0" in page["fleet"]
 
 
 def test_counter_drops_and_restarts_give_no_negative_rates(restarting_admin: AdminFixture) -> None:

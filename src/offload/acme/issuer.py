@@ -104,6 +104,10 @@ class AcmeIssuer:
         self._client = acme
         return acme
 
+    def forget_account(self) -> None:
+        """Connect afresh before the next order (the account key file changed)."""
+        self._client = None
+
     def issue(self, names: tuple[str, ...]) -> bytes:
         """Order a certificate for ``names``; returns chain + key as one PEM bundle."""
         try:

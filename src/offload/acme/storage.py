@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from pathlib import Path
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -25,10 +26,21 @@ _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _NAME = re.compile(r"[a-z0-9.-]{1,253}")
 
 
+def valid_token(token: str) -> bool:
+    """Whether ``token`` can be an ACME challenge token (and so a file name here)."""
+    return _TOKEN.fullmatch(token) is not None
+
+
+def valid_name(name: str) -> bool:
+    """Whether ``name`` can be a DNS name we validate (and so a file name here)."""
+    return _NAME.fullmatch(name) is not None and ".." not in name
+
+
 def replace_private(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically (a reader sees old or new, never half),
     readable by the owner only; :func:`offload.demo.pki.write_private` writes in place."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # pid and thread: the ACME process's fleet thread writes files too
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:

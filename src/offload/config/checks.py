@@ -20,6 +20,7 @@ from offload.config.model import (
     AdminConfig,
     BackendConfig,
     Config,
+    FleetConfig,
     FrontendConfig,
     FrontendLimits,
     ServerConfig,
@@ -54,6 +55,8 @@ def cross_check(config: Config) -> list[Issue]:
         issues.extend(_check_acme(config.acme, config))
     if config.admin is not None:
         issues.extend(_check_admin(config.admin))
+    if config.fleet is not None:
+        issues.extend(_check_fleet(config.fleet))
     return issues
 
 
@@ -90,6 +93,7 @@ def _frontend(config: Config, frontend: FrontendConfig, where: str) -> list[Issu
     issues = _check_client_auth(frontend, where)
     issues.extend(_check_accept_proxy(frontend, where))
     issues.extend(_check_fingerprints(frontend, where))
+    issues.extend(_check_limit_scope(config, frontend, where))
     if frontend.mode == "tcp":
         issues.extend(_http_keys_in_tcp(frontend, where))
     # (a TCP frontend may offer h2: it relays the bytes to a backend that speaks it, as hitch)
@@ -116,6 +120,19 @@ def _check_accept_proxy(frontend: FrontendConfig, where: str) -> list[Issue]:
                       "accept_proxy = true",
                       "set accept_proxy = true (the balancers send a PROXY header), or remove "
                       "proxy_sources")]
+    return []
+
+
+def _check_limit_scope(config: Config, frontend: FrontendConfig, where: str) -> list[Issue]:
+    """Fleet-wide limits need a fleet; the failure mode of the fleet store needs fleet limits."""
+    limits = frontend.limits
+    if limits.scope == "fleet" and config.fleet is None:
+        return [Issue(f"{where}.limits.scope", "scope = \"fleet\" counts limits in Redis, but "
+                      "there is no [fleet] section",
+                      "add [fleet] with redis = \"redis://host:6379/0\", or remove scope")]
+    if "on_store_failure" in limits.model_fields_set and limits.scope != "fleet":
+        return [Issue(f"{where}.limits.on_store_failure", "it only matters for fleet-wide "
+                      "limits", "set scope = \"fleet\", or remove on_store_failure")]
     return []
 
 
@@ -344,6 +361,34 @@ def _check_admin(admin: AdminConfig) -> list[Issue]:
     return []
 
 
+def _check_fleet(fleet: FleetConfig) -> list[Issue]:
+    """Sentinel needs a master's name; TLS keys need ``rediss://``; a client certificate needs
+    its key; the ticket-key periods must leave at least one key to decrypt with."""
+    issues: list[Issue] = []
+    if fleet.sentinels and fleet.master is None:
+        issues.append(Issue("fleet.master", "Sentinel needs the name of the master to follow",
+                            'set fleet.master to the name the sentinels monitor, like '
+                            '"mymaster"'))
+    if fleet.master is not None and not fleet.sentinels:
+        issues.append(Issue("fleet.sentinels", "fleet.master is set but no sentinel is listed",
+                            'list the sentinels, like sentinels = ["10.0.0.5:26379"], or '
+                            "remove fleet.master"))
+    tls_keys = [key for key in ("tls_ca", "tls_certificate", "tls_key")
+                if getattr(fleet, key) is not None]
+    if tls_keys and not fleet.redis.startswith("rediss://"):
+        issues.append(Issue(f"fleet.{tls_keys[0]}", "TLS files are set but the Redis URL is "
+                            "not rediss://", "write fleet.redis as rediss://host:port/db"))
+    if (fleet.tls_certificate is None) != (fleet.tls_key is None):
+        missing = "tls_key" if fleet.tls_key is None else "tls_certificate"
+        issues.append(Issue(f"fleet.{missing}", "a client certificate needs both "
+                            "tls_certificate and tls_key", f"set fleet.{missing} too"))
+    if fleet.ticket_key_lifetime < fleet.ticket_key_rotation:
+        issues.append(Issue("fleet.ticket_key_lifetime", "keys would be retired before the "
+                            "next one is made", "make ticket_key_lifetime at least "
+                            "ticket_key_rotation (by default 36h and 12h)"))
+    return issues
+
+
 def _check_client_auth(frontend: FrontendConfig, where: str) -> list[Issue]:
     """Client certificates need a CA to check them against, and a CA needs client_auth."""
     if frontend.client_auth != "none" and not frontend.client_ca:
@@ -362,6 +407,27 @@ def _check_client_auth(frontend: FrontendConfig, where: str) -> list[Issue]:
         if unused:
             return [Issue(f"{where}.{unused[0]}", "it only matters when CRLs are fetched",
                           "set client_crl_fetch = true, or remove this key")]
+    return []
+
+
+def _check_acme_shared(acme: AcmeConfig, config: Config) -> list[Issue]:
+    """A shared ACME store lives in the fleet's Redis and needs a secret to encrypt with."""
+    sources = [key for key in ("shared_key_file", "shared_key_env")
+               if getattr(acme, key) is not None]
+    if not acme.shared:
+        return [Issue(f"acme.{key}", "it only matters with acme.shared = true",
+                      "set shared = true, or remove this key") for key in sources]
+    if config.fleet is None:
+        return [Issue("acme.shared", "shared ACME certificates live in the fleet's Redis, but "
+                      "there is no [fleet] section",
+                      'add [fleet] with redis = "redis://host:6379/0", or remove shared')]
+    if not sources:
+        return [Issue("acme.shared", "the shared store needs a secret to encrypt keys with",
+                      'set shared_key_file = "/etc/offload/acme.secret" (made with `openssl '
+                      'rand -base64 32`), or shared_key_env = "OFFLOAD_ACME_KEY"')]
+    if len(sources) > 1:
+        return [Issue("acme.shared_key_env", "both shared_key_file and shared_key_env are set",
+                      "keep one of them")]
     return []
 
 
@@ -385,6 +451,7 @@ def _check_acme(acme: AcmeConfig, config: Config) -> list[Issue]:
         issues.append(Issue("acme.challenges", "http-01 needs a plain-HTTP listener",
                             "set redirect_http = \":80\" on a frontend that serves the "
                             "ACME certificates, or allow tls-alpn-01"))
+    issues.extend(_check_acme_shared(acme, config))
     seen: dict[str, str] = {}
     for c_index, certificate in enumerate(acme.certificates):
         for n_index, name in enumerate(certificate.names):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Annotated, Any, Literal
@@ -229,6 +230,12 @@ class FrontendLimits(Model):
     ipv4_prefix: Annotated[int, Strict(), Field(ge=0, le=32)] = 32
     ipv6_prefix: Annotated[int, Strict(), Field(ge=0, le=128)] = 64
     max_tracked_clients: Count = 65536
+    scope: Literal["instance", "fleet"] = "instance"
+    """``fleet``: the rate limits count for every instance of the ``[fleet]`` together
+    (docs/fleet.md); concurrent connections stay per instance."""
+    on_store_failure: Literal["local", "deny"] = "local"
+    """With ``scope = "fleet"`` and Redis unreachable: ``local`` keeps per-instance limits,
+    ``deny`` refuses what the fleet limits cover."""
 
     @property
     def any(self) -> bool:
@@ -544,6 +551,15 @@ class AcmeConfig(Model):
     frontends: tuple[str, ...] = ()
     retry_after: Timeout = 60.0
     certificates: tuple[AcmeCertificateConfig, ...] = Field(min_length=1)
+    shared: Flag = False
+    """Keep issued certificates and the account key in the ``[fleet]``'s Redis, encrypted, so
+    one node orders each name and every node serves it (docs/fleet.md)."""
+    shared_key_file: str | None = None
+    """The secret that encrypts them (at least 32 characters), in a file..."""
+    shared_key_env: Annotated[str, form(r"[A-Za-z_][A-Za-z0-9_]*",
+                                        "an environment variable name",
+                                        "OFFLOAD_ACME_KEY")] | None = None
+    """... or in this environment variable."""
 
     def serves(self, frontend: str) -> bool:
         """Whether ``frontend`` serves the ACME certificates (all frontends when none named)."""
@@ -613,6 +629,62 @@ class AdminConfig(Model):
 
 
 
+def _default_node() -> str:
+    """The machine's host name: what an operator calls the node anyway."""
+    return socket.gethostname() or "offload"
+
+
+def _redis_url(value: object) -> object:
+    if isinstance(value, str) and not re.fullmatch(r"rediss?://\S+", value.strip()):
+        raise Invalid(f"{show(value)} is not a Redis URL",
+                      'write redis://host:port/db, or rediss://host:port/db for TLS, like '
+                      '"redis://127.0.0.1:6379/0"')
+    return value.strip() if isinstance(value, str) else value
+
+
+def _sentinel_address(value: object) -> object:
+    if isinstance(value, str) and not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}",
+                                                   value.strip()):
+        raise Invalid(f"{show(value)} is not a Sentinel address",
+                      'write host:port, like "10.0.0.5:26379"')
+    return value.strip() if isinstance(value, str) else value
+
+
+FleetName = Annotated[str, Field(min_length=1, max_length=64),
+                      form(r"[A-Za-z0-9_.-]+", "a key prefix of letters, digits, _ . -",
+                           "offload")]
+MAX_TICKET_KEY_LIFETIME = 7 * 86400.0
+"""RFC 8446 §4.6.1: a ticket may be used for at most seven days."""
+
+
+class FleetConfig(Model):
+    """Fleet mode (docs/fleet.md): instances behind an L4 balancer share session-ticket keys,
+    bans and a node registry through Redis (or Valkey), optionally found through Sentinel."""
+
+    redis: Annotated[str, BeforeValidator(_redis_url)]
+    """``redis://host:port/db`` or ``rediss://`` (TLS); with ``sentinels``, only its scheme,
+    database and password are used: the address comes from Sentinel."""
+    sentinels: tuple[Annotated[str, BeforeValidator(_sentinel_address)], ...] = ()
+    master: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    name: FleetName = "offload"
+    node: Annotated[str, Field(min_length=1, max_length=128),
+                    form(r"[A-Za-z0-9_.:-]+", "a node name of letters, digits, _ . : -",
+                         "edge-1")] = Field(default_factory=_default_node)
+    connect_timeout: Timeout = 2.0
+    operation_timeout: Timeout = 1.0
+    tls_ca: str | None = None
+    tls_certificate: str | None = None
+    tls_key: str | None = None
+    password_file: str | None = None
+    share_ticket_keys: Flag = True
+    ticket_key_rotation: Annotated[float, BeforeValidator(parse_duration),
+                                   Field(ge=1.0, le=MAX_TICKET_KEY_LIFETIME)] = 12 * 3600.0
+    """A new session-ticket key this often."""
+    ticket_key_lifetime: Annotated[float, BeforeValidator(parse_duration),
+                                   Field(ge=1.0, le=MAX_TICKET_KEY_LIFETIME)] = 36 * 3600.0
+    """How long a key decrypts tickets after it was made (then it is retired)."""
+
+
 class Config(Model):
     """The whole configuration."""
 
@@ -623,6 +695,7 @@ class Config(Model):
     acme: AcmeConfig | None = None
     admin: AdminConfig | None = None
     bans: BansConfig | None = None
+    fleet: FleetConfig | None = None
 
     def backend(self, name: str) -> BackendConfig:
         """The backend called ``name`` (the loader has checked that it exists)."""
@@ -642,6 +715,7 @@ __all__ = [
     "Config",
     "DefaultsConfig",
     "Duration",
+    "FleetConfig",
     "FrontendConfig",
     "FrontendLimits",
     "GlobalConfig",

@@ -35,6 +35,7 @@ _FLAG_OF_PATH = (
     (r"global\.log_level", "--log-level"),
     (r"global\.allow_readable_keys", "--allow-readable-keys"),
     (r"admin\.bind", "--admin"),
+    (r"fleet\.redis", "--fleet-redis"),
 )
 
 
@@ -58,6 +59,7 @@ class QuickOptions:
     allow_readable_keys: bool = False
     backend_tls: bool = False
     backend_ca: tuple[str, ...] = ()
+    fleet_redis: str | None = None
     extra_global: dict[str, Any] = field(default_factory=dict)
 
 
@@ -78,7 +80,7 @@ _FIX_OF_ADVICE = (
     ("set mode = \"http\" on this frontend", "give --mode http"),
     ("or remove access_log", "or leave out --access-log"),
 )
-_CONFIG_KEY = re.compile(r"\b(global|defaults|admin|acme|bans)\.[a-z_]+|\b(frontends|backends)\[|"
+_CONFIG_KEY = re.compile(r"\b(global|defaults|admin|acme|bans|fleet)\.[a-z_]+|\b(frontends|backends)\[|"
                          r"\bset [a-z_]+ = ")
 
 
@@ -140,6 +142,8 @@ def raw_config(options: QuickOptions) -> dict[str, Any]:
     raw: dict[str, Any] = {"global": global_, "frontends": [frontend], "backends": [backend]}
     if options.admin is not None:
         raw["admin"] = {"bind": options.admin}
+    if options.fleet_redis is not None:
+        raw["fleet"] = {"redis": options.fleet_redis}
     return raw
 
 

@@ -18,7 +18,8 @@ to the audit log (``offload.audit``: who, what, result; the log line carries the
     POST /api/backends/B/servers/S/ACTION drain | disable | enable a server (every worker)
     POST /api/reload                      reload the configuration (like SIGHUP)
     GET  /api/bans                        clients banned automatically ([bans])
-    DELETE /api/bans/CLIENT               lift a ban
+    DELETE /api/bans/CLIENT               lift a ban (on every node in fleet mode)
+    GET  /api/fleet                       fleet mode: nodes seen, Redis link, ticket keys
     POST /api/drain, /api/ready           take the instance out of (or back into) the L4
                                           balancer's rotation: /readyz answers 503, traffic
                                           is still served
@@ -151,6 +152,8 @@ class AdminHost(Protocol):
         """The bans in force; None when bans are not configured."""
     def unban(self, client: str, who: str) -> str | None:
         """Lift a ban (audited by the host); an error message if there is none to lift."""
+    def fleet(self) -> dict[str, object] | None:
+        """Fleet mode's state (docs/fleet.md); None without ``[fleet]``."""
 
 
 def _json(status: int, value: object) -> AdminResponse:
@@ -184,6 +187,7 @@ class AdminApi:
             "/api/certificates": self._certificates,
             "/api/bans": self._bans,
             "/api/history": lambda: _json(200, self._host.history()),
+            "/api/fleet": self._fleet,
             "/": self._status_page,
         }
         self._posts: dict[str, Callable[[AdminRequest], AdminResponse]] = {
@@ -349,6 +353,10 @@ class AdminApi:
             "until": _iso(dt.datetime.fromtimestamp(ban.until, dt.UTC)),
             "seconds_left": max(0, round(ban.until - now)), "offences": ban.count,
             "events": ban.events} for ban in bans]})
+
+    def _fleet(self) -> AdminResponse:
+        fleet = self._host.fleet()
+        return _json(200, {"enabled": False} if fleet is None else {"enabled": True, **fleet})
 
     def _status_page(self) -> AdminResponse:
         if self._page is None:

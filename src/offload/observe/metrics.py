@@ -23,6 +23,8 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from offload.fleet.messages import FleetStatus
+from offload.observe.fleet_metrics import fleet_families
 from offload.observe.snapshot import WorkerStats
 from offload.observe.stats import LATENCY_BUCKETS
 
@@ -134,6 +136,26 @@ COUNTERS: dict[str, Spec] = {spec_key: spec for spec_key, spec in [
     ("icap", Spec("offload_icap_scans", "Bodies sent to the ICAP service, or not, by outcome "
                   "(clean, infected, error_allowed, error_denied, oversize_passed, "
                   "oversize_denied)", ("frontend", "direction", "result"))),
+    ("fleet_round_trips", Spec("offload_fleet_limit_round_trips", "Redis round trips of "
+                               "fleet rate limits, by where they were made: batch (the batch "
+                               "task) or request (on the request path: must stay 0)",
+                               ("path",))),
+    ("fleet_limit_batches", Spec("offload_fleet_limit_batches", "Batches of fleet rate-limit "
+                                 "counts sent to Redis", ())),
+    ("fleet_limit_batch_keys", Spec("offload_fleet_limit_batch_keys", "Counters carried by "
+                                    "those batches (divide by the batches for the mean size)",
+                                    ())),
+    ("fleet_limit_failures", Spec("offload_fleet_limit_store_failures", "Batches of fleet "
+                                  "rate-limit counts that did not reach Redis", ())),
+    ("fleet_limit_unsynced", Spec("offload_fleet_limit_unsynced_events", "Events admitted but "
+                                  "never charged to the fleet (failed batches, full table)",
+                                  ())),
+    ("fleet_limit_local_decisions", Spec("offload_fleet_limit_local_decisions", "Events "
+                                         "decided by per-instance limits alone while Redis "
+                                         "was unreachable (on_store_failure = local)", ())),
+    ("ticket", Spec("offload_fleet_tickets", "Session tickets under the fleet's keys: issued, "
+                    "resumed (by the age of the key: current, previous, older), or under a key "
+                    "no longer held (unknown)", ("result", "key_age"))),
     ("server_failures", Spec("offload_backend_server_failures", "Requests and connections to "
                              "each backend server that failed (connect_failed, timeout, reset, "
                              "bad_response)", ("backend", "server", "reason"))),
@@ -181,6 +203,7 @@ class SupervisorFacts:
     certificates: tuple[CertificateExpiry, ...]
     bans: int = 0
     bans_active: int = 0
+    fleet: FleetStatus | None = None
 
 
 class _Collector(Collector):
@@ -276,6 +299,8 @@ class _Collector(Collector):
         banned = GaugeMetricFamily("offload_bans_active", "Bans in force")
         banned.add_metric([], facts.bans_active)
         yield from (info, start, workers, reloads, restarts, expiry, bans, banned)
+        if facts.fleet is not None:
+            yield from fleet_families(facts.fleet)
 
 
 _Family = TypeVar("_Family", CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily)

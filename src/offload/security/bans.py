@@ -215,6 +215,28 @@ class Jail:
         self._drop_expired(now)
         return list(self._bans.values())
 
+    def impose(self, ban: Ban, now: float) -> Ban | None:
+        """Hold a ban decided elsewhere (another node of the fleet): the ban now held under
+        the key this jail uses for its client, or None when it is over, the client is
+        allow-listed, or a ban lasting at least as long already holds. ``ValueError`` if its
+        client is not an address or key."""
+        key = self.client_key(ban.client)
+        if "/" in key:  # never wider than the jail's own grouping: no ban of whole ranges
+            network = ip_network(key, strict=False)
+            narrowest = self.config.v4_prefix if network.version == 4 else self.config.v6_prefix
+            if network.prefixlen < narrowest:
+                return None
+        if not ban.active(now) or (self._allow and self.is_allowed(key.split("/")[0])):
+            return None
+        held = self._bans.get(key)
+        if held is not None and held.active(now) and held.until >= ban.until:
+            return None
+        self._windows.pop(key, None)
+        self._bans.pop(key, None)
+        imposed = Ban(key, ban.reason, ban.since, ban.until, ban.count, ban.events)
+        self._add_ban(imposed, now)
+        return imposed
+
     def unban(self, client: str) -> bool:
         """Lift the ban on ``client`` (an address or a key from :meth:`bans`) and forget its
         count; whether there was a ban to lift. ``ValueError`` if ``client`` is not one."""

@@ -26,6 +26,7 @@ from offload.security.buckets import ConcurrencyLimit, KeyedBuckets, TokenBucket
 if TYPE_CHECKING:
     from offload.config.model import FrontendLimits
     from offload.config.units import EventRate
+    from offload.fleet.tally import FleetTally
     from offload.proto.fingerprint import Fingerprints
 
 LimitName = Literal[
@@ -116,17 +117,30 @@ def _refused(limit: LimitName, seconds: float) -> LimitDecision:
 
 
 class _RateGate:
-    """A per-client and a global rate limit for one kind of event, the per-client one first."""
+    """A per-client and a global rate limit for one kind of event, the per-client one first.
 
-    __slots__ = ("_global", "_global_name", "_per_ip", "_per_ip_name")
+    With a fleet ``tally`` covering a limit, the fleet's cached refusal is asked first and an
+    event the local bucket admits is counted for the fleet (:mod:`offload.fleet.tally`); dict
+    operations only, never a round trip.
+    """
+
+    __slots__ = ("_fleet_global", "_fleet_per_ip", "_frontend", "_global", "_global_name",
+                 "_per_ip", "_per_ip_name", "_tally")
 
     def __init__(self, per_ip: Rate | None, total: Rate | None, max_clients: int,
-                 per_ip_name: LimitName, global_name: LimitName) -> None:
+                 per_ip_name: LimitName, global_name: LimitName, *,
+                 tally: FleetTally | None = None, frontend: str = "") -> None:
         self._per_ip = (None if per_ip is None
                         else KeyedBuckets(per_ip.per_second, per_ip.burst, max_keys=max_clients))
         self._global = None if total is None else TokenBucket(total.per_second, total.burst)
         self._per_ip_name = per_ip_name
         self._global_name = global_name
+        self._tally = tally
+        self._frontend = frontend
+        self._fleet_per_ip = (tally is not None and per_ip is not None
+                              and tally.covers(frontend, per_ip_name))
+        self._fleet_global = (tally is not None and total is not None
+                              and tally.covers(frontend, global_name))
 
     def check(self, client: str, now: float) -> LimitDecision:
         """Admit one event, spending a token from each bucket, or refuse it spending none."""
@@ -136,14 +150,40 @@ class _RateGate:
     def take_client(self, client: str, now: float) -> LimitDecision:
         """The per-client half of :meth:`check`."""
         per_ip = self._per_ip
-        if per_ip is not None and not per_ip.take(client, now):
+        if per_ip is None:
+            return ALLOWED
+        if self._fleet_per_ip:
+            assert self._tally is not None
+            key = (self._frontend, self._per_ip_name, client)
+            wait = self._tally.refused(key, now)
+            if wait is not None:
+                return _refused(self._per_ip_name, wait)
+            if not per_ip.take(client, now):
+                return _refused(self._per_ip_name, per_ip.retry_after(client, now))
+            self._tally.count(key)
+            return ALLOWED
+        if not per_ip.take(client, now):
             return _refused(self._per_ip_name, per_ip.retry_after(client, now))
         return ALLOWED
 
     def take_global(self, client: str, now: float) -> LimitDecision:
         """The global half of :meth:`check`; refunds the client's token when it refuses."""
         total = self._global
-        if total is not None and not total.take(now):
+        if total is None:
+            return ALLOWED
+        if self._fleet_global:
+            assert self._tally is not None
+            key = (self._frontend, self._global_name, "*")
+            wait = self._tally.refused(key, now)
+            if wait is not None:
+                self.refund_client(client)
+                return _refused(self._global_name, wait)
+            if not total.take(now):
+                self.refund_client(client)
+                return _refused(self._global_name, total.retry_after(now))
+            self._tally.count(key)
+            return ALLOWED
+        if not total.take(now):
             self.refund_client(client)
             return _refused(self._global_name, total.retry_after(now))
         return ALLOWED
@@ -151,6 +191,9 @@ class _RateGate:
     def refund_client(self, client: str) -> None:
         if self._per_ip is not None:
             self._per_ip.refund(client)
+            if self._fleet_per_ip:
+                assert self._tally is not None
+                self._tally.uncount((self._frontend, self._per_ip_name, client))
 
     def prune(self, now: float) -> int:
         return 0 if self._per_ip is None else self._per_ip.prune(now)
@@ -178,7 +221,8 @@ class Limits:
     __slots__ = ("_connect_rate", "_connections", "_handshakes", "_ja4_handshakes",
                  "_ja4_requests", "_requests", "config")
 
-    def __init__(self, config: LimitsConfig) -> None:
+    def __init__(self, config: LimitsConfig, fleet: FleetTally | None = None,
+                 frontend: str = "") -> None:
         self.config = config
         clients = config.max_clients
         self._connections = ConcurrencyLimit(total=config.global_connections,
@@ -186,15 +230,19 @@ class Limits:
                                              max_keys=clients)
         self._connect_rate = _RateGate(config.per_ip_connection_rate,
                                        config.global_connection_rate, clients,
-                                       "per_ip_connection_rate", "global_connection_rate")
+                                       "per_ip_connection_rate", "global_connection_rate",
+                                       tally=fleet, frontend=frontend)
         self._handshakes = _RateGate(config.per_ip_handshake_rate, config.global_handshake_rate,
-                                     clients, "per_ip_handshake_rate", "global_handshake_rate")
+                                     clients, "per_ip_handshake_rate", "global_handshake_rate",
+                                     tally=fleet, frontend=frontend)
         self._requests = _RateGate(config.per_ip_request_rate, config.global_request_rate,
-                                   clients, "per_ip_request_rate", "global_request_rate")
+                                   clients, "per_ip_request_rate", "global_request_rate",
+                                   tally=fleet, frontend=frontend)
         self._ja4_handshakes = _fingerprint_gate(config.per_fingerprint_handshake_rate, clients,
-                                                 "per_fingerprint_handshake_rate")
+                                                 "per_fingerprint_handshake_rate", fleet,
+                                                 frontend)
         self._ja4_requests = _fingerprint_gate(config.per_fingerprint_request_rate, clients,
-                                               "per_fingerprint_request_rate")
+                                               "per_fingerprint_request_rate", fleet, frontend)
 
     @property
     def keys_fingerprints(self) -> bool:
@@ -262,8 +310,10 @@ class Limits:
                       if gate is not None))
 
 
-def _fingerprint_gate(rate: Rate | None, max_keys: int, name: LimitName) -> _RateGate | None:
-    return None if rate is None else _RateGate(rate, None, max_keys, name, name)
+def _fingerprint_gate(rate: Rate | None, max_keys: int, name: LimitName,
+                      fleet: FleetTally | None, frontend: str) -> _RateGate | None:
+    return None if rate is None else _RateGate(rate, None, max_keys, name, name,
+                                               tally=fleet, frontend=frontend)
 
 
 def _check(gate: _RateGate, by_fingerprint: _RateGate | None, client: str,
@@ -321,6 +371,41 @@ def worker_limits(settings: FrontendLimits, workers: int) -> LimitsConfig | None
     )
 
 
+FLEET_RATES: Final[tuple[tuple[LimitName, str], ...]] = (
+    ("per_ip_connection_rate", "connection_rate_per_ip"),
+    ("global_connection_rate", "connection_rate"),
+    ("per_ip_handshake_rate", "handshake_rate_per_ip"),
+    ("global_handshake_rate", "handshake_rate"),
+    ("per_ip_request_rate", "request_rate_per_ip"),
+    ("global_request_rate", "request_rate"),
+    ("per_fingerprint_handshake_rate", "handshake_rate_per_fingerprint"),
+    ("per_fingerprint_request_rate", "request_rate_per_fingerprint"),
+)
+"""Each rate limit and the ``[frontends.limits]`` key that sets it."""
+
+
+def fleet_rates(settings: FrontendLimits) -> list[tuple[LimitName, float, float]]:
+    """A frontend's rate limits as the fleet counts them: whole, not shared out (a global
+    limit holds for the fleet, a ``_per_ip`` one for a client wherever it connects);
+    (limit, per_second, burst). Empty unless ``scope = "fleet"``."""
+    if settings.scope != "fleet":
+        return []
+    rates: list[tuple[LimitName, float, float]] = []
+    for limit, key in FLEET_RATES:
+        rate: EventRate | None = getattr(settings, key)
+        if rate is not None:
+            rates.append((limit, rate.per_second, rate.burst))
+    return rates
+
+
 __all__ = [
-    "ALLOWED", "LimitDecision", "LimitName", "Limits", "LimitsConfig", "Rate", "worker_limits",
+    "ALLOWED",
+    "FLEET_RATES",
+    "LimitDecision",
+    "LimitName",
+    "Limits",
+    "LimitsConfig",
+    "Rate",
+    "fleet_rates",
+    "worker_limits",
 ]

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from offload.config.model import AcmeConfig
+from offload.config.model import AcmeConfig, FleetConfig
 from offload.observe.log import fields
 from offload.server.acme_process import run_acme_process
 from offload.server.children import KILL_GRACE, Forker, Instance, kill, restart_delay
@@ -28,6 +28,8 @@ class AcmeChild:
     """The supervisor's record of an ACME process (or of the wish for one)."""
 
     config: AcmeConfig | None = None
+    shared: tuple[FleetConfig | None, bytes | None] = (None, None)
+    """With ``acme.shared``: the ``[fleet]`` and the secret it was started with."""
     pid: int | None = None
     started: float = 0.0
     failures: int = 0
@@ -62,13 +64,17 @@ class AcmeComponent:
         return []  # the ACME process has no pipe to the supervisor
 
     def sync(self) -> None:
-        """Run an ACME process for the current ``[acme]`` section (a new one when it changed)."""
-        wanted = self._instance.prepared.config.acme
+        """Run an ACME process for the current ``[acme]`` section (a new one when it, or the
+        ``[fleet]`` and secret of a shared store, changed)."""
+        prepared = self._instance.prepared
+        wanted = prepared.config.acme
+        shared = ((prepared.config.fleet, prepared.acme_secret)
+                  if wanted is not None and wanted.shared else (None, None))
         running = self._acme.pid is not None or self._acme.restart_at is not None
-        if running and self._acme.config == wanted:
+        if running and self._acme.config == wanted and self._acme.shared == shared:
             return
         self.stop()
-        self._acme = AcmeChild(config=wanted)
+        self._acme = AcmeChild(config=wanted, shared=shared)
         if wanted is not None:
             self._spawn()
 

@@ -14,13 +14,34 @@ import signal
 
 from offload.acme.issuer import AcmeIssuer
 from offload.acme.manager import AcmeManager
+from offload.acme.shared import SETTLE, SharedAcme, SharedAcmeStorage
+from offload.acme.storage import AcmeStorage
 from offload.errors import OffloadError
+from offload.fleet.acme_store import AcmeStore
+from offload.fleet.loop_thread import LoopThread
+from offload.fleet.seal import Sealer
 from offload.observe.log import LogSetup
 from offload.server.prepare import Prepared
 from offload.server.worker import drop_privileges
 
 _log = logging.getLogger("offload.acme")
 _MAX_SLEEP = 3600.0
+
+
+def _shared(prepared: Prepared, storage: AcmeStorage) -> SharedAcme | None:
+    """The fleet's shared ACME store, when ``acme.shared`` is on."""
+    acme, fleet, secret = prepared.config.acme, prepared.config.fleet, prepared.acme_secret
+    if acme is None or not acme.shared or fleet is None or secret is None:
+        return None
+    local = SharedAcmeStorage(storage.root)
+    try:
+        thread = LoopThread(fleet, prepared.base_dir)
+    except OSError as error:
+        raise OffloadError(f"fleet.password_file: cannot read it: {error}") from None
+    shared = SharedAcme(AcmeStore(thread.link, Sealer(secret), fleet.node), thread, local,
+                        tuple(certificate.names for certificate in acme.certificates))
+    local.shared = shared
+    return shared
 
 
 def run_acme_process(prepared: Prepared, logs: LogSetup, lifeline_fd: int) -> int:
@@ -36,6 +57,9 @@ def run_acme_process(prepared: Prepared, logs: LogSetup, lifeline_fd: int) -> in
     try:
         if acme is None or storage is None:
             return 0
+        shared = _shared(prepared, storage)  # reads the Redis password before dropping root
+        if shared is not None:
+            storage = shared.storage
         drop_privileges(settings.user, settings.group)
 
         def wait(seconds: float) -> bool:
@@ -43,7 +67,19 @@ def run_acme_process(prepared: Prepared, logs: LogSetup, lifeline_fd: int) -> in
                                            min(seconds, _MAX_SLEEP))
             return bool(readable)
 
-        AcmeManager(acme, storage, AcmeIssuer(acme, storage, prepared.base_dir)).run(wait)
+        if shared is not None:
+            shared.start()
+            # nodes started together must see each other's heartbeats before one of them
+            # orders, or the CA's validation may reach a node that has no answer yet
+            if wait(SETTLE):
+                shared.stop()
+                return 0
+        try:
+            AcmeManager(acme, storage, AcmeIssuer(acme, storage, prepared.base_dir),
+                        shared=shared).run(wait)
+        finally:
+            if shared is not None:
+                shared.stop()
         return 0
     except OffloadError as error:
         _log.error("ACME process cannot run: %s", error)

@@ -32,6 +32,7 @@ from offload.server.admin_server import AdminServer
 from offload.server.ban_relay import BanRelay
 from offload.server.children import Instance
 from offload.server.control import ServerAdmin
+from offload.server.fleet_part import FleetComponent
 from offload.server.stats_hub import StatsHub
 from offload.upstream.balancer import AdminState
 
@@ -62,13 +63,15 @@ class AdminService:
 
     def __init__(self, instance: Instance, selector: selectors.BaseSelector, workers: WorkerOps,
                  *, stats: StatsHub, bans: BanRelay,
-                 reload: Callable[[str], tuple[bool, str]]) -> None:
+                 reload: Callable[[str], tuple[bool, str]],
+                 fleet: FleetComponent | None = None) -> None:
         self._instance = instance
         self._selector = selector
         self._workers = workers
         self._stats = stats
         self._bans = bans
         self._reload = reload
+        self._fleet = fleet
         self._history = History()
         """The status page's last ten minutes, sampled while the admin listener runs."""
         self.server: AdminServer | None = None
@@ -175,7 +178,8 @@ class AdminService:
         total, in_force = self._bans.totals()
         return SupervisorFacts(__version__, self._start_time, self._workers.live(),
                                dict(self._instance.reloads), self._workers.restarts,
-                               certificates, total, in_force)
+                               certificates, total, in_force,
+                               fleet=self._fleet.status if self._fleet is not None else None)
 
     def certificates(self) -> list[ServedCertificate]:
         return [ServedCertificate(frontend.config.name, certificate)
@@ -210,6 +214,9 @@ class AdminService:
 
     def unban(self, client: str, who: str) -> str | None:
         return self._bans.unban(client, who)
+
+    def fleet(self) -> dict[str, object] | None:
+        return self._fleet.as_json() if self._fleet is not None else None
 
     def set_in_rotation(self, wanted: bool) -> None:
         self._in_rotation = wanted

@@ -11,15 +11,25 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from offload.config.model import BansConfig
 from offload.observe.admin_api import BanInfo
 from offload.observe.log import fields
+from offload.security.bans import Ban
 from offload.server.ban_hub import BanHub
 from offload.server.control import BanList, Offences
 
 _log = logging.getLogger("offload.supervisor")
 _audit = logging.getLogger("offload.audit")
+
+
+class BanListener(Protocol):
+    """Who else hears of offences, bans and unbans (the fleet: they count for every node)."""
+
+    def offences(self, message: Offences) -> None: ...
+    def banned(self, bans: list[Ban]) -> None: ...
+    def unbanned(self, key: str, who: str) -> None: ...
 
 
 class BanRelay:
@@ -28,6 +38,8 @@ class BanRelay:
     def __init__(self, config: BansConfig | None, broadcast: Callable[[object], None]) -> None:
         self.hub = BanHub(config) if config is not None else None
         self._broadcast = broadcast
+        self.fleet: BanListener | None = None
+        """Told of every offence, ban and unban too ([fleet])."""
 
     def sync(self, wanted: BansConfig | None) -> None:
         """A changed ``[bans]`` section starts a new jail; the old bans are lifted."""
@@ -44,9 +56,13 @@ class BanRelay:
         if self.hub is None:
             return
         now = time.monotonic()
+        if self.fleet is not None:
+            self.fleet.offences(message)
         bans = self.hub.offences(message, now)
         if not bans:
             return
+        if self.fleet is not None:
+            self.fleet.banned(bans)
         self._broadcast(BanList(added=tuple((ban.client, ban.until) for ban in bans)))
         for ban in bans:
             counts = {event: count for event, count in ban.events}
@@ -88,6 +104,8 @@ class BanRelay:
         if key is None:
             return f"{client} is not banned"
         self._broadcast(BanList(removed=(key,)))
+        if self.fleet is not None:
+            self.fleet.unbanned(key, who)
         _audit.info("unban", extra=fields(audit=True, who=who, what=f"unban {key}",
                                           result="done"))
         return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import grp
+import os
 import pwd
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 from offload.acme.storage import AcmeStorage
 from offload.config.model import Config, FrontendConfig
 from offload.errors import ConfigError, Issue
+from offload.fleet.seal import check_secret
 from offload.security.waf_engine import Engine, WafError, binding_problem
 from offload.security.waf_rules import WafPlan, plan_waf
 from offload.tls.backend_tls import BackendTls, load_backend_tls
@@ -83,6 +85,8 @@ class Prepared:
     like an address already in use."""
     backend_tls: BackendTls | None = None
     """TLS to the backend servers: contexts built, CAs and client certificates loaded."""
+    acme_secret: bytes | None = None
+    """The secret that encrypts the shared ACME store (``acme.shared``), read at start."""
 
     def issue(self, where: str, what: str, fix: str) -> Issue:
         """An issue at a key path, as the user wrote the key."""
@@ -112,6 +116,40 @@ def _check_accounts(config: Config) -> list[Issue]:
 
 
 MIN_TOKEN_LENGTH = 16
+
+
+def _read_acme_secret(config: Config, base_dir: Path) -> tuple[bytes | None, list[Issue]]:
+    """The shared ACME store's secret, from its file (0600, like a key) or its variable."""
+    acme = config.acme
+    if acme is None or not acme.shared:
+        return None, []
+    make = "`openssl rand -base64 32`"
+    if acme.shared_key_env is not None:
+        where, secret = "acme.shared_key_env", os.environ.get(acme.shared_key_env, "").strip()
+        problem = (f"the environment variable {acme.shared_key_env} is not set" if not secret
+                   else check_secret(secret.encode("utf-8", "replace")))
+        if problem is not None:
+            return None, [Issue(where, problem, f"export {acme.shared_key_env}=\"$({make[1:-1]})"
+                                "\" for offload, the same on every node")]
+        return secret.encode(), []
+    if acme.shared_key_file is None:
+        return None, []  # the cross-checks have said so
+    path, where = base_dir / acme.shared_key_file, "acme.shared_key_file"
+    try:
+        mode = path.stat().st_mode
+        data = path.read_bytes().strip()
+    except OSError as error:
+        return None, [Issue(where, f"cannot read {path}: {error.strerror}",
+                            f"create it with {make} > {path}; chmod 600 {path} (the same "
+                            "secret on every node)")]
+    problem = check_secret(data)
+    if problem is not None:
+        return None, [Issue(where, f"{path}: {problem}", f"{make} > {path}")]
+    who = readable_by(mode)
+    if who is not None and not config.global_.allow_readable_keys:
+        return None, [Issue(where, f"{path} is readable by {who} (mode {mode & 0o777:o})",
+                            f"run `chmod 600 {path}`")]
+    return data, []
 
 
 def _read_admin_token(config: Config, base_dir: Path) -> tuple[bytes | None, list[Issue]]:
@@ -210,6 +248,8 @@ def prepare(config: Config, source: str, rewrite: Callable[[Issue], Issue] | Non
     issues.extend(_check_accounts(config))
     admin_token, problems = _read_admin_token(config, base_dir)
     issues.extend(problems)
+    acme_secret, problems = _read_acme_secret(config, base_dir)
+    issues.extend(problems)
     servers: dict[str, tuple[Server, ...]] = {}
     for index, backend in enumerate(config.backends):
         resolved, problems = resolve_backend(backend, f"backends[{index}]")
@@ -223,4 +263,4 @@ def prepare(config: Config, source: str, rewrite: Callable[[Issue], Issue] | Non
             issues = [rewrite(issue) for issue in issues]
         raise ConfigError(source, issues)
     return Prepared(config, source, tuple(frontends), servers, tuple(warnings), base_dir,
-                    admin_token, rewrite, backend_tls)
+                    admin_token, rewrite, backend_tls, acme_secret)

@@ -32,6 +32,7 @@ start, reload and stop sequence above. Each part is a module with one job:
     part                                  module
     worker processes and generations      workers.py (WorkerPool)
     the ACME process                      acme_child.py (AcmeComponent, a ChildComponent)
+    the fleet process ([fleet])           fleet_part.py (FleetComponent, a ChildComponent)
     certificate files and expiry          cert_watch.py (CertificateWatch)
     the admin API and its listener        admin_service.py (AdminService)
     offences in, bans out                 ban_relay.py (BanRelay)
@@ -68,6 +69,7 @@ from offload.server.children import (
     Instance,
     Timed,
 )
+from offload.server.fleet_part import FleetComponent
 from offload.server.prepare import Prepared
 from offload.server.sockets import ListenError, SocketSet
 from offload.server.stats_hub import StatsHub
@@ -109,16 +111,20 @@ class Supervisor:
         """Old workers that have not yet stopped accepting; the reload completes without any."""
         self._signal_r = self._signal_w = -1
         self._bans = BanRelay(prepared.config.bans, self._broadcast)
+        self._fleet = FleetComponent(self._instance, self._forker, self._selector,
+                                     self._broadcast, lambda: self._bans.hub)
+        self._bans.fleet = self._fleet
         self._workers = WorkerPool(
             self._instance, self._selector, self._sockets, self._forker, stats=self._stats,
             hooks=WorkerHooks(ready=self._generation_ready, failed=self._generation_failed,
                               stopped_accepting=self._stopped_accepting,
                               offences=self._bans.offences, greeting=self._greeting))
         self._admin = AdminService(self._instance, self._selector, self._workers,
-                                   stats=self._stats, bans=self._bans, reload=self._reload)
+                                   stats=self._stats, bans=self._bans, reload=self._reload,
+                                   fleet=self._fleet)
         self._certificates = CertificateWatch(self._instance, self._selector, self._broadcast)
         self._acme = AcmeComponent(self._instance, self._forker)
-        self._children: list[ChildComponent] = [self._acme]
+        self._children: list[ChildComponent] = [self._acme, self._fleet]
         """Processes beside the workers: reaped, synced, stopped and waited for alike."""
 
     def _timed(self) -> list[Timed]:
@@ -138,7 +144,7 @@ class Supervisor:
         self._workers.broadcast(message)
 
     def _greeting(self) -> list[object]:
-        return [*self._admin.greeting(), *self._bans.greeting()]
+        return [*self._admin.greeting(), *self._bans.greeting(), *self._fleet.greeting()]
 
     # ------------------------------------------------------------------ main loop
 

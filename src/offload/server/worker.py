@@ -23,12 +23,17 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import uvloop
+from redis.asyncio import Redis
 
 from offload.acme.alpn import ChallengeContexts
 from offload.acme.storage import AcmeStorage
 from offload.config.model import AcmeChallenge, FrontendConfig
 from offload.config.units import HostPort
 from offload.errors import OffloadError
+from offload.fleet.limit_sync import FleetLimitSync, fleet_tally
+from offload.fleet.link import FleetLink, redis_client
+from offload.fleet.messages import TicketKeys
+from offload.fleet.worker_tickets import WorkerTickets
 from offload.http.gate import Inspector
 from offload.http.h1_connection import Http1Connection
 from offload.http.h2_connection import H2Connection
@@ -151,11 +156,12 @@ def run_worker(spec: WorkerSpec, logs: LogSetup) -> int:
     try:
         if settings.tune_malloc:
             tune_malloc()
+        fleet = _fleet_client(spec)  # reads the Redis password while the files are readable
         drop_privileges(settings.user, settings.group)
         loop = uvloop.new_event_loop()
         asyncio.set_event_loop(loop)
         try:
-            return loop.run_until_complete(_serve(spec))
+            return loop.run_until_complete(_serve(spec, fleet))
         finally:
             loop.close()
     except OffloadError as error:
@@ -165,11 +171,23 @@ def run_worker(spec: WorkerSpec, logs: LogSetup) -> int:
         logs.stop()
 
 
+def _fleet_client(spec: WorkerSpec) -> Redis | None:
+    """This worker's Redis client when a frontend has fleet-wide limits (it connects lazily,
+    in the worker's loop), else None."""
+    fleet = spec.prepared.config.fleet
+    if fleet is None or not any(f.limits.scope == "fleet" for f in spec.prepared.config.frontends):
+        return None
+    try:
+        return redis_client(fleet, spec.prepared.base_dir)
+    except OSError as error:
+        raise OffloadError(f"fleet.password_file: cannot read it: {error}") from None
+
+
 class _Apps:
     """The per-worker runtime of every frontend: backends, sites, access logs, listeners."""
 
     def __init__(self, spec: WorkerSpec, registry: ConnectionRegistry, counters: Counters,
-                 status: _StatusPipe) -> None:
+                 status: _StatusPipe, fleet_client: Redis | None = None) -> None:
         self.spec = spec
         self.counters = counters
         self.status = status
@@ -179,6 +197,9 @@ class _Apps:
         self.banned = BannedClients()
         """Clients the supervisor's jail banned: refused before the TLS handshake."""
         self._offences = OffenceBatch()
+        self.tickets = WorkerTickets([f.store.base for f in spec.prepared.frontends],
+                                     lambda result, age: counters.inc("ticket", result, age))
+        """The fleet's session-ticket keys, once the supervisor sends them ([fleet])."""
         self.registry = registry
         self.batcher = WriteBatcher(asyncio.get_running_loop())
         self.clock = LoopClock(asyncio.get_running_loop())
@@ -197,11 +218,21 @@ class _Apps:
         storage = spec.prepared.acme_storage
         tls_alpn = ChallengeContexts(storage).lookup if storage is not None else None
         workers = spec.prepared.config.global_.workers
+        self.fleet_link: FleetLink | None = None
+        """This process's one Redis link, when something in it talks to the fleet."""
+        self.fleet_limits: FleetLimitSync | None = None
+        tally = fleet_tally(spec.prepared.config)
+        fleet = spec.prepared.config.fleet
+        if tally is not None and fleet is not None and fleet_client is not None:
+            self.fleet_link = FleetLink(fleet_client, fleet)
+            self.fleet_limits = FleetLimitSync(tally, self.fleet_link, counters)
+        self.fleet_tally = tally
         for frontend in spec.prepared.frontends:
             gate = RevocationGate.of(frontend.config, frontend.client_auth, self.crls,
                                      self.security)
             shares = worker_limits(frontend.config.limits, workers)
-            limits = Limits(shares) if shares is not None else None
+            limits = (Limits(shares, tally, frontend.config.name) if shares is not None
+                      else None)
             self.listeners.append(Listener(
                 frontend, self._factory(frontend, limits),
                 [spec.sockets[address] for address in frontend.config.bind], registry, counters,
@@ -281,6 +312,8 @@ class _Apps:
             group.start()
         for listener in self.listeners:
             await listener.start()
+        if self.fleet_limits is not None:
+            self.fleet_limits.start()
         loop = asyncio.get_running_loop()
         for prepared in self.spec.prepared.frontends:
             frontend = prepared.config
@@ -308,6 +341,8 @@ class _Apps:
         """Act on a control message from the supervisor."""
         if isinstance(message, BanList):
             self.banned.update(message.added, message.removed)
+        elif isinstance(message, TicketKeys):
+            self.tickets.update(message.keys)
         elif isinstance(message, CertificatesChanged):
             for listener in self.listeners:
                 store = listener.frontend.store
@@ -348,6 +383,10 @@ class _Apps:
         for (target, _), log in self.access_logs.items():
             for reason, lost in log.dropped().items():
                 live.inc("access_log_dropped", target, reason, amount=lost)
+        tally = self.fleet_tally
+        if tally is not None:  # plain ints on the request path, turned into counters here
+            live.inc("fleet_limit_local_decisions", amount=tally.local_decisions)
+            live.inc("fleet_limit_unsynced", amount=tally.unsynced)
         now = asyncio.get_running_loop().time()
         servers: list[ServerReport] = []
         for group in self.groups():
@@ -369,6 +408,10 @@ class _Apps:
     async def stop(self) -> None:
         for client in self.icap_clients.values():
             client.close()
+        if self.fleet_limits is not None:
+            await self.fleet_limits.stop()
+        if self.fleet_link is not None:
+            await self.fleet_link.close()
         for group in self.groups():
             await group.stop()
         for pool in self.waf_pools:
@@ -378,7 +421,7 @@ class _Apps:
         await self.crls.stop()
 
 
-async def _serve(spec: WorkerSpec) -> int:
+async def _serve(spec: WorkerSpec, fleet_client: Redis | None = None) -> int:
     loop = asyncio.get_running_loop()
     settings = spec.prepared.config.global_
     stop = asyncio.Event()
@@ -394,7 +437,7 @@ async def _serve(spec: WorkerSpec) -> int:
     counters = Counters()
     registry = ConnectionRegistry(settings.max_connections)
     status = _StatusPipe(spec.status_fd)
-    apps = _Apps(spec, registry, counters, status)
+    apps = _Apps(spec, registry, counters, status, fleet_client)
     inbox = Inbox()
 
     def control() -> None:

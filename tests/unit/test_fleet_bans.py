@@ -1,0 +1,66 @@
+"""Fleet bans without sockets: records from Redis parsed defensively, announcements and full
+pulls merged into a node's book, and the jail imposing bans decided elsewhere."""
+
+from __future__ import annotations
+
+from offload.fleet.ban_sync import PUSH_GRACE, FleetBan, FleetBook, decode_ban
+from offload.security.bans import Jail, JailConfig
+
+
+def record(client: str, until: float, since: float = 0.0) -> FleetBan:
+    return FleetBan(client, "rule_denied", since, until, 3, "node-a")
+
+
+def test_records_round_trip_and_malformed_ones_are_skipped() -> None:
+    ban = record("198.51.100.7", 500.0)
+    assert decode_ban(ban.encode()) == ban
+    for bad in [b"", b"[]", b'{"client": "x"}', b'{"client": "x", "reason": "sneeze", '
+                b'"since": 1, "until": 2, "count": 1}', b'{"client": "", "reason": '
+                b'"rule_denied", "since": 1, "until": 2, "count": 1}',
+                b'{"client": "x", "reason": "rule_denied", "since": 1, "until": NaN, '
+                b'"count": 1}']:
+        assert decode_ban(bad) is None, bad
+
+
+def test_announcements_impose_once_and_full_pulls_lift_what_the_fleet_dropped() -> None:
+    book = FleetBook()
+    first = book.merge([record("a", 200.0)], 100.0, full=False)
+    assert [r.client for r in first.impose] == ["a"]
+    assert book.merge([record("a", 200.0)], 101.0, full=False).impose == ()
+    longer = book.merge([record("a", 300.0)], 102.0, full=True)
+    assert [r.until for r in longer.impose] == [300.0]
+    assert book.merge([record("old", 50.0)], 103.0, full=False).impose == ()  # over
+    gone = book.merge([], 104.0, full=True)  # unbanned on another node while we were away
+    assert gone.lift == ("a",)
+
+
+def test_a_ban_just_pushed_survives_a_pull_read_before_the_push() -> None:
+    book = FleetBook()
+    book.own(record("b", 900.0), 100.0)
+    assert book.merge([], 101.0, full=True).lift == ()
+    assert book.merge([], 100.0 + PUSH_GRACE, full=True).lift == ("b",)
+
+
+def test_jail_imposes_fleet_bans_but_never_whole_ranges_or_allowed_clients() -> None:
+    jail = Jail(JailConfig(threshold=3, allow=("192.0.2.0/24",)))
+    ban = record("198.51.100.7", 0).to_jail(mono_now=1000.0, wall_now=0.0)
+    longer = FleetBan("198.51.100.7", "rule_denied", 0.0, 600.0, 3, "n").to_jail(1000.0, 0.0)
+    assert jail.impose(ban, 1000.0) is None  # over already (until == now)
+    imposed = jail.impose(longer, 1000.0)
+    assert imposed is not None and jail.is_banned("198.51.100.7", 1001.0) is not None
+    assert jail.impose(longer, 1001.0) is None  # held already, as long
+    for wide in ["0.0.0.0/0", "2001:db8::/32", "192.0.2.9"]:
+        attempt = FleetBan(wide, "rule_denied", 0.0, 600.0, 3, "n").to_jail(1000.0, 0.0)
+        assert jail.impose(attempt, 1000.0) is None, wide
+    assert jail.is_banned("203.0.113.1", 1001.0) is None
+    six = FleetBan("2001:db8:1:2::/64", "limit_hit", 0.0, 60.0, 3, "n").to_jail(10.0, 0.0)
+    assert jail.impose(six, 10.0) is not None
+    assert jail.is_banned("2001:db8:1:2::99", 11.0) is not None
+
+
+def test_times_move_between_clocks() -> None:
+    fleet = FleetBan("x", "limit_hit", 90.0, 700.0, 4, "n")
+    ban = fleet.to_jail(mono_now=50.0, wall_now=100.0)
+    assert (ban.since, ban.until) == (40.0, 650.0)
+    back = FleetBan.from_jail(ban, 50.0, 100.0, "n")
+    assert (back.since, back.until) == (90.0, 700.0)
