@@ -168,6 +168,7 @@ def test_a_stream_reset_by_the_client_cancels_its_backend_request(pki, backend, 
     from harness import Recording
 
     closed = threading.Event()
+    working = threading.Event()
 
     def slow_backend(conn, recording: Recording) -> None:
         while b"\r\n\r\n" not in recording.data:
@@ -175,6 +176,7 @@ def test_a_stream_reset_by_the_client_cancels_its_backend_request(pki, backend, 
             if not chunk:
                 return
             recording.data += chunk
+        working.set()
         conn.settimeout(10)
         try:
             if conn.recv(1) == b"":
@@ -186,6 +188,6 @@ def test_a_stream_reset_by_the_client_cancels_its_backend_request(pki, backend, 
     offload(http_config(port, [localhost_bundle], [server.address]))
     client = H2Client(port, pki.ca)
     stream = client.request("/long-job")
-    server.wait_connections(1)
+    assert working.wait(5), "the request never reached the backend"
     client.reset(stream)
     assert closed.wait(5), "the backend connection stayed open for a reset stream"
