@@ -3,7 +3,9 @@ pulls merged into a node's book, and the jail imposing bans decided elsewhere.""
 
 from __future__ import annotations
 
-from offload.fleet.ban_sync import PUSH_GRACE, FleetBan, FleetBook, decode_ban
+import time
+
+from offload.fleet.ban_sync import PUSH_GRACE, FleetBan, FleetBook, decode_ban, fleet_offences
 from offload.security.bans import Jail, JailConfig
 
 
@@ -64,3 +66,44 @@ def test_times_move_between_clocks() -> None:
     assert (ban.since, ban.until) == (40.0, 650.0)
     back = FleetBan.from_jail(ban, 50.0, 100.0, "n")
     assert (back.since, back.until) == (90.0, 700.0)
+
+
+def test_fleet_counts_offences_by_client_key_and_never_those_that_banned_locally() -> None:
+    jail = Jail(JailConfig(threshold=2, events=frozenset({"rule_denied", "limit_hit"}),
+                           allow=("192.0.2.0/24",)))
+    assert jail.record("203.0.113.9", "rule_denied", 1.0) is None
+    assert jail.record("203.0.113.9", "rule_denied", 1.0) is not None  # banned here
+    reports = (("203.0.113.9", "rule_denied", 2), ("2001:db8:1:2::a", "rule_denied", 1),
+               ("192.0.2.7", "rule_denied", 5), ("198.51.100.1", "handshake_failure", 1),
+               ("unix-peer", "limit_hit", 1), ("198.51.100.2", "limit_hit", 3))
+    assert fleet_offences(jail, reports, 2.0) == (("2001:db8:1:2::/64", "rule_denied", 1),
+                                                  ("198.51.100.2", "limit_hit", 3))
+
+
+def test_ban_relay_tells_the_fleet_after_its_jail_has_counted() -> None:
+    from offload.config.model import BansConfig
+    from offload.server.ban_relay import BanRelay
+    from offload.server.control import Offences
+
+    relay = BanRelay(BansConfig(threshold=2), lambda message: None)
+    seen: list[tuple[str, bool]] = []
+
+    class Fleet:
+        def offences(self, message: Offences) -> None:
+            assert relay.hub is not None
+            for address, _, _ in message.reports:
+                banned = relay.hub.jail.is_banned(address, time.monotonic()) is not None
+                seen.append((address, banned))
+
+        def banned(self, bans: list) -> None:
+            seen.append(("banned", True))
+
+        def unbanned(self, key: str, who: str) -> None:
+            seen.append(("unbanned " + key, True))
+
+    relay.fleet = Fleet()
+    relay.offences(Offences((("203.0.113.9", "rule_denied", 2),)))
+    assert seen[0] == ("203.0.113.9", True), "the fleet heard of offences before the jail banned"
+    assert ("banned", True) in seen
+    assert relay.unban("203.0.113.9", "test") is None
+    assert seen[-1] == ("unbanned 203.0.113.9", True)

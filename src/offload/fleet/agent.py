@@ -293,6 +293,7 @@ class FleetAgent:
         names = self._names
         pipe = client.pipeline(transaction=True)
         pipe.execute_command("HDEL", names.bans, key)
+        pipe.execute_command("DEL", names.offences(key))  # an unban forgets the count too
         pipe.execute_command("PUBLISH", names.events, f"unban {key}")
         return await pipe.execute()
 

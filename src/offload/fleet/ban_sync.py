@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-from offload.security.bans import BAN_EVENTS, Ban, BanEvent
+from offload.security.bans import BAN_EVENTS, Ban, BanEvent, Jail
 
 MAX_FLEET_BANS = 65536
 """Records a full pull reads at most (the jail's own bound)."""
@@ -77,6 +77,25 @@ def decode_ban(data: bytes | str) -> FleetBan | None:
     return ban
 
 
+def fleet_offences(jail: Jail, reports: tuple[tuple[str, BanEvent, int], ...], now: float
+                   ) -> tuple[tuple[str, BanEvent, int], ...]:
+    """Workers' offences as the fleet counts them: under the jail's client keys (an IPv6
+    client by its /64); allow-listed clients, events the jail does not count, clients that are
+    no IP address, and clients the jail holds banned left out (the offences that banned them
+    are spent: the ban itself goes to the fleet, and counting them again would ban the client
+    anew after an operator lifts the ban)."""
+    counted: list[tuple[str, BanEvent, int]] = []
+    for address, event, count in reports:
+        try:
+            if (event not in jail.config.events or jail.is_allowed(address)
+                    or jail.is_banned(address, now) is not None):
+                continue
+            counted.append((jail.client_key(address), event, count))
+        except ValueError:
+            continue
+    return tuple(counted)
+
+
 @dataclass(frozen=True)
 class Merge:
     """What the node must do to its jail."""
@@ -109,7 +128,8 @@ class FleetBook:
         for key, until in list(self.imposed.items()):
             if until <= wall_now:
                 del self.imposed[key]
-            elif full and key not in listed and wall_now - self._pushed.get(key, 0.0) >= PUSH_GRACE:
+            elif (full and key not in listed
+                  and wall_now - self._pushed.get(key, 0.0) >= PUSH_GRACE):
                 del self.imposed[key]
                 lift.append(key)
         self._pushed = {k: t for k, t in self._pushed.items() if wall_now - t < PUSH_GRACE}

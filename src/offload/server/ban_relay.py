@@ -56,9 +56,9 @@ class BanRelay:
         if self.hub is None:
             return
         now = time.monotonic()
-        if self.fleet is not None:
-            self.fleet.offences(message)
         bans = self.hub.offences(message, now)
+        if self.fleet is not None:  # after the jail: offences of a client it bans count no more
+            self.fleet.offences(message)
         if not bans:
             return
         if self.fleet is not None:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from offload.config.model import FleetConfig
-from offload.fleet.ban_sync import FleetBan, FleetBook
+from offload.fleet.ban_sync import FleetBan, FleetBook, fleet_offences
 from offload.fleet.messages import (
     FleetBanned,
     FleetBans,
@@ -31,7 +31,7 @@ from offload.fleet.messages import (
     TicketKeys,
 )
 from offload.observe.log import fields
-from offload.security.bans import Ban, BanEvent
+from offload.security.bans import Ban
 from offload.server.ban_hub import BanHub
 from offload.server.children import KILL_GRACE, Forker, Instance, kill, restart_delay
 from offload.server.control import BanList, Inbox, Offences, Outbox
@@ -265,22 +265,14 @@ class FleetComponent:
             _log.info("ban lifted by the fleet", extra=fields(event="unban", client=key))
 
     def offences(self, message: Offences) -> None:
-        """Workers' offences, for the fleet's count: under the jail's client keys (an IPv6
-        client by its /64, as the jail counts it), allow-listed clients and events the
-        jail does not count left out."""
+        """Workers' offences, for the fleet's count (:func:`fleet_offences`); called after
+        the jail has counted them."""
         hub = self._bans()
         if self.config is None or hub is None or not message.reports:
             return
-        reports: list[tuple[str, BanEvent, int]] = []
-        for address, event, count in message.reports:
-            try:
-                if event not in hub.jail.config.events or hub.jail.is_allowed(address):
-                    continue
-                reports.append((hub.jail.client_key(address), event, count))
-            except ValueError:
-                continue  # not an IP address (a Unix socket peer): nothing to count
+        reports = fleet_offences(hub.jail, message.reports, time.monotonic())
         if reports:
-            self._send(FleetOffences(tuple(reports)))
+            self._send(FleetOffences(reports))
 
     def banned(self, bans: list[Ban]) -> None:
         """Bans the node's jail decided: the whole fleet holds them."""
