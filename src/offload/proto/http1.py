@@ -267,7 +267,7 @@ def _validate_host(value: bytes) -> None:
         raise ProtocolError("invalid Host", 400, "bad_host")
     if not value.startswith(b"[") and value.count(b":") > 1:
         raise ProtocolError("invalid Host", 400, "bad_host")
-    port = value.rpartition(b":")[2] if b":" in value.rpartition(b"]")[2] else b""
+    port = value.rpartition(b":")[2] if value.rpartition(b"]")[2].find(b":") >= 0 else b""
     if port and not 0 < int(port) < 65536:
         raise ProtocolError("invalid port in Host", 400, "bad_host")
 
@@ -423,10 +423,12 @@ class RequestParser(_Parser):
     def _target(url: bytes, method: bytes, host: bytes) -> tuple[bytes, bytes]:
         """Check the request target and return (origin-form target, host)."""
         # llhttp refused spaces and control characters; what is left to refuse is DEL and
-        # anything beyond ASCII (targets must be percent-encoded, RFC 3986)
-        if not url.isascii() or b"\x7f" in url:
+        # anything beyond ASCII (targets must be percent-encoded, RFC 3986). find(), not
+        # ``in``: bytes.__contains__ first tries its operand as an integer, and the TypeError
+        # it builds and discards costs more than the search (here on every request).
+        if not url.isascii() or url.find(b"\x7f") >= 0:
             raise ProtocolError("request target must be printable ASCII", 400, "bad_target")
-        if b"#" in url:
+        if url.find(b"#") >= 0:
             raise ProtocolError("fragment in request target", 400, "bad_target")
         if url.startswith(b"/"):
             return url, host
@@ -439,7 +441,7 @@ class RequestParser(_Parser):
             raise ProtocolError("request target is not origin-form or absolute-form", 400,
                                 "bad_target")
         authority, rest = absolute.group(2), absolute.group(3)
-        if b"@" in authority:
+        if authority.find(b"@") >= 0:
             raise ProtocolError("userinfo in request target", 400, "bad_target")
         _validate_host(authority)
         if not rest.startswith(b"/"):
