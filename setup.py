@@ -44,6 +44,7 @@ COMPILED = [
     "src/offload/proto/proxy_protocol.py",
     "src/offload/tls/stream.py",
     "src/offload/tls/client_stream.py",
+    "src/offload/server/listener.py",
     "src/offload/l4/relay.py",
     "src/offload/upstream/balancer.py",
     "src/offload/upstream/health.py",

@@ -4,6 +4,7 @@ malformed input is rejected with the status to answer, never repaired (habit 3).
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterable, Sequence
 from itertools import pairwise
 from typing import Any, cast
@@ -967,3 +968,30 @@ def test_response_parser_is_dead_after_a_parse_error():
     with pytest.raises(ProtocolError) as caught:
         parser.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     assert caught.value.status == 502
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def _alive(kind: type) -> int:
+    gc.collect()
+    return sum(1 for obj in gc.get_objects() if type(obj) is kind)
+
+
+@pytest.mark.parametrize(("kind", "message"), [
+    (RequestParser, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+    (ResponseParser, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+])
+def test_a_dropped_parser_is_freed_so_connections_cannot_grow_memory(
+        kind: type[RequestParser] | type[ResponseParser], message: bytes) -> None:
+    # Attacker's view: every connection makes a parser; if parsers outlived their
+    # connections (the parser and llhttp's callbacks refer to each other, so only the cycle
+    # collector frees them), opening and closing connections would grow the worker for ever.
+    before = _alive(kind)
+    for _ in range(50):
+        parser = kind()
+        if isinstance(parser, ResponseParser):
+            parser.expect(b"GET")
+        parser.feed(message)
+    del parser
+    assert _alive(kind) == before

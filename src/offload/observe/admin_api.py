@@ -44,9 +44,9 @@ from urllib.parse import unquote
 from offload.observe.admin_guard import AdminGuard
 from offload.observe.log import CappedLog, fields
 from offload.observe.metrics import (
-    CONTENT_TYPE,
     Merged,
     SupervisorFacts,
+    content_type,
     labelled,
     render,
     server_views,
@@ -181,7 +181,7 @@ class AdminApi:
             "/healthz": lambda: _json(200, {"status": "alive"}),
             "/readyz": self._readyz,
             "/metrics": lambda: AdminResponse(
-                200, render(self._host.merged(), self._host.facts()), CONTENT_TYPE),
+                200, render(self._host.merged(), self._host.facts()), content_type()),
             "/api/status": self._status,
             "/api/backends": self._backends,
             "/api/certificates": self._certificates,

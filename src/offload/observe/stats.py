@@ -9,12 +9,14 @@ is scraped.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections import Counter
+from typing import Final
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                   1.0, 2.5, 5.0, 10.0, 30.0)
-"""Upper bounds (seconds) of the duration histograms: handshakes, requests, backend answers."""
+LATENCY_BUCKETS: Final[tuple[float, ...]] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+"""Upper bounds (seconds) of the duration histograms: handshakes, requests, backend answers.
+(Typed as a tuple of any length: compiled, a fixed-length tuple is a C struct that is turned
+into a new tuple of 15 new floats each time it is iterated or passed on.)"""
 
 
 class Histogram:
@@ -27,7 +29,15 @@ class Histogram:
         self.total = 0.0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect_left(LATENCY_BUCKETS, value)] += 1
+        # bisect_left, written out: compiled, a scan comparing unboxed floats costs less than
+        # the call to bisect (which boxes the value and compares objects), and durations are
+        # short, so the scan stops within the first few bounds.
+        index = 0
+        for bound in LATENCY_BUCKETS:
+            if not bound < value:
+                break
+            index += 1
+        self.counts[index] += 1
         self.total += value
 
 

@@ -99,7 +99,8 @@ class ClientFacts:
             address = address[7:]
         node = address.encode("ascii") if address else b"unknown"  # RFC 7239 §6.2
         object.__setattr__(self, "node", node)
-        object.__setattr__(self, "forwarded_for", b'"[' + node + b']"' if b":" in node else node)
+        object.__setattr__(self, "forwarded_for",
+                           b'"[' + node + b']"' if node.find(b":") >= 0 else node)
         object.__setattr__(self, "local_port_bytes", b"%d" % self.local_port)
 
 

@@ -45,8 +45,11 @@ def last_chunk(trailers: Headers) -> bytes:
 
 
 def _fields(out: list[bytes], fields: Headers) -> None:
-    for name, value in fields:
-        out += (name, _SEP, value, _CRLF)
+    for name, value in fields:  # four appends: ``out += (...)`` would build a tuple per field
+        out.append(name)
+        out.append(_SEP)
+        out.append(value)
+        out.append(_CRLF)
 
 
 def _check_head(head: bytes, lines: int, status: int) -> bytes:

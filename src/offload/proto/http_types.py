@@ -11,13 +11,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# The four event classes spell out their __init__ (``init=False``): a dataclass's generated
+# __init__ is a Python function even in the compiled build, and about five events are made per
+# request (callgrind: 2,000 instructions each, against about 100 compiled).
+
 Headers = list[tuple[bytes, bytes]]
 """(name as received, value without surrounding whitespace), in order."""
 
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, init=False)
 class Request:
     """A checked request head, already normalised (absolute-form turned into origin-form)."""
 
@@ -42,6 +46,23 @@ class Request:
     """Fields offload adds (rule tags): written after the client's fields are filtered, so no
     hop-by-hop rule (a client's ``Connection: X-Offload-Tag``) can remove them."""
 
+    def __init__(  # noqa: PLR0917 - the dataclass's signature, positional fields included
+            self, method: bytes, target: bytes, version: bytes, headers: Headers,
+            host: bytes, content_length: int | None = None, chunked: bool = False,
+            keep_alive: bool = True, websocket: bool = False, expect_continue: bool = False,
+            added: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.host = host
+        self.content_length = content_length
+        self.chunked = chunked
+        self.keep_alive = keep_alive
+        self.websocket = websocket
+        self.expect_continue = expect_continue
+        self.added = added
+
     @property
     def has_body(self) -> bool:
         return self.chunked or bool(self.content_length)
@@ -51,7 +72,7 @@ class Request:
         return self.method in IDEMPOTENT_METHODS
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, init=False)
 class Response:
     """A checked response head."""
 
@@ -68,19 +89,39 @@ class Response:
     until_close: bool = False
     """The body has neither length nor chunking: it ends when the server closes."""
 
+    def __init__(  # noqa: PLR0917 - the dataclass's signature, positional fields included
+            self, status: int, reason: bytes, version: bytes, headers: Headers,
+            content_length: int | None = None, chunked: bool = False, keep_alive: bool = True,
+            has_body: bool = True, until_close: bool = False) -> None:
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.headers = headers
+        self.content_length = content_length
+        self.chunked = chunked
+        self.keep_alive = keep_alive
+        self.has_body = has_body
+        self.until_close = until_close
 
-@dataclass(slots=True, eq=False)
+
+@dataclass(slots=True, eq=False, init=False)
 class Data:
     """A piece of a message body (chunk framing already removed)."""
 
     data: bytes
 
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
-@dataclass(slots=True, eq=False)
+
+@dataclass(slots=True, eq=False, init=False)
 class EndOfMessage:
     """The message is complete; trailers come from a chunked body's trailer section."""
 
     trailers: Headers = field(default_factory=list)
+
+    def __init__(self, trailers: Headers | None = None) -> None:
+        self.trailers = [] if trailers is None else trailers
 
 
 Event = Request | Response | Data | EndOfMessage

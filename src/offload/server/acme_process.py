@@ -12,8 +12,6 @@ import os
 import select
 import signal
 
-from offload.acme.issuer import AcmeIssuer
-from offload.acme.manager import AcmeManager
 from offload.acme.shared import SETTLE, SharedAcme, SharedAcmeStorage
 from offload.acme.storage import AcmeStorage
 from offload.errors import OffloadError
@@ -61,6 +59,11 @@ def run_acme_process(prepared: Prepared, logs: LogSetup, lifeline_fd: int) -> in
         if shared is not None:
             storage = shared.storage
         drop_privileges(settings.user, settings.group)
+        # Imported here, in the ACME child only: the acme package brings requests, urllib3,
+        # josepy and pyOpenSSL (about 6 MiB), which the supervisor would otherwise hold when
+        # it forks, and every worker would inherit.
+        from offload.acme.issuer import AcmeIssuer  # noqa: PLC0415
+        from offload.acme.manager import AcmeManager  # noqa: PLC0415
 
         def wait(seconds: float) -> bool:
             readable, _, _ = select.select([stop_r, lifeline_fd], [], [],
