@@ -55,6 +55,11 @@ COMPILED = [
     "src/offload/http/exchange.py",
     "src/offload/http/access.py",
     "src/offload/http/h1_connection.py",
+    "src/offload/http/h2_connection.py",
+    "src/offload/http/gate.py",
+    "src/offload/http/inspection.py",
+    "src/offload/proto/h2_request.py",
+    "src/offload/proto/h2_guard.py",
     "src/offload/proto/h2_nghttp2.py",
 ]
 NGHTTP2_BUILD = "src/offload/proto/h2_nghttp2_build.py"

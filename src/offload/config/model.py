@@ -477,7 +477,7 @@ class BackendConfig(BackendTlsKeys):
     proxy_protocol: ProxyProtocolVersion = "none"
     health_check: HealthCheckConfig | None = None
     ejection: EjectionConfig = Field(default_factory=EjectionConfig)
-    pool_max_idle: Annotated[int, Strict(), Field(ge=0)] = 64
+    pool_max_idle: Annotated[int, Strict(), Field(ge=0)] = 256
     pool_idle_timeout: Timeout = 30.0
 
 

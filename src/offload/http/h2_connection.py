@@ -321,11 +321,11 @@ class H2Connection(asyncio.Protocol):
             self._count_limit("max_requests")
         try:
             request = request_from_headers(event.headers, event.end_stream, site.h2_head_limits)
-        except MalformedRequest as error:
-            self._refuse_stream(stream_id, error)
+        except MalformedRequest as malformed:
+            self._refuse_stream(stream_id, malformed)
             return
-        except ProtocolError as error:
-            self._answer_refused(stream_id, error, event.end_stream)
+        except ProtocolError as refused:  # a name of its own: compiled, a name has one type
+            self._answer_refused(stream_id, refused, event.end_stream)
             return
         if site.client_auth and not host_matches_sni(request.host, self.stream.server_name):
             self._answer_refused(stream_id, ProtocolError(
