@@ -47,6 +47,7 @@ def capture_hello(client: Client, ca: Path) -> bytes:
     def accept() -> None:
         with contextlib.suppress(OSError):
             conn, _ = listener.accept()
+            listener.close()  # a retry is refused at once (a browser would wait on the backlog)
             with conn:
                 conn.settimeout(WAIT)
                 data = b""
