@@ -44,7 +44,6 @@ from offload.http.site import HttpSite
 from offload.http.upstream import BackendConnection, HttpBackend
 from offload.l4.relay import TcpRelay, proxy_header
 from offload.observe.log import fields
-from offload.proto.forwarding import ClientFacts
 from offload.proto.http1 import RequestParser
 from offload.proto.http1_write import (
     CONTINUE,
@@ -65,7 +64,7 @@ from offload.proto.http_types import (
 from offload.security.body_pace import BodyPace
 from offload.security.limits import LimitDecision
 from offload.timers import Deadline
-from offload.tls.client_certs import host_matches_sni, identity_fields
+from offload.tls.client_certs import host_matches_sni
 from offload.tls.stream import TLSServerStream
 
 _log = logging.getLogger("offload.http")
@@ -159,14 +158,7 @@ class Http1Connection(asyncio.Protocol):
         self._deadline = Deadline(clock, self._on_deadline)
         self.server_deadline = Deadline(clock, self._on_server_deadline)
         """The backend side's timer, shared by this connection's exchanges (one at a time)."""
-        peer = stream.get_extra_info("peername") or ("", 0)
-        local = stream.get_extra_info("sockname") or ("", 0)
-        identity = (identity_fields(stream.peer_certificate, site.client_cas)
-                    if site.client_auth else [])
-        identity += site.fingerprint_headers.fields(stream.fingerprints)
-        self.client_facts = facts = ClientFacts(address=str(peer[0]), port=int(peer[1]),
-                                                local_port=int(local[1]), identity=identity,
-                                                fingerprints=stream.fingerprints)
+        self.client_facts = facts = site.client_facts(stream)
         self.trusted = site.forward_policy.trusts(facts.address)
         self.client = ClientContext(facts, self.trusted)
         self.requests_log = access.RequestLog(site, stream, facts)

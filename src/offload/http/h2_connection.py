@@ -41,7 +41,7 @@ from offload.http.site import HttpSite
 from offload.http.upstream import BackendConnection
 from offload.l4.relay import proxy_header
 from offload.observe.log import fields
-from offload.proto.forwarding import ClientFacts, own_response, response_fields
+from offload.proto.forwarding import own_response, response_fields
 from offload.proto.h2_engine import (
     CANCEL,
     ENHANCE_YOUR_CALM,
@@ -63,7 +63,7 @@ from offload.proto.h2_request import BodyCount, MalformedRequest, request_from_h
 from offload.proto.http_types import Headers, Request, Response, header_value
 from offload.security.body_pace import BodyPace
 from offload.timers import Deadline
-from offload.tls.client_certs import host_matches_sni, identity_fields
+from offload.tls.client_certs import host_matches_sni
 from offload.tls.stream import TLSServerStream
 
 _log = logging.getLogger("offload.http2")
@@ -220,14 +220,7 @@ class H2Connection(asyncio.Protocol):
         self._ticking = False
         self._idle = Deadline(clock, self._on_idle)
         self._tick = Deadline(clock, self._on_tick)
-        peer = stream.get_extra_info("peername") or ("", 0)
-        local = stream.get_extra_info("sockname") or ("", 0)
-        identity = (identity_fields(stream.peer_certificate, site.client_cas)
-                    if site.client_auth else [])
-        identity += site.fingerprint_headers.fields(stream.fingerprints)
-        self.client_facts = facts = ClientFacts(address=str(peer[0]), port=int(peer[1]),
-                                                local_port=int(local[1]), identity=identity,
-                                                fingerprints=stream.fingerprints)
+        self.client_facts = facts = site.client_facts(stream)
         self.trusted = site.forward_policy.trusts(facts.address)
         self.client = ClientContext(facts, self.trusted)
         self.requests_log = access.RequestLog(site, stream, facts)

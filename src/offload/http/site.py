@@ -13,7 +13,7 @@ from offload.http.upstream import HttpBackend
 from offload.observe.access_log import AccessLog
 from offload.observe.stats import Counters
 from offload.proto.fingerprint import FingerprintHeaders
-from offload.proto.forwarding import ForwardPolicy, ResponsePolicy
+from offload.proto.forwarding import ClientFacts, ForwardPolicy, ResponsePolicy
 from offload.proto.h2_engine import EngineFactory, H2Settings
 from offload.proto.h2_engines import engine_factory
 from offload.proto.h2_guard import FloodLimits
@@ -25,6 +25,8 @@ from offload.security.limits import Limits
 from offload.security.rules import compile_rules
 from offload.timers import Clock
 from offload.tls.ca_bundle import CaBundle
+from offload.tls.client_certs import identity_fields
+from offload.tls.stream import TLSServerStream
 
 
 class RequestIds:
@@ -138,3 +140,14 @@ class HttpSite:
     @property
     def name(self) -> str:
         return self.frontend.name
+
+    def client_facts(self, stream: TLSServerStream) -> ClientFacts:
+        """Who a new client connection is, for every request it carries (HTTP/1.1 or HTTP/2):
+        its address and ports, its verified certificate's fields, its TLS fingerprints."""
+        peer = stream.get_extra_info("peername") or ("", 0)
+        local = stream.get_extra_info("sockname") or ("", 0)
+        identity = (identity_fields(stream.peer_certificate, self.client_cas)
+                    if self.client_auth else [])
+        identity += self.fingerprint_headers.fields(stream.fingerprints)
+        return ClientFacts(address=str(peer[0]), port=int(peer[1]), local_port=int(local[1]),
+                           identity=identity, fingerprints=stream.fingerprints)
