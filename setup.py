@@ -121,6 +121,23 @@ def _nghttp2_header_found(header: str = NGHTTP2_HEADER) -> bool:
     return any(place and (Path(place) / header).is_file() for place in places)
 
 
+def _cffi_extension(build_script: str, library: str) -> tuple[list[object], dict[str, str]]:
+    """The extension a cffi build script describes; none (and why) if cffi cannot prepare it."""
+    try:
+        import importlib.util  # noqa: PLC0415 - only a build needs it
+
+        spec = importlib.util.spec_from_file_location(f"_offload_{library}_build", build_script)
+        assert spec is not None and spec.loader is not None
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+        extension = script.builder().distutils_extension(tmpdir="build/cffi")
+    except Exception as error:  # cffi missing or the script broken: no binding, no failure
+        reason = f"cffi could not prepare the binding ({_short(error)})"
+        _announce(f"not building the {library} binding: {reason}")
+        return [], {"status": "failed", "reason": reason}
+    return [extension], {"status": "built", "reason": ""}
+
+
 def _plan_nghttp2() -> tuple[list[object], dict[str, str]]:
     """The libnghttp2 binding, if it can be built here (module docstring)."""
     if os.environ.get("OFFLOAD_NGHTTP2", "1") == "0":
@@ -131,19 +148,7 @@ def _plan_nghttp2() -> tuple[list[object], dict[str, str]]:
         _announce(f"not building the libnghttp2 binding: {reason}; HTTP/2 runs on python-hyper "
                   "h2, slower")
         return [], {"status": "skipped", "reason": reason}
-    try:
-        import importlib.util  # noqa: PLC0415 - only a build needs it
-
-        spec = importlib.util.spec_from_file_location("_offload_nghttp2_build", NGHTTP2_BUILD)
-        assert spec is not None and spec.loader is not None
-        script = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(script)
-        extension = script.builder().distutils_extension(tmpdir="build/cffi")
-    except Exception as error:  # cffi missing or the script broken: no binding, no failure
-        reason = f"cffi could not prepare the binding ({_short(error)})"
-        _announce(f"not building the libnghttp2 binding: {reason}")
-        return [], {"status": "failed", "reason": reason}
-    return [extension], {"status": "built", "reason": ""}
+    return _cffi_extension(NGHTTP2_BUILD, "libnghttp2")
 
 
 def _plan_modsecurity() -> tuple[list[object], dict[str, str]]:
@@ -155,20 +160,7 @@ def _plan_modsecurity() -> tuple[list[object], dict[str, str]]:
                   "libmodsecurity-dev modsecurity-crs; then reinstall offload)")
         _announce(f"not building the libmodsecurity binding: {reason}; the waf key is refused")
         return [], {"status": "skipped", "reason": reason}
-    try:
-        import importlib.util  # noqa: PLC0415 - only a build needs it
-
-        spec = importlib.util.spec_from_file_location("_offload_modsecurity_build",
-                                                      MODSECURITY_BUILD)
-        assert spec is not None and spec.loader is not None
-        script = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(script)
-        extension = script.builder().distutils_extension(tmpdir="build/cffi")
-    except Exception as error:  # cffi missing or the script broken: no binding, no failure
-        reason = f"cffi could not prepare the binding ({_short(error)})"
-        _announce(f"not building the libmodsecurity binding: {reason}")
-        return [], {"status": "failed", "reason": reason}
-    return [extension], {"status": "built", "reason": ""}
+    return _cffi_extension(MODSECURITY_BUILD, "libmodsecurity")
 
 
 EXTENSIONS, RECORD = _plan()
