@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 from conftest import http_config
-from h2_client import H2Client
+from h2_client import Closed, H2Client
 from harness import need
 from http_backend import pattern
+from hyperframe.frame import Frame, GoAwayFrame, PingFrame
 
 
 @pytest.fixture
@@ -157,6 +158,45 @@ def test_streams_in_flight_finish_across_a_reload_or_stop(pki, h2_offload, port,
         instance.wait_msg("reload complete", after=mark)
         still = H2Client(port, pki.ca)
         assert still.response(still.request("/bytes/3"))[0][":status"] == "200"
+    else:
+        assert instance.process.wait(15) == 0
+
+
+@pytest.mark.parametrize("how", ["reload", "stop"])
+def test_a_request_sent_before_the_shutdown_notice_arrived_is_served(pki, h2_offload, port, how):
+    """RFC 9113 §6.8: a stop's first GOAWAY says 2^31-1 and carries a PING; a stream the client
+    opened before it saw the notice is served as long as the PING has not come back. An idle
+    connection used to be closed at once, losing such a request (seen on a loaded CI run)."""
+    _server, instance = h2_offload
+    client = H2Client(port, pki.ca, timeout=20)
+    assert client.response(client.request("/bytes/5"))[0][":status"] == "200"  # settled, idle
+    mark = len(instance.events)
+    if how == "reload":  # a changed configuration: the workers are replaced
+        assert instance.config is not None
+        text = instance.config.read_text()
+        instance.config.write_text(text.replace('drain_timeout = "10s"', 'drain_timeout = "11s"'))
+    instance.signal(signal.SIGHUP if how == "reload" else signal.SIGTERM)
+    seen: dict[str, Frame] = {}
+
+    def notice_and_ping(frame: Frame) -> bool:
+        if isinstance(frame, GoAwayFrame) or (isinstance(frame, PingFrame)
+                                              and "ACK" not in frame.flags):
+            seen[type(frame).__name__] = frame
+        return len(seen) == 2
+
+    client.frames_until(notice_and_ping)  # in either order
+    notice, ping = seen["GoAwayFrame"], seen["PingFrame"]
+    assert (notice.error_code, notice.last_stream_id) == (0, 2**31 - 1)  # type: ignore[attr-defined]
+    late = client.request("/slow/0.3")  # crossed the notice on the wire
+    client.ping(ping.opaque_data, ack=True)  # type: ignore[attr-defined]
+    headers, body, _ = client.response(late)
+    assert headers[":status"] == "200" and body == b"slow\n"
+    final = client.last_goaway or client.goaway()
+    assert final.error_code == 0 and final.last_stream_id == late
+    with pytest.raises(Closed):
+        client.frames_until(lambda f: False, timeout=5)
+    if how == "reload":
+        instance.wait_msg("reload complete", after=mark)
     else:
         assert instance.process.wait(15) == 0
 

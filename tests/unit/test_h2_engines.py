@@ -446,7 +446,9 @@ def test_hpack_garbage_is_a_compression_error(engine_name: str) -> None:
 def test_a_graceful_goaway_lets_open_streams_finish(engine_name: str) -> None:
     engine, client = connect(engine_name)
     engine.receive(client.headers(1, GET))
+    assert not engine.shutdown_pending
     engine.goaway(NO_ERROR)
+    assert engine.shutdown_pending, "a stream may still be on its way: the connection stays"
     frames = sorted(client.parse(engine.data_to_send()), key=lambda f: type(f).__name__)
     assert kinds(frames) == ["GoAway", "Ping"]  # in either order
     notice, ping = frames
@@ -454,6 +456,7 @@ def test_a_graceful_goaway_lets_open_streams_finish(engine_name: str) -> None:
     # a request the client sent before it saw the notice is still served
     assert engine.receive(client.headers(3, GET)) == [RequestReceived(3, GET, end_stream=True)]
     engine.receive(PingFrame(0, opaque_data=ping.opaque_data, flags=["ACK"]).serialize())  # type: ignore[attr-defined]
+    assert not engine.shutdown_pending
     frames = client.parse(engine.data_to_send())
     assert [(kinds(frames), frames[0].last_stream_id, frames[0].error_code)] == [  # type: ignore[attr-defined]
         (["GoAway"], 3, NO_ERROR)]

@@ -216,6 +216,7 @@ class H2Connection(asyncio.Protocol):
         self._requests = 0
         self._closing = False
         self._goaway_sent = False
+        self._client_left = False
         self._writing_paused = False
         self._ticking = False
         self._idle = Deadline(clock, self._on_idle)
@@ -246,6 +247,8 @@ class H2Connection(asyncio.Protocol):
         events = self.engine.receive(data)
         if events:
             self._dispatch(events)
+        if self._goaway_sent and not self._closing:
+            self._maybe_idle()  # the round trip of a graceful GOAWAY may have come back
         self.flush()
 
     def eof_received(self) -> bool:
@@ -292,6 +295,7 @@ class H2Connection(asyncio.Protocol):
                 pass
             elif isinstance(event, GoAwayReceived):
                 self._goaway_sent = True  # the client opens nothing more: finish and close
+                self._client_left = True
                 if not self.streams:
                     self._close()
             elif isinstance(event, ConnectionFailed):
@@ -516,7 +520,10 @@ class H2Connection(asyncio.Protocol):
         if self._closing or any(s.exchange is None or not s.exchange.finished
                                 for s in self.streams.values()):
             return
-        if self._goaway_sent and self.engine.open_streams == 0:
+        if (self._goaway_sent and self.engine.open_streams == 0
+                and (self._client_left or not self.engine.shutdown_pending)):
+            # a stream the client sent before it saw a shutdown notice is still on its way
+            # until the notice's PING comes back (RFC 9113 §6.8): closing now would lose it
             self._closing_after_flush()
             return
         if not self.streams:

@@ -185,6 +185,11 @@ class H2Engine(Protocol):
     def open_streams(self) -> int:
         """Streams neither closed nor reset."""
 
+    @property
+    def shutdown_pending(self) -> bool:
+        """A graceful GOAWAY was announced and its round trip has not come back: streams the
+        client sent before it saw the notice may still arrive, so the connection must stay."""
+
 
 class EngineFactory(Protocol):
     def __call__(self, settings: H2Settings) -> H2Engine: ...

@@ -231,6 +231,10 @@ class HyperH2Engine:
     def open_streams(self) -> int:
         return self._conn.open_inbound_streams
 
+    @property
+    def shutdown_pending(self) -> bool:
+        return self._awaiting_ping_ack
+
     # -- helpers ---------------------------------------------------------------------------
 
     def _translate(self, event: object, events: list[H2Event]) -> None:

@@ -220,6 +220,10 @@ class NgHttp2Engine:
     def open_streams(self) -> int:
         return int(self._context.open_streams)
 
+    @property
+    def shutdown_pending(self) -> bool:
+        return self._awaiting_ping_ack
+
     # -- helpers ---------------------------------------------------------------------------
 
     def _check(self, result: int) -> None:
