@@ -77,6 +77,8 @@ class H2Client:
         self.timeout = timeout
         self.closed = False
         self.next_stream = 1
+        self.answer_pings = True
+        """Acknowledge the server's PINGs as they come, as real clients do."""
         if preface:
             self.send_raw(PREFACE)
             self.send(SettingsFrame(0, settings=settings or {}))
@@ -179,6 +181,12 @@ class H2Client:
                 ack.flags.add("ACK")
                 try:
                     self.send(ack)
+                except OSError:
+                    pass
+            if (isinstance(frame, PingFrame) and "ACK" not in frame.flags
+                    and self.answer_pings):
+                try:
+                    self.ping(frame.opaque_data, ack=True)
                 except OSError:
                     pass
             return frame

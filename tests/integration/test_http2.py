@@ -10,6 +10,7 @@ import signal
 import ssl
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -169,6 +170,7 @@ def test_a_request_sent_before_the_shutdown_notice_arrived_is_served(pki, h2_off
     connection used to be closed at once, losing such a request (seen on a loaded CI run)."""
     _server, instance = h2_offload
     client = H2Client(port, pki.ca, timeout=20)
+    client.answer_pings = False  # the test answers the shutdown notice's PING itself
     assert client.response(client.request("/bytes/5"))[0][":status"] == "200"  # settled, idle
     mark = len(instance.events)
     if how == "reload":  # a changed configuration: the workers are replaced
@@ -199,6 +201,39 @@ def test_a_request_sent_before_the_shutdown_notice_arrived_is_served(pki, h2_off
         instance.wait_msg("reload complete", after=mark)
     else:
         assert instance.process.wait(15) == 0
+
+
+def test_a_client_that_never_answers_the_shutdown_ping_does_not_hold_a_stop(pki, h2_offload,
+                                                                            port):
+    """A client that ignores the notice's PING is closed after a short wait, not kept until
+    the drain deadline (10 s here): one silent client must not slow every stop."""
+    _server, instance = h2_offload
+    client = H2Client(port, pki.ca, timeout=20)
+    client.answer_pings = False
+    assert client.response(client.request("/bytes/5"))[0][":status"] == "200"
+    started = time.monotonic()
+    instance.signal(signal.SIGTERM)
+    frames: list[Frame] = []
+    with pytest.raises(Closed):
+        client.frames_until(lambda f: frames.append(f) is not None, timeout=15)
+    goaways = [(f.last_stream_id, f.error_code) for f in frames if isinstance(f, GoAwayFrame)]  # type: ignore[attr-defined]
+    assert goaways == [(2**31 - 1, 0), (1, 0)], "the notice, then the real last stream"
+    assert instance.process.wait(15) == 0
+    assert time.monotonic() - started < 8, "the drain deadline was waited out"
+
+
+def test_the_keepalive_goaway_names_the_last_stream_served(pki, localhost_bundle, http_backend,
+                                                           offload, port):
+    """An idle connection's GOAWAY names the last stream it took, not 0: a GOAWAY below a
+    stream tells the client that stream was never processed, inviting a replay."""
+    server = http_backend()
+    offload(http_config(port, [localhost_bundle], [server.address],
+                        frontend='keepalive_timeout = "1s"'))
+    client = H2Client(port, pki.ca, timeout=10)
+    for path in ("/bytes/1", "/bytes/2"):
+        assert client.response(client.request(path))[0][":status"] == "200"
+    goaway = client.goaway()
+    assert (goaway.error_code, goaway.last_stream_id) == (0, 3)
 
 
 def test_a_stream_reset_by_the_client_cancels_its_backend_request(pki, backend, offload, port,

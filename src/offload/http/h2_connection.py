@@ -74,6 +74,9 @@ connection is paused."""
 STREAM_LOW_WATER = 16 * 1024
 TICK = 1.0
 """How often body pace and stalled streams are looked at, while any need it."""
+SHUTDOWN_ACK_WAIT = 2.0
+"""How long an idle connection waits for the PING of a graceful GOAWAY to come back (a round
+trip, however slow the network) before it closes anyway."""
 
 
 def _h2_fields(headers: Headers) -> list[Header]:
@@ -217,6 +220,7 @@ class H2Connection(asyncio.Protocol):
         self._closing = False
         self._goaway_sent = False
         self._client_left = False
+        self._highest_stream = 0
         self._writing_paused = False
         self._ticking = False
         self._idle = Deadline(clock, self._on_idle)
@@ -310,6 +314,7 @@ class H2Connection(asyncio.Protocol):
         stream_id = event.stream_id
         self._idle.clear()
         self._requests += 1
+        self._highest_stream = max(self._highest_stream, stream_id)
         config = site.frontend.http2
         if self._requests >= config.max_requests and not self._goaway_sent:
             # the last stream this connection takes; the client opens a new connection
@@ -527,7 +532,10 @@ class H2Connection(asyncio.Protocol):
             self._closing_after_flush()
             return
         if not self.streams:
-            self._idle.set(self.clock.time() + self.site.frontend.keepalive_timeout)
+            wait = self.site.frontend.keepalive_timeout
+            if self._goaway_sent:  # only the shutdown notice's round trip is waited for
+                wait = min(wait, SHUTDOWN_ACK_WAIT)
+            self._idle.set(self.clock.time() + wait)
 
     # ------------------------------------------------------------ timers
 
@@ -583,7 +591,10 @@ class H2Connection(asyncio.Protocol):
         self._closing_after_flush()
 
     def _last_stream(self) -> int:
-        return max(self.streams, default=0)
+        """The highest stream this connection took, finished ones included: a GOAWAY naming
+        a lower one would tell the client that a request it got an answer to was never
+        processed (and could be retried)."""
+        return self._highest_stream
 
     # ------------------------------------------------------------ output and closing
 
