@@ -73,8 +73,13 @@ def certificate(work: Path) -> None:
 
 
 def nginx_backend(work: Path, port: int, body: str = BODY,
-                  cpu: str | None = None) -> subprocess.Popen[bytes]:
-    """A one-worker nginx answering ``/small`` with ``body``, keeping connections alive."""
+                  cpu: str | None = None, tls_port: int | None = None) -> subprocess.Popen[bytes]:
+    """A one-worker nginx answering ``/small`` with ``body``, keeping connections alive; with
+    ``tls_port``, over TLS there too (``work/front.pem`` from :func:`certificate`)."""
+    tls = "" if tls_port is None else f"""
+        listen 127.0.0.1:{tls_port} ssl reuseport;
+        ssl_certificate {work}/front.pem;
+        ssl_certificate_key {work}/front.pem;"""
     (work / "nginx.conf").write_text(f"""
 worker_processes 1;
 daemon off;
@@ -86,7 +91,7 @@ http {{
     keepalive_requests 1000000;
     keepalive_timeout 600s;
     server {{
-        listen 127.0.0.1:{port} reuseport;
+        listen 127.0.0.1:{port} reuseport;{tls}
         location /small {{ return 200 "{body}"; }}
     }}
 }}

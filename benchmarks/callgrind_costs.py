@@ -324,7 +324,8 @@ def main() -> int:
     parser.add_argument("--python", default=sys.executable,
                         help="the Python whose offload is measured (the compiled install)")
     parser.add_argument("--modes", nargs="+", default=["http", "tcp"],
-                        help="offload's modes, and haproxy-http: HAProxy (mode http, one "
+                        help="offload's modes (http, tcp, and http-tls or tcp-tls: TLS to the "
+                             "backend too), and haproxy-http: HAProxy (mode http, one "
                              "thread) counted the same way, as the reference")
     parser.add_argument("--scenarios", nargs="+", default=["ka", "full", "resumed"])
     parser.add_argument("--keep", type=Path, help="keep the callgrind files in this folder")
@@ -344,8 +345,8 @@ def main() -> int:
             return 2
     work = Path(tempfile.mkdtemp(prefix="offload-callgrind-"))
     certificate(work)
-    backend_port = free_port()
-    nginx = nginx_backend(work, backend_port)
+    backend_port, tls_port = free_port(), free_port()
+    nginx = nginx_backend(work, backend_port, tls_port=tls_port)
     try:
         wait_listening(backend_port)
         for mode in args.modes:
@@ -357,12 +358,16 @@ def main() -> int:
                 offload = start([*valgrind, "haproxy", "-db", "-f",
                                  str(haproxy_config(work, port, backend_port))], None, log)
             else:
-                offload = start([*valgrind, args.python, "-m", "offload", "run", "--mode", mode,
+                tls = mode.endswith("-tls")  # TLS to the backend too
+                offload = start([*valgrind, args.python, "-m", "offload", "run",
+                                 "--mode", mode.removesuffix("-tls"),
                                  "--workers", "1", "--cert", str(work / "front.pem"),
                                  "--listen", f"127.0.0.1:{port}",
-                                 "--backend", f"127.0.0.1:{backend_port}",
+                                 "--backend", f"127.0.0.1:{tls_port if tls else backend_port}",
+                                 *(["--backend-tls", "--backend-ca", str(work / "ca.crt")]
+                                   if tls else []),
                                  "--log-level", "info",
-                                 *(["--access-log", "off"] if mode == "http" else [])],
+                                 *(["--access-log", "off"] if mode.startswith("http") else [])],
                                 None, log)
             try:
                 if mode == "haproxy-http":
