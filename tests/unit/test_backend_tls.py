@@ -157,11 +157,22 @@ def test_a_new_client_certificate_changes_the_pool_key(tmp_path: Path, authority
     client = _client()
     tls = ServerTls(client, "")
     before = tls.handshake("app.test").key
+    assert tls.pool_key(b"App.Test:443") == before
     tls.keep_session(before, object())  # type: ignore[arg-type]
     client.replace_certificate(load_certificate(str(bundle)))
     tls.forget_sessions()
     assert tls.handshake("app.test").key != before
+    assert tls.pool_key(b"App.Test:443") == tls.handshake("app.test").key, \
+        "a remembered pool key is not reused across a certificate change"
     assert tls.sessions == {}
+
+
+def test_the_pool_key_of_a_host_is_its_handshake_key():
+    for sni in ("auto", "none", "fixed.test"):
+        tls = ServerTls(_client(sni=sni), "10.0.0.5")
+        for host in (b"app.test", b"APP.test.:8443", b"10.0.0.9", b"[::1]:443", b""):
+            assert tls.pool_key(host) == tls.handshake(tls.sni(host)).key
+            assert tls.pool_key(host) == tls.handshake(tls.sni(host)).key  # remembered
 
 
 def _verify_error(code: int) -> ssl.SSLCertVerificationError:

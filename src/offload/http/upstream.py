@@ -362,7 +362,7 @@ class HttpBackend(ServerGroup):
         tls = self.tls[index] if self.tls is not None else None
         if tls is None:
             return self.pools[index].take()
-        return self.pools[index].take(tls.handshake(tls.sni(host)).key)
+        return self.pools[index].take(tls.pool_key(host))
 
     def open(self, index: int, done: OpenCallback, host: bytes = b"",
              preamble: bytes = b"") -> Callable[[], object]:
@@ -393,9 +393,13 @@ class HttpBackend(ServerGroup):
         :class:`BackendTlsError`."""
         loop = asyncio.get_running_loop()
         server = self.servers[index]
-        connection = BackendConnection(index, self.limits, self, self.batcher)
-        connection.private = bool(preamble)
         tls = self.tls[index] if self.tls is not None else None
+        # Over TLS the stream batches the ciphertext itself: batching the plaintext too would
+        # cost every request a second turn of the loop (the stream's write, queued by the
+        # batcher's own flush, waits for the next one)
+        connection = BackendConnection(index, self.limits, self,
+                                       self.batcher if tls is None else None)
+        connection.private = bool(preamble)
         async with asyncio.timeout(self.config.connect_timeout):
             if tls is not None:
                 sni = tls.sni(host)

@@ -277,7 +277,7 @@ class Handshake:
 class ServerTls:
     """TLS to one server in one worker: how each connection is made, and its sessions."""
 
-    __slots__ = ("_hosts", "_memo", "client", "fallback_name", "sessions")
+    __slots__ = ("_hosts", "_keys", "_memo", "client", "fallback_name", "sessions")
 
     def __init__(self, client: TlsClient, fallback: str) -> None:
         self.client = client
@@ -287,6 +287,8 @@ class ServerTls:
         self._memo: dict[tuple[str | None, int], Handshake] = {}
         self._hosts: dict[bytes, str | None] = {}
         """The SNI of each Host seen lately (a connection mostly asks for one)."""
+        self._keys: dict[bytes, tuple[str | None, int]] = {}
+        """The pool key of each Host seen lately (valid while its generation is current)."""
 
     @property
     def verified(self) -> bool:
@@ -309,6 +311,18 @@ class ServerTls:
             sni = memo[host] = sni_from_host(host)
             return sni
         return host.lower().rstrip(".") if host else None
+
+    def pool_key(self, host: bytes) -> tuple[str | None, int]:
+        """The key of the pooled connections a request to ``host`` may reuse: the same as
+        ``handshake(sni(host)).key``, in one look-up (it is asked on every request)."""
+        key = self._keys.get(host)
+        if key is not None and key[1] == self.client.generation:
+            return key
+        key = self.handshake(self.sni(host)).key
+        if len(self._keys) >= MAX_SNI_MEMO:
+            self._keys.clear()
+        self._keys[host] = key
+        return key
 
     def handshake(self, sni: str | None) -> Handshake:
         """The plan for a connection carrying ``sni`` (memoised: one per SNI)."""

@@ -39,6 +39,7 @@ from typing import Any, cast
 
 from offload.errors import BackendTlsError
 from offload.tls.backend_tls import Handshake, ServerTls, certificate_matches, classify_failure
+from offload.tls.sslobject import record_calls
 from offload.writes import WriteBatcher
 
 LATE_REFUSALS = frozenset({"client_certificate_refused", "handshake_failure",
@@ -59,7 +60,7 @@ class TLSClientStream(asyncio.Protocol, asyncio.Transport):
 
     __slots__ = ("_app", "_app_started", "_batcher", "_error", "_incoming", "_loop",
                  "_outgoing", "_peer_eof", "_plan", "_preamble", "_reading_paused", "_ready",
-                 "_ssl", "_state", "_tcp", "_ticket_looks", "_tls", "_write_eof")
+                 "_records", "_ssl", "_state", "_tcp", "_ticket_looks", "_tls", "_write_eof")
 
     def __init__(self, app: asyncio.Protocol, tls: ServerTls, plan: Handshake,
                  ready: asyncio.Future[None], *, preamble: bytes = b"",
@@ -81,6 +82,8 @@ class TLSClientStream(asyncio.Protocol, asyncio.Transport):
         except ValueError:  # a session of another context: not offered
             self._ssl = plan.context.wrap_bio(self._incoming, self._outgoing, server_side=False,
                                               server_hostname=plan.server_hostname)
+        self._records: Any = record_calls(self._ssl)
+        """read, write and pending without the SSLObject's Python frame around each."""
         self._state = HANDSHAKE
         self._tcp: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
@@ -193,7 +196,7 @@ class TLSClientStream(asyncio.Protocol, asyncio.Transport):
         if not self._ready.done():
             self._ready.set_result(None)
         if self._state == OPEN and not self._reading_paused and (
-                self._incoming.pending or self._ssl.pending()):
+                self._incoming.pending or self._records.pending()):
             self._read()
 
     def _keep_session(self) -> None:
@@ -211,7 +214,7 @@ class TLSClientStream(asyncio.Protocol, asyncio.Transport):
     def _decrypt(self) -> tuple[bytes, bool]:
         """Decrypt what the incoming BIO holds; returns (plaintext, close_notify seen). Raises
         ``SSLEOFError`` for a TCP EOF without close_notify."""
-        read = self._ssl.read
+        read = self._records.read
         incoming = self._incoming
         chunks: list[bytes] = []
         eof = False
@@ -222,7 +225,7 @@ class TLSClientStream(asyncio.Protocol, asyncio.Transport):
                     eof = True
                     break
                 chunks.append(chunk)
-                if not incoming.pending and not self._ssl.pending():
+                if not incoming.pending and not self._records.pending():
                     break
         except ssl.SSLWantReadError:
             pass
@@ -268,11 +271,11 @@ class TLSClientStream(asyncio.Protocol, asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._state != OPEN or self._write_eof:
             return
-        sent = self._ssl.write(data)
+        sent = self._records.write(data)
         if sent < len(data):  # never with memory BIOs, but the API allows it
             view = memoryview(data)[sent:]
             while view:
-                view = view[self._ssl.write(view):]
+                view = view[self._records.write(view):]
         self._send(self._outgoing.read())
 
     def writelines(self, list_of_data: Any) -> None:
@@ -332,7 +335,7 @@ class TLSClientStream(asyncio.Protocol, asyncio.Transport):
         self._reading_paused = False
         if self._state != OPEN or self._tcp is None:
             return
-        if self._incoming.pending or self._ssl.pending() or self._incoming.eof:
+        if self._incoming.pending or self._records.pending() or self._incoming.eof:
             self._loop.call_soon(self._resume_read)
         self._tcp.resume_reading()
 

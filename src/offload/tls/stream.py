@@ -66,6 +66,7 @@ from offload.proto.fingerprint import Fingerprints
 from offload.proto.proxy_protocol import InboundHeader, ProxyHeader
 from offload.timers import Deadline
 from offload.tls.sni import SNI_ATTRIBUTE, SNI_MATCHED_ATTRIBUTE
+from offload.tls.sslobject import record_calls
 from offload.writes import WriteBatcher
 
 READ_CHUNK = 16 * 1024
@@ -177,9 +178,9 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
         "_acme", "_alpn_pending", "_app", "_batcher", "_buffer", "_challenges",
         "_count_handshakes", "_fingerprinting", "_held", "_hello", "_incoming", "_loop",
         "_outgoing", "_owner", "_parse_hello", "_peer_eof", "_proxied", "_proxy",
-        "_reading_paused", "_recheck_handshake", "_send_deadline", "_send_timeout", "_served",
-        "_ssl", "_state", "_tcp", "_timer", "_with_ja3", "_write_eof", "accepted_at", "bytes_in",
-        "bytes_out", "client_key", "fingerprints", "handshake_seconds", "handshake_timeout",
+        "_reading_paused", "_recheck_handshake", "_records", "_send_deadline", "_send_timeout",
+        "_served", "_ssl", "_state", "_tcp", "_timer", "_with_ja3", "_write_eof", "accepted_at",
+        "bytes_in", "bytes_out", "client_key", "fingerprints", "handshake_seconds", "handshake_timeout",
     )
 
     def __init__(self, owner: StreamOwner, context: ssl.SSLContext,
@@ -196,6 +197,8 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._records: Any = record_calls(self._ssl)
+        """read, write and pending without the SSLObject's Python frame around each."""
         self._state = HANDSHAKE
         self._app: asyncio.Protocol | None = None
         self._tcp: asyncio.Transport | None = None
@@ -469,7 +472,7 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
         self._app = self._owner.stream_opened(self)
         self._app.connection_made(self)
         if self._state == OPEN and not self._reading_paused and (
-                self._incoming.pending or self._ssl.pending()):
+                self._incoming.pending or self._records.pending()):
             self._read()
 
     def _handshake_timed_out(self) -> None:
@@ -487,7 +490,7 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
 
     def _decrypt(self) -> tuple[bytes, bool]:
         """Decrypt what the incoming BIO holds; returns (plaintext, close_notify seen)."""
-        read = self._ssl.read
+        read = self._records.read
         incoming = self._incoming
         chunks: list[bytes] = []
         eof = False
@@ -498,7 +501,7 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
                     eof = True
                     break
                 chunks.append(chunk)
-                if not incoming.pending and not self._ssl.pending():
+                if not incoming.pending and not self._records.pending():
                     break
         except ssl.SSLWantReadError:
             pass
@@ -547,11 +550,11 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._state != OPEN or self._write_eof:
             return
-        sent = self._ssl.write(data)
+        sent = self._records.write(data)
         if sent < len(data):  # never with memory BIOs, but the API allows it
             view = memoryview(data)[sent:]
             while view:
-                view = view[self._ssl.write(view):]
+                view = view[self._records.write(view):]
         self._send(self._outgoing.read())
 
     def writelines(self, list_of_data: Any) -> None:
@@ -635,7 +638,7 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
         self._reading_paused = False
         if self._state != OPEN or self._tcp is None:
             return
-        if self._held or self._incoming.pending or self._ssl.pending():
+        if self._held or self._incoming.pending or self._records.pending():
             self._loop.call_soon(self._resume_read)
         self._tcp.resume_reading()
 
