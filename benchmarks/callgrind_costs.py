@@ -15,7 +15,7 @@ does a small run of B units and a large run of M units, each between ``callgrind
 the timers that fire meanwhile).
 
     python benchmarks/callgrind_costs.py [--python .venv-compiled/bin/python]
-        [--modes http tcp] [--scenarios ka full resumed] [--keep DIR]
+        [--modes http tcp] [--scenarios ka full resumed h2] [--keep DIR]
     python benchmarks/callgrind_costs.py --analyze SMALL_DUMP LARGE_DUMP UNITS
 
 Prints one table per mode and scenario (instructions per unit by component, and offload's
@@ -46,9 +46,9 @@ from pathlib import Path
 from _rig import certificate, free_port, nginx_backend, start, stop, wait_listening, wait_ready
 from drive import Handshakes, KeepAlive, client_context
 
-UNITS = {"ka": (200, 2200), "full": (20, 220), "resumed": (20, 220)}
+UNITS = {"ka": (200, 2200), "full": (20, 220), "resumed": (20, 220), "h2": (200, 2200)}
 """(B, M): the small and the large run of each scenario."""
-WARMUP = {"ka": 400, "full": 40, "resumed": 40}
+WARMUP = {"ka": 400, "full": 40, "resumed": 40, "h2": 400}
 CLIENTS = 8
 
 
@@ -238,6 +238,18 @@ def scenario(controlled: Controlled, name: str, port: int, ca: Path) -> tuple[Pa
         b = controlled.counted(lambda: load.requests(small))
         m = controlled.counted(lambda: load.requests(large))
         load.close()
+    elif name == "h2":  # h2load's connections and handshakes are the same in both runs
+        def h2(count: int) -> None:
+            done = subprocess.run(
+                ["h2load", "-n", str(count), "-c", "4", "-m", "10",
+                 f"https://127.0.0.1:{port}/small"],
+                capture_output=True, text=True, timeout=900, check=False)
+            if f"{count} succeeded" not in done.stdout:
+                raise RuntimeError(f"h2load did not complete {count} requests: {done.stdout}")
+
+        h2(WARMUP[name])
+        b = controlled.counted(lambda: h2(small))
+        m = controlled.counted(lambda: h2(large))
     else:
         hs = Handshakes(port, context, CLIENTS, resume=name == "resumed")
         hs.run(WARMUP[name])
@@ -271,7 +283,8 @@ def per_unit(small: Path, large: Path, units: int) -> tuple[Counter[str], Counte
 
 
 TITLES = {"ka": "keep-alive request", "full": "full TLS 1.3 handshake + 1 request",
-          "resumed": "resumed TLS 1.3 handshake + 1 request"}
+          "resumed": "resumed TLS 1.3 handshake + 1 request",
+          "h2": "HTTP/2 request (h2load: 4 connections, 10 streams each)"}
 
 
 def report(title: str, ran: Counter[str], behalf: Counter[str], functions: Counter[Node],
