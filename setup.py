@@ -42,6 +42,7 @@ COMPILED = [
     "src/offload/proto/forwarding.py",
     "src/offload/proto/http1_write.py",
     "src/offload/proto/proxy_protocol.py",
+    "src/offload/tls/record_stream.py",
     "src/offload/tls/stream.py",
     "src/offload/tls/client_stream.py",
     "src/offload/server/listener.py",

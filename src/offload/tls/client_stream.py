@@ -35,11 +35,11 @@ import asyncio
 import os
 import socket
 import ssl
-from typing import Any, cast
+from typing import cast
 
 from offload.errors import BackendTlsError
 from offload.tls.backend_tls import Handshake, ServerTls, certificate_matches, classify_failure
-from offload.tls.sslobject import record_calls
+from offload.tls.record_stream import CLOSED, CLOSING, HANDSHAKE, OPEN, TLSRecordStream
 from offload.writes import WriteBatcher
 
 LATE_REFUSALS = frozenset({"client_certificate_refused", "handshake_failure",
@@ -48,48 +48,35 @@ LATE_REFUSALS = frozenset({"client_certificate_refused", "handshake_failure",
 TICKET_LOOKS = 8
 """Reads after a TLS 1.3 handshake that look for the server's session ticket (it comes with
 the first answer; a server that sends none is not asked about it on every read)."""
-READ_CHUNK = 16 * 1024
-"""Bytes asked of one ``SSLObject.read``: one TLS record's worth of plaintext."""
 WAITING_READ = 64 * 1024
 
-HANDSHAKE, OPEN, CLOSING, CLOSED = range(4)
 
+class TLSClientStream(TLSRecordStream, asyncio.Protocol):
+    """A TLS client connection: a Protocol for the TCP transport, a Transport for the app
+    (that side, and the records, in :class:`TLSRecordStream`)."""
 
-class TLSClientStream(asyncio.Protocol, asyncio.Transport):
-    """A TLS client connection: a Protocol for the TCP transport, a Transport for the app."""
-
-    __slots__ = ("_app", "_app_started", "_batcher", "_error", "_incoming", "_loop",
-                 "_outgoing", "_peer_eof", "_plan", "_preamble", "_reading_paused", "_ready",
-                 "_records", "_ssl", "_state", "_tcp", "_ticket_looks", "_tls", "_write_eof")
+    __slots__ = ("_app", "_app_started", "_error", "_plan", "_preamble", "_ready",
+                 "_ticket_looks", "_tls")
 
     def __init__(self, app: asyncio.Protocol, tls: ServerTls, plan: Handshake,
                  ready: asyncio.Future[None], *, preamble: bytes = b"",
                  batcher: WriteBatcher | None = None) -> None:
-        super().__init__()
+        incoming = ssl.MemoryBIO()
+        outgoing = ssl.MemoryBIO()
+        session = tls.session(plan.key)
+        try:
+            ssl_object = plan.context.wrap_bio(incoming, outgoing, server_side=False,
+                                               server_hostname=plan.server_hostname,
+                                               session=session)
+        except ValueError:  # a session of another context: not offered
+            ssl_object = plan.context.wrap_bio(incoming, outgoing, server_side=False,
+                                               server_hostname=plan.server_hostname)
+        super().__init__(incoming, outgoing, ssl_object, batcher)
         self._app = app
         self._tls = tls
         self._plan = plan
         self._ready = ready
         self._preamble = preamble
-        self._batcher = batcher
-        self._incoming = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
-        session = tls.session(plan.key)
-        try:
-            self._ssl = plan.context.wrap_bio(self._incoming, self._outgoing, server_side=False,
-                                              server_hostname=plan.server_hostname,
-                                              session=session)
-        except ValueError:  # a session of another context: not offered
-            self._ssl = plan.context.wrap_bio(self._incoming, self._outgoing, server_side=False,
-                                              server_hostname=plan.server_hostname)
-        self._records: Any = record_calls(self._ssl)
-        """read, write and pending without the SSLObject's Python frame around each."""
-        self._state = HANDSHAKE
-        self._tcp: asyncio.Transport | None = None
-        self._loop = asyncio.get_running_loop()
-        self._reading_paused = False
-        self._peer_eof = False
-        self._write_eof = False
         self._app_started = False
         self._ticket_looks = TICKET_LOOKS
         """Reads left in which to look for a TLS 1.3 ticket (0: kept, or given up)."""
@@ -147,30 +134,6 @@ class TLSClientStream(asyncio.Protocol, asyncio.Transport):
 
     # ----------------------------------------------------------------- TLS work
 
-    def _flush(self) -> None:
-        if self._outgoing.pending:
-            self._send(self._outgoing.read())
-
-    def _send(self, data: bytes) -> None:
-        tcp = self._tcp
-        if tcp is None:
-            return
-        if self._batcher is not None:
-            self._batcher.write(tcp, data)
-        else:
-            tcp.write(data)
-
-    def _tcp_close(self, *, abort: bool = False) -> None:
-        tcp = self._tcp
-        if tcp is None:
-            return
-        if self._batcher is not None:
-            self._batcher.flush()
-        if abort:
-            tcp.abort()
-        else:
-            tcp.close()
-
     def _handshake(self) -> None:
         try:
             self._ssl.do_handshake()
@@ -211,32 +174,6 @@ class TLSClientStream(asyncio.Protocol, asyncio.Transport):
             self._ready.set_exception(BackendTlsError(reason, detail))
         self._tcp_close(abort=True)
 
-    def _decrypt(self) -> tuple[bytes, bool]:
-        """Decrypt what the incoming BIO holds; returns (plaintext, close_notify seen). Raises
-        ``SSLEOFError`` for a TCP EOF without close_notify."""
-        read = self._records.read
-        incoming = self._incoming
-        chunks: list[bytes] = []
-        eof = False
-        try:
-            while True:
-                chunk = read(READ_CHUNK)
-                if not chunk:
-                    eof = True
-                    break
-                chunks.append(chunk)
-                if not incoming.pending and not self._records.pending():
-                    break
-        except ssl.SSLWantReadError:
-            pass
-        except ssl.SSLZeroReturnError:
-            eof = True
-        if self._outgoing.pending:
-            self._flush()  # post-handshake answers (KeyUpdate)
-        if len(chunks) == 1:
-            return chunks[0], eof
-        return b"".join(chunks), eof
-
     def _read(self) -> None:
         try:
             data, eof = self._decrypt()
@@ -268,39 +205,16 @@ class TLSClientStream(asyncio.Protocol, asyncio.Transport):
 
     # ----------------------------------------------------------------- app side (Transport)
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._state != OPEN or self._write_eof:
-            return
-        sent = self._records.write(data)
-        if sent < len(data):  # never with memory BIOs, but the API allows it
-            view = memoryview(data)[sent:]
-            while view:
-                view = view[self._records.write(view):]
-        self._send(self._outgoing.read())
-
-    def writelines(self, list_of_data: Any) -> None:
-        self.write(b"".join(list_of_data))
-
-    def can_write_eof(self) -> bool:
-        return True
-
     def write_eof(self) -> None:
         """Send close_notify; reading goes on until the server closes too."""
         if self._state != OPEN or self._write_eof:
             return
         self._write_eof = True
+        if self._incoming.pending and not self._reading_paused:
+            self._read()  # complete records first: the shutdown call would discard them
         self._send_close_notify()
         if self._peer_eof:
             self._tcp_close()
-
-    def _send_close_notify(self) -> None:
-        if self._incoming.pending and not self._reading_paused:
-            self._read()  # complete records first: the shutdown call would discard them
-        try:
-            self._ssl.unwrap()
-        except ssl.SSLError:
-            pass  # WantRead: ours is written, the server's has not come yet
-        self._flush()
 
     def close(self) -> None:
         if self._state >= CLOSING:
@@ -309,58 +223,18 @@ class TLSClientStream(asyncio.Protocol, asyncio.Transport):
         self._state = CLOSING
         if was_open and not self._write_eof:
             self._write_eof = True
-            try:
-                self._ssl.unwrap()
-            except ssl.SSLError:
-                pass
-            self._flush()
+            self._send_close_notify()
         self._tcp_close()
 
-    def abort(self) -> None:
-        self._state = max(self._state, CLOSING)
-        self._tcp_close(abort=True)
-
-    def is_closing(self) -> bool:
-        return self._state >= CLOSING
-
-    def pause_reading(self) -> None:
-        if not self._reading_paused:
-            self._reading_paused = True
-            if self._tcp is not None and self._state <= OPEN:
-                self._tcp.pause_reading()
-
-    def resume_reading(self) -> None:
-        if not self._reading_paused:
-            return
-        self._reading_paused = False
-        if self._state != OPEN or self._tcp is None:
-            return
-        if self._incoming.pending or self._records.pending() or self._incoming.eof:
-            self._loop.call_soon(self._resume_read)
-        self._tcp.resume_reading()
+    def _unread(self) -> bool:
+        """A FIN told to the incoming BIO waits too: reading it ends the stream."""
+        return super()._unread() or self._incoming.eof
 
     def _resume_read(self) -> None:
         if self._state == OPEN and not self._reading_paused:
             self._read()
             if self._incoming.eof and not self._peer_eof and self._state == OPEN:
                 self._tcp_close()
-
-    def is_reading(self) -> bool:
-        return not self._reading_paused
-
-    def get_write_buffer_size(self) -> int:
-        return self._tcp.get_write_buffer_size() if self._tcp is not None else 0
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        if self._tcp is not None:
-            self._tcp.set_write_buffer_limits(high, low)
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "ssl_object":
-            return self._ssl
-        if self._tcp is None:
-            return default
-        return self._tcp.get_extra_info(name, default)
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         """Hand the decrypted stream to another protocol (a WebSocket tunnel after 101)."""

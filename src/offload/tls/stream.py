@@ -65,12 +65,10 @@ from offload.proto.client_hello import (
 from offload.proto.fingerprint import Fingerprints
 from offload.proto.proxy_protocol import InboundHeader, ProxyHeader
 from offload.timers import Deadline
+from offload.tls.record_stream import CLOSED, CLOSING, HANDSHAKE, OPEN, TLSRecordStream
 from offload.tls.sni import SNI_ATTRIBUTE, SNI_MATCHED_ATTRIBUTE
-from offload.tls.sslobject import record_calls
 from offload.writes import WriteBatcher
 
-READ_CHUNK = 16 * 1024
-"""Bytes asked of one ``SSLObject.read``: one TLS record's worth of plaintext."""
 READ_SIZE = 16 * 1024
 """The most one socket read takes (the event loop would take 256 KiB): what a stream holds
 beyond the kernel's buffers while its application has paused reading is one such read."""
@@ -80,8 +78,6 @@ def read_buffer() -> bytearray:
     """A buffer for the socket reads of many streams (one event loop; each read is consumed
     before the next one starts)."""
     return bytearray(READ_SIZE)
-
-HANDSHAKE, OPEN, CLOSING, CLOSED = range(4)
 
 _BAD_HELLO = frozenset({
     "WRONG_VERSION_NUMBER", "HTTP_REQUEST", "HTTPS_PROXY_REQUEST", "PACKET_LENGTH_TOO_LONG",
@@ -171,16 +167,16 @@ def _proxied(address: tuple[str, int]) -> tuple[str, int]:
     return host, port
 
 
-class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
-    """A TLS server connection: a Protocol for the TCP transport, a Transport for the app."""
+class TLSServerStream(TLSRecordStream, asyncio.BufferedProtocol):
+    """A TLS server connection: a Protocol for the TCP transport, a Transport for the app
+    (that side, and the records, in :class:`TLSRecordStream`)."""
 
     __slots__ = (
-        "_acme", "_alpn_pending", "_app", "_batcher", "_buffer", "_challenges",
-        "_count_handshakes", "_fingerprinting", "_held", "_hello", "_incoming", "_loop",
-        "_outgoing", "_owner", "_parse_hello", "_peer_eof", "_proxied", "_proxy",
-        "_reading_paused", "_recheck_handshake", "_records", "_send_deadline", "_send_timeout",
-        "_served", "_ssl", "_state", "_tcp", "_timer", "_with_ja3", "_write_eof", "accepted_at",
-        "bytes_in", "bytes_out", "client_key", "fingerprints", "handshake_seconds", "handshake_timeout",
+        "_acme", "_alpn_pending", "_app", "_buffer", "_challenges", "_count_handshakes",
+        "_fingerprinting", "_held", "_hello", "_owner", "_parse_hello", "_proxied", "_proxy",
+        "_recheck_handshake", "_send_deadline", "_send_timeout", "_served", "_timer",
+        "_with_ja3", "accepted_at", "bytes_in", "bytes_out", "client_key", "fingerprints",
+        "handshake_seconds", "handshake_timeout",
     )
 
     def __init__(self, owner: StreamOwner, context: ssl.SSLContext,
@@ -189,24 +185,15 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
                  count_handshakes: bool = False, served: ServedProtocols | None = None,
                  buffer: bytearray | None = None, expect_proxy: bool = False,
                  fingerprints: bool = False, ja3: bool = False) -> None:
-        super().__init__()
+        incoming = ssl.MemoryBIO()
+        outgoing = ssl.MemoryBIO()
+        super().__init__(incoming, outgoing,
+                         context.wrap_bio(incoming, outgoing, server_side=True), batcher)
         self._buffer = memoryview(buffer if buffer is not None else read_buffer())
         """Where the socket reads land (shared by the listener's streams: :func:`read_buffer`)."""
         self._owner = owner
-        self._batcher = batcher
-        self._incoming = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
-        self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
-        self._records: Any = record_calls(self._ssl)
-        """read, write and pending without the SSLObject's Python frame around each."""
-        self._state = HANDSHAKE
         self._app: asyncio.Protocol | None = None
-        self._tcp: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._loop = asyncio.get_running_loop()
-        self._reading_paused = False
-        self._peer_eof = False
-        self._write_eof = False
         self._held = b""
         self._challenges = challenges
         self._count_handshakes = count_handshakes
@@ -415,31 +402,11 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
 
     # ----------------------------------------------------------------- TLS work
 
-    def _flush(self) -> None:
-        if self._outgoing.pending and self._tcp is not None:
-            self._send(self._outgoing.read())
-
     def _send(self, data: bytes) -> None:
-        tcp = self._tcp
-        if tcp is None:
-            return
-        self.bytes_out += len(data)
-        if self._batcher is not None:
-            self._batcher.write(tcp, data)
-        else:
-            tcp.write(data)
-
-    def _tcp_close(self, *, abort: bool = False) -> None:
-        """Close the TCP connection after every queued write is out (abort: at once)."""
-        tcp = self._tcp
-        if tcp is None:
-            return
-        if self._batcher is not None:
-            self._batcher.flush()
-        if abort:
-            tcp.abort()
-        else:
-            tcp.close()
+        """Send ``data`` to the client, counted in ``bytes_out``."""
+        if self._tcp is not None:
+            self.bytes_out += len(data)
+            super()._send(data)
 
     def _handshake(self) -> None:
         try:
@@ -488,32 +455,6 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
         self._owner.stream_failed(self, reason, detail)
         self._tcp_close(abort=abort)
 
-    def _decrypt(self) -> tuple[bytes, bool]:
-        """Decrypt what the incoming BIO holds; returns (plaintext, close_notify seen)."""
-        read = self._records.read
-        incoming = self._incoming
-        chunks: list[bytes] = []
-        eof = False
-        try:
-            while True:
-                chunk = read(READ_CHUNK)
-                if not chunk:
-                    eof = True
-                    break
-                chunks.append(chunk)
-                if not incoming.pending and not self._records.pending():
-                    break
-        except ssl.SSLWantReadError:
-            pass
-        except ssl.SSLZeroReturnError:
-            # close_notify after we sent ours: Python raises instead of returning b"".
-            eof = True
-        if self._outgoing.pending:
-            self._flush()  # post-handshake messages: key update replies, alerts
-        if len(chunks) == 1:
-            return chunks[0], eof
-        return b"".join(chunks), eof
-
     def _read(self) -> None:
         try:
             data, eof = self._decrypt()
@@ -538,30 +479,7 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
         self._state = CLOSING
         self._tcp_close()
 
-    def _send_close_notify(self) -> None:
-        try:
-            self._ssl.unwrap()
-        except ssl.SSLError:
-            pass  # WantRead: our close_notify is written, the peer's has not come yet
-        self._flush()
-
     # ----------------------------------------------------------------- app side (Transport)
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._state != OPEN or self._write_eof:
-            return
-        sent = self._records.write(data)
-        if sent < len(data):  # never with memory BIOs, but the API allows it
-            view = memoryview(data)[sent:]
-            while view:
-                view = view[self._records.write(view):]
-        self._send(self._outgoing.read())
-
-    def writelines(self, list_of_data: Any) -> None:
-        self.write(b"".join(list_of_data))
-
-    def can_write_eof(self) -> bool:
-        return True
 
     def write_eof(self) -> None:
         """Send close_notify; reading goes on until the peer closes too (TLS 1.3 half-close)."""
@@ -619,56 +537,20 @@ class TLSServerStream(asyncio.BufferedProtocol, asyncio.Transport):
             self._timer = None
         self._tcp_close()
 
-    def abort(self) -> None:
-        self._state = max(self._state, CLOSING)
-        self._tcp_close(abort=True)
-
-    def is_closing(self) -> bool:
-        return self._state >= CLOSING
-
-    def pause_reading(self) -> None:
-        if not self._reading_paused:
-            self._reading_paused = True
-            if self._tcp is not None and self._state <= OPEN:
-                self._tcp.pause_reading()
-
-    def resume_reading(self) -> None:
-        if not self._reading_paused:
-            return
-        self._reading_paused = False
-        if self._state != OPEN or self._tcp is None:
-            return
-        if self._held or self._incoming.pending or self._records.pending():
-            self._loop.call_soon(self._resume_read)
-        self._tcp.resume_reading()
-
-    def _resume_read(self) -> None:
-        if self._state == OPEN and not self._reading_paused:
-            self._read()
-
-    def is_reading(self) -> bool:
-        return not self._reading_paused
-
-    def get_write_buffer_size(self) -> int:
-        return self._tcp.get_write_buffer_size() if self._tcp is not None else 0
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        if self._tcp is not None:
-            self._tcp.set_write_buffer_limits(high, low)
+    def _unread(self) -> bool:
+        """Plaintext held back by :meth:`write_eof` waits too."""
+        return bool(self._held) or super()._unread()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "ssl_object":
-            return self._ssl
-        if self._tcp is None:
-            return default
-        if name in ("peername", "sockname"):
-            proxied = self._proxied
-            if proxied is not None:
-                return proxied[0] if name == "peername" else proxied[1]
-            return unmapped(self._tcp.get_extra_info(name, default))
+        tcp = self._tcp
+        if tcp is None or name not in ("peername", "sockname", "proxy_peer"):
+            return super().get_extra_info(name, default)
         if name == "proxy_peer":  # the balancer, when a PROXY header named the client
-            return unmapped(self._tcp.get_extra_info("peername", default))
-        return self._tcp.get_extra_info(name, default)
+            return unmapped(tcp.get_extra_info("peername", default))
+        proxied = self._proxied
+        if proxied is not None:
+            return proxied[0] if name == "peername" else proxied[1]
+        return unmapped(tcp.get_extra_info(name, default))
 
     @property
     def app(self) -> asyncio.Protocol | None:
