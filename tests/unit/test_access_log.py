@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from offload.observe.access_log import ERROR_LOG_INTERVAL, AccessLog, LineWriter
-from offload.observe.metrics import Merged, SupervisorFacts, render
+from offload.observe.exposition import render_text as render
+from offload.observe.metrics import Merged, SupervisorFacts
 
 
 class Clock:

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from offload.config.model import BackendConfig
+from offload.observe.exposition import render_text as render
 from offload.observe.history import SAMPLES, History, quantile
-from offload.observe.metrics import Merged, SupervisorFacts, render, server_views
+from offload.observe.metrics import Merged, SupervisorFacts, server_views
 from offload.observe.snapshot import ServerReport, WorkerStats, snapshot
 from offload.observe.stats import LATENCY_BUCKETS, Counters
 from offload.upstream.group import ServerGroup

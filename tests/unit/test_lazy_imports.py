@@ -26,9 +26,11 @@ def test_the_supervisor_and_the_command_line_do_not_load_acme_or_prometheus() ->
 
 
 def test_the_metrics_endpoint_still_renders_prometheus_text() -> None:
-    from offload.observe.metrics import Merged, SupervisorFacts, content_type, render
+    from offload.observe.exposition import CONTENT_TYPE, render_text
+    from offload.observe.metrics import Merged, SupervisorFacts
 
-    text = render(Merged(), SupervisorFacts(version="1", start_time=0.0, workers=1,
-                                            reloads={}, worker_restarts=0, certificates=()))
+    text = render_text(Merged(), SupervisorFacts(version="1", start_time=0.0, workers=1,
+                                                 reloads={}, worker_restarts=0,
+                                                 certificates=()))
     assert b"offload_build_info" in text
-    assert content_type().startswith("text/plain")
+    assert CONTENT_TYPE.startswith("text/plain")

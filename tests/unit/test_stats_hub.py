@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from offload.observe.metrics import SupervisorFacts, render, server_views
+from offload.observe.exposition import render_text as render
+from offload.observe.metrics import SupervisorFacts, server_views
 from offload.observe.snapshot import ServerReport, WorkerStats, snapshot
 from offload.observe.stats import Counters
 from offload.server.stats_hub import StatsHub

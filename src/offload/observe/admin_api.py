@@ -46,9 +46,7 @@ from offload.observe.log import CappedLog, fields
 from offload.observe.metrics import (
     Merged,
     SupervisorFacts,
-    content_type,
     labelled,
-    render,
     server_views,
 )
 from offload.tls.certs import LoadedCertificate
@@ -180,8 +178,7 @@ class AdminApi:
         self._gets: dict[str, Callable[[], AdminResponse]] = {
             "/healthz": lambda: _json(200, {"status": "alive"}),
             "/readyz": self._readyz,
-            "/metrics": lambda: AdminResponse(
-                200, render(self._host.merged(), self._host.facts()), content_type()),
+            "/metrics": self._metrics,
             "/api/status": self._status,
             "/api/backends": self._backends,
             "/api/certificates": self._certificates,
@@ -260,6 +257,14 @@ class AdminApi:
         return _error(404, f"no such endpoint: {path}")
 
     # ------------------------------------------------------------ reads
+
+    def _metrics(self) -> AdminResponse:
+        # prometheus_client is imported on the first scrape only: the supervisor imports this
+        # module at start, and what it holds when it forks, every worker inherits
+        from offload.observe.exposition import CONTENT_TYPE, render_text  # noqa: PLC0415
+
+        return AdminResponse(200, render_text(self._host.merged(), self._host.facts()),
+                             CONTENT_TYPE)
 
     def _readyz(self) -> AdminResponse:
         overview = self._host.overview()

@@ -243,23 +243,6 @@ def server_views(merged: Merged) -> list[ServerView]:
     return list(views.values())
 
 
-def render(merged: Merged, facts: SupervisorFacts) -> bytes:
-    """The Prometheus text exposition of everything."""
-    from offload.observe.exposition import render_text  # noqa: PLC0415 - see content_type
-
-    return render_text(merged, facts)
-
-
-def content_type() -> str:
-    """The media type of :func:`render`'s text (``prometheus_client``'s, which it writes).
-
-    ``prometheus_client`` is imported on the first scrape only: the supervisor imports this
-    module at start, and what it holds when it forks, every worker inherits."""
-    from offload.observe.exposition import CONTENT_TYPE  # noqa: PLC0415
-
-    return CONTENT_TYPE
-
-
 def labelled(items: Iterable[tuple[tuple[str, ...], int]], name: str) -> dict[tuple[str, ...],
                                                                               int]:
     """The counters named ``name``, keyed by their labels."""
