@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import http_config
 from h2_client import Closed, H2Client
-from harness import need
+from harness import Offload, need
 from http_backend import pattern
 from hyperframe.frame import Frame, GoAwayFrame, PingFrame
 
@@ -134,6 +134,18 @@ def test_chromium_loads_a_page_and_its_resources_over_h2(pki, h2_offload, port):
     assert set(json.loads(protocols)) == {"h2"}
 
 
+def _reload_or_stop(instance: Offload, how: str) -> None:
+    """Drain the workers: a reload with a changed configuration (so that the workers are
+    replaced), or a stop."""
+    if how == "reload":
+        assert instance.config is not None
+        text = instance.config.read_text()
+        instance.config.write_text(text.replace('drain_timeout = "10s"', 'drain_timeout = "11s"'))
+        instance.signal(signal.SIGHUP)
+    else:
+        instance.signal(signal.SIGTERM)
+
+
 @pytest.mark.parametrize("how", ["reload", "stop"])
 def test_streams_in_flight_finish_across_a_reload_or_stop(pki, h2_offload, port, how):
     """Graceful GOAWAY: the streams a client has open when the worker drains all finish; new
@@ -142,13 +154,7 @@ def test_streams_in_flight_finish_across_a_reload_or_stop(pki, h2_offload, port,
     client = H2Client(port, pki.ca, timeout=20)
     streams = [client.request(f"/slow/{0.5 + i / 10}") for i in range(4)]
     mark = len(instance.events)
-    if how == "reload":
-        assert instance.config is not None
-        text = instance.config.read_text()
-        instance.config.write_text(text.replace('drain_timeout = "10s"', 'drain_timeout = "11s"'))
-        instance.signal(signal.SIGHUP)
-    else:
-        instance.signal(signal.SIGTERM)
+    _reload_or_stop(instance, how)
     instance.wait_msg("worker draining", after=mark)
     for stream in streams:
         headers, body, _ = client.response(stream)
@@ -173,11 +179,7 @@ def test_a_request_sent_before_the_shutdown_notice_arrived_is_served(pki, h2_off
     client.answer_pings = False  # the test answers the shutdown notice's PING itself
     assert client.response(client.request("/bytes/5"))[0][":status"] == "200"  # settled, idle
     mark = len(instance.events)
-    if how == "reload":  # a changed configuration: the workers are replaced
-        assert instance.config is not None
-        text = instance.config.read_text()
-        instance.config.write_text(text.replace('drain_timeout = "10s"', 'drain_timeout = "11s"'))
-    instance.signal(signal.SIGHUP if how == "reload" else signal.SIGTERM)
+    _reload_or_stop(instance, how)
     seen: dict[str, Frame] = {}
 
     def notice_and_ping(frame: Frame) -> bool:

@@ -457,6 +457,7 @@ def test_a_graceful_goaway_lets_open_streams_finish(engine_name: str) -> None:
     assert engine.receive(client.headers(3, GET)) == [RequestReceived(3, GET, end_stream=True)]
     engine.receive(PingFrame(0, opaque_data=ping.opaque_data, flags=["ACK"]).serialize())  # type: ignore[attr-defined]
     assert not engine.shutdown_pending
+    assert engine.last_stream_id == 3, "the final GOAWAY names the highest stream taken"
     frames = client.parse(engine.data_to_send())
     assert [(kinds(frames), frames[0].last_stream_id, frames[0].error_code)] == [  # type: ignore[attr-defined]
         (["GoAway"], 3, NO_ERROR)]

@@ -220,7 +220,6 @@ class H2Connection(asyncio.Protocol):
         self._closing = False
         self._goaway_sent = False
         self._client_left = False
-        self._highest_stream = 0
         self._writing_paused = False
         self._ticking = False
         self._idle = Deadline(clock, self._on_idle)
@@ -314,7 +313,6 @@ class H2Connection(asyncio.Protocol):
         stream_id = event.stream_id
         self._idle.clear()
         self._requests += 1
-        self._highest_stream = max(self._highest_stream, stream_id)
         config = site.frontend.http2
         if self._requests >= config.max_requests and not self._goaway_sent:
             # the last stream this connection takes; the client opens a new connection
@@ -587,14 +585,8 @@ class H2Connection(asyncio.Protocol):
         if self.streams or self._closing:
             return
         self.site.counters.inc("timeout", "keepalive")
-        self.engine.goaway(NO_ERROR, self._last_stream())
+        self.engine.goaway(NO_ERROR, self.engine.last_stream_id)
         self._closing_after_flush()
-
-    def _last_stream(self) -> int:
-        """The highest stream this connection took, finished ones included: a GOAWAY naming
-        a lower one would tell the client that a request it got an answer to was never
-        processed (and could be retried)."""
-        return self._highest_stream
 
     # ------------------------------------------------------------ output and closing
 
@@ -615,7 +607,7 @@ class H2Connection(asyncio.Protocol):
         self._count_limit(reason)
         self.site.security.decision("h2_flood", reason, self.site.name,
                                     self.client_facts.address, offence="limit_hit")
-        self.engine.goaway(ENHANCE_YOUR_CALM, self._last_stream())
+        self.engine.goaway(ENHANCE_YOUR_CALM)
         for stream in list(self.streams.values()):
             self._stream_gone(stream, reason)
         self.streams.clear()

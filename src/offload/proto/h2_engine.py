@@ -186,6 +186,12 @@ class H2Engine(Protocol):
         """Streams neither closed nor reset."""
 
     @property
+    def last_stream_id(self) -> int:
+        """The highest stream the client opened that this engine took, answered or not: what a
+        final GOAWAY names (one naming less would tell the client that a request it got an
+        answer to was never processed, and may be retried)."""
+
+    @property
     def shutdown_pending(self) -> bool:
         """A graceful GOAWAY was announced and its round trip has not come back: streams the
         client sent before it saw the notice may still arrive, so the connection must stay."""

@@ -146,7 +146,7 @@ class HyperH2Engine:
         except Exception as error:  # an h2 bug must not take the worker down
             _log.exception("HTTP/2 engine (h2) failed on input")
             self._done = True
-            self._write_goaway(INTERNAL_ERROR, self._conn.highest_inbound_stream_id)
+            self._write_goaway(INTERNAL_ERROR, self.last_stream_id)
             return [ConnectionFailed(INTERNAL_ERROR, f"h2: {type(error).__name__}: {error}")]
         events: list[H2Event] = []
         for event in found:
@@ -219,7 +219,7 @@ class HyperH2Engine:
                 except H2Error:  # the client sent GOAWAY: h2 sends nothing more
                     self._awaiting_ping_ack = False
             return
-        last = conn.highest_inbound_stream_id if last_stream_id is None else last_stream_id
+        last = self.last_stream_id if last_stream_id is None else last_stream_id
         if error_code == NO_ERROR:
             self._write_goaway(NO_ERROR, last)
             self._last_stream_id = min(self._last_stream_id, last)
@@ -230,6 +230,10 @@ class HyperH2Engine:
     @property
     def open_streams(self) -> int:
         return self._conn.open_inbound_streams
+
+    @property
+    def last_stream_id(self) -> int:
+        return int(self._conn.highest_inbound_stream_id)
 
     @property
     def shutdown_pending(self) -> bool:
@@ -275,7 +279,7 @@ class HyperH2Engine:
         elif (isinstance(event, PingAckReceived) and self._awaiting_ping_ack
               and event.ping_data == _SHUTDOWN_PING):
             self._awaiting_ping_ack = False
-            self.goaway(NO_ERROR, self._conn.highest_inbound_stream_id)
+            self.goaway(NO_ERROR, self.last_stream_id)
 
     def _flush(self, stream_id: int, out: _Outgoing) -> None:
         """Send what the windows allow; the trailers or END_STREAM once all has gone."""

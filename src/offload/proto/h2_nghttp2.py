@@ -207,8 +207,7 @@ class NgHttp2Engine:
                 self._check(lib.nghttp2_submit_shutdown_notice(session))
                 self._check(lib.nghttp2_submit_ping(session, 0, _SHUTDOWN_PING))
             return
-        last = (lib.nghttp2_session_get_last_proc_stream_id(session) if last_stream_id is None
-                else last_stream_id)
+        last = self.last_stream_id if last_stream_id is None else last_stream_id
         self._own_goaways += 1
         if error_code == NO_ERROR:
             self._check(lib.nghttp2_submit_goaway(session, 0, last, NO_ERROR, ffi.NULL, 0))
@@ -219,6 +218,10 @@ class NgHttp2Engine:
     @property
     def open_streams(self) -> int:
         return int(self._context.open_streams)
+
+    @property
+    def last_stream_id(self) -> int:
+        return int(lib.nghttp2_session_get_last_proc_stream_id(self._session))
 
     @property
     def shutdown_pending(self) -> bool:
@@ -290,7 +293,7 @@ class NgHttp2Engine:
             self._events.append(GoAwayReceived(code, argument))
         elif kind == _PING and argument == _SHUTDOWN_PING_VALUE and self._awaiting_ping_ack:
             self._awaiting_ping_ack = False
-            self.goaway(NO_ERROR, lib.nghttp2_session_get_last_proc_stream_id(self._session))
+            self.goaway(NO_ERROR, self.last_stream_id)
 
     def _frame_sent(self, kind: int, stream_id: int, code: int) -> None:
         if kind == _RST_STREAM:
