@@ -30,6 +30,15 @@ def _wait_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
     raise AssertionError(f"{what} did not listen on 127.0.0.1:{port}")
 
 
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    """Kill a peer started with its output piped, and close the pipe."""
+    if process.poll() is None:
+        process.kill()
+        process.wait(timeout=WAIT)
+    if process.stdout is not None:
+        process.stdout.close()
+
+
 class RedisServer:
     """A ``redis-server`` of the test's own; ``kill`` and ``start`` again on the same port."""
 
@@ -60,11 +69,8 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=WAIT)
-        if self.process is not None and self.process.stdout is not None:
-            self.process.stdout.close()
+        if self.process is not None:
+            _kill(self.process)
         self.process = None
 
 
@@ -90,11 +96,7 @@ class SentinelServer:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
 
     def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=WAIT)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+        _kill(self.process)
 
 
 class HaProxy:
@@ -126,8 +128,4 @@ backend nodes
         _wait_port(self.port, self.process, "haproxy")
 
     def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=WAIT)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+        _kill(self.process)
