@@ -20,6 +20,8 @@ import pytest
 from conftest import http_config, tcp_config
 from harness import Offload, Recording, TlsPipe, client_context, need
 
+pytestmark = pytest.mark.serial  # a probe must be served while the attack runs: run alone
+
 PROBE = "127.0.0.2"
 
 
