@@ -65,7 +65,8 @@ def _run(args: list[str], *, timeout: float) -> str:
     with tempfile.TemporaryDirectory(prefix="offload-chromium-") as profile:
         command = [find_chromium(), *FLAGS, f"--user-data-dir={profile}", *args]
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, start_new_session=True)
+                                   stderr=subprocess.PIPE, start_new_session=True,
+                                   env=_environment(profile))
         try:
             out, err = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -103,6 +104,13 @@ def screenshot(url: str, path: Path, *, size: tuple[int, int] = (1280, 1600), bu
     return path
 
 
+def _environment(profile: str) -> dict[str, str]:
+    """The browser's environment: its temporary files go into the throw-away profile, which is
+    removed with it (Chromium otherwise leaves an ``org.chromium.Chromium.*`` directory in
+    /tmp per run)."""
+    return {**os.environ, "TMPDIR": profile}
+
+
 def _scheme(dark: bool) -> list[str]:
     """Flags for ``prefers-color-scheme: dark`` (light is Chromium's default)."""
     return ["--force-dark-mode"] if dark else []
@@ -130,7 +138,8 @@ class Browser:
         self._in, from_child = os.pipe()
         null = os.open(os.devnull, os.O_RDWR)
         try:
-            self.pid = os.posix_spawn(argv[0], argv, os.environ, setsid=True, file_actions=[
+            self.pid = os.posix_spawn(argv[0], argv, _environment(self._profile.name), setsid=True,
+                                      file_actions=[
                 (os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, null, 1),
                 (os.POSIX_SPAWN_DUP2, null, 2), (os.POSIX_SPAWN_DUP2, to_child, 3),
                 (os.POSIX_SPAWN_DUP2, from_child, 4)])
