@@ -69,6 +69,39 @@ def test_garbage_in_a_counter_key_starts_it_afresh(server: RedisServer) -> None:
     assert charge(client, key, 1, FleetRate.of(10, 5)) == 0
 
 
+@pytest.mark.parametrize("poison", ["hash", "ahead", "inf", "nan", "negative"])
+def test_a_poisoned_counter_starts_afresh_rather_than_refuse_for_ever(
+        server: RedisServer, poison: str) -> None:
+    """Anyone who can write to Redis: a counter of another type, or one years ahead."""
+    client = redis.Redis(port=server.port)
+    key = key_name("t", "web", "per_ip_request_rate", "192.0.2.10")
+    if poison == "hash":
+        client.hset(key, "x", "1")
+    else:
+        client.set(key, {"ahead": str(10**30), "inf": "inf", "nan": "nan",
+                         "negative": "-1e300"}[poison])
+    assert charge(client, key, 1, FleetRate.of(10, 5)) == 0
+    assert 0 < client.pttl(key) <= 2000
+
+
+def test_one_poisoned_counter_does_not_fail_the_batch_of_every_key(server: RedisServer) -> None:
+    async def scenario() -> tuple[bool, int]:
+        tally = FleetTally()
+        tally.add_limit("web", "request_rate", FleetRate.of(1000, 1000), "deny")
+        link = FleetLink(*_link(server))
+        sync = FleetLimitSync(tally, link, Counters())
+        for address in ("*", "192.0.2.1"):
+            tally.count(("web", "request_rate", address))
+        await _send(sync, tally)
+        await link.close()
+        return tally.failing, link.stats.failures
+
+    server.client().hset(key_name("t", "web", "request_rate", "*"), "x", "1")
+    failing, failures = asyncio.run(scenario())
+    assert not failing, "a poisoned key turned fleet limits into deny-everything"
+    assert failures == 0
+
+
 def test_the_batch_task_carries_a_large_batch_in_one_round_trip(server: RedisServer) -> None:
     async def scenario() -> tuple[FleetTally, Counters]:
         tally = FleetTally()
