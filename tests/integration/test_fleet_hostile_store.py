@@ -20,9 +20,11 @@ from fleet_harness import RedisServer
 from offload.config.model import BansConfig, FleetConfig
 from offload.fleet import store
 from offload.fleet.agent import AgentSettings, FleetAgent
+from offload.fleet.ban_sync import MAX_FLEET_BANS, FleetBan
 from offload.fleet.link import FleetLink, redis_client
-from offload.fleet.messages import FleetBans, TicketKeys
+from offload.fleet.messages import FleetBanned, FleetBans, FleetOffences, TicketKeys
 from offload.fleet.ticket_schedule import KeySchedule, decode_keys
+from offload.security.bans import BanEvent
 
 pytestmark = pytest.mark.peers
 
@@ -37,10 +39,12 @@ def server(tmp_path: Path) -> Iterator[RedisServer]:
     instance.kill()
 
 
-def agent_for(server: RedisServer, sent: list[object], *, keys: bool = False) -> FleetAgent:
+def agent_for(server: RedisServer, sent: list[object], *, keys: bool = False,
+              threshold: int = 10) -> FleetAgent:
     config = FleetConfig(redis=server.url, name=NAME, node="edge-1")
     settings = AgentSettings("edge-1", NAME, "test", "hash", KeySchedule(3600.0, 7200.0)
-                             if keys else None, "on" if keys else "off", BansConfig())
+                             if keys else None, "on" if keys else "off",
+                             BansConfig(threshold=threshold))
     return FleetAgent(settings, FleetLink(redis_client(config), config), sent.append)
 
 
@@ -207,3 +211,34 @@ def test_injected_registry_entries_are_dropped_and_deleted(server: RedisServer) 
     assert sorted(str(n["node"]) for n in agent.nodes) == ["edge-1", "edge-2"]
     assert sorted(client.hkeys(NAMES.nodes)) == [b"edge-1", b"edge-2"]
     json.dumps(agent.nodes, allow_nan=False)  # /api/fleet stays valid JSON
+
+
+def test_clients_spraying_addresses_cannot_grow_the_ban_hash_without_bound(
+        server: RedisServer) -> None:
+    """Every ban is a field every node pulls every 2 s: the hash stops at MAX_FLEET_BANS (each
+    node's own jail still bans the rest)."""
+    sent: list[object] = []
+    agent = agent_for(server, sent, threshold=1)
+    client = server.client()
+    pipe = client.pipeline(transaction=False)
+    for start in range(0, MAX_FLEET_BANS, 4096):
+        pipe.hset(NAMES.bans, mapping={f"2001:db8:0:{i:x}::/64": ban_json(
+            f"2001:db8:0:{i:x}::/64", time.time() + 300) for i in range(start, start + 4096)})
+    pipe.execute()
+    sprayed: tuple[tuple[str, BanEvent, int], ...] = tuple(
+        (f"2001:db8:1:{i:x}::/64", "handshake_failure", 1) for i in range(50))
+    pushed = tuple(FleetBan(f"2001:db8:2:{i:x}::/64", "handshake_failure", time.time(),
+                            time.time() + 60, 1, "edge-1") for i in range(50))
+
+    async def scenario() -> None:
+        try:
+            agent.receive(FleetOffences(sprayed))
+            await agent.flush_offences()
+            agent.receive(FleetBanned(pushed))
+            await agent.sync_bans()
+        finally:
+            await agent.link.close()
+
+    asyncio.run(scenario())
+    assert client.hlen(NAMES.bans) == MAX_FLEET_BANS
+    assert not client.keys(NAMES.offences("*"))  # and no offence window left behind

@@ -298,7 +298,8 @@ class FleetAgent:
             member = f"{node}:{os.getpid()}:{next(self._ids)}"
             args: list[str | int | float | bytes] = [
                 self._wall(), bans.window, bans.threshold, bans.ban_time,
-                min(count, bans.threshold), node, event, names.events, client, member]
+                min(count, bans.threshold), node, event, names.events, client, member,
+                MAX_FLEET_BANS]
             keys = [names.offences(client), names.bans]
             result = await self.link.call("offences", functools.partial(
                 store.run_script, script=store.RECORD_OFFENCES, keys=keys, args=args))
@@ -311,7 +312,7 @@ class FleetAgent:
         for client, ban in list(self._pending_bans.items()):
             done = await self.link.call("ban_push", functools.partial(
                 store.run_script, script=store.PUSH_BAN, keys=[names.bans],
-                args=[ban.client, ban.encode(), ban.until, names.events]))
+                args=[ban.client, ban.encode(), ban.until, names.events, MAX_FLEET_BANS]))
             if done is UNAVAILABLE:
                 return
             self._pending_bans.pop(client, None)
