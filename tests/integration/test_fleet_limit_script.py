@@ -15,7 +15,7 @@ from offload.config.model import FleetConfig
 from offload.fleet.limit_script import GCRA_SCRIPT, MAX_KEYS_PER_CALL, key_name
 from offload.fleet.limit_sync import FleetLimitSync
 from offload.fleet.link import FleetLink, redis_client
-from offload.fleet.tally import Batch, FleetRate, FleetTally
+from offload.fleet.tally import MAX_RETRY, Batch, FleetRate, FleetTally
 from offload.observe.stats import Counters
 
 pytestmark = pytest.mark.peers
@@ -141,7 +141,7 @@ def test_the_batch_task_notices_the_store_going_and_coming_back(server: RedisSer
         await _send(sync, tally)
         seen.append(tally.failing)
         server.start()
-        await _send(sync, tally)  # the probe
+        await _send(sync, tally, later=MAX_RETRY)  # the probe, once the retry delay is over
         seen.append(tally.failing)
         await link.close()
         return seen
@@ -154,7 +154,8 @@ def _link(server: RedisServer) -> tuple[Redis, FleetConfig]:
     return redis_client(config), config
 
 
-async def _send(sync: FleetLimitSync, tally: FleetTally) -> None:
-    batch: Batch | None = tally.take_batch(asyncio.get_running_loop().time())
+async def _send(sync: FleetLimitSync, tally: FleetTally, later: float = 0.0) -> None:
+    """Send the next batch, ``later`` seconds from now (a failing store is retried late)."""
+    batch: Batch | None = tally.take_batch(asyncio.get_running_loop().time() + later)
     assert batch is not None
     await sync.send(batch)
