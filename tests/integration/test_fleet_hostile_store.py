@@ -242,3 +242,27 @@ def test_clients_spraying_addresses_cannot_grow_the_ban_hash_without_bound(
     asyncio.run(scenario())
     assert client.hlen(NAMES.bans) == MAX_FLEET_BANS
     assert not client.keys(NAMES.offences("*"))  # and no offence window left behind
+
+
+def test_a_key_set_lost_by_redis_is_written_back_not_replaced(server: RedisServer) -> None:
+    """Redis restarted without persistence (or failed over to a replica that missed the
+    write): the next set must keep the keys tickets were issued under."""
+    sent: list[object] = []
+    agent = agent_for(server, sent, keys=True)
+    client = server.client()
+
+    async def scenario() -> tuple[bytes, ...]:
+        try:
+            await agent.sync_keys()
+            before = tuple(key.name for key in agent.keys)
+            client.flushall()
+            await agent.sync_keys()
+            return before
+        finally:
+            await agent.link.close()
+
+    before = asyncio.run(scenario())
+    assert len(before) == 1
+    stored = decode_keys(client.get(NAMES.ticket_keys), time.time())
+    assert stored is not None and [key.name for key in stored] == list(before)
+    assert [key.name for key in agent.keys] == list(before)

@@ -261,27 +261,39 @@ class FleetAgent:
 
     async def _rotate(self, schedule: KeySchedule, keys: tuple[TicketKey, ...]
                       ) -> tuple[TicketKey, ...]:
-        """Holding the lock: read again, and make the next set if it is still due."""
+        """Holding the lock: read again, and make the next set if it is still due.
+
+        A store that lost the set (Redis restarted without persistence, a failover to a
+        replica that had not got it) or holds garbage gets this node's own valid keys back,
+        with a new key in front only if one is due: tickets issued before keep resuming."""
         again = await self._read_keys()
         if again is None:
             return keys
-        if again is MALFORMED:  # garbage in the store: our own keys are the set to go on from
-            again = keys
-        assert isinstance(again, tuple)
         now = self._wall()
-        if not schedule.due(again, now):
-            return again
-        fresh = schedule.next_set(again, now, TicketKey.fresh(now))
+        own = schedule.valid(self.keys, now)
+        restore = again is MALFORMED or (again == () and bool(own))
+        base = own if restore else again
+        assert isinstance(base, tuple)
+        due = schedule.due(base, now)
+        if not due and not restore:
+            return base
+        fresh = schedule.next_set(base, now, TicketKey.fresh(now)) if due else base
         names = self._names
         written = await self.link.call("keys_set", lambda c: store.command(
             c, "SET", names.ticket_keys, encode_keys(fresh)))
         if written is UNAVAILABLE:
-            return again
-        self.rotations += 1
+            return base
+        if due:
+            self.rotations += 1
         await self.link.call("publish", lambda c: store.command(
             c, "PUBLISH", names.events, "keys"))
-        _log.info("new fleet ticket key made", extra={"fields": {
-            "event": "fleet_ticket_rotation", "keys": len(fresh)}})
+        if restore:
+            _log.warning("the fleet's ticket key set was missing or malformed in Redis; this "
+                         "node's keys written back", extra={"fields": {
+                             "event": "fleet_ticket_keys_restored", "keys": len(fresh)}})
+        else:
+            _log.info("new fleet ticket key made", extra={"fields": {
+                "event": "fleet_ticket_rotation", "keys": len(fresh)}})
         return fresh
 
     # ------------------------------------------------------------------ bans
