@@ -134,26 +134,38 @@ def test_a_malformed_ticket_key_set_is_replaced_by_the_next_rotation(
         server: RedisServer, poison: str) -> None:
     sent: list[object] = []
     agent = agent_for(server, sent, keys=True)
+    fresh = agent_for(server, [], keys=True)  # a node that joins meanwhile, with no keys
     client = server.client()
-    if poison == "string":
-        client.set(NAMES.ticket_keys, '[{"name": 1e999}]')
-    elif poison == "hash":
-        client.hset(NAMES.ticket_keys, "evil", "1")
-    else:
-        client.set(NAMES.ticket_keys, "[" + " " * (8 << 20) + "{")  # 8 MiB, and malformed
 
-    async def scenario() -> None:
+    def poison_it() -> None:
+        client.delete(NAMES.ticket_keys)
+        if poison == "string":
+            client.set(NAMES.ticket_keys, '[{"name": 1e999}]')
+        elif poison == "hash":
+            client.hset(NAMES.ticket_keys, "evil", "1")
+        else:
+            client.set(NAMES.ticket_keys, "[" + " " * (8 << 20) + "{")  # 8 MiB, malformed
+
+    async def scenario() -> tuple[bytes, ...]:
         try:
+            poison_it()
+            await fresh.sync_keys()  # no keys of its own: it makes the first set
+            first = decode_keys(client.get(NAMES.ticket_keys), time.time())
+            assert first, "the fleet's key set stays garbage: no node will ever rotate it"
             await agent.sync_keys()
+            held = tuple(key.name for key in agent.keys)
+            poison_it()
+            await agent.sync_keys()  # keys not due: ours go back at once all the same
+            return held
         finally:
             await agent.link.close()
+            await fresh.link.close()
 
-    asyncio.run(scenario())
-    stored = client.get(NAMES.ticket_keys)
-    keys = decode_keys(stored, time.time())
-    assert keys, "the fleet's key set stays garbage: no node will ever rotate it"
+    held = asyncio.run(scenario())
+    keys = decode_keys(client.get(NAMES.ticket_keys), time.time())
+    assert keys and tuple(key.name for key in keys) == held
     handed = [m for m in sent if isinstance(m, TicketKeys)]
-    assert handed and handed[-1].keys == keys
+    assert handed and [k.name for k in handed[-1].keys] == list(held)
     assert agent.link.stats.failures == 0  # garbage in the store is not an outage
 
 

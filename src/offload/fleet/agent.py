@@ -222,11 +222,10 @@ class FleetAgent:
         schedule = self.settings.schedule
         assert schedule is not None
         names, node = self._names, self.settings.node
-        keys = await self._read_keys()
-        if keys is None or keys is MALFORMED:  # keep the keys we have, minus retired ones
-            keys = self.keys
-        assert isinstance(keys, tuple)
-        if schedule.due(keys, self._wall()):
+        stored = await self._read_keys()
+        # The store away or holding garbage: keep the keys we have, minus retired ones.
+        keys = self.keys if stored is None or isinstance(stored, _Malformed) else stored
+        if stored is MALFORMED or schedule.due(keys, self._wall()):  # garbage: write ours back
             locked = await self.link.call("keys_lock", lambda c: store.command(
                 c, "SET", names.ticket_lock, node, "NX", "PX", store.LOCK_MS))
             if locked is not UNAVAILABLE and locked:
