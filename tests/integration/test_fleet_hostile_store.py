@@ -89,7 +89,7 @@ def test_hostile_announcements_neither_end_the_fleet_process_nor_ban_for_ever(
                 "ban " + ban_json("198.51.100.9", time.time() + 60),  # a real one, last
             ]:
                 publisher.publish(NAMES.events, message)
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + 10
             while "198.51.100.9" not in banned(sent) and not run.done():
                 assert time.monotonic() < deadline, "the real ban never arrived"
                 await asyncio.sleep(0.02)
@@ -231,7 +231,7 @@ def test_clients_spraying_addresses_cannot_grow_the_ban_hash_without_bound(
     node's own jail still bans the rest)."""
     sent: list[object] = []
     agent = agent_for(server, sent, threshold=1)
-    client = server.client()
+    client = redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=30)  # 10 MB to fill
     pipe = client.pipeline(transaction=False)
     for start in range(0, MAX_FLEET_BANS, 4096):
         pipe.hset(NAMES.bans, mapping={f"2001:db8:0:{i:x}::/64": ban_json(
