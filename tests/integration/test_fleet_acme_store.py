@@ -169,3 +169,15 @@ def test_the_mirror_writes_challenge_files_by_safe_names_only(server: RedisServe
         assert thread.run(shared.store.acks("http-01/good-token"), 10) == {"b"}
     finally:
         thread.stop()
+
+
+def test_a_garbage_fence_reads_as_none_rather_than_raise(server: RedisServer) -> None:
+    """Someone writing to Redis: a fence of 5000 digits (int() refuses it with ValueError,
+    which stopped each round of mirroring before every later certificate)."""
+    client = redis.Redis(port=server.port)
+    client.hset("t:acme:cert:site.test", mapping={"fence": "9" * 5000, "bundle": b"x"})
+
+    async def body(a: AcmeStore, b: AcmeStore) -> tuple[object, object]:
+        return await a.certificate_fence("site.test"), await a.certificate("site.test")
+
+    assert with_stores(server, body) == (None, None)

@@ -15,7 +15,7 @@ from offload.config.model import FleetConfig
 from offload.fleet.limit_script import GCRA_SCRIPT, MAX_KEYS_PER_CALL, key_name
 from offload.fleet.limit_sync import FleetLimitSync
 from offload.fleet.link import FleetLink, redis_client
-from offload.fleet.tally import Batch, FleetRate, FleetTally
+from offload.fleet.tally import MAX_RETRY, Batch, FleetRate, FleetTally
 from offload.observe.stats import Counters
 
 pytestmark = pytest.mark.peers
@@ -69,6 +69,39 @@ def test_garbage_in_a_counter_key_starts_it_afresh(server: RedisServer) -> None:
     assert charge(client, key, 1, FleetRate.of(10, 5)) == 0
 
 
+@pytest.mark.parametrize("poison", ["hash", "ahead", "inf", "nan", "negative"])
+def test_a_poisoned_counter_starts_afresh_rather_than_refuse_for_ever(
+        server: RedisServer, poison: str) -> None:
+    """Anyone who can write to Redis: a counter of another type, or one years ahead."""
+    client = redis.Redis(port=server.port)
+    key = key_name("t", "web", "per_ip_request_rate", "192.0.2.10")
+    if poison == "hash":
+        client.hset(key, "x", "1")
+    else:
+        client.set(key, {"ahead": str(10**30), "inf": "inf", "nan": "nan",
+                         "negative": "-1e300"}[poison])
+    assert charge(client, key, 1, FleetRate.of(10, 5)) == 0
+    assert 0 < client.pttl(key) <= 2000
+
+
+def test_one_poisoned_counter_does_not_fail_the_batch_of_every_key(server: RedisServer) -> None:
+    async def scenario() -> tuple[bool, int]:
+        tally = FleetTally()
+        tally.add_limit("web", "request_rate", FleetRate.of(1000, 1000), "deny")
+        link = FleetLink(*_link(server))
+        sync = FleetLimitSync(tally, link, Counters())
+        for address in ("*", "192.0.2.1"):
+            tally.count(("web", "request_rate", address))
+        await _send(sync, tally)
+        await link.close()
+        return tally.failing, link.stats.failures
+
+    server.client().hset(key_name("t", "web", "request_rate", "*"), "x", "1")
+    failing, failures = asyncio.run(scenario())
+    assert not failing, "a poisoned key turned fleet limits into deny-everything"
+    assert failures == 0
+
+
 def test_the_batch_task_carries_a_large_batch_in_one_round_trip(server: RedisServer) -> None:
     async def scenario() -> tuple[FleetTally, Counters]:
         tally = FleetTally()
@@ -108,7 +141,7 @@ def test_the_batch_task_notices_the_store_going_and_coming_back(server: RedisSer
         await _send(sync, tally)
         seen.append(tally.failing)
         server.start()
-        await _send(sync, tally)  # the probe
+        await _send(sync, tally, later=MAX_RETRY)  # the probe, once the retry delay is over
         seen.append(tally.failing)
         await link.close()
         return seen
@@ -121,7 +154,8 @@ def _link(server: RedisServer) -> tuple[Redis, FleetConfig]:
     return redis_client(config), config
 
 
-async def _send(sync: FleetLimitSync, tally: FleetTally) -> None:
-    batch: Batch | None = tally.take_batch(asyncio.get_running_loop().time())
+async def _send(sync: FleetLimitSync, tally: FleetTally, later: float = 0.0) -> None:
+    """Send the next batch, ``later`` seconds from now (a failing store is retried late)."""
+    batch: Batch | None = tally.take_batch(asyncio.get_running_loop().time() + later)
     assert batch is not None
     await sync.send(batch)

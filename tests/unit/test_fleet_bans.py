@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import time
 
-from offload.fleet.ban_sync import PUSH_GRACE, FleetBan, FleetBook, decode_ban, fleet_offences
+from offload.fleet.ban_sync import (
+    CLOCK_SLACK,
+    PUSH_GRACE,
+    FleetBan,
+    FleetBook,
+    decode_ban,
+    fleet_offences,
+    overlong,
+)
 from offload.security.bans import Jail, JailConfig
 
 
@@ -22,6 +30,24 @@ def test_records_round_trip_and_malformed_ones_are_skipped() -> None:
                 b'{"client": "x", "reason": "rule_denied", "since": 1, "until": NaN, '
                 b'"count": 1}']:
         assert decode_ban(bad) is None, bad
+
+
+def test_hostile_records_are_refused_without_raising() -> None:
+    """Anyone who can write to Redis or publish on the channel: no exception, ever."""
+    head = b'{"client": "x", "reason": "rule_denied", "since": 1, '
+    for bad in [head + b'"until": 2, "count": 1e999}', head + b'"until": 2, "count": -1}',
+                head + b'"until": 2, "count": 1e12}', head + b'"until": Infinity, "count": 1}',
+                head + b'"until": 1e999, "count": 1}', head + b'"until": ' + b"9" * 400
+                + b', "count": 1}', b"[" * 100_000, b'"a string"', b"\xff\xfe",
+                head + b'"until": 2, "count": 1, "node": "' + b"n" * 2000 + b'"}']:
+        assert decode_ban(bad) is None, bad[:60]
+
+
+def test_a_ban_longer_than_this_node_would_decide_is_overlong() -> None:
+    assert not overlong(record("a", 1000.0 + 600.0), 1000.0, 600.0)
+    assert not overlong(record("a", 1000.0 + 600.0 + CLOCK_SLACK), 1000.0, 600.0)
+    assert overlong(record("a", 1000.0 + 10 * 365 * 86400.0), 1000.0, 600.0)
+    assert overlong(record("a", 1e308), 1000.0, 600.0)
 
 
 def test_announcements_impose_once_and_full_pulls_lift_what_the_fleet_dropped() -> None:

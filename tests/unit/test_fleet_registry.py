@@ -34,3 +34,14 @@ def test_on_a_tie_this_nodes_config_is_the_reference() -> None:
 
 def test_silent_nodes_are_forgotten_after_a_day() -> None:
     assert stale([beat("a", 0.0), beat("b", 50_000.0)], 86_400.0) == ["a"]
+
+
+def test_hostile_beats_are_refused_without_raising() -> None:
+    """A beat seen at Infinity would be listed for ever (and /api/fleet would not be JSON)."""
+    base = '{"node": "x", "version": "1", "config_hash": "h", "pid": 1, '
+    for bad in [base + '"seen": Infinity}', base + '"seen": NaN}',
+                base + '"seen": 1, "latency_ms": Infinity}',
+                base + '"seen": ' + "9" * 400 + "}", base + '"seen": 1, "pid": 1e999}',
+                "[" * 100_000, base + '"seen": 1, "version": "' + "v" * 5000 + '"}']:
+        assert decode_beat(bad.encode()) is None, bad[:60]
+    assert stale([beat("future", 10 * 86400.0)], 100.0) == ["future"]

@@ -3,6 +3,8 @@ decisions out; time is a float the test moves."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from offload.fleet.tally import MAX_BATCH, FleetRate, FleetTally, StoreFailure
@@ -75,10 +77,36 @@ def test_store_failure_local_keeps_deciding_and_probes_until_it_is_back() -> Non
     probe = fleet.take_batch(0.1)
     assert probe is not None and probe.probe and len(probe) == 0
     assert fleet.fail(probe) is False  # still failing: not logged again
-    probe = fleet.take_batch(0.2)
+    probe = fleet.take_batch(0.3)
     assert probe is not None
-    assert fleet.settle(probe, [], 0.2) is True  # recovered
-    assert fleet.take_batch(0.3) is None  # healthy and idle: quiet again
+    assert fleet.settle(probe, [], 0.3) is True  # recovered
+    assert fleet.take_batch(0.4) is None  # healthy and idle: quiet again
+
+
+def test_a_failing_store_is_retried_ever_less_often_not_every_batch() -> None:
+    """Every worker of every node retrying every 50 ms is a reconnection storm against a
+    Redis that is starting up: after a failure the retries back off to once a second."""
+    fleet = tally()
+    fleet.count(KEY)
+    batch = fleet.take_batch(0.0)
+    assert batch is not None
+    fleet.fail(batch)
+    sent, now = [], 0.0
+    while now < 10.0:
+        now = round(now + 0.05, 2)
+        fleet.count(KEY)
+        attempt = fleet.take_batch(now)
+        if attempt is not None:
+            sent.append(now)
+            fleet.fail(attempt)
+    assert sent[:4] == [0.1, 0.3, 0.7, 1.5]
+    assert len(sent) <= 13  # not 200
+    assert all(b - a <= 1.0 + 1e-9 for a, b in itertools.pairwise(sent))
+    recovered = fleet.take_batch(now + 1.0)
+    assert recovered is not None and len(recovered) == 1  # the counts went with it
+    assert fleet.settle(recovered, [0], now + 1.0) is True
+    fleet.count(KEY)
+    assert fleet.take_batch(now + 1.05) is not None  # healthy: every batch again
 
 
 def test_store_failure_deny_refuses_everything_covered() -> None:

@@ -61,3 +61,12 @@ def test_key_material_never_printed_and_schedule_checked() -> None:
         KeySchedule(rotation=10.0, lifetime=5.0)
     assert KeySchedule(3.0, 9.0).poll_interval() == 0.75
     assert SCHEDULE.poll_interval() == 10.0  # a new set reaches every node within 60 s
+
+
+def test_hostile_sets_are_refused_without_raising() -> None:
+    """Whatever someone with write access to Redis puts there: refused, never raised."""
+    for bad in [b'[{"name": "00", "aes": "00", "hmac": "00", "created": 1e999}]',
+                b'[{"name": "00", "aes": "00", "hmac": "00", "created": ' + b"9" * 400 + b"}]",
+                b"[" * 100_000, b'[1, "x", null]', b"[" + b" " * 20_000 + b"]",
+                b"\xff\xfe"]:
+        assert decode_keys(bad, 3000.0) is None, bad[:40]

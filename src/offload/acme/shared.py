@@ -185,6 +185,8 @@ class SharedAcme:
                 await self.mirror()
             except (OSError, ValueError) as error:  # a local file problem: say so, go on
                 _log.error("ACME mirror failed", extra=fields(reason=str(error)))
+            except Exception:  # a bug, or data no check foresaw, must not end the mirroring
+                _log.exception("ACME mirror failed")
             await asyncio.sleep(MIRROR_INTERVAL)
 
     async def mirror(self) -> None:

@@ -256,11 +256,14 @@ class AcmeStore:
 
 
 def _int(answer: object) -> int | None:
+    """A Redis integer reply or a decimal string of one (a fence token); None for anything
+    else, never raising: a string of thousands of digits written by someone else would make
+    ``int()`` raise and stop the mirroring of every certificate after it."""
     if isinstance(answer, bool):
         return int(answer)
     if isinstance(answer, int):
         return answer
-    if isinstance(answer, bytes) and answer.lstrip(b"-").isdigit():
+    if isinstance(answer, bytes) and len(answer) <= 20 and answer.lstrip(b"-").isdigit():
         return int(answer)
     return None
 

@@ -19,11 +19,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from offload.config.model import BansConfig
 from offload.fleet import store
-from offload.fleet.ban_sync import MAX_FLEET_BANS, FleetBan, decode_ban
+from offload.fleet.ban_sync import MAX_FLEET_BANS, FleetBan, decode_ban, overlong
 from offload.fleet.link import UNAVAILABLE, FleetLink
 from offload.fleet.messages import (
     FleetBanned,
@@ -35,6 +35,7 @@ from offload.fleet.messages import (
 )
 from offload.fleet.registry import NodeBeat, decode_beat, fleet_view, stale
 from offload.fleet.ticket_schedule import (
+    MAX_SET_SIZE,
     KeySchedule,
     TicketKey,
     decode_keys,
@@ -51,6 +52,10 @@ BAN_PULL_INTERVAL = 2.0
 OFFENCE_FLUSH_INTERVAL = 0.05
 STATUS_INTERVAL = 1.0
 RESUBSCRIBE_DELAY = 1.0
+MIN_WAKE_GAP = 0.25
+"""Seconds between two runs of a loop woken early (an announcement, a ban to push): however
+many messages arrive on the channel, a node reads the key set or the ban hash at most four
+times a second."""
 MAX_QUEUED_OFFENCES = 4096
 
 
@@ -64,6 +69,34 @@ class AgentSettings:
     """None: ticket keys are not shared."""
     ticket_sharing: str
     bans: BansConfig | None
+
+
+class _Malformed:
+    def __repr__(self) -> str:
+        return "MALFORMED"
+
+
+MALFORMED = _Malformed()
+"""What :meth:`FleetAgent._read_keys` answers for a key set it cannot use."""
+
+
+async def _read_bounded(client: aioredis.Redis, key: str) -> bytes | None:
+    """A key set's value, at most :data:`MAX_SET_SIZE` + 1 bytes of it (a longer one is seen
+    to be too long, and no more of it crosses the network); a value of another type reads as
+    garbage (replaced at the next rotation) rather than as a store failure."""
+    pipe = client.pipeline(transaction=False)
+    pipe.execute_command("EXISTS", key)
+    pipe.execute_command("GETRANGE", key, 0, MAX_SET_SIZE)
+    exists, value = await pipe.execute(raise_on_error=False)
+    if isinstance(exists, BaseException):
+        raise exists
+    if not exists:
+        return None
+    if isinstance(value, ResponseError) and str(value).startswith("WRONGTYPE"):
+        return b"\x00"
+    if isinstance(value, BaseException):
+        raise value
+    return value if isinstance(value, bytes) else b"\x00"
 
 
 class FleetAgent:
@@ -85,6 +118,7 @@ class FleetAgent:
         self.offences_dropped = 0
         self._pending_bans: dict[str, FleetBan] = {}
         self._pending_unbans: dict[str, str] = {}
+        self._refused_logged = float("-inf")
         self._ids = itertools.count()
         self._wake_keys = asyncio.Event()
         self._wake_bans = asyncio.Event()
@@ -147,6 +181,8 @@ class FleetAgent:
                         await wake.wait()
                 except TimeoutError:
                     pass
+                else:  # woken: a flood of announcements must not become a flood of reads
+                    await asyncio.sleep(min(interval, MIN_WAKE_GAP))
             wake.clear()
 
     # ------------------------------------------------------------------ heartbeats
@@ -163,9 +199,16 @@ class FleetAgent:
         raw = await self.link.call("nodes", lambda c: store.command(c, "HGETALL", names.nodes))
         if raw is UNAVAILABLE or not isinstance(raw, dict):
             return
-        beats = [b for b in (decode_beat(v) for v in list(raw.values())[:4096]) if b is not None]
+        beats: list[NodeBeat] = []
+        gone: list[bytes] = []
+        for field_name, value in itertools.islice(raw.items(), 4096):
+            record = decode_beat(value) if isinstance(value, bytes) else None
+            # A node writes its beat under its own name: anything else is no node's beat.
+            if record is None or field_name != record.node.encode() or stale([record], now):
+                gone.append(field_name)
+            else:
+                beats.append(record)
         self.nodes = tuple(asdict(view) for view in fleet_view(beats, now, self.settings.node))
-        gone = stale(beats, now)
         if gone:
             await self.link.call("nodes_forget", lambda c: store.command(
                 c, "HDEL", names.nodes, *gone))
@@ -179,10 +222,10 @@ class FleetAgent:
         schedule = self.settings.schedule
         assert schedule is not None
         names, node = self._names, self.settings.node
-        keys = await self._read_keys()
-        if keys is None:  # the store is away: keep the keys we have, minus retired ones
-            keys = self.keys
-        if schedule.due(keys, self._wall()):
+        stored = await self._read_keys()
+        # The store away or holding garbage: keep the keys we have, minus retired ones.
+        keys = self.keys if stored is None or isinstance(stored, _Malformed) else stored
+        if stored is MALFORMED or schedule.due(keys, self._wall()):  # garbage: write ours back
             locked = await self.link.call("keys_lock", lambda c: store.command(
                 c, "SET", names.ticket_lock, node, "NX", "PX", store.LOCK_MS))
             if locked is not UNAVAILABLE and locked:
@@ -200,9 +243,11 @@ class FleetAgent:
                 "event": "fleet_ticket_keys", "keys": len(valid),
                 "newest_age_s": self.key_age(self._wall())}})
 
-    async def _read_keys(self) -> tuple[TicketKey, ...] | None:
-        data = await self.link.call("keys_get", lambda c: store.command(
-            c, "GET", self._names.ticket_keys))
+    async def _read_keys(self) -> tuple[TicketKey, ...] | _Malformed | None:
+        """The set in Redis; None when the store is away, :data:`MALFORMED` when what it
+        holds is no key set (refused whole; the next rotation replaces it)."""
+        data = await self.link.call("keys_get", functools.partial(
+            _read_bounded, key=self._names.ticket_keys))
         if data is UNAVAILABLE:
             return None
         keys = decode_keys(data if isinstance(data, bytes) or data is None else None,
@@ -210,28 +255,44 @@ class FleetAgent:
         if keys is None:
             _log.error("the fleet's ticket key set in Redis is malformed; keeping ours",
                        extra={"fields": {"event": "fleet_ticket_keys_malformed"}})
+            return MALFORMED
         return keys
 
     async def _rotate(self, schedule: KeySchedule, keys: tuple[TicketKey, ...]
                       ) -> tuple[TicketKey, ...]:
-        """Holding the lock: read again, and make the next set if it is still due."""
+        """Holding the lock: read again, and make the next set if it is still due.
+
+        A store that lost the set (Redis restarted without persistence, a failover to a
+        replica that had not got it) or holds garbage gets this node's own valid keys back,
+        with a new key in front only if one is due: tickets issued before keep resuming."""
         again = await self._read_keys()
         if again is None:
             return keys
         now = self._wall()
-        if not schedule.due(again, now):
-            return again
-        fresh = schedule.next_set(again, now, TicketKey.fresh(now))
+        own = schedule.valid(self.keys, now)
+        restore = again is MALFORMED or (again == () and bool(own))
+        base = own if restore else again
+        assert isinstance(base, tuple)
+        due = schedule.due(base, now)
+        if not due and not restore:
+            return base
+        fresh = schedule.next_set(base, now, TicketKey.fresh(now)) if due else base
         names = self._names
         written = await self.link.call("keys_set", lambda c: store.command(
             c, "SET", names.ticket_keys, encode_keys(fresh)))
         if written is UNAVAILABLE:
-            return again
-        self.rotations += 1
+            return base
+        if due:
+            self.rotations += 1
         await self.link.call("publish", lambda c: store.command(
             c, "PUBLISH", names.events, "keys"))
-        _log.info("new fleet ticket key made", extra={"fields": {
-            "event": "fleet_ticket_rotation", "keys": len(fresh)}})
+        if restore:
+            _log.warning("the fleet's ticket key set was missing or malformed in Redis; this "
+                         "node's keys written back", extra={"fields": {
+                             "event": "fleet_ticket_keys_restored", "keys": len(fresh)}})
+        else:
+            _log.info("new fleet ticket key made", extra={"fields": {
+                "event": "fleet_ticket_rotation", "keys": len(fresh)}})
         return fresh
 
     # ------------------------------------------------------------------ bans
@@ -248,7 +309,8 @@ class FleetAgent:
             member = f"{node}:{os.getpid()}:{next(self._ids)}"
             args: list[str | int | float | bytes] = [
                 self._wall(), bans.window, bans.threshold, bans.ban_time,
-                min(count, bans.threshold), node, event, names.events, client, member]
+                min(count, bans.threshold), node, event, names.events, client, member,
+                MAX_FLEET_BANS]
             keys = [names.offences(client), names.bans]
             result = await self.link.call("offences", functools.partial(
                 store.run_script, script=store.RECORD_OFFENCES, keys=keys, args=args))
@@ -261,7 +323,7 @@ class FleetAgent:
         for client, ban in list(self._pending_bans.items()):
             done = await self.link.call("ban_push", functools.partial(
                 store.run_script, script=store.PUSH_BAN, keys=[names.bans],
-                args=[ban.client, ban.encode(), ban.until, names.events]))
+                args=[ban.client, ban.encode(), ban.until, names.events, MAX_FLEET_BANS]))
             if done is UNAVAILABLE:
                 return
             self._pending_bans.pop(client, None)
@@ -278,16 +340,35 @@ class FleetAgent:
         now = self._wall()
         records: list[FleetBan] = []
         expired = []
+        refused = 0
         for key, value in itertools.islice(raw.items(), MAX_FLEET_BANS):
-            record = decode_ban(value)
+            record = decode_ban(value) if isinstance(value, bytes) else None
             if record is None or record.until <= now:
                 expired.append(key)
-            else:
+            elif self._acceptable(record, now):
                 records.append(record)
+            else:
+                refused += 1
+        self._refused_bans(refused, now)
         self._send(FleetBans(added=tuple(records), full=True))
         if expired:
             await self.link.call("bans_expire", lambda c: store.command(
                 c, "HDEL", names.bans, *expired))
+
+    def _acceptable(self, ban: FleetBan, now: float) -> bool:
+        """Whether a well-formed record may be imposed: never one lasting longer than this
+        node's own bans could (an absurd end would be a permanent ban)."""
+        bans = self.settings.bans
+        return bans is not None and not overlong(ban, now, bans.ban_time)
+
+    def _refused_bans(self, count: int, now: float) -> None:
+        """Log records refused for lasting too long, at most once a minute."""
+        if count and now - self._refused_logged >= 60.0:
+            self._refused_logged = now
+            _log.warning("fleet bans in Redis refused: they last longer than bans.ban_time "
+                         "allows (a node with another configuration, or someone writing to "
+                         "Redis)", extra={"fields": {"event": "fleet_ban_refused",
+                                                     "records": count}})
 
     async def _unban(self, client: aioredis.Redis, key: str) -> object:
         names = self._names
@@ -312,7 +393,10 @@ class FleetAgent:
                     message = await pubsub.get_message(ignore_subscribe_messages=True,
                                                        timeout=1.0)
                     if message is not None:
-                        self._announced(message.get("data"))
+                        try:
+                            self._announced(message.get("data"))
+                        except Exception:  # a bug must not end the subscription
+                            _log.exception("fleet announcement not handled")
             except (RedisError, OSError, TimeoutError) as error:
                 self.link.failed("subscribe", error)
             finally:
@@ -323,6 +407,8 @@ class FleetAgent:
             await asyncio.sleep(RESUBSCRIBE_DELAY)
 
     def _announced(self, data: object) -> None:
+        """Act on one message from the channel (anyone who can publish there can send
+        anything: a malformed message is dropped, never raised)."""
         if not isinstance(data, bytes):
             return
         kind, _, rest = data.partition(b" ")
@@ -330,8 +416,13 @@ class FleetAgent:
             self._wake_keys.set()
         elif kind == b"ban" and self.settings.bans is not None:
             ban = decode_ban(rest)
-            if ban is not None:
+            now = self._wall()
+            if ban is None:
+                return
+            if self._acceptable(ban, now):
                 self._send(FleetBans(added=(ban,)))
+            else:
+                self._refused_bans(1, now)
         elif kind == b"unban" and self.settings.bans is not None:
             self._send(FleetBans(removed=(rest.decode("ascii", "replace")[:64],)))
 

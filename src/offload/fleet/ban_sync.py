@@ -22,6 +22,7 @@ node; records from Redis are parsed defensively (a malformed one is skipped).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 
 from offload.security.bans import BAN_EVENTS, Ban, BanEvent, Jail
@@ -61,7 +62,18 @@ class FleetBan:
                    wall_now + (ban.until - mono_now), ban.count, node)
 
 
+MAX_RECORD_SIZE = 1024
+"""Bytes a ban record may take (a real one is about 150): a longer one is refused unparsed."""
+CLOCK_SLACK = 300.0
+"""Seconds a fleet ban may end later than this node's own ``ban_time`` would (clocks differ)."""
+
+
 def decode_ban(data: bytes | str) -> FleetBan | None:
+    """A ban record from Redis, or None when it is malformed: not JSON of the expected shape,
+    too long, times that are not finite, a count below zero. Never raises (a record written
+    by anyone with access to Redis must not end the fleet process)."""
+    if len(data) > MAX_RECORD_SIZE:
+        return None
     try:
         raw = json.loads(data)
         reason = str(raw["reason"])
@@ -70,11 +82,19 @@ def decode_ban(data: bytes | str) -> FleetBan | None:
         ban = FleetBan(client=str(raw["client"])[:64], reason=BAN_EVENTS[
             BAN_EVENTS.index(reason)], since=float(raw["since"]), until=float(raw["until"]),
             count=int(raw["count"]), node=str(raw.get("node", ""))[:128])
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError):
         return None
-    if not ban.client or ban.until != ban.until or ban.since != ban.since:  # NaN
+    if (not ban.client or not math.isfinite(ban.since) or not math.isfinite(ban.until)
+            or ban.count < 0 or ban.count > 1_000_000_000):
         return None
     return ban
+
+
+def overlong(ban: FleetBan, wall_now: float, ban_time: float) -> bool:
+    """Whether ``ban`` lasts longer than any ban this node would decide (its ``ban_time``,
+    give or take :data:`CLOCK_SLACK`): a record with an absurd end (a year, ``1e308``) is
+    refused rather than held as a permanent ban."""
+    return ban.until - wall_now > ban_time + CLOCK_SLACK
 
 
 def fleet_offences(jail: Jail, reports: tuple[tuple[str, BanEvent, int], ...], now: float

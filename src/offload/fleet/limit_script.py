@@ -7,6 +7,12 @@ some node; they are charged, not judged) and answers how many milliseconds the n
 wait: ``TAT - tolerance - now``, or 0. The key expires when its TAT has passed (plus a second),
 so idle clients cost Redis nothing.
 
+What the script reads back is checked, because anyone who can write to Redis can put anything
+there: a value that is no number, a key of another type (its error would fail the whole
+pipeline, every key of the batch with it, and turn fleet limits off or, with
+``on_store_failure = "deny"``, refuse everything), or a counter further ahead than the burst
+plus a day (a refusal for years) starts the counter afresh; ``SET`` replaces whatever was there.
+
 The script needs every key of a batch on one server: Redis Cluster is not supported (Sentinel
 is, through the connection factory). Redis 5+ replicates scripts by effects, so ``TIME`` in a
 script that writes is allowed.
@@ -22,14 +28,18 @@ GCRA_SCRIPT: Final = """
 redis.replicate_commands()  -- Redis < 5: replicate effects, so TIME may precede writes
 local now_s = redis.call('TIME')
 local now = tonumber(now_s[1]) * 1000000 + tonumber(now_s[2])
+local MAX_LEAD = 86400000000  -- a counter further ahead than this is garbage
 local out = {}
 for i, key in ipairs(KEYS) do
   local base = (i - 1) * 3
   local events = tonumber(ARGV[base + 1])
   local interval = tonumber(ARGV[base + 2])
   local tolerance = tonumber(ARGV[base + 3])
-  local tat = tonumber(redis.call('GET', key) or '') or now
-  if tat < now then tat = now end
+  local held = redis.pcall('GET', key)
+  local tat = type(held) == 'string' and tonumber(held) or nil
+  if tat == nil or tat ~= tat or tat < now or tat > now + tolerance + MAX_LEAD then
+    tat = now
+  end
   tat = tat + events * interval
   redis.call('SET', key, string.format('%d', tat), 'PX',
              math.floor((tat - now) / 1000) + 1000)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections import Counter
 from dataclasses import asdict, dataclass
 
@@ -42,7 +43,15 @@ class NodeBeat:
         return json.dumps(asdict(self)).encode()
 
 
+MAX_BEAT_SIZE = 2048
+"""Bytes a heartbeat may take (a real one is about 250)."""
+
+
 def decode_beat(data: bytes) -> NodeBeat | None:
+    """A heartbeat from Redis, or None when it is malformed (too long, not JSON of the
+    expected shape, a time or a latency that is not a finite number). Never raises."""
+    if len(data) > MAX_BEAT_SIZE:
+        return None
     try:
         raw = json.loads(data)
         beat = NodeBeat(
@@ -53,8 +62,11 @@ def decode_beat(data: bytes) -> NodeBeat | None:
             else float(raw["ticket_key_age"]),
             latency_ms=None if raw.get("latency_ms") is None else float(raw["latency_ms"]),
             store_failures=int(raw.get("store_failures", 0)))
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError):
         return None
+    numbers = (beat.seen, beat.ticket_key_age, beat.latency_ms)
+    if not all(n is None or math.isfinite(n) for n in numbers):
+        return None  # Infinity would keep a node "seen" forever and break /api/fleet's JSON
     return beat
 
 
@@ -91,8 +103,8 @@ def fleet_view(beats: list[NodeBeat], now: float, me: str) -> list[NodeView]:
 
 
 def stale(beats: list[NodeBeat], now: float) -> list[str]:
-    """Nodes to delete from the registry (silent for a day)."""
-    return [b.node for b in beats if now - b.seen >= FORGET_AFTER]
+    """Nodes to delete from the registry (silent for a day, or a day in the future)."""
+    return [b.node for b in beats if abs(now - b.seen) >= FORGET_AFTER]
 
 
 def config_hash(canonical: str) -> str:

@@ -52,8 +52,10 @@ class Names:
 
 
 # Count offences in the fleet's window of one client; ban at the threshold (unless a ban
-# already holds) and announce it. KEYS: offences zset, bans hash. ARGV: now, window,
-# threshold, ban_time, count, node, event, channel, client, member id.
+# already holds, or the hash already holds max bans: clients spraying addresses must not grow
+# it, and every node's pull with it, without bound; each node's own jail still bans them) and
+# announce it. KEYS: offences zset, bans hash. ARGV: now, window, threshold, ban_time, count,
+# node, event, channel, client, member id, max bans.
 RECORD_OFFENCES = """
 local now = tonumber(ARGV[1])
 local held = redis.call('HGET', KEYS[2], ARGV[9])
@@ -70,6 +72,10 @@ end
 local n = redis.call('ZCARD', KEYS[1])
 redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) * 1000))
 if n >= tonumber(ARGV[3]) then
+  if not held and redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[11]) then
+    redis.call('DEL', KEYS[1])
+    return false
+  end
   local ban = cjson.encode({client = ARGV[9], reason = ARGV[7], since = now,
                             ['until'] = now + tonumber(ARGV[4]), count = n, node = ARGV[6]})
   redis.call('HSET', KEYS[2], ARGV[9], ban)
@@ -80,8 +86,8 @@ end
 return false
 """
 
-# Store a ban a node decided unless a longer one is stored; announce it. KEYS: bans hash.
-# ARGV: client, ban JSON, until, channel.
+# Store a ban a node decided unless a longer one is stored (or the hash holds max bans);
+# announce it. KEYS: bans hash. ARGV: client, ban JSON, until, channel, max bans.
 PUSH_BAN = """
 local held = redis.call('HGET', KEYS[1], ARGV[1])
 if held then
@@ -90,6 +96,8 @@ if held then
       and tonumber(ban['until']) >= tonumber(ARGV[3]) then
     return 0
   end
+elseif redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5]) then
+  return 0
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('PUBLISH', ARGV[4], 'ban ' .. ARGV[2])

@@ -40,6 +40,11 @@ MAX_BATCH: Final = 4096
 """Counters one batch carries at most (80k per second per worker at 50 ms): an attacker
 spraying addresses must not turn into unbounded Redis work. The rest waits for the next batch;
 the plain (global) counters always go."""
+FIRST_RETRY: Final = 0.1
+MAX_RETRY: Final = 1.0
+"""While the store is failing, batches go out 0.1 s after the failure, then doubling to at
+most every second: every worker of every node retrying 20 times a second would be a
+reconnection storm against a Redis that is starting up (or failing over)."""
 DENIED_SCAN: Final = 64
 """Cached refusals looked at per batch for expiry (bounded work per batch)."""
 
@@ -88,8 +93,8 @@ class FleetTally:
     beyond it replaces the oldest.
     """
 
-    __slots__ = ("_denied", "_deny_when_failing", "_in_flight", "_pending", "_rates", "failing",
-                 "local_decisions", "max_keys", "unsynced")
+    __slots__ = ("_denied", "_deny_when_failing", "_failures", "_in_flight", "_last_sent",
+                 "_pending", "_rates", "failing", "local_decisions", "max_keys", "unsynced")
 
     def __init__(self, *, max_keys: int = 65536) -> None:
         if max_keys < 1:
@@ -100,6 +105,9 @@ class FleetTally:
         self._pending: dict[CounterKey, int] = {}
         self._denied: dict[CounterKey, float] = {}  # oldest first
         self._in_flight = False
+        self._last_sent = 0.0
+        self._failures = 0
+        """Batches failed in a row (the retry delay doubles with each)."""
         self.failing = False
         """Whether the last batch failed (the store is unreachable or erring)."""
         self.unsynced = 0
@@ -169,11 +177,15 @@ class FleetTally:
     def take_batch(self, now: float) -> Batch | None:
         """The counts gathered since the last batch, or None when there is nothing to send.
 
-        While the link is failing a batch goes out even when empty: it probes the store.
+        While the link is failing a batch goes out even when empty: it probes the store, after
+        a delay that grows with each failure (:data:`FIRST_RETRY` to :data:`MAX_RETRY`).
         """
-        if self._in_flight or (not self._pending and not self.failing):
+        if self._in_flight or (not self._pending and not self.failing) or (
+                self.failing and now - self._last_sent + 1e-6  # a timer firing a hair early
+                < min(MAX_RETRY, FIRST_RETRY * 2 ** (self._failures - 1))):
             self._expire(now)
             return None
+        self._last_sent = now
         pending = self._pending
         if len(pending) <= MAX_BATCH:
             self._pending = {}
@@ -203,7 +215,7 @@ class FleetTally:
                     del denied[next(iter(denied))]
                 denied.pop(key, None)
                 denied[key] = now + wait / 1000
-        recovered, self.failing = self.failing, False
+        recovered, self.failing, self._failures = self.failing, False, 0
         return recovered
 
     def fail(self, batch: Batch) -> bool:
@@ -211,6 +223,7 @@ class FleetTally:
         them back anyway). Whether the link just started failing."""
         self._in_flight = False
         self.unsynced += sum(count for _, count, _ in batch.entries)
+        self._failures = min(self._failures + 1, 32)
         started, self.failing = not self.failing, True
         return started
 
@@ -226,4 +239,5 @@ class FleetTally:
         return len(self._denied)
 
 
-__all__ = ["DENIED_SCAN", "MAX_BATCH", "Batch", "CounterKey", "FleetRate", "FleetTally", "StoreFailure"]
+__all__ = ["DENIED_SCAN", "FIRST_RETRY", "MAX_BATCH", "MAX_RETRY", "Batch", "CounterKey",
+           "FleetRate", "FleetTally", "StoreFailure"]

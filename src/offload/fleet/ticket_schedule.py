@@ -25,6 +25,8 @@ NAME_SIZE, AES_SIZE, HMAC_SIZE = 16, 32, 32
 MAX_KEYS = 32
 """More keys than any schedule keeps (7 days / 1 s rotation is never configured): a longer
 set read from Redis is refused."""
+MAX_SET_SIZE = 16384
+"""Bytes of an encoded set at most (32 keys take about 8 KiB)."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ def decode_keys(data: bytes | None, now: float) -> tuple[TicketKey, ...] | None:
     """A set read from Redis; ``()`` for none stored, None if it is malformed (keep yours)."""
     if data is None:
         return ()
+    if len(data) > MAX_SET_SIZE:
+        return None
     try:
         items = json.loads(data)
         if not isinstance(items, list) or len(items) > MAX_KEYS:
@@ -104,7 +108,7 @@ def decode_keys(data: bytes | None, now: float) -> tuple[TicketKey, ...] | None:
             if not 0 < key.created <= now + 300:  # a key from the future: a wrong clock
                 return None
             keys.append(key)
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, OverflowError, RecursionError):
         return None
     if len({k.name for k in keys}) != len(keys):
         return None

@@ -19,6 +19,7 @@ from pathlib import Path
 from offload.acme.storage import AcmeStorage
 from offload.config.model import Config, FrontendConfig
 from offload.errors import ConfigError, Issue
+from offload.fleet.exposure import exposure_warnings
 from offload.fleet.seal import check_secret
 from offload.security.waf_engine import Engine, WafError, binding_problem
 from offload.security.waf_rules import WafPlan, plan_waf
@@ -215,6 +216,8 @@ def prepare(config: Config, source: str, rewrite: Callable[[Issue], Issue] | Non
         warnings.append(f"TLS key-exchange groups cannot be limited to X25519, P-256 and P-384 "
                         f"on this Python ({groups}): OpenSSL's defaults stay accepted, FFDHE "
                         "included")
+    if config.fleet is not None:
+        warnings.extend(exposure_warnings(config.fleet))
     for index, frontend in enumerate(config.frontends):
         where = f"frontends[{index}]"
         alpn = served_alpn(frontend)
