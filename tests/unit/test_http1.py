@@ -931,6 +931,52 @@ def test_interim_response_is_a_head_and_nothing_else(raw: bytes):
                        for e in caught.value.before)
 
 
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+@pytest.mark.parametrize("method", [b"GET", b"HEAD"])
+def test_thousands_of_interim_heads_in_one_read_are_taken_in_a_loop(method: bytes):
+    # More interim heads than Python's recursion limit, all in one read, then the answer:
+    # taken one after the other (the HEAD path once recursed per head and overflowed).
+    count = 2000
+    parser = ResponseParser()
+    parser.expect(method)
+    events = parser.feed(CONTINUE * count + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    statuses = [e.status for e in events if isinstance(e, Response)]
+    assert statuses == [100] * count + [200]
+    assert isinstance(events[-1], EndOfMessage) and parser.answered
+
+
+@pytest.mark.parametrize("method", [b"GET", b"HEAD"])
+@pytest.mark.parametrize("pieces", [1, 64])
+def test_interim_heads_without_end_are_refused(method: bytes, pieces: int):
+    # A backend that sends 1xx after 1xx never gets to hold an exchange (and its client)
+    # forever: the interim heads share the final head's limit (RFC 9110 §15.2 sets none).
+    parser = ResponseParser()
+    parser.expect(method)
+    flood = [CONTINUE * 500] * pieces if pieces > 1 else [CONTINUE * 10_000]
+    events, error = feed_until_error(parser, flood)
+    assert error is not None and error.reason == "too_many_interim" and error.status == 502
+    interim = [e for e in events if isinstance(e, Response)]
+    assert interim and len(interim) * len(CONTINUE) <= 64 * 1024
+    assert all(e.status == 100 for e in interim)
+
+
+def test_interim_heads_count_against_the_final_heads_limit():
+    hint = b"HTTP/1.1 103 Early Hints\r\nLink: <%b>\r\n\r\n" % (b"x" * 1000)
+    big = b"X-Big: %b\r\n" % (b"y" * 4000)
+    parser = ResponseParser()
+    parser.expect(b"GET")
+    parser.feed(hint * 40)  # about 40 KiB of interim heads: allowed
+    events, error = feed_until_error(
+        parser, [b"HTTP/1.1 200 OK\r\n" + big * 8 + b"Content-Length: 0\r\n\r\n"])
+    assert error is not None and error.reason == "too_many_interim"
+    fresh = ResponseParser()
+    fresh.expect(b"GET")
+    answer = fresh.feed(b"HTTP/1.1 200 OK\r\n" + big * 8 + b"Content-Length: 0\r\n\r\n")
+    assert isinstance(answer[-1], EndOfMessage)  # the same head alone is fine
+
+
 def test_response_parser_takes_the_next_response_after_expect():
     parser = ResponseParser()
     parser.expect(b"HEAD")

@@ -17,7 +17,8 @@ what a proxy needs on top, and refuses (never repairs) anything ambiguous:
 * responses (RFC 9112 §6.3): no body for HEAD, 1xx, 204 and 304 whatever Content-Length says;
   interim 1xx, 101, bodies that end when the server closes (httptools cannot be told about
   EOF, so we end them here); non-chunked transfer codings, which a proxy cannot re-frame, and
-  a 1xx carrying Content-Length or Transfer-Encoding refused (502);
+  a 1xx carrying Content-Length or Transfer-Encoding refused (502); the interim heads before
+  a final response share its header limit, so 1xx after 1xx ends (502, ``too_many_interim``);
 * exactly one final response per request: once it is complete, any further byte but the empty
   lines llhttp skips between messages is an error (``data_after_response``) until
   :meth:`ResponseParser.expect` announces the next request. A backend that answers twice, or
@@ -52,6 +53,8 @@ _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 
 RESPONSE_HEADER_FLOOR = 64 * 1024
 """Backends may send large headers (cookies); allow at least this much in responses."""
+INTERIM_LINES = len(b"HTTP/1.1 100 \r\n\r\n")
+"""What an interim head costs beyond its fields and reason (the header limit bounds them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +122,9 @@ class _Parser:
         self._in_trailers = False
         self._body_bytes = 0
         self._failed: ProtocolError | None = None
+        self._interim_size = 0
+        """Bytes of the interim (1xx) heads before a final response (responses only): they
+        count against its header limit, so a backend cannot send 1xx after 1xx without end."""
 
     # -- httptools callbacks
 
@@ -136,6 +142,9 @@ class _Parser:
         size = message.size + len(name) + len(value) + 4
         message.size = size
         if size > self._header_limit:
+            if self._interim_size:
+                raise ProtocolError("too many interim (1xx) responses before the final one",
+                                    502, "too_many_interim")
             raise ProtocolError("header section too large", 431, "headers_too_large")
         value = value.strip(b" \t")
         if self._in_head:
@@ -477,6 +486,7 @@ class ResponseParser(_Parser):
         self._method = method
         self._response = None
         self._answered = False
+        self._interim_size = 0
         self._head_buffer = bytearray() if method == b"HEAD" else None
 
     @property
@@ -517,28 +527,36 @@ class ResponseParser(_Parser):
 
     def _feed_head_only(self, data: bytes) -> list[Event]:
         """Responses to HEAD have no body whatever their headers say: httptools cannot be told,
-        so it only ever sees the header section."""
+        so it only ever sees the header section. Interim heads before the final one are taken
+        in a loop (one read may hold thousands of them: never one call each)."""
         buffer = self._head_buffer
         assert buffer is not None
         buffer += data
-        end = buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buffer) > self._header_limit:
-                raise ProtocolError("response header section too large", 502, "parse_error")
-            return []
-        head, rest = bytes(buffer[: end + 4]), bytes(buffer[end + 4 :])
-        self._parser = self._response_parser = httptools.HttpResponseParser(self)
-        events = self._run(head)
-        if self._response is not None and self._response.status < 200:
-            # interim response: the final one follows
-            self._head_buffer = bytearray()
-            if not rest:
-                return events
-            try:
-                return events + self._feed_head_only(rest)
-            except ProtocolError as error:
-                error.before = events + error.before
-                raise
+        events: list[Event] = []
+        start = 0
+        try:
+            while True:
+                end = buffer.find(b"\r\n\r\n", start)
+                if end < 0:
+                    del buffer[:start]
+                    if len(buffer) > self._header_limit:
+                        raise ProtocolError("response header section too large", 502,
+                                            "parse_error")
+                    return events
+                head, start = bytes(buffer[start : end + 4]), end + 4
+                self._parser = self._response_parser = httptools.HttpResponseParser(self)
+                events += self._run(head)
+                response = self._response
+                if response is None or response.status >= 200:
+                    break
+                if self.upgrade_tail is not None:  # 101: what follows is not HTTP
+                    self.upgrade_tail += buffer[start:]
+                    return events
+                # an interim response: the final one follows
+        except ProtocolError as error:
+            error.before = events + error.before
+            raise
+        rest = bytes(buffer[start:])
         self._parser = self._response_parser = httptools.HttpResponseParser(self)
         self._head_buffer = None
         self._response = None
@@ -557,6 +575,9 @@ class ResponseParser(_Parser):
             raise ProtocolError("the backend sent more than one response to a request", 502,
                                 "data_after_response")
         super().on_message_begin()
+        message = self._message
+        assert message is not None
+        message.size = self._interim_size
 
     def on_status(self, reason: bytes) -> None:
         message = self._message
@@ -582,6 +603,11 @@ class ResponseParser(_Parser):
             # RFC 9110 §8.6, RFC 9112 §6.1: an interim response is a head and nothing else
             raise ProtocolError("an interim (1xx) response with body framing", 502,
                                 "bad_interim")
+        if status < 200:
+            # the status line and the empty line too, so heads without fields count
+            self._interim_size = message.size + len(message.reason) + INTERIM_LINES
+            if self._interim_size > self._header_limit:
+                raise ProtocolError("too many interim (1xx) responses", 502, "too_many_interim")
         bodiless = (self._method == b"HEAD" or status < 200 or status in (204, 304))
         # A 204 that announces a body (or a 304 with chunked framing) breaks RFC 9110 §8.6:
         # the announced bytes may still come, so the connection is not used again.

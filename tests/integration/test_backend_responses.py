@@ -1,0 +1,213 @@
+"""A buggy or hostile backend's response, as HTTP/1.1 and HTTP/2 clients receive it.
+
+Each backend here answers some paths properly and misbehaves on others, the way a broken or
+compromised server could: connection-specific fields and upper-case names (which an HTTP/2
+client must never see, RFC 9113 §8.2.2), a body cut short by a close (which a client must see
+as an error, never as a complete body: RFC 9112 §8, RFC 9113 §8.1), a flood of interim
+responses, a response that never comes. The clients are offload's real peers: raw HTTP/2
+frames (:mod:`h2_client`) and HTTP/1.1 over TLS.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import http_config
+from h2_client import H2Client
+from harness import Offload, Recording, TcpBackend, need
+from http_client import https
+from test_backend_desync import read_body, read_head
+
+OK_BODY = b"all good"
+
+
+def ok(path: str) -> bytes:
+    body = f"{OK_BODY.decode()}:{path}".encode()
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+
+
+Script = Callable[[socket.socket, str], bool]
+"""Answers one request (the connection and the path); False closes the connection after."""
+
+
+class ScriptedBackend:
+    """A backend that answers each path as ``scripts`` says (properly when none is given)."""
+
+    def __init__(self, scripts: dict[str, Script]) -> None:
+        self.scripts = scripts
+        self.server = TcpBackend(self._serve)
+        self.address = self.server.address
+
+    def _serve(self, conn: socket.socket, recording: Recording) -> None:
+        buffer = bytearray()
+        while (head := read_head(conn, buffer)) is not None:
+            _method, path, length = head
+            read_body(conn, buffer, length)
+            script = self.scripts.get(path)
+            if script is None:
+                conn.sendall(ok(path))
+            elif not script(conn, path):
+                return
+
+
+def send(data: bytes) -> Script:
+    def script(conn: socket.socket, _path: str) -> bool:
+        conn.sendall(data)
+        return True
+    return script
+
+
+def send_and_close(data: bytes) -> Script:
+    def script(conn: socket.socket, _path: str) -> bool:
+        conn.sendall(data)
+        return False
+    return script
+
+
+@pytest.fixture
+def scripted(offload, port: int, localhost_bundle: Path
+             ) -> Iterator[Callable[..., tuple[ScriptedBackend, Offload]]]:
+    made: list[ScriptedBackend] = []
+
+    def start(scripts: dict[str, Script], backend: str = "") -> tuple[ScriptedBackend, Offload]:
+        server = ScriptedBackend(scripts)
+        made.append(server)
+        return server, offload(http_config(port, [localhost_bundle], [server.address],
+                                           backend=backend))
+    yield start
+    for server in made:
+        server.server.close()
+
+
+def h2_ok(client: H2Client, path: str = "/fine") -> None:
+    """The connection still serves another stream."""
+    headers, body, _ = client.response(client.request(path))
+    assert headers[":status"] == "200" and body == f"{OK_BODY.decode()}:{path}".encode()
+
+
+# ---------------------------------------------------------------------- response fields over h2
+
+HOP_BY_HOP_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: timeout=5\r\n"
+    b"Proxy-Connection: keep-alive\r\nUpgrade: h2c\r\nX-Secret: hop\r\nX-Upper-Case: kept\r\n"
+    b"TE: trailers\r\nContent-Length: 2\r\n\r\nhi")
+
+
+def test_an_h2_client_never_sees_connection_specific_fields(scripted, port: int, pki):
+    scripted({"/hop": send(HOP_BY_HOP_RESPONSE)})
+    client = H2Client(port, pki.ca)
+    headers, body, frames = client.response(client.request("/hop"))
+    assert body == b"hi"
+    names = set(headers)
+    assert not names & {"connection", "keep-alive", "proxy-connection", "upgrade", "x-secret",
+                        "te", "transfer-encoding"}, headers
+    assert headers["x-upper-case"] == "kept"
+    assert all(name == name.lower() for name in names)
+    h2_ok(client)
+
+
+def test_obs_text_in_a_value_reaches_a_strict_h2_client_intact(scripted, port: int, pki):
+    # RFC 9113 §8.2.1 allows any byte but NUL, CR and LF in a value; curl's nghttp2 checks.
+    scripted({"/obs": send(b"HTTP/1.1 200 OK\r\nX-Obs: caf\xe9\r\nContent-Length: 2\r\n\r\nhi")})
+    done = subprocess.run(
+        [need("curl", "curl"), "-sS", "--http2", "--cacert", str(pki.ca), "--resolve",
+         f"localhost:{port}:127.0.0.1", "-D", "-", f"https://localhost:{port}/obs",
+         f"https://localhost:{port}/other"], capture_output=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    assert b"x-obs: caf\xe9\r\n" in done.stdout
+    assert b"hi" in done.stdout and f"{OK_BODY.decode()}:/other".encode() in done.stdout
+
+
+# ---------------------------------------------------------------------- bodies cut short
+
+CUT = {
+    "/cut-length": send_and_close(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial"),
+    "/cut-chunked": send_and_close(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7\r\npartial\r\n"),
+    "/cut-chunk-data": send_and_close(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n64\r\npartial"),
+}
+
+
+@pytest.mark.parametrize("path", list(CUT))
+def test_a_body_cut_by_the_backend_resets_the_h2_stream_only(scripted, port: int, pki,
+                                                             path: str):
+    scripted(CUT)
+    client = H2Client(port, pki.ca)
+    stream = client.request(path)
+    code = client.reset_of(stream)
+    assert code != 0, "a cut body must not end like a complete one"
+    h2_ok(client)
+
+
+@pytest.mark.parametrize("path", list(CUT))
+def test_a_body_cut_by_the_backend_is_an_error_for_an_http11_client(scripted, port: int, pki,
+                                                                    path: str):
+    scripted(CUT)
+    conn = https(port, pki.ca)
+    conn.request("GET", path)
+    response = conn.getresponse()
+    assert response.status == 200
+    with pytest.raises(http.client.IncompleteRead):
+        response.read()
+
+
+# ---------------------------------------------------------------------- interim responses
+
+def flood_interim(conn: socket.socket, _path: str) -> bool:
+    """103 after 103, never a final answer, as long as offload reads."""
+    hint = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n" * 64
+    deadline = time.monotonic() + 20
+    try:
+        while time.monotonic() < deadline:
+            conn.sendall(hint)
+    except OSError:
+        pass
+    return False
+
+
+def test_an_endless_stream_of_interim_responses_is_a_502(scripted, port: int, pki):
+    _, instance = scripted({"/flood": flood_interim})
+    client = H2Client(port, pki.ca)
+    headers, _, frames = client.response(client.request("/flood"), timeout=15)
+    assert headers[":status"] == "502"
+    interim = [f for f in frames if getattr(f, "decoded", {}).get(":status") == "103"]
+    assert 0 < len(interim) < 2000
+    h2_ok(client)
+    instance.wait_for(lambda e: e.get("event") == "backend_protocol_error"
+                      and e.get("reason") == "too_many_interim")
+
+
+def test_a_head_answer_after_thousands_of_interim_heads_in_one_read(scripted, port: int, pki):
+    burst = b"HTTP/1.1 100 Continue\r\n\r\n" * 2000 + ok("/head-hints")
+    scripted({"/head-hints": send(burst)})
+    conn = https(port, pki.ca)
+    conn.request("HEAD", "/head-hints")
+    response = conn.getresponse()
+    assert response.status == 200
+    assert response.read() == b""
+    conn.request("GET", "/after")
+    assert conn.getresponse().read() == f"{OK_BODY.decode()}:/after".encode()
+
+
+# ---------------------------------------------------------------------- silence
+
+def silent(conn: socket.socket, _path: str) -> bool:
+    threading.Event().wait(10)
+    return False
+
+
+def test_a_backend_that_never_answers_is_a_504_for_its_stream_only(scripted, port: int, pki):
+    scripted({"/silent": silent}, backend='server_timeout = "1s"')
+    client = H2Client(port, pki.ca)
+    stream = client.request("/silent")
+    headers, _, _ = client.response(stream, timeout=8)
+    assert headers[":status"] == "504"
+    h2_ok(client)
