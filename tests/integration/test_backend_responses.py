@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -40,12 +41,20 @@ Script = Callable[[socket.socket, str], bool]
 class ScriptedBackend:
     """A backend that answers each path as ``scripts`` says (properly when none is given)."""
 
-    def __init__(self, scripts: dict[str, Script]) -> None:
+    def __init__(self, scripts: dict[str, Script], tls: ssl.SSLContext | None = None) -> None:
         self.scripts = scripts
+        self.tls = tls
         self.server = TcpBackend(self._serve)
         self.address = self.server.address
 
     def _serve(self, conn: socket.socket, recording: Recording) -> None:
+        if self.tls is None:
+            self._answer(conn)
+            return
+        with self.tls.wrap_socket(conn, server_side=True) as tls:
+            self._answer(tls)
+
+    def _answer(self, conn: socket.socket) -> None:
         buffer = bytearray()
         while (head := read_head(conn, buffer)) is not None:
             _method, path, length = head
@@ -76,8 +85,9 @@ def scripted(offload, port: int, localhost_bundle: Path
              ) -> Iterator[Callable[..., tuple[ScriptedBackend, Offload]]]:
     made: list[ScriptedBackend] = []
 
-    def start(scripts: dict[str, Script], backend: str = "") -> tuple[ScriptedBackend, Offload]:
-        server = ScriptedBackend(scripts)
+    def start(scripts: dict[str, Script], backend: str = "", tls: ssl.SSLContext | None = None
+              ) -> tuple[ScriptedBackend, Offload]:
+        server = ScriptedBackend(scripts, tls)
         made.append(server)
         return server, offload(http_config(port, [localhost_bundle], [server.address],
                                            backend=backend))
@@ -103,7 +113,7 @@ HOP_BY_HOP_RESPONSE = (
 def test_an_h2_client_never_sees_connection_specific_fields(scripted, port: int, pki):
     scripted({"/hop": send(HOP_BY_HOP_RESPONSE)})
     client = H2Client(port, pki.ca)
-    headers, body, frames = client.response(client.request("/hop"))
+    headers, body, _ = client.response(client.request("/hop"))
     assert body == b"hi"
     names = set(headers)
     assert not names & {"connection", "keep-alive", "proxy-connection", "upgrade", "x-secret",
@@ -123,6 +133,32 @@ def test_obs_text_in_a_value_reaches_a_strict_h2_client_intact(scripted, port: i
     assert done.returncode == 0, done.stderr
     assert b"x-obs: caf\xe9\r\n" in done.stdout
     assert b"hi" in done.stdout and f"{OK_BODY.decode()}:/other".encode() in done.stdout
+
+
+# ---------------------------------------------------------------------- status lines
+
+BAD_STATUS = {
+    "/status-000": send(b"HTTP/1.1 000 Zero\r\n\r\n"),
+    "/status-999": send(b"HTTP/1.1 999 Internal\r\nContent-Length: 2\r\n\r\nhi"),
+    "/reason-escape": send(b"HTTP/1.1 200 O\x1b[2J\x00K\r\nContent-Length: 2\r\n\r\nhi"),
+}
+
+
+@pytest.mark.parametrize("path", list(BAD_STATUS))
+def test_a_status_line_no_client_could_take_is_a_502(scripted, port: int, pki, path: str):
+    _, instance = scripted(BAD_STATUS)
+    conn = https(port, pki.ca)
+    conn.request("GET", path)
+    response = conn.getresponse()
+    assert (response.status, response.reason) == (502, "Bad Gateway")
+    response.read()
+    client = H2Client(port, pki.ca)
+    headers, _, frames = client.response(client.request(path))
+    assert headers[":status"] == "502"
+    assert [f.decoded[":status"] for f in frames if hasattr(f, "decoded")] == ["502"]
+    h2_ok(client)
+    instance.wait_for(lambda e: e.get("event") == "backend_protocol_error"
+                      and e.get("reason") == "bad_status")
 
 
 # ---------------------------------------------------------------------- bodies cut short
@@ -211,3 +247,61 @@ def test_a_backend_that_never_answers_is_a_504_for_its_stream_only(scripted, por
     headers, _, _ = client.response(stream, timeout=8)
     assert headers[":status"] == "504"
     h2_ok(client)
+
+
+# ---------------------------------------------------------------------- TLS backends: the end
+
+def close_notify_then_close(data: bytes) -> Script:
+    def script(conn: socket.socket, _path: str) -> bool:
+        conn.sendall(data)
+        assert isinstance(conn, ssl.SSLSocket)
+        conn.unwrap()  # close_notify: the stream really ended here
+        return False
+    return script
+
+
+TLS_ENDS: dict[str, tuple[Script, bytes | None]] = {
+    # path: (what the backend does, the body a client gets complete, or None: an error)
+    "/close-delimited-notify": (close_notify_then_close(b"HTTP/1.1 200 OK\r\n\r\nwhole"),
+                                b"whole"),
+    "/close-delimited-fin": (send_and_close(b"HTTP/1.1 200 OK\r\n\r\npartial"), None),
+    "/length-notify": (close_notify_then_close(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial"), None),
+}
+
+
+@pytest.fixture
+def tls_ends(scripted, pki) -> None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(pki.bundle(["localhost"])))
+    scripted({path: script for path, (script, _) in TLS_ENDS.items()},
+             backend=f'tls = true\nca = "{pki.ca}"', tls=context)
+
+
+@pytest.mark.parametrize("path", list(TLS_ENDS))
+def test_only_close_notify_ends_a_tls_backends_body_for_h2(tls_ends, port: int, pki,
+                                                           path: str):
+    # A FIN without close_notify is a truncation (RFC 8446 §6.1): never a complete body
+    client = H2Client(port, pki.ca)
+    stream = client.request(path)
+    whole = TLS_ENDS[path][1]
+    if whole is None:
+        assert client.reset_of(stream) != 0
+    else:
+        headers, body, _ = client.response(stream)
+        assert (headers[":status"], body) == ("200", whole)
+    h2_ok(client)
+
+
+@pytest.mark.parametrize("path", list(TLS_ENDS))
+def test_only_close_notify_ends_a_tls_backends_body_for_http11(tls_ends, port: int, pki,
+                                                               path: str):
+    conn = https(port, pki.ca)
+    conn.request("GET", path)
+    response = conn.getresponse()
+    whole = TLS_ENDS[path][1]
+    if whole is None:
+        with pytest.raises(http.client.IncompleteRead):
+            response.read()
+    else:
+        assert response.read() == whole

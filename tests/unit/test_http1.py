@@ -931,6 +931,33 @@ def test_interim_response_is_a_head_and_nothing_else(raw: bytes):
                        for e in caught.value.before)
 
 
+@pytest.mark.parametrize("line", [
+    b"HTTP/1.1 000 Zero", b"HTTP/1.1 099 Low", b"HTTP/1.1 600 High", b"HTTP/1.1 999 Max",
+    b"HTTP/1.1 200 O\x00K", b"HTTP/1.1 200 O\x1b[2JK", b"HTTP/1.1 200 O\x7fK",
+    b"HTTP/1.1 103 \x01",
+], ids=["000", "099", "600", "999", "reason-nul", "reason-esc", "reason-del", "1xx-ctl"])
+@pytest.mark.parametrize("method", [b"GET", b"HEAD"])
+def test_a_status_line_a_client_could_not_take_is_refused(line: bytes, method: bytes):
+    # RFC 9110 §15: a status outside 100-599 is invalid (a client takes it as 5xx); RFC 9112
+    # §4: no control characters in the reason phrase, which HTTP/1.1 clients get as it came.
+    # Both went through before (a "000" even as an interim response).
+    for framing in (b"", b"Content-Length: 0\r\n"):
+        parser = ResponseParser()
+        parser.expect(method)
+        events, error = feed_until_error(parser, [line + b"\r\n" + framing + b"\r\n"])
+        assert error is not None and error.reason == "bad_status" and error.status == 502
+        assert not any(isinstance(e, Response) for e in events)
+
+
+@pytest.mark.parametrize("line", [b"HTTP/1.1 100 ", b"HTTP/1.1 599 Whatever",
+                                  b"HTTP/1.1 200 caf\xe9 \tok", b"HTTP/1.1 204"])
+def test_status_lines_at_the_edges_are_taken(line: bytes):
+    parser = ResponseParser()
+    parser.expect(b"GET")
+    events = parser.feed(line + b"\r\n\r\n")
+    assert isinstance(events[0], Response) and events[0].status == int(line[9:12])
+
+
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -968,7 +995,7 @@ def test_interim_heads_count_against_the_final_heads_limit():
     parser = ResponseParser()
     parser.expect(b"GET")
     parser.feed(hint * 40)  # about 40 KiB of interim heads: allowed
-    events, error = feed_until_error(
+    _, error = feed_until_error(
         parser, [b"HTTP/1.1 200 OK\r\n" + big * 8 + b"Content-Length: 0\r\n\r\n"])
     assert error is not None and error.reason == "too_many_interim"
     fresh = ResponseParser()

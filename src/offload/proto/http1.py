@@ -15,6 +15,9 @@ what a proxy needs on top, and refuses (never repairs) anything ambiguous:
   the one Host everything downstream sees — routing, rules, the backend's Host and
   X-Forwarded-Host, the Host-versus-SNI check (§3.2.2: the received Host is replaced);
 * responses (RFC 9112 §6.3): no body for HEAD, 1xx, 204 and 304 whatever Content-Length says;
+  a status outside 100-599 or a control character in the reason phrase refused (502,
+  ``bad_status``: RFC 9110 §15 has a client treat those as a server error, and the reason
+  goes to HTTP/1.1 clients as it came);
   interim 1xx, 101, bodies that end when the server closes (httptools cannot be told about
   EOF, so we end them here); non-chunked transfer codings, which a proxy cannot re-frame, and
   a 1xx carrying Content-Length or Transfer-Encoding refused (502); the interim heads before
@@ -50,6 +53,8 @@ _HOST_RE = re.compile(
     rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]{1,5})?")
 _SCHEME_RE = re.compile(rb"(?i)(https?)://([^/?#]*)(.*)")
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+_REASON = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+"""RFC 9112 §4: HTAB, SP, VCHAR, obs-text (llhttp lets NUL, ESC and DEL through)."""
 
 RESPONSE_HEADER_FLOOR = 64 * 1024
 """Backends may send large headers (cookies); allow at least this much in responses."""
@@ -592,6 +597,10 @@ class ResponseParser(_Parser):
         version = _VERSIONS.get(self._parser.get_http_version())
         if version is None:
             raise ProtocolError("backend spoke an unsupported HTTP version", 502, "parse_error")
+        if not 100 <= status <= 599:  # RFC 9110 §15: others are invalid, to be taken as 5xx
+            raise ProtocolError(f"invalid status code {status:03d}", 502, "bad_status")
+        if message.reason and not _REASON.fullmatch(message.reason):
+            raise ProtocolError("a control character in the reason phrase", 502, "bad_status")
         headers = message.headers
         transfer = message.tokens(b"transfer-encoding")
         if transfer and transfer != [b"chunked"]:
