@@ -24,7 +24,9 @@ from conftest import http_config
 from h2_client import H2Client
 from harness import Offload, Recording, TcpBackend, need
 from http_client import https
-from test_backend_desync import read_body, read_head
+from test_backend_desync import CASES as DESYNC_CASES
+from test_backend_desync import SMUGGLED, read_body, read_head
+from test_backend_desync import ScriptedBackend as DesyncBackend
 
 OK_BODY = b"all good"
 
@@ -159,6 +161,19 @@ def test_a_status_line_no_client_could_take_is_a_502(scripted, port: int, pki, p
     h2_ok(client)
     instance.wait_for(lambda e: e.get("event") == "backend_protocol_error"
                       and e.get("reason") == "bad_status")
+
+
+def test_an_http10_chunked_answer_never_puts_its_connection_back(scripted, port: int, pki):
+    # RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing (part of
+    # it may still be held by an HTTP/1.0 hop): the connection is closed after it.
+    server, _ = scripted({"/ten": send(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n"
+                                       b"Transfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n")})
+    conn = https(port, pki.ca)
+    conn.request("GET", "/ten")
+    assert conn.getresponse().read() == b"hi"
+    conn.request("GET", "/next")
+    assert conn.getresponse().read() == f"{OK_BODY.decode()}:/next".encode()
+    assert len(server.server.connections) == 2
 
 
 # ---------------------------------------------------------------------- bodies cut short
@@ -305,3 +320,29 @@ def test_only_close_notify_ends_a_tls_backends_body_for_http11(tls_ends, port: i
             response.read()
     else:
         assert response.read() == whole
+
+
+# ---------------------------------------------------------------------- desync, from h2 clients
+
+@pytest.mark.parametrize("case", list(DESYNC_CASES))
+def test_a_misbehaving_backend_gives_each_h2_stream_exactly_its_answer(
+        case: str, offload, port: int, pki, localhost_bundle: Path):
+    method, misbehaviour, status, _ = DESYNC_CASES[case]
+    backend = DesyncBackend(misbehaviour)
+    try:
+        offload(http_config(port, [localhost_bundle], [backend.server.address]))
+        client = H2Client(port, pki.ca)
+        stream = client.request("/evil", method=method,
+                                body=SMUGGLED if method == "POST" else None)
+        headers, body, _ = client.response(stream)
+        assert headers[":status"] == str(status)
+        assert b"PWNED" not in body and b"smuggled" not in body
+        if status == 200 and method != "HEAD":
+            assert body == b"answer:/evil"
+        if misbehaviour.later:
+            assert backend.late_sent.wait(5)
+        for round_ in range(3):  # the same h2 connection, later streams: their own answers
+            headers, body, _ = client.response(client.request(f"/second/{round_}"))
+            assert (headers[":status"], body) == ("200", f"answer:/second/{round_}".encode())
+    finally:
+        backend.server.close()

@@ -958,6 +958,17 @@ def test_status_lines_at_the_edges_are_taken(line: bytes):
     assert isinstance(events[0], Response) and events[0].status == int(line[9:12])
 
 
+def test_an_http10_response_with_transfer_encoding_is_never_kept_alive():
+    # RFC 9112 §6.1: faulty framing, even though it can be read; the connection closes after.
+    parser = ResponseParser()
+    parser.expect(b"GET")
+    events = parser.feed(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n")
+    head = events[0]
+    assert isinstance(head, Response) and head.chunked and not head.keep_alive
+    assert isinstance(events[-1], EndOfMessage) and parser.answered
+
+
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 

@@ -621,6 +621,9 @@ class ResponseParser(_Parser):
         # A 204 that announces a body (or a 304 with chunked framing) breaks RFC 9110 §8.6:
         # the announced bytes may still come, so the connection is not used again.
         suspect = (status == 204 and (chunked or bool(length))) or (status == 304 and chunked)
+        # RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing (an
+        # HTTP/1.0 hop in between may have kept part of it back): close after it.
+        suspect = suspect or (chunked and version == b"1.0")
         response = Response(
             status=status, reason=message.reason, version=version, headers=headers,
             content_length=length, chunked=chunked,
