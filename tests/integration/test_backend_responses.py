@@ -346,3 +346,46 @@ def test_a_misbehaving_backend_gives_each_h2_stream_exactly_its_answer(
             assert (headers[":status"], body) == ("200", f"answer:/second/{round_}".encode())
     finally:
         backend.server.close()
+
+
+# ---------------------------------------------------------------------- trailers
+
+TRAILERS = send(
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"
+    b"2;ext=\"a\"\r\nhi\r\n0\r\nX-Checksum: abc\r\nSet-Cookie: session=stolen\r\n"
+    b"Content-Type: text/evil\r\nKeep-Alive: timeout=1\r\nTE: trailers\r\n"
+    b"Proxy-Connection: close\r\nUpgrade: h2c\r\nTransfer-Encoding: gzip\r\n\r\n")
+"""Trailers may carry metadata, never framing, routing or cookies (RFC 9110 §6.5.1)."""
+
+
+def test_trailers_reach_an_h2_client_without_forbidden_fields(scripted, port: int, pki):
+    scripted({"/trailers": TRAILERS})
+    client = H2Client(port, pki.ca)
+    _, body, frames = client.response(client.request("/trailers"))
+    head = next(f.decoded for f in frames if hasattr(f, "decoded"))
+    assert body == b"hi" and head[":status"] == "200" and head["trailer"] == "X-Checksum"
+    last = frames[-1]
+    assert "END_STREAM" in last.flags and hasattr(last, "decoded")
+    assert last.decoded == {"x-checksum": "abc"}
+    h2_ok(client)
+
+
+def test_trailers_reach_an_http11_client_without_forbidden_fields(scripted, port: int, pki):
+    scripted({"/trailers": TRAILERS})
+    conn = https(port, pki.ca)
+    conn.connect()
+    assert conn.sock is not None
+    conn.sock.sendall(b"GET /trailers HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    raw = b""
+    while not raw.endswith(b"\r\n\r\n") or b"\r\n0\r\n" not in raw:
+        chunk = conn.sock.recv(65536)
+        assert chunk, raw
+        raw += chunk
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in head
+    assert rest == b"2\r\nhi\r\n0\r\nX-Checksum: abc\r\n\r\n"
+    # the backend connection those trailers came on (llhttp acted on Proxy-Connection: close
+    # in them) is not the next request's
+    conn.request("GET", "/next")
+    response = conn.getresponse()
+    assert (response.status, response.read()) == (200, f"{OK_BODY.decode()}:/next".encode())

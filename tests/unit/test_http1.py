@@ -969,6 +969,21 @@ def test_an_http10_response_with_transfer_encoding_is_never_kept_alive():
     assert isinstance(events[-1], EndOfMessage) and parser.answered
 
 
+@pytest.mark.parametrize("field", [
+    b"Connection: close", b"Proxy-Connection: close", b"Transfer-Encoding: gzip",
+    b"Keep-Alive: timeout=1", b"Upgrade: h2c", b"TE: trailers", b"Trailer: X"])
+def test_a_connection_field_in_the_trailers_ends_the_connection(field: bytes):
+    # Dropped from the trailers, but llhttp acts on some (after "Connection: close" there it
+    # refuses the next response): a connection whose answer carried one is never reused.
+    parser = ResponseParser()
+    parser.expect(b"GET")
+    events = parser.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"2\r\nhi\r\n0\r\nX-Sum: 1\r\n" + field + b"\r\n\r\n")
+    head, end_ = events[0], events[-1]
+    assert isinstance(head, Response) and not head.keep_alive
+    assert isinstance(end_, EndOfMessage) and end_.trailers == [(b"X-Sum", b"1")]
+
+
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 

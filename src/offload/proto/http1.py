@@ -83,6 +83,10 @@ TRAILER_DENYLIST = frozenset({
 """Fields a trailer may not carry (framing, routing, authentication, and what offload itself
 vouches for); they are dropped, RFC 9110 §6.5.1."""
 
+_HOP_FIELDS = frozenset({b"connection", b"proxy-connection", b"keep-alive", b"upgrade", b"te",
+                         b"trailer", b"transfer-encoding", b"content-length"})
+"""Framing and connection fields: in a trailer, dropped, and the connection is not reused."""
+
 _FRAMING_FIELDS = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection",
                              b"upgrade", b"expect"})
 """The fields the parser itself decides on; collected once as they arrive."""
@@ -127,6 +131,9 @@ class _Parser:
         self._in_trailers = False
         self._body_bytes = 0
         self._failed: ProtocolError | None = None
+        self._connection_trailer = False
+        """The message's trailers carried a framing or connection field (dropped, but llhttp
+        may have acted on it): for a response, its connection is not reused."""
         self._interim_size = 0
         """Bytes of the interim (1xx) heads before a final response (responses only): they
         count against its header limit, so a backend cannot send 1xx after 1xx without end."""
@@ -135,6 +142,7 @@ class _Parser:
 
     def on_message_begin(self) -> None:
         self._message = _Message()
+        self._connection_trailer = False
         self._in_head = True
         self._in_trailers = False
         self._body_bytes = 0
@@ -159,7 +167,11 @@ class _Parser:
                 message.fields.setdefault(lower, []).append(value)
         else:
             target = message.trailers
-            if name.lower() in TRAILER_DENYLIST:
+            lower = name.lower()
+            if lower in TRAILER_DENYLIST:
+                # llhttp still acts on some (a Connection: close here makes it refuse the
+                # next message): the connection is not used again
+                self._connection_trailer = self._connection_trailer or lower in _HOP_FIELDS
                 return  # RFC 9110 §6.5.1: never let a trailer stand in for a header
         if len(target) >= self._max_fields:
             raise ProtocolError("too many header fields", 431, "headers_too_large")
@@ -642,6 +654,8 @@ class ResponseParser(_Parser):
             return  # interim: its "message" ends with its head
         if response is not None and response.until_close:
             return  # httptools never ends these; feed_eof does
+        if response is not None and self._connection_trailer:
+            response.keep_alive = False
         self._events.append(EndOfMessage(message.trailers))
         self._response = None
         self._answered = True
