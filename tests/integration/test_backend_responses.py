@@ -248,6 +248,20 @@ def test_a_head_answer_after_thousands_of_interim_heads_in_one_read(scripted, po
     assert conn.getresponse().read() == f"{OK_BODY.decode()}:/after".encode()
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_an_interim_response_that_closes_the_connection_is_a_502_alike(
+        scripted, port: int, pki, method: str):
+    _, instance = scripted({"/interim-close": send(
+        b"HTTP/1.1 100 Continue\r\nConnection: close\r\n\r\n" + ok("/interim-close"))})
+    conn = https(port, pki.ca)
+    conn.request(method, "/interim-close")
+    response = conn.getresponse()
+    assert response.status == 502
+    response.read()
+    instance.wait_for(lambda e: e.get("event") == "backend_protocol_error"
+                      and e.get("reason") == "bad_interim")
+
+
 # ---------------------------------------------------------------------- silence
 
 def silent(conn: socket.socket, _path: str) -> bool:

@@ -984,6 +984,21 @@ def test_a_connection_field_in_the_trailers_ends_the_connection(field: bytes):
     assert isinstance(end_, EndOfMessage) and end_.trailers == [(b"X-Sum", b"1")]
 
 
+@pytest.mark.parametrize("interim", [
+    b"HTTP/1.1 100 Continue\r\nConnection: close\r\n\r\n", b"HTTP/1.0 103 Hints\r\n\r\n",
+    b"HTTP/1.1 103 Hints\r\nProxy-Connection: close\r\n\r\n"], ids=["close", "http10", "proxy"])
+@pytest.mark.parametrize("method", [b"GET", b"HEAD"])
+def test_an_interim_response_that_closes_the_connection_is_refused_alike(
+        interim: bytes, method: bytes):
+    # llhttp refuses whatever follows such a head; answers to HEAD (fed head by head) took the
+    # final response and pooled a connection the server said it closes
+    parser = ResponseParser()
+    parser.expect(method)
+    _, error = feed_until_error(
+        parser, [interim + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"])
+    assert error is not None and error.reason == "bad_interim"
+
+
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 

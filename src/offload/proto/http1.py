@@ -624,6 +624,12 @@ class ResponseParser(_Parser):
             # RFC 9110 §8.6, RFC 9112 §6.1: an interim response is a head and nothing else
             raise ProtocolError("an interim (1xx) response with body framing", 502,
                                 "bad_interim")
+        if status < 200 and status != 101 and not self._parser.should_keep_alive():
+            # HTTP/1.0 or Connection: close on a 1xx: llhttp would refuse the final response
+            # that must follow (answers to HEAD, parsed head by head, would take it and pool
+            # a connection the server said it closes): refused alike
+            raise ProtocolError("an interim (1xx) response that closes the connection", 502,
+                                "bad_interim")
         if status < 200:
             # the status line and the empty line too, so heads without fields count
             self._interim_size = message.size + len(message.reason) + INTERIM_LINES
