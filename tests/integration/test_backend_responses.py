@@ -262,6 +262,29 @@ def test_an_interim_response_that_closes_the_connection_is_a_502_alike(
                       and e.get("reason") == "bad_interim")
 
 
+def test_empty_lines_for_an_answer_to_head_are_no_answer(scripted, port: int, pki):
+    # Empty lines before a response are skipped (RFC 9112 §2.2); they are not a response:
+    # the client must not be left without one, nor get the next request's answer for it.
+    scripted({"/blank": send(b"\r\n\r\n")}, backend='server_timeout = "2s"')
+    conn = https(port, pki.ca)
+    conn.connect()
+    assert conn.sock is not None
+    conn.sock.sendall(b"HEAD /blank HTTP/1.1\r\nHost: localhost\r\n\r\n"
+                      b"GET /after HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    first = http.client.HTTPResponse(conn.sock, method="HEAD")  # type: ignore[arg-type]
+    first.begin()
+    assert first.status == 504  # the answer never came
+    first.read()
+    if not first.will_close:
+        second = http.client.HTTPResponse(conn.sock, method="GET")  # type: ignore[arg-type]
+        second.begin()
+        assert second.read() == f"{OK_BODY.decode()}:/after".encode()
+    h2 = H2Client(port, pki.ca)
+    headers, _, _ = h2.response(h2.request("/blank", method="HEAD"))
+    assert headers[":status"] == "504"
+    h2_ok(h2)
+
+
 # ---------------------------------------------------------------------- silence
 
 def silent(conn: socket.socket, _path: str) -> bool:

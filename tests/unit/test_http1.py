@@ -999,6 +999,24 @@ def test_an_interim_response_that_closes_the_connection_is_refused_alike(
     assert error is not None and error.reason == "bad_interim"
 
 
+@pytest.mark.parametrize("pieces", [[b"\r\n\r\n"], [b"\r\n\r\n", b"\r\n\r\n\r\n"]])
+def test_empty_lines_are_no_answer_to_head(pieces: list[bytes]):
+    # They were taken for a complete answer without a head (an end and no response)
+    parser = ResponseParser()
+    parser.expect(b"HEAD")
+    assert feed_pieces(parser, pieces) == [] and not parser.answered
+    events = parser.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+    assert isinstance(events[0], Response) and events[0].status == 200
+    assert isinstance(events[-1], EndOfMessage) and parser.answered
+
+
+def test_endless_empty_lines_before_an_answer_to_head_are_refused():
+    parser = ResponseParser()
+    parser.expect(b"HEAD")
+    _, error = feed_until_error(parser, [b"\r\n" * 4096] * 64)
+    assert error is not None and error.status in (431, 502)
+
+
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 

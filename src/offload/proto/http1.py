@@ -564,7 +564,9 @@ class ResponseParser(_Parser):
                 self._parser = self._response_parser = httptools.HttpResponseParser(self)
                 events += self._run(head)
                 response = self._response
-                if response is None or response.status >= 200:
+                if response is None:  # only empty lines, skipped (RFC 9112 §2.2): no answer
+                    continue
+                if response.status >= 200:
                     break
                 if self.upgrade_tail is not None:  # 101: what follows is not HTTP
                     self.upgrade_tail += buffer[start:]
