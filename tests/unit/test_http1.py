@@ -1127,3 +1127,46 @@ def test_a_dropped_parser_is_freed_so_connections_cannot_grow_memory(
         parser.feed(message)
     del parser
     assert _alive(kind) == before
+
+
+_RESPONSE_PIECES = st.sampled_from([
+    b"HTTP/1.1 200 OK\r\n", b"HTTP/1.1 100 Continue\r\n", b"HTTP/1.1 103 Early Hints\r\n",
+    b"HTTP/1.0 204 No Content\r\n", b"HTTP/1.1 304 Not Modified\r\n", b"HTTP/1.1 101 Up\r\n",
+    b"Content-Length: 3\r\n", b"Transfer-Encoding: chunked\r\n", b"Connection: close\r\n",
+    b"Upgrade: websocket\r\n", b"Link: <a>\r\n", b"\r\n", b"\r\n\r\n", b"abc", b"3\r\nabc\r\n",
+    b"0\r\n\r\n", b"0\r\nX-T: 1\r\nConnection: close\r\n\r\n", b"HTTP/1.1 000 X\r\n",
+])
+
+
+@HYPOTHESIS
+@given(st.lists(_RESPONSE_PIECES, max_size=14), st.lists(st.integers(0, 300), max_size=5),
+       st.sampled_from([b"GET", b"HEAD"]))
+def test_a_backend_gets_one_answer_in_or_a_protocol_error(pieces: list[bytes], cuts: list[int],
+                                                          method: bytes):
+    # Whatever a backend sends: events or a ProtocolError (never another exception), and the
+    # events are at most one answer: interim heads, one final head, its body, its end.
+    raw = b"".join(pieces)
+    parser = ResponseParser()
+    parser.expect(method)
+    events, error = feed_until_error(parser, cut(raw, [c for c in cuts if c <= len(raw)]))
+    if error is None and not parser.answered and parser.upgrade_tail is None:
+        try:
+            events += parser.feed_eof()
+        except ProtocolError as eof_error:
+            error = eof_error
+    assert error is None or 500 <= error.status <= 599 or error.status == 431
+    final: Response | None = None
+    ended = False
+    for event in events:
+        assert not ended, "an event after the end of the answer"
+        if isinstance(event, Response):
+            assert final is None, "a second head after the final one"
+            assert 100 <= event.status <= 599
+            if event.status >= 200:
+                final = event
+        elif isinstance(event, Data):
+            assert final is not None and final.has_body and method != b"HEAD"
+        else:
+            assert isinstance(event, EndOfMessage)
+            assert final is not None, "an end without a final head"
+            ended = True
