@@ -931,6 +931,138 @@ def test_interim_response_is_a_head_and_nothing_else(raw: bytes):
                        for e in caught.value.before)
 
 
+@pytest.mark.parametrize("line", [
+    b"HTTP/1.1 000 Zero", b"HTTP/1.1 099 Low", b"HTTP/1.1 600 High", b"HTTP/1.1 999 Max",
+    b"HTTP/1.1 200 O\x00K", b"HTTP/1.1 200 O\x1b[2JK", b"HTTP/1.1 200 O\x7fK",
+    b"HTTP/1.1 103 \x01",
+], ids=["000", "099", "600", "999", "reason-nul", "reason-esc", "reason-del", "1xx-ctl"])
+@pytest.mark.parametrize("method", [b"GET", b"HEAD"])
+def test_a_status_line_a_client_could_not_take_is_refused(line: bytes, method: bytes):
+    # RFC 9110 §15: a status outside 100-599 is invalid (a client takes it as 5xx); RFC 9112
+    # §4: no control characters in the reason phrase, which HTTP/1.1 clients get as it came.
+    # Both went through before (a "000" even as an interim response).
+    for framing in (b"", b"Content-Length: 0\r\n"):
+        parser = ResponseParser()
+        parser.expect(method)
+        events, error = feed_until_error(parser, [line + b"\r\n" + framing + b"\r\n"])
+        assert error is not None and error.reason == "bad_status" and error.status == 502
+        assert not any(isinstance(e, Response) for e in events)
+
+
+@pytest.mark.parametrize("line", [b"HTTP/1.1 100 ", b"HTTP/1.1 599 Whatever",
+                                  b"HTTP/1.1 200 caf\xe9 \tok", b"HTTP/1.1 204"])
+def test_status_lines_at_the_edges_are_taken(line: bytes):
+    parser = ResponseParser()
+    parser.expect(b"GET")
+    events = parser.feed(line + b"\r\n\r\n")
+    assert isinstance(events[0], Response) and events[0].status == int(line[9:12])
+
+
+def test_an_http10_response_with_transfer_encoding_is_never_kept_alive():
+    # RFC 9112 §6.1: faulty framing, even though it can be read; the connection closes after.
+    parser = ResponseParser()
+    parser.expect(b"GET")
+    events = parser.feed(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n")
+    head = events[0]
+    assert isinstance(head, Response) and head.chunked and not head.keep_alive
+    assert isinstance(events[-1], EndOfMessage) and parser.answered
+
+
+@pytest.mark.parametrize("field", [
+    b"Connection: close", b"Proxy-Connection: close", b"Transfer-Encoding: gzip",
+    b"Keep-Alive: timeout=1", b"Upgrade: h2c", b"TE: trailers", b"Trailer: X"])
+def test_a_connection_field_in_the_trailers_ends_the_connection(field: bytes):
+    # Dropped from the trailers, but llhttp acts on some (after "Connection: close" there it
+    # refuses the next response): a connection whose answer carried one is never reused.
+    parser = ResponseParser()
+    parser.expect(b"GET")
+    events = parser.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"2\r\nhi\r\n0\r\nX-Sum: 1\r\n" + field + b"\r\n\r\n")
+    head, end_ = events[0], events[-1]
+    assert isinstance(head, Response) and not head.keep_alive
+    assert isinstance(end_, EndOfMessage) and end_.trailers == [(b"X-Sum", b"1")]
+
+
+@pytest.mark.parametrize("interim", [
+    b"HTTP/1.1 100 Continue\r\nConnection: close\r\n\r\n", b"HTTP/1.0 103 Hints\r\n\r\n",
+    b"HTTP/1.1 103 Hints\r\nProxy-Connection: close\r\n\r\n"], ids=["close", "http10", "proxy"])
+@pytest.mark.parametrize("method", [b"GET", b"HEAD"])
+def test_an_interim_response_that_closes_the_connection_is_refused_alike(
+        interim: bytes, method: bytes):
+    # llhttp refuses whatever follows such a head; answers to HEAD (fed head by head) took the
+    # final response and pooled a connection the server said it closes
+    parser = ResponseParser()
+    parser.expect(method)
+    _, error = feed_until_error(
+        parser, [interim + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"])
+    assert error is not None and error.reason == "bad_interim"
+
+
+@pytest.mark.parametrize("pieces", [[b"\r\n\r\n"], [b"\r\n\r\n", b"\r\n\r\n\r\n"]])
+def test_empty_lines_are_no_answer_to_head(pieces: list[bytes]):
+    # They were taken for a complete answer without a head (an end and no response)
+    parser = ResponseParser()
+    parser.expect(b"HEAD")
+    assert feed_pieces(parser, pieces) == [] and not parser.answered
+    events = parser.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+    assert isinstance(events[0], Response) and events[0].status == 200
+    assert isinstance(events[-1], EndOfMessage) and parser.answered
+
+
+def test_endless_empty_lines_before_an_answer_to_head_are_refused():
+    parser = ResponseParser()
+    parser.expect(b"HEAD")
+    _, error = feed_until_error(parser, [b"\r\n" * 4096] * 64)
+    assert error is not None and error.status in (431, 502)
+
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+@pytest.mark.parametrize("method", [b"GET", b"HEAD"])
+def test_thousands_of_interim_heads_in_one_read_are_taken_in_a_loop(method: bytes):
+    # More interim heads than Python's recursion limit, all in one read, then the answer:
+    # taken one after the other (the HEAD path once recursed per head and overflowed).
+    count = 2000
+    parser = ResponseParser()
+    parser.expect(method)
+    events = parser.feed(CONTINUE * count + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    statuses = [e.status for e in events if isinstance(e, Response)]
+    assert statuses == [100] * count + [200]
+    assert isinstance(events[-1], EndOfMessage) and parser.answered
+
+
+@pytest.mark.parametrize("method", [b"GET", b"HEAD"])
+@pytest.mark.parametrize("pieces", [1, 64])
+def test_interim_heads_without_end_are_refused(method: bytes, pieces: int):
+    # A backend that sends 1xx after 1xx never gets to hold an exchange (and its client)
+    # forever: the interim heads share the final head's limit (RFC 9110 §15.2 sets none).
+    parser = ResponseParser()
+    parser.expect(method)
+    flood = [CONTINUE * 500] * pieces if pieces > 1 else [CONTINUE * 10_000]
+    events, error = feed_until_error(parser, flood)
+    assert error is not None and error.reason == "too_many_interim" and error.status == 502
+    interim = [e for e in events if isinstance(e, Response)]
+    assert interim and len(interim) * len(CONTINUE) <= 64 * 1024
+    assert all(e.status == 100 for e in interim)
+
+
+def test_interim_heads_count_against_the_final_heads_limit():
+    hint = b"HTTP/1.1 103 Early Hints\r\nLink: <%b>\r\n\r\n" % (b"x" * 1000)
+    big = b"X-Big: %b\r\n" % (b"y" * 4000)
+    parser = ResponseParser()
+    parser.expect(b"GET")
+    parser.feed(hint * 40)  # about 40 KiB of interim heads: allowed
+    _, error = feed_until_error(
+        parser, [b"HTTP/1.1 200 OK\r\n" + big * 8 + b"Content-Length: 0\r\n\r\n"])
+    assert error is not None and error.reason == "too_many_interim"
+    fresh = ResponseParser()
+    fresh.expect(b"GET")
+    answer = fresh.feed(b"HTTP/1.1 200 OK\r\n" + big * 8 + b"Content-Length: 0\r\n\r\n")
+    assert isinstance(answer[-1], EndOfMessage)  # the same head alone is fine
+
+
 def test_response_parser_takes_the_next_response_after_expect():
     parser = ResponseParser()
     parser.expect(b"HEAD")
@@ -995,3 +1127,46 @@ def test_a_dropped_parser_is_freed_so_connections_cannot_grow_memory(
         parser.feed(message)
     del parser
     assert _alive(kind) == before
+
+
+_RESPONSE_PIECES = st.sampled_from([
+    b"HTTP/1.1 200 OK\r\n", b"HTTP/1.1 100 Continue\r\n", b"HTTP/1.1 103 Early Hints\r\n",
+    b"HTTP/1.0 204 No Content\r\n", b"HTTP/1.1 304 Not Modified\r\n", b"HTTP/1.1 101 Up\r\n",
+    b"Content-Length: 3\r\n", b"Transfer-Encoding: chunked\r\n", b"Connection: close\r\n",
+    b"Upgrade: websocket\r\n", b"Link: <a>\r\n", b"\r\n", b"\r\n\r\n", b"abc", b"3\r\nabc\r\n",
+    b"0\r\n\r\n", b"0\r\nX-T: 1\r\nConnection: close\r\n\r\n", b"HTTP/1.1 000 X\r\n",
+])
+
+
+@HYPOTHESIS
+@given(st.lists(_RESPONSE_PIECES, max_size=14), st.lists(st.integers(0, 300), max_size=5),
+       st.sampled_from([b"GET", b"HEAD"]))
+def test_a_backend_gets_one_answer_in_or_a_protocol_error(pieces: list[bytes], cuts: list[int],
+                                                          method: bytes):
+    # Whatever a backend sends: events or a ProtocolError (never another exception), and the
+    # events are at most one answer: interim heads, one final head, its body, its end.
+    raw = b"".join(pieces)
+    parser = ResponseParser()
+    parser.expect(method)
+    events, error = feed_until_error(parser, cut(raw, [c for c in cuts if c <= len(raw)]))
+    if error is None and not parser.answered and parser.upgrade_tail is None:
+        try:
+            events += parser.feed_eof()
+        except ProtocolError as eof_error:
+            error = eof_error
+    assert error is None or 500 <= error.status <= 599 or error.status == 431
+    final: Response | None = None
+    ended = False
+    for event in events:
+        assert not ended, "an event after the end of the answer"
+        if isinstance(event, Response):
+            assert final is None, "a second head after the final one"
+            assert 100 <= event.status <= 599
+            if event.status >= 200:
+                final = event
+        elif isinstance(event, Data):
+            assert final is not None and final.has_body and method != b"HEAD"
+        else:
+            assert isinstance(event, EndOfMessage)
+            assert final is not None, "an end without a final head"
+            ended = True

@@ -15,9 +15,13 @@ what a proxy needs on top, and refuses (never repairs) anything ambiguous:
   the one Host everything downstream sees — routing, rules, the backend's Host and
   X-Forwarded-Host, the Host-versus-SNI check (§3.2.2: the received Host is replaced);
 * responses (RFC 9112 §6.3): no body for HEAD, 1xx, 204 and 304 whatever Content-Length says;
+  a status outside 100-599 or a control character in the reason phrase refused (502,
+  ``bad_status``: RFC 9110 §15 has a client treat those as a server error, and the reason
+  goes to HTTP/1.1 clients as it came);
   interim 1xx, 101, bodies that end when the server closes (httptools cannot be told about
   EOF, so we end them here); non-chunked transfer codings, which a proxy cannot re-frame, and
-  a 1xx carrying Content-Length or Transfer-Encoding refused (502);
+  a 1xx carrying Content-Length or Transfer-Encoding refused (502); the interim heads before
+  a final response share its header limit, so 1xx after 1xx ends (502, ``too_many_interim``);
 * exactly one final response per request: once it is complete, any further byte but the empty
   lines llhttp skips between messages is an error (``data_after_response``) until
   :meth:`ResponseParser.expect` announces the next request. A backend that answers twice, or
@@ -49,9 +53,13 @@ _HOST_RE = re.compile(
     rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]{1,5})?")
 _SCHEME_RE = re.compile(rb"(?i)(https?)://([^/?#]*)(.*)")
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+_REASON = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+"""RFC 9112 §4: HTAB, SP, VCHAR, obs-text (llhttp lets NUL, ESC and DEL through)."""
 
 RESPONSE_HEADER_FLOOR = 64 * 1024
 """Backends may send large headers (cookies); allow at least this much in responses."""
+INTERIM_LINES = len(b"HTTP/1.1 100 \r\n\r\n")
+"""What an interim head costs beyond its fields and reason (the header limit bounds them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +82,10 @@ TRAILER_DENYLIST = frozenset({
 })
 """Fields a trailer may not carry (framing, routing, authentication, and what offload itself
 vouches for); they are dropped, RFC 9110 §6.5.1."""
+
+_HOP_FIELDS = frozenset({b"connection", b"proxy-connection", b"keep-alive", b"upgrade", b"te",
+                         b"trailer", b"transfer-encoding", b"content-length"})
+"""Framing and connection fields: in a trailer, dropped, and the connection is not reused."""
 
 _FRAMING_FIELDS = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection",
                              b"upgrade", b"expect"})
@@ -119,11 +131,18 @@ class _Parser:
         self._in_trailers = False
         self._body_bytes = 0
         self._failed: ProtocolError | None = None
+        self._connection_trailer = False
+        """The message's trailers carried a framing or connection field (dropped, but llhttp
+        may have acted on it): for a response, its connection is not reused."""
+        self._interim_size = 0
+        """Bytes of the interim (1xx) heads before a final response (responses only): they
+        count against its header limit, so a backend cannot send 1xx after 1xx without end."""
 
     # -- httptools callbacks
 
     def on_message_begin(self) -> None:
         self._message = _Message()
+        self._connection_trailer = False
         self._in_head = True
         self._in_trailers = False
         self._body_bytes = 0
@@ -136,6 +155,9 @@ class _Parser:
         size = message.size + len(name) + len(value) + 4
         message.size = size
         if size > self._header_limit:
+            if self._interim_size:
+                raise ProtocolError("too many interim (1xx) responses before the final one",
+                                    502, "too_many_interim")
             raise ProtocolError("header section too large", 431, "headers_too_large")
         value = value.strip(b" \t")
         if self._in_head:
@@ -145,7 +167,11 @@ class _Parser:
                 message.fields.setdefault(lower, []).append(value)
         else:
             target = message.trailers
-            if name.lower() in TRAILER_DENYLIST:
+            lower = name.lower()
+            if lower in TRAILER_DENYLIST:
+                # llhttp still acts on some (a Connection: close here makes it refuse the
+                # next message): the connection is not used again
+                self._connection_trailer = self._connection_trailer or lower in _HOP_FIELDS
                 return  # RFC 9110 §6.5.1: never let a trailer stand in for a header
         if len(target) >= self._max_fields:
             raise ProtocolError("too many header fields", 431, "headers_too_large")
@@ -477,6 +503,7 @@ class ResponseParser(_Parser):
         self._method = method
         self._response = None
         self._answered = False
+        self._interim_size = 0
         self._head_buffer = bytearray() if method == b"HEAD" else None
 
     @property
@@ -517,28 +544,38 @@ class ResponseParser(_Parser):
 
     def _feed_head_only(self, data: bytes) -> list[Event]:
         """Responses to HEAD have no body whatever their headers say: httptools cannot be told,
-        so it only ever sees the header section."""
+        so it only ever sees the header section. Interim heads before the final one are taken
+        in a loop (one read may hold thousands of them: never one call each)."""
         buffer = self._head_buffer
         assert buffer is not None
         buffer += data
-        end = buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buffer) > self._header_limit:
-                raise ProtocolError("response header section too large", 502, "parse_error")
-            return []
-        head, rest = bytes(buffer[: end + 4]), bytes(buffer[end + 4 :])
-        self._parser = self._response_parser = httptools.HttpResponseParser(self)
-        events = self._run(head)
-        if self._response is not None and self._response.status < 200:
-            # interim response: the final one follows
-            self._head_buffer = bytearray()
-            if not rest:
-                return events
-            try:
-                return events + self._feed_head_only(rest)
-            except ProtocolError as error:
-                error.before = events + error.before
-                raise
+        events: list[Event] = []
+        start = 0
+        try:
+            while True:
+                end = buffer.find(b"\r\n\r\n", start)
+                if end < 0:
+                    del buffer[:start]
+                    if len(buffer) > self._header_limit:
+                        raise ProtocolError("response header section too large", 502,
+                                            "parse_error")
+                    return events
+                head, start = bytes(buffer[start : end + 4]), end + 4
+                self._parser = self._response_parser = httptools.HttpResponseParser(self)
+                events += self._run(head)
+                response = self._response
+                if response is None:  # only empty lines, skipped (RFC 9112 §2.2): no answer
+                    continue
+                if response.status >= 200:
+                    break
+                if self.upgrade_tail is not None:  # 101: what follows is not HTTP
+                    self.upgrade_tail += buffer[start:]
+                    return events
+                # an interim response: the final one follows
+        except ProtocolError as error:
+            error.before = events + error.before
+            raise
+        rest = bytes(buffer[start:])
         self._parser = self._response_parser = httptools.HttpResponseParser(self)
         self._head_buffer = None
         self._response = None
@@ -557,6 +594,9 @@ class ResponseParser(_Parser):
             raise ProtocolError("the backend sent more than one response to a request", 502,
                                 "data_after_response")
         super().on_message_begin()
+        message = self._message
+        assert message is not None
+        message.size = self._interim_size
 
     def on_status(self, reason: bytes) -> None:
         message = self._message
@@ -571,6 +611,10 @@ class ResponseParser(_Parser):
         version = _VERSIONS.get(self._parser.get_http_version())
         if version is None:
             raise ProtocolError("backend spoke an unsupported HTTP version", 502, "parse_error")
+        if not 100 <= status <= 599:  # RFC 9110 §15: others are invalid, to be taken as 5xx
+            raise ProtocolError(f"invalid status code {status:03d}", 502, "bad_status")
+        if message.reason and not _REASON.fullmatch(message.reason):
+            raise ProtocolError("a control character in the reason phrase", 502, "bad_status")
         headers = message.headers
         transfer = message.tokens(b"transfer-encoding")
         if transfer and transfer != [b"chunked"]:
@@ -582,10 +626,24 @@ class ResponseParser(_Parser):
             # RFC 9110 §8.6, RFC 9112 §6.1: an interim response is a head and nothing else
             raise ProtocolError("an interim (1xx) response with body framing", 502,
                                 "bad_interim")
+        if status < 200 and status != 101 and not self._parser.should_keep_alive():
+            # HTTP/1.0 or Connection: close on a 1xx: llhttp would refuse the final response
+            # that must follow (answers to HEAD, parsed head by head, would take it and pool
+            # a connection the server said it closes): refused alike
+            raise ProtocolError("an interim (1xx) response that closes the connection", 502,
+                                "bad_interim")
+        if status < 200:
+            # the status line and the empty line too, so heads without fields count
+            self._interim_size = message.size + len(message.reason) + INTERIM_LINES
+            if self._interim_size > self._header_limit:
+                raise ProtocolError("too many interim (1xx) responses", 502, "too_many_interim")
         bodiless = (self._method == b"HEAD" or status < 200 or status in (204, 304))
         # A 204 that announces a body (or a 304 with chunked framing) breaks RFC 9110 §8.6:
         # the announced bytes may still come, so the connection is not used again.
         suspect = (status == 204 and (chunked or bool(length))) or (status == 304 and chunked)
+        # RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing (an
+        # HTTP/1.0 hop in between may have kept part of it back): close after it.
+        suspect = suspect or (chunked and version == b"1.0")
         response = Response(
             status=status, reason=message.reason, version=version, headers=headers,
             content_length=length, chunked=chunked,
@@ -604,6 +662,8 @@ class ResponseParser(_Parser):
             return  # interim: its "message" ends with its head
         if response is not None and response.until_close:
             return  # httptools never ends these; feed_eof does
+        if response is not None and self._connection_trailer:
+            response.keep_alive = False
         self._events.append(EndOfMessage(message.trailers))
         self._response = None
         self._answered = True
