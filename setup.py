@@ -57,11 +57,19 @@ COMPILED = [
     "src/offload/http/access.py",
     "src/offload/http/h1_connection.py",
     "src/offload/http/h2_connection.py",
+    "src/offload/http/versions.py",
     "src/offload/http/gate.py",
     "src/offload/http/inspection.py",
     "src/offload/proto/h2_request.py",
     "src/offload/proto/h2_guard.py",
     "src/offload/proto/h2_nghttp2.py",
+    "src/offload/proto/h2_engine.py",
+    "src/offload/proto/client_hello.py",
+    "src/offload/proto/fingerprint.py",
+    "src/offload/tls/sni.py",
+    "src/offload/tls/store.py",
+    "src/offload/security/body_pace.py",
+    "src/offload/security/ban_list.py",
 ]
 NGHTTP2_BUILD = "src/offload/proto/h2_nghttp2_build.py"
 NGHTTP2_MODULE = "offload.proto._nghttp2"

@@ -56,9 +56,11 @@ class ClientHelloError(ProtocolError):
         super().__init__(message, status=400, reason="bad_client_hello")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class ClientHello:
-    """What offload reads from a ClientHello before handing the bytes to OpenSSL."""
+    """What offload reads from a ClientHello before handing the bytes to OpenSSL (one per
+    handshake: its ``__init__`` is spelled out, as a dataclass's generated one would run
+    interpreted)."""
 
     server_name: str | None
     """The host_name of the server_name extension (RFC 6066 §3), exactly as sent (not
@@ -77,6 +79,17 @@ class ClientHello:
     TLS 1.2 session-id resumption, RFC 5246 §7.4.1.2; a TLS 1.3 client sends a random id for
     middlebox compatibility, RFC 8446 §D.4, and resumes with a pre_shared_key instead). An
     offer is not a promise: the server may still fall back to a full handshake."""
+
+    def __init__(self, server_name: str | None, alpn: tuple[str, ...],  # noqa: PLR0917
+                 versions: tuple[int, ...], cipher_suites: int, legacy_version: int,
+                 offers_resumption: bool = False) -> None:  # a dataclass's positional order
+        setter = object.__setattr__
+        setter(self, "server_name", server_name)
+        setter(self, "alpn", alpn)
+        setter(self, "versions", versions)
+        setter(self, "cipher_suites", cipher_suites)
+        setter(self, "legacy_version", legacy_version)
+        setter(self, "offers_resumption", offers_resumption)
 
 
 def _u16(data: bytes, pos: int) -> int:

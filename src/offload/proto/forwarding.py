@@ -73,9 +73,10 @@ def token_names(value: bytes) -> set[bytes]:
 # ------------------------------------------------------------------------------ request side
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class ClientFacts:
-    """Who is on the other end of the client connection."""
+    """Who is on the other end of the client connection (made once per connection: its
+    ``__init__`` is spelled out, as a dataclass's generated one would run interpreted)."""
 
     address: str
     """The client IP (IPv6 without brackets); ``""`` when unknown."""
@@ -93,15 +94,22 @@ class ClientFacts:
     """The RFC 7239 §6 ``for=`` value: IPv6 bracketed and quoted."""
     local_port_bytes: bytes = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        address = self.address.partition("%")[0]  # a zone id means nothing past this host
+    def __init__(self, address: str, port: int, local_port: int,
+                 identity: Headers | None = None, fingerprints: Fingerprints | None = None
+                 ) -> None:
+        setter = object.__setattr__
+        setter(self, "address", address)
+        setter(self, "port", port)
+        setter(self, "local_port", local_port)
+        setter(self, "identity", [] if identity is None else identity)
+        setter(self, "fingerprints", fingerprints)
+        address = address.partition("%")[0]  # a zone id means nothing past this host
         if address[:7].lower() == "::ffff:" and "." in address:  # RFC 4291 §2.5.5.2
             address = address[7:]
         node = address.encode("ascii") if address else b"unknown"  # RFC 7239 §6.2
-        object.__setattr__(self, "node", node)
-        object.__setattr__(self, "forwarded_for",
-                           b'"[' + node + b']"' if node.find(b":") >= 0 else node)
-        object.__setattr__(self, "local_port_bytes", b"%d" % self.local_port)
+        setter(self, "node", node)
+        setter(self, "forwarded_for", b'"[' + node + b']"' if node.find(b":") >= 0 else node)
+        setter(self, "local_port_bytes", b"%d" % local_port)
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,7 +73,12 @@ class H2Settings:
     header_table_size: int = 4_096
 
 
-@dataclass(frozen=True, slots=True)
+# The events made for every request and frame spell out their __init__ (``init=False``): a
+# dataclass's generated __init__ is a Python function even in the compiled build (as for the
+# HTTP/1 events in http_types).
+
+
+@dataclass(slots=True, init=False)
 class RequestReceived:
     """A complete request header block (HEADERS and its CONTINUATIONs), decoded.
 
@@ -85,8 +90,13 @@ class RequestReceived:
     headers: list[Header]
     end_stream: bool
 
+    def __init__(self, stream_id: int, headers: list[Header], end_stream: bool) -> None:
+        self.stream_id = stream_id
+        self.headers = headers
+        self.end_stream = end_stream
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class DataReceived:
     stream_id: int
     data: bytes
@@ -95,16 +105,26 @@ class DataReceived:
     return padding to the windows itself (``h2`` does not; nghttp2 does)."""
     end_stream: bool
 
+    def __init__(self, stream_id: int, data: bytes, flow_length: int, end_stream: bool) -> None:
+        self.stream_id = stream_id
+        self.data = data
+        self.flow_length = flow_length
+        self.end_stream = end_stream
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class TrailersReceived:
     """A header block after the body; it ends the stream."""
 
     stream_id: int
     headers: list[Header]
 
+    def __init__(self, stream_id: int, headers: list[Header]) -> None:
+        self.stream_id = stream_id
+        self.headers = headers
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class StreamReset:
     """A stream ended abnormally: by the client's RST_STREAM (``by_peer``) or by the engine
     (a stream error it detected, and answered with RST_STREAM)."""
@@ -113,13 +133,21 @@ class StreamReset:
     error_code: int
     by_peer: bool
 
+    def __init__(self, stream_id: int, error_code: int, by_peer: bool) -> None:
+        self.stream_id = stream_id
+        self.error_code = error_code
+        self.by_peer = by_peer
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class WindowOpened:
     """The client opened a send window (``stream_id`` 0: the connection's), or changed
     SETTINGS_INITIAL_WINDOW_SIZE: queued data may have gone out; check :meth:`queued`."""
 
     stream_id: int
+
+    def __init__(self, stream_id: int) -> None:
+        self.stream_id = stream_id
 
 
 @dataclass(frozen=True, slots=True)

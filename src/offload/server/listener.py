@@ -70,8 +70,9 @@ class ConnectionRegistry:
         self._empty.set()
 
     def add(self, stream: TLSServerStream) -> None:
+        if not self.streams:  # Event.clear is a Python call: only when it changes anything
+            self._empty.clear()
         self.streams.add(stream)
-        self._empty.clear()
         if len(self.streams) >= self.max_connections and not self._paused:
             self._paused = True
             _log.warning("connection limit reached, pausing accepts",

@@ -36,13 +36,12 @@ from offload.fleet.link import FleetLink, redis_client
 from offload.fleet.messages import TicketKeys
 from offload.fleet.worker_tickets import WorkerTickets
 from offload.http.gate import Inspector
-from offload.http.h1_connection import Http1Connection
-from offload.http.h2_connection import H2Connection
 from offload.http.icap_client import IcapClient
 from offload.http.icap_inspector import IcapInspector
 from offload.http.redirect import RedirectProtocol
 from offload.http.site import HttpSite
 from offload.http.upstream import HttpBackend
+from offload.http.versions import HttpConnections
 from offload.http.waf import WafInspector, WafPool
 from offload.l4.relay import TcpRelay
 from offload.observe.access_log import AccessLog
@@ -72,7 +71,6 @@ from offload.server.listener import AppFactory, ConnectionRegistry, Listener
 from offload.server.prepare import Prepared, PreparedFrontend
 from offload.timers import LoopClock
 from offload.tls.crl_gate import CrlFetcher, RevocationGate
-from offload.tls.stream import TLSServerStream
 from offload.upstream.backend import Backend
 from offload.upstream.group import ServerGroup
 from offload.writes import WriteBatcher
@@ -91,13 +89,6 @@ RESPONSE_LIMITS = HttpLimits(max_header_count=200)
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-
-
-def http_connection(stream: TLSServerStream, site: HttpSite) -> asyncio.Protocol:
-    """The HTTP version the client chose by ALPN (HTTP/1.1 without ALPN)."""
-    if stream.alpn == "h2":
-        return H2Connection(stream, site)
-    return Http1Connection(stream, site)
 
 
 @dataclass(frozen=True)
@@ -282,7 +273,7 @@ class _Apps:
                         client_cas=client_auth.authorities if client_auth is not None else None,
                         banned=self.banned)
         self.sites.append(site)
-        return lambda stream: http_connection(stream, site)
+        return HttpConnections(site)
 
     def _icap(self, frontend: FrontendConfig) -> tuple[Inspector, ...]:
         """The frontend's ICAP scanning, if it has one (docs/inspection.md)."""

@@ -136,7 +136,7 @@ class TLSClientStream(TLSRecordStream, asyncio.Protocol):
 
     def _handshake(self) -> None:
         try:
-            self._ssl.do_handshake()
+            self._records.do_handshake()
         except ssl.SSLWantReadError:
             self._flush()
             return
@@ -146,13 +146,13 @@ class TLSClientStream(TLSRecordStream, asyncio.Protocol):
             return
         self._flush()
         name = self._plan.check_after
-        if name is not None and not self._ssl.session_reused:
+        if name is not None and not self._records.session_reused:
             der = self._ssl.getpeercert(binary_form=True)
             if der is None or not certificate_matches(der, name):
                 self._fail("name_mismatch", f"the certificate is not issued for {name}")
                 return
         self._state = OPEN
-        if self._ssl.version() != "TLSv1.3":
+        if self._records.version() != "TLSv1.3":
             self._keep_session()  # TLS 1.2: the session is complete with the handshake
         self._app_started = True
         self._app.connection_made(self)
@@ -269,11 +269,12 @@ class TLSClientStream(TLSRecordStream, asyncio.Protocol):
 
     @property
     def resumed(self) -> bool:
-        return bool(self._ssl.session_reused)
+        return bool(self._records.session_reused)
 
     @property
     def tls_version(self) -> str | None:
-        return self._ssl.version()
+        version: str | None = self._records.version()
+        return version
 
 
 async def open_tls(app: asyncio.Protocol, tls: ServerTls, plan: Handshake,

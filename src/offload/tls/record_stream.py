@@ -53,7 +53,8 @@ class TLSRecordStream(asyncio.Transport):
 
     def __init__(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,
                  ssl_object: ssl.SSLObject, batcher: WriteBatcher | None) -> None:
-        super().__init__()
+        # what BaseTransport.__init__ does, without its (interpreted) call per connection
+        self._extra = {}
         self._incoming = incoming
         self._outgoing = outgoing
         self._ssl = ssl_object
@@ -129,7 +130,7 @@ class TLSRecordStream(asyncio.Transport):
 
     def _send_close_notify(self) -> None:
         try:
-            self._ssl.unwrap()
+            self._records.shutdown()  # SSLObject.unwrap() without its Python frame
         except ssl.SSLError:
             pass  # WantRead: our close_notify is written, the peer's has not come yet
         self._flush()

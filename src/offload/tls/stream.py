@@ -67,6 +67,7 @@ from offload.proto.proxy_protocol import InboundHeader, ProxyHeader
 from offload.timers import Deadline
 from offload.tls.record_stream import CLOSED, CLOSING, HANDSHAKE, OPEN, TLSRecordStream
 from offload.tls.sni import SNI_ATTRIBUTE, SNI_MATCHED_ATTRIBUTE
+from offload.tls.sslobject import server_object
 from offload.writes import WriteBatcher
 
 READ_SIZE = 16 * 1024
@@ -187,8 +188,7 @@ class TLSServerStream(TLSRecordStream, asyncio.BufferedProtocol):
                  fingerprints: bool = False, ja3: bool = False) -> None:
         incoming = ssl.MemoryBIO()
         outgoing = ssl.MemoryBIO()
-        super().__init__(incoming, outgoing,
-                         context.wrap_bio(incoming, outgoing, server_side=True), batcher)
+        super().__init__(incoming, outgoing, server_object(context, incoming, outgoing), batcher)
         self._buffer = memoryview(buffer if buffer is not None else read_buffer())
         """Where the socket reads land (shared by the listener's streams: :func:`read_buffer`)."""
         self._owner = owner
@@ -410,7 +410,7 @@ class TLSServerStream(TLSRecordStream, asyncio.BufferedProtocol):
 
     def _handshake(self) -> None:
         try:
-            self._ssl.do_handshake()
+            self._records.do_handshake()
         except ssl.SSLWantReadError:
             self._flush()
             return
@@ -598,16 +598,18 @@ class TLSServerStream(TLSRecordStream, asyncio.BufferedProtocol):
 
     @property
     def tls_version(self) -> str | None:
-        return self._ssl.version()
+        version: str | None = self._records.version()
+        return version
 
     @property
     def cipher(self) -> str | None:
-        cipher = self._ssl.cipher()
+        cipher: tuple[str, str, int] | None = self._records.cipher()
         return cipher[0] if cipher else None
 
     @property
     def alpn(self) -> str | None:
-        return self._ssl.selected_alpn_protocol()
+        alpn: str | None = self._records.selected_alpn_protocol()
+        return alpn
 
     @property
     def peer_certificate(self) -> bytes | None:
@@ -622,4 +624,4 @@ class TLSServerStream(TLSRecordStream, asyncio.BufferedProtocol):
 
     @property
     def resumed(self) -> bool:
-        return bool(self._ssl.session_reused)
+        return bool(self._records.session_reused)
