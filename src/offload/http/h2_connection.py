@@ -59,7 +59,12 @@ from offload.proto.h2_engine import (
     WindowOpened,
 )
 from offload.proto.h2_guard import FrameGuard
-from offload.proto.h2_request import BodyCount, MalformedRequest, request_from_headers
+from offload.proto.h2_request import (
+    BodyCount,
+    MalformedRequest,
+    request_from_headers,
+    request_trailers,
+)
 from offload.proto.http_types import Headers, Request, Response, header_value
 from offload.security.body_pace import BodyPace
 from offload.timers import Deadline
@@ -291,7 +296,7 @@ class H2Connection(asyncio.Protocol):
                 if event.stream_id not in reset_now:
                     self._request(event)
             elif isinstance(event, TrailersReceived):
-                self._end_of_request(event.stream_id, event.headers)
+                self._trailers(event)
             elif isinstance(event, StreamReset):
                 self._reset(event)
             elif isinstance(event, WindowOpened):
@@ -379,6 +384,19 @@ class H2Connection(asyncio.Protocol):
         stream.received(event.data, event.flow_length)
         if event.end_stream:
             self._end_of_request(event.stream_id, [])
+
+    def _trailers(self, event: TrailersReceived) -> None:
+        """The trailer block ends the request; it goes to the backend as chunked trailers, so
+        it is checked like a head first (:func:`~offload.proto.h2_request.request_trailers`)."""
+        stream = self.streams.get(event.stream_id)
+        if stream is None:
+            return
+        try:
+            trailers = request_trailers(event.headers, self.site.h2_head_limits)
+        except ProtocolError as error:  # the backend sees the request cut short, not ended
+            self._stream_failed(stream, error)
+            return
+        self._end_of_request(event.stream_id, trailers)
 
     def _end_of_request(self, stream_id: int, trailers: Headers) -> None:
         stream = self.streams.get(stream_id)

@@ -1,0 +1,114 @@
+"""HTTP/2 requests built to fool the HTTP/1.1 hop behind offload, on both engines: what the
+backend receives must be exactly one well-framed request per stream, carrying nothing the
+client may not say, and other clients go on being served."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from conftest import http_config
+from h2_client import H2Client, request_headers
+from harness import Recording
+from hyperframe.frame import HeadersFrame
+
+PROTOCOL_ERROR = 0x1
+
+
+@pytest.fixture(params=["nghttp2", "h2"])
+def engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def target(engine, localhost_bundle, http_backend, offload, port):
+    server = http_backend()
+    offload(http_config(port, [localhost_bundle], [server.address], access_log="off",
+                        frontend=f'http2 = {{ engine = "{engine}" }}'))
+    return server
+
+
+def still_serves(port, ca) -> None:
+    other = H2Client(port, ca)
+    headers, body, _ = other.response(other.request("/bytes/10"))
+    assert headers[":status"] == "200" and len(body) == 10
+    other.close()
+
+
+def send_trailers(client: H2Client, stream: int, trailers: list[tuple[str, str]]) -> None:
+    block = HeadersFrame(stream, client.encode(trailers))
+    block.flags.add("END_HEADERS")
+    block.flags.add("END_STREAM")
+    client.send(block)
+
+
+SMUGGLED = "1\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n"
+
+
+@pytest.mark.parametrize("trailers", [
+    [("x-note", SMUGGLED)],
+    [("x-note", "1\nGET /smuggled HTTP/1.1")],
+    [(":path", "/smuggled")],
+    [("X-Upper", "1")],
+    [("x bad", "1")],
+    [("transfer-encoding", "chunked")],
+], ids=["crlf-in-value", "lf-in-value", "pseudo-header", "upper-case-name", "space-in-name",
+        "connection-specific"])
+def test_malformed_request_trailers_reset_the_stream_and_smuggle_nothing(
+        pki, target, port, trailers):
+    """RFC 9113 §8.1: a malformed trailer block is a stream error. The h2 engine runs without
+    h2's own header checks, and a CR LF in a trailer value went into the chunked trailer section
+    of the backend request, where it started a request of the attacker's own."""
+    server = target
+    client = H2Client(port, pki.ca)
+    stream = client.new_stream()
+    client.headers(stream, request_headers("/upload", "POST"), end_stream=False)
+    client.data(stream, b"hello")
+    send_trailers(client, stream, trailers)
+    assert client.reset_of(stream) == PROTOCOL_ERROR
+    still_serves(port, pki.ca)  # a request after the attack, on the backend's connections
+    assert not any(r.target == "/smuggled" for r in server.requests)
+    assert not any(r.target == "/upload" for r in server.requests
+                   if r.body == b"hello" and r.header("x-note") is not None)
+
+
+def test_request_trailers_cannot_stand_in_for_fields_offload_vouches_for(
+        pki, engine, backend, localhost_bundle, offload, port):
+    """The HTTP/1.1 parser drops trailers that frame, route or vouch for a request (Host,
+    X-Forwarded-For, Authorization...); HTTP/2 trailers went to the backend
+    as they came, so a client could forge X-Forwarded-For for a backend that merges trailers
+    into the head."""
+    received = threading.Event()
+
+    def recording_backend(conn, recording: Recording) -> None:
+        conn.settimeout(10)
+        while True:  # one chunked request: the head, then up to the end of its trailers
+            data = bytes(recording.data)
+            head_end = data.find(b"\r\n\r\n")
+            if head_end >= 0 and b"\r\n0\r\n" in data[head_end:] and data.endswith(b"\r\n\r\n"):
+                break
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            recording.data += chunk
+        received.set()
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    server = backend(recording_backend)
+    offload(http_config(port, [localhost_bundle], [server.address], access_log="off",
+                        frontend=f'http2 = {{ engine = "{engine}" }}'))
+    client = H2Client(port, pki.ca)
+    stream = client.new_stream()
+    client.headers(stream, request_headers("/upload", "POST"), end_stream=False)
+    client.data(stream, b"hello")
+    send_trailers(client, stream, [
+        ("x-forwarded-for", "6.6.6.6"), ("host", "evil.example"),
+        ("authorization", "Basic Zm9yZ2Vk"), ("x-checksum", "abc")])
+    headers, body, _ = client.response(stream)
+    assert headers[":status"] == "200" and body == b"ok"
+    assert received.wait(5)
+    raw = bytes(server.connections[0].data)
+    trailer_section = raw[raw.index(b"\r\n0\r\n", raw.index(b"\r\n\r\n")) + 5:]
+    assert trailer_section == b"x-checksum: abc\r\n\r\n", raw
+    for forged in (b"6.6.6.6", b"evil.example", b"Zm9yZ2Vk"):
+        assert forged not in raw
