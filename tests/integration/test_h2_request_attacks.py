@@ -4,13 +4,14 @@ client may not say, and other clients go on being served."""
 
 from __future__ import annotations
 
+import signal
 import threading
 
 import pytest
 from conftest import http_config
-from h2_client import H2Client, request_headers
+from h2_client import Closed, H2Client, request_headers
 from harness import Recording
-from hyperframe.frame import HeadersFrame
+from hyperframe.frame import GoAwayFrame, HeadersFrame, PingFrame, RstStreamFrame
 
 PROTOCOL_ERROR = 0x1
 
@@ -112,3 +113,81 @@ def test_request_trailers_cannot_stand_in_for_fields_offload_vouches_for(
     assert trailer_section == b"x-checksum: abc\r\n\r\n", raw
     for forged in (b"6.6.6.6", b"evil.example", b"Zm9yZ2Vk"):
         assert forged not in raw
+
+
+def test_no_stream_beyond_the_final_goaway_reaches_a_backend(
+        pki, engine, localhost_bundle, http_backend, offload, port):
+    """RFC 9113 §6.8: streams above a GOAWAY's last stream id were not processed, and a
+    client may send them again. Streams that arrived in the same read as the one that spent
+    ``max_requests`` were served all the same: a POST there would run twice."""
+    server = http_backend()
+    offload(http_config(port, [localhost_bundle], [server.address], access_log="off",
+                        frontend=f'http2 = {{ engine = "{engine}", max_requests = 3 }}'))
+    client = H2Client(port, pki.ca)
+    frames = b""
+    streams = []
+    for index in range(6):
+        stream = client.new_stream()
+        streams.append(stream)
+        head = HeadersFrame(stream, client.encode(request_headers(f"/once/{index}")))
+        head.flags.add("END_HEADERS")
+        head.flags.add("END_STREAM")
+        frames += head.serialize()
+    client.send_raw(frames)  # one read on the server's side
+    ended: dict[int, str] = {}
+    goaway = None
+
+    def all_seen(frame) -> bool:
+        nonlocal goaway
+        if isinstance(frame, GoAwayFrame):
+            goaway = frame
+        elif isinstance(frame, RstStreamFrame):
+            ended[frame.stream_id] = "reset"
+        elif frame.stream_id and "END_STREAM" in frame.flags:
+            ended[frame.stream_id] = "answered"
+        last = goaway.last_stream_id if goaway is not None else 0
+        return goaway is not None and all(s in ended for s in streams if s <= last)
+
+    try:
+        client.frames_until(all_seen, timeout=10)
+        client.frames_until(lambda f: False, timeout=1)  # anything else that comes
+    except (Closed, TimeoutError):
+        pass
+    assert goaway is not None and goaway.error_code == 0
+    last = goaway.last_stream_id
+    assert last == streams[2]
+    served = {r.target for r in server.requests}
+    beyond = {f"/once/{i}" for i, s in enumerate(streams) if s > last}
+    assert not served & beyond, f"streams above {last} were processed: {served & beyond}"
+    assert all(ended.get(s) != "answered" for s in streams if s > last)
+    still_serves(port, pki.ca)
+
+
+def test_a_stream_after_the_drain_goaway_round_trip_is_refused(
+        pki, engine, localhost_bundle, http_backend, offload, port):
+    """The client answers the shutdown notice's PING and opens a stream in the same write:
+    the final GOAWAY names the stream before it, so that one must not be processed."""
+    server = http_backend()
+    instance = offload(http_config(port, [localhost_bundle], [server.address],
+                                   access_log="off",
+                                   frontend=f'http2 = {{ engine = "{engine}" }}'))
+    client = H2Client(port, pki.ca, timeout=10)
+    client.answer_pings = False
+    assert client.response(client.request("/bytes/5"))[0][":status"] == "200"
+    instance.signal(signal.SIGTERM)
+    ping = client.frames_until(lambda f: isinstance(f, PingFrame) and "ACK" not in f.flags)[-1]
+    kept = client.request("/slow/0.3")  # crossed the notice: served
+    ack = PingFrame(0, opaque_data=ping.opaque_data)
+    ack.flags.add("ACK")
+    late = client.new_stream()
+    head = HeadersFrame(late, client.encode(request_headers("/after-the-goaway")))
+    head.flags.add("END_HEADERS")
+    head.flags.add("END_STREAM")
+    client.send_raw(ack.serialize() + head.serialize())
+    headers, _, _ = client.response(kept)
+    assert headers[":status"] == "200"
+    final = client.last_goaway or client.goaway()
+    assert final.last_stream_id in (kept, late)  # h2 has parsed the whole read by then
+    assert instance.process.wait(15) == 0
+    if final.last_stream_id == kept:
+        assert not any(r.target == "/after-the-goaway" for r in server.requests)

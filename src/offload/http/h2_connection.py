@@ -47,6 +47,7 @@ from offload.proto.h2_engine import (
     ENHANCE_YOUR_CALM,
     NO_ERROR,
     PROTOCOL_ERROR,
+    REFUSED_STREAM,
     ConnectionFailed,
     DataReceived,
     GoAwayReceived,
@@ -316,6 +317,12 @@ class H2Connection(asyncio.Protocol):
     def _request(self, event: RequestReceived) -> None:
         site = self.site
         stream_id = event.stream_id
+        if stream_id > self.engine.final_stream_id:
+            # it came in the same read as what made a final GOAWAY go out (the stream that
+            # spent max_requests, the ACK of a shutdown notice's PING); the GOAWAY tells the
+            # client it was not processed, so it may send it again (RFC 9113 §6.8)
+            self.engine.reset(stream_id, REFUSED_STREAM)
+            return
         self._idle.clear()
         self._requests += 1
         config = site.frontend.http2

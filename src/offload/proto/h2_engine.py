@@ -192,6 +192,13 @@ class H2Engine(Protocol):
         answer to was never processed, and may be retried)."""
 
     @property
+    def final_stream_id(self) -> int:
+        """The last stream id a final GOAWAY (one that is not the shutdown notice) named, or
+        2^31-1 before one: a stream above it was told the client as not processed, and may
+        be sent again (RFC 9113 §6.8), so it must never reach a backend, even when it arrived
+        in the same read as the frame that made the GOAWAY go out."""
+
+    @property
     def shutdown_pending(self) -> bool:
         """A graceful GOAWAY was announced and its round trip has not come back: streams the
         client sent before it saw the notice may still arrive, so the connection must stay."""
