@@ -124,10 +124,18 @@ class H2Stream:
             exchange.request_data(data)
             if self.pace is not None:
                 self.pace_due = self.pace.received(len(data), self._conn.clock.time())
-        if self._paused:
-            self._unacked += flow_length
-        else:
-            self._conn.engine.acknowledge(self.stream_id, flow_length)
+            if self._paused:
+                self._unacked += flow_length
+                return
+        self._conn.engine.acknowledge(self.stream_id, flow_length)
+
+    def give_back_window(self) -> None:
+        """The exchange is over: body bytes held back while it was paused go nowhere now, so
+        their share of the connection's window is given back (else a few uploads answered
+        early by a backend that was not reading would shut the connection's window for good)."""
+        if self._unacked:
+            self._conn.engine.acknowledge(self.stream_id, self._unacked)
+            self._unacked = 0
 
     # ---------------------------------------------------------------- Downstream
 
@@ -527,6 +535,7 @@ class H2Connection(asyncio.Protocol):
         if exchange is not None:
             self.requests_log.exchange(exchange)
         stream.pace = None
+        stream.give_back_window()
         self.flush()
         if self.engine.queued(stream.stream_id) == 0:
             self.streams.pop(stream.stream_id, None)
@@ -537,6 +546,7 @@ class H2Connection(asyncio.Protocol):
     def _stream_gone(self, stream: H2Stream, reason: str) -> None:
         """The client reset the stream, or it broke: the exchange (if running) is cancelled,
         and its backend connection dropped."""
+        stream.give_back_window()
         exchange = stream.exchange
         if exchange is not None and not exchange.finished:
             exchange.reason = reason
