@@ -5,13 +5,14 @@ client may not say, and other clients go on being served."""
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 
 import pytest
 from conftest import http_config
 from h2_client import Closed, H2Client, request_headers
 from harness import Recording
-from hyperframe.frame import GoAwayFrame, HeadersFrame, PingFrame, RstStreamFrame
+from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame, PingFrame, RstStreamFrame
 
 PROTOCOL_ERROR = 0x1
 
@@ -191,3 +192,33 @@ def test_a_stream_after_the_drain_goaway_round_trip_is_refused(
     assert instance.process.wait(15) == 0
     if final.last_stream_id == kept:
         assert not any(r.target == "/after-the-goaway" for r in server.requests)
+
+
+def test_offloads_own_answer_to_a_head_request_has_no_body(
+        pki, engine, localhost_bundle, offload, port):
+    """RFC 9110 §9.3.2: no content in an answer to HEAD. offload's own answers (here a 503: no
+    server) went with their DATA, which an HTTP/2 client takes as a stream error."""
+    dead = socket.create_server(("127.0.0.1", 0))
+    address = f"127.0.0.1:{dead.getsockname()[1]}"
+    dead.close()  # nothing listens there: every request is answered 503 by offload
+    offload(http_config(port, [localhost_bundle], [address], access_log="off",
+                        frontend=f'http2 = {{ engine = "{engine}" }}'))
+    client = H2Client(port, pki.ca)
+    for method, refused in (("HEAD", False), ("HEAD", True), ("GET", False)):
+        stream = client.new_stream()
+        fields = request_headers("/", method)
+        if refused:  # refused before it became an exchange: a :scheme other than https
+            fields = [(name, "http" if name == ":scheme" else value) for name, value in fields]
+        client.headers(stream, fields)
+        frames = client.frames_until(lambda f, s=stream: f.stream_id == s
+                                     and "END_STREAM" in f.flags)
+        mine = [f for f in frames if f.stream_id == stream]
+        head = mine[0]
+        assert isinstance(head, HeadersFrame)
+        status = head.decoded[":status"]  # type: ignore[attr-defined]
+        assert status == ("400" if refused else "503")
+        if method == "HEAD":
+            assert mine == [head] and "END_STREAM" in head.flags, mine
+            assert int(head.decoded["content-length"]) > 0  # type: ignore[attr-defined]
+        else:
+            assert isinstance(mine[-1], DataFrame) and mine[-1].data

@@ -345,12 +345,13 @@ class H2Connection(asyncio.Protocol):
             self._refuse_stream(stream_id, malformed)
             return
         except ProtocolError as refused:  # a name of its own: compiled, a name has one type
-            self._answer_refused(stream_id, refused, event.end_stream)
+            self._answer_refused(stream_id, refused, event.end_stream,
+                                 head=(b":method", b"HEAD") in event.headers)
             return
         if site.client_auth and not host_matches_sni(request.host, self.stream.server_name):
             self._answer_refused(stream_id, ProtocolError(
                 "the Host is not the name this connection was verified for", 421,
-                "host_not_sni"), event.end_stream)
+                "host_not_sni"), event.end_stream, head=request.method == b"HEAD")
             return
         stream = H2Stream(self, stream_id, BodyCount(request, site.h2_head_limits))
         self.streams[stream_id] = stream
@@ -472,26 +473,32 @@ class H2Connection(asyncio.Protocol):
                     extra: tuple[tuple[bytes, bytes], ...] = (), detail: str = "") -> None:
         answer = own_response(status, extra_headers=extra, detail=detail,
                               policy=self.site.response_policy)
-        engine = self.engine
-        engine.send_headers(stream.stream_id, [
-            (b":status", b"%d" % status), *_h2_fields(answer.fields),
-            (b"content-length", b"%d" % len(answer.body))], False)
-        engine.send_data(stream.stream_id, answer.body, True)
         exchange = stream.exchange
+        self._send_answer(stream.stream_id, status, answer.fields, answer.body,
+                          head=exchange is not None and exchange.request.method == b"HEAD")
         if exchange is not None and not exchange.request_done:
             # RFC 9113 §8.1: the answer came before the request's end; stop the rest of it
-            engine.reset(stream.stream_id, NO_ERROR)
+            self.engine.reset(stream.stream_id, NO_ERROR)
         self.stream_done(stream)
 
-    def _answer_refused(self, stream_id: int, error: ProtocolError, ended: bool) -> None:
+    def _send_answer(self, stream_id: int, status: int, fields_: Headers, body: bytes, *,
+                     head: bool) -> None:
+        """One of offload's own answers; to a HEAD request without its body (RFC 9110 §9.3.2:
+        DATA there is a stream error for the client)."""
+        engine = self.engine
+        engine.send_headers(stream_id, [
+            (b":status", b"%d" % status), *_h2_fields(fields_),
+            (b"content-length", b"%d" % len(body))], head)
+        if not head:
+            engine.send_data(stream_id, body, True)
+
+    def _answer_refused(self, stream_id: int, error: ProtocolError, ended: bool, *,
+                        head: bool = False) -> None:
         """A request refused before it became an exchange (like a parse error in HTTP/1.1)."""
         self.site.counters.inc("http_rejected", self.site.name, error.reason)
         answer = own_response(error.status, policy=self.site.response_policy)
         engine = self.engine
-        engine.send_headers(stream_id, [
-            (b":status", b"%d" % error.status), *_h2_fields(answer.fields),
-            (b"content-length", b"%d" % len(answer.body))], False)
-        engine.send_data(stream_id, answer.body, True)
+        self._send_answer(stream_id, error.status, answer.fields, answer.body, head=head)
         if not ended:
             engine.reset(stream_id, NO_ERROR)
         self.requests_log.local(error.status, error.reason)
