@@ -1,6 +1,6 @@
-"""HTTP/2 request-body flow control against a backend that stops reading, on both engines: the
-client is held back while the backend does not read, and gets its window back once the
-exchange is over."""
+"""HTTP/2 flow control and what it leaves in memory, on both engines: a client is held back
+while its backend does not read and gets its window back once the exchange is over; what was
+queued for a client that left is freed when it leaves."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import time
 import pytest
 from conftest import http_config
 from h2_client import H2Client, request_headers
-from harness import Recording
-from hyperframe.frame import DataFrame, SettingsFrame, WindowUpdateFrame
+from harness import Recording, rss_kib
+from hyperframe.frame import DataFrame, HeadersFrame, SettingsFrame, WindowUpdateFrame
 
 WINDOW = 65_535
 
@@ -117,3 +117,39 @@ def test_an_upload_answered_early_gives_the_connection_window_back(
         frames += client.frames_until(lambda f: f.stream_id == second and "END_STREAM" in f.flags)
     data = b"".join(f.data for f in frames if isinstance(f, DataFrame))
     assert data == hashlib.sha256(body).hexdigest().encode()
+
+
+@pytest.mark.parametrize("engine", ["nghttp2", "h2"])
+def test_what_a_departed_client_had_queued_is_freed_when_it_leaves(
+        pki, engine, localhost_bundle, http_backend, offload, port):
+    """Connections that each leave 50 responses queued behind a shut window, one after the
+    other: each stream's finished deadline kept its exchange, and with it the connection and
+    every body queued for it, until server_timeout (60 s) after the client had left, about
+    6 MiB a connection; a client reconnecting in a loop grew the worker without bound."""
+    server = http_backend()
+    instance = offload(http_config(port, [localhost_bundle], [server.address],
+                                   access_log="off",
+                                   frontend=f'http2 = {{ engine = "{engine}" }}'))
+    pid = int(instance.wait_msg("worker started")["pid"])
+    warm = H2Client(port, pki.ca)
+    assert warm.response(warm.request("/bytes/10"))[0][":status"] == "200"
+    base = rss_kib(pid)
+    for _ in range(20):
+        client = H2Client(port, pki.ca, settings={0x4: 0}, timeout=10)
+        streams = {client.request(f"/stream/{1024 * 1024}") for _ in range(50)}
+        heads: set[int] = set()
+
+        def answered(frame, heads=heads, streams=streams) -> bool:
+            if isinstance(frame, HeadersFrame) and frame.stream_id in streams:
+                heads.add(frame.stream_id)
+            return heads == streams
+
+        client.frames_until(answered)  # every response is queued behind the shut window
+        client.close()
+    assert warm.response(warm.request("/bytes/10"))[0][":status"] == "200"
+    previous, grown = base, rss_kib(pid)
+    deadline = time.monotonic() + 10
+    while grown != previous and time.monotonic() < deadline:
+        time.sleep(0.5)
+        previous, grown = grown, rss_kib(pid)
+    assert grown - base < 40 * 1024, f"{(grown - base) / 1024:.1f} MiB held for clients gone"

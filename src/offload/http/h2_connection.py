@@ -280,6 +280,8 @@ class H2Connection(asyncio.Protocol):
             self._stream_gone(stream, str(exc) if isinstance(exc, TimeoutError)
                               else "client_closed")
         self.streams.clear()
+        self.throttled.clear()
+        self.engine.release()  # the connection sits in cycles: what it queued goes now
 
     def pause_writing(self) -> None:
         self._writing_paused = True

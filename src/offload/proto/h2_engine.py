@@ -176,6 +176,11 @@ class H2Engine(Protocol):
     def reset(self, stream_id: int, error_code: int) -> None:
         """Reset a stream (RST_STREAM); its queued data is dropped."""
 
+    def release(self) -> None:
+        """The connection is gone: free the response bodies still waiting for the client now
+        (the engine itself may live on until the collector finds it). Later calls about
+        streams do nothing."""
+
     def goaway(self, error_code: int, last_stream_id: int | None = None) -> None:
         """Queue GOAWAY. With NO_ERROR and ``last_stream_id`` None: a graceful shutdown — no
         new streams are accepted, open ones finish (the engine may announce 2^31-1 first and

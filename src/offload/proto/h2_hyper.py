@@ -206,6 +206,10 @@ class HyperH2Engine:
         except H2Error:
             pass  # already closed: nothing to reset
 
+    def release(self) -> None:
+        self._done = True
+        self._outgoing.clear()
+
     def goaway(self, error_code: int, last_stream_id: int | None = None) -> None:
         conn = self._conn
         if self._done:

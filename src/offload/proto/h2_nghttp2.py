@@ -199,6 +199,10 @@ class NgHttp2Engine:
         lib.offload_drop(self._context, stream_id)
         self._check(lib.nghttp2_submit_rst_stream(self._session, 0, stream_id, error_code))
 
+    def release(self) -> None:
+        self._done = True
+        lib.offload_drop_all(self._context)
+
     def goaway(self, error_code: int, last_stream_id: int | None = None) -> None:
         session = self._session
         if error_code == NO_ERROR and last_stream_id is None:
