@@ -107,6 +107,17 @@ def test_window_updates_are_allowed_in_proportion_to_the_body_sent():
     assert served.feed(PREFACE + update * 5000, 0.0) is None
 
 
+def test_many_small_responses_earn_their_window_updates_too():
+    """One KiB of body earns one WINDOW_UPDATE however it was sent: counted per call and
+    rounded down, 4096 responses of 512 bytes (2 MiB) earned nothing, and a client opening a
+    window per response was cut off as a flood after 100."""
+    guard = FrameGuard(LIMITS)
+    for _ in range(4096):
+        guard.sent_data(512)
+    update = frame(WINDOW_UPDATE, 0, 1, b"\x00\x00\x02\x00")
+    assert guard.feed(PREFACE + update * 2000, 0.0) is None
+
+
 def test_resets_from_either_side_share_one_budget():
     guard = FrameGuard(LIMITS)
     verdicts = [guard.stream_reset(0.0) for _ in range(10)]

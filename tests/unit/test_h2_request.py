@@ -12,6 +12,7 @@ from offload.proto.h2_request import (
     HeadLimits,
     MalformedRequest,
     request_from_headers,
+    request_trailers,
 )
 
 LIMITS = HeadLimits(max_header_size=4096, max_header_count=10, max_target=200,
@@ -177,3 +178,28 @@ def test_any_head_is_a_request_or_a_refusal(fields, end_stream):
         assert b"\x00" not in value and b":" not in name[:1]
     assert [name for name, _ in request.headers].count(b"host") == 1
     assert b"\r" not in request.target and b" " not in request.target
+
+
+@pytest.mark.parametrize("fields", [
+    [(b":path", b"/x")],
+    [(b"X-Upper", b"1")],
+    [(b"x a", b"1")],
+    [(b"x-a", b"1\r\nGET /smuggled HTTP/1.1")],
+    [(b"x-a", b"1\n")],
+    [(b"x-a", b" padded")],
+    [(b"transfer-encoding", b"chunked")],
+    [(b"connection", b"close")],
+])
+def test_malformed_trailers_reset_the_stream(fields):
+    with pytest.raises(MalformedRequest):
+        request_trailers(fields, HeadLimits())
+
+
+def test_trailers_lose_what_the_http11_parser_would_drop():
+    trailers = request_trailers([(b"x-forwarded-for", b"6.6.6.6"), (b"host", b"evil"),
+                                 (b"authorization", b"Basic x"), (b"te", b"trailers"),
+                                 (b"x-checksum", b"abc")], HeadLimits())
+    assert trailers == [(b"x-checksum", b"abc")]
+    with pytest.raises(ProtocolError) as refused:
+        request_trailers([(b"x-%d" % i, b"1") for i in range(5)], HeadLimits(max_header_count=4))
+    assert refused.value.status == 431

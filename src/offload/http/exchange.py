@@ -65,7 +65,7 @@ class Exchange:
 
     __slots__ = (
         "_candidates", "_connecting", "_fresh_retry", "_gate", "_held", "_held_events",
-        "_prefix", "_prefix_size", "_response_complete", "_timer",
+        "_own_timer", "_prefix", "_prefix_size", "_response_complete", "_timer",
         "backend", "body_sent", "bytes_in", "bytes_out", "client", "client_context", "clock",
         "downstream", "finished", "notes", "reason", "request", "request_done", "request_id",
         "response", "response_started", "server_index", "site", "started", "status",
@@ -104,6 +104,7 @@ class Exchange:
         self._response_complete = False
         self._timer = (deadline if deadline is not None
                        else Deadline(self.clock, self._on_server_deadline))
+        self._own_timer = deadline is None
         """The backend side's deadline (a client connection may share one between its
         exchanges, which run one at a time)."""
         self._gate: Gate | None = None
@@ -191,7 +192,7 @@ class Exchange:
             self.status = decision.status
             self.reason = decision.reason
             self.finished = True
-            self._timer.clear()
+            self._timer_done()
             self._cancel_connect()
             response = Response(status=decision.status, reason=b"", version=b"1.1",
                                 headers=[*decision.headers, (b"Content-Length",
@@ -448,7 +449,7 @@ class Exchange:
         self.response = response
         self.response_started = True
         self.finished = True
-        self._timer.clear()
+        self._timer_done()
         self._end_gate()
         self.downstream.send_interim(response)
         self.downstream.start_tunnel(upstream, upstream.upgrade_tail())
@@ -550,7 +551,7 @@ class Exchange:
         self.status = status
         self.reason = reason
         self.finished = True
-        self._timer.clear()
+        self._timer_done()
         self._cancel_connect()
         self._end_gate()
         rid = self.request_id
@@ -572,13 +573,13 @@ class Exchange:
         """The response was already started: all we can do is cut the connection."""
         self.reason = reason
         self.finished = True
-        self._timer.clear()
+        self._timer_done()
         self._end_gate()
         self.downstream.abort()
 
     def _finish(self) -> None:
         self.finished = True
-        self._timer.clear()
+        self._timer_done()
         self._end_gate()
         upstream, self.upstream = self.upstream, None
         response = self.response
@@ -600,3 +601,15 @@ class Exchange:
             self.reason = self.reason or "client_closed"
             self._drop_upstream()
         self._end_gate()
+        self._timer_done()
+
+    def _timer_done(self) -> None:
+        """The exchange is over. A deadline of its own (an HTTP/2 stream's) is cancelled: only
+        cleared, its armed timer would keep the exchange, its stream, the client's connection
+        and what that connection holds (responses queued for the client) alive until
+        ``server_timeout`` after the client left. A deadline shared with the connection's next
+        exchanges (HTTP/1.1) is cleared, as its next ``set`` is then cheap."""
+        if self._own_timer:
+            self._timer.cancel()
+        else:
+            self._timer.clear()

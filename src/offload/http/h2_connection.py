@@ -47,6 +47,7 @@ from offload.proto.h2_engine import (
     ENHANCE_YOUR_CALM,
     NO_ERROR,
     PROTOCOL_ERROR,
+    REFUSED_STREAM,
     ConnectionFailed,
     DataReceived,
     GoAwayReceived,
@@ -59,7 +60,12 @@ from offload.proto.h2_engine import (
     WindowOpened,
 )
 from offload.proto.h2_guard import FrameGuard
-from offload.proto.h2_request import BodyCount, MalformedRequest, request_from_headers
+from offload.proto.h2_request import (
+    BodyCount,
+    MalformedRequest,
+    request_from_headers,
+    request_trailers,
+)
 from offload.proto.http_types import Headers, Request, Response, header_value
 from offload.security.body_pace import BodyPace
 from offload.timers import Deadline
@@ -118,10 +124,18 @@ class H2Stream:
             exchange.request_data(data)
             if self.pace is not None:
                 self.pace_due = self.pace.received(len(data), self._conn.clock.time())
-        if self._paused:
-            self._unacked += flow_length
-        else:
-            self._conn.engine.acknowledge(self.stream_id, flow_length)
+            if self._paused:
+                self._unacked += flow_length
+                return
+        self._conn.engine.acknowledge(self.stream_id, flow_length)
+
+    def give_back_window(self) -> None:
+        """The exchange is over: body bytes held back while it was paused go nowhere now, so
+        their share of the connection's window is given back (else a few uploads answered
+        early by a backend that was not reading would shut the connection's window for good)."""
+        if self._unacked:
+            self._conn.engine.acknowledge(self.stream_id, self._unacked)
+            self._unacked = 0
 
     # ---------------------------------------------------------------- Downstream
 
@@ -266,6 +280,8 @@ class H2Connection(asyncio.Protocol):
             self._stream_gone(stream, str(exc) if isinstance(exc, TimeoutError)
                               else "client_closed")
         self.streams.clear()
+        self.throttled.clear()
+        self.engine.release()  # the connection sits in cycles: what it queued goes now
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -291,7 +307,7 @@ class H2Connection(asyncio.Protocol):
                 if event.stream_id not in reset_now:
                     self._request(event)
             elif isinstance(event, TrailersReceived):
-                self._end_of_request(event.stream_id, event.headers)
+                self._trailers(event)
             elif isinstance(event, StreamReset):
                 self._reset(event)
             elif isinstance(event, WindowOpened):
@@ -311,6 +327,12 @@ class H2Connection(asyncio.Protocol):
     def _request(self, event: RequestReceived) -> None:
         site = self.site
         stream_id = event.stream_id
+        if stream_id > self.engine.final_stream_id:
+            # it came in the same read as what made a final GOAWAY go out (the stream that
+            # spent max_requests, the ACK of a shutdown notice's PING); the GOAWAY tells the
+            # client it was not processed, so it may send it again (RFC 9113 §6.8)
+            self.engine.reset(stream_id, REFUSED_STREAM)
+            return
         self._idle.clear()
         self._requests += 1
         config = site.frontend.http2
@@ -325,12 +347,13 @@ class H2Connection(asyncio.Protocol):
             self._refuse_stream(stream_id, malformed)
             return
         except ProtocolError as refused:  # a name of its own: compiled, a name has one type
-            self._answer_refused(stream_id, refused, event.end_stream)
+            self._answer_refused(stream_id, refused, event.end_stream,
+                                 head=(b":method", b"HEAD") in event.headers)
             return
         if site.client_auth and not host_matches_sni(request.host, self.stream.server_name):
             self._answer_refused(stream_id, ProtocolError(
                 "the Host is not the name this connection was verified for", 421,
-                "host_not_sni"), event.end_stream)
+                "host_not_sni"), event.end_stream, head=request.method == b"HEAD")
             return
         stream = H2Stream(self, stream_id, BodyCount(request, site.h2_head_limits))
         self.streams[stream_id] = stream
@@ -379,6 +402,19 @@ class H2Connection(asyncio.Protocol):
         stream.received(event.data, event.flow_length)
         if event.end_stream:
             self._end_of_request(event.stream_id, [])
+
+    def _trailers(self, event: TrailersReceived) -> None:
+        """The trailer block ends the request; it goes to the backend as chunked trailers, so
+        it is checked like a head first (:func:`~offload.proto.h2_request.request_trailers`)."""
+        stream = self.streams.get(event.stream_id)
+        if stream is None:
+            return
+        try:
+            trailers = request_trailers(event.headers, self.site.h2_head_limits)
+        except ProtocolError as error:  # the backend sees the request cut short, not ended
+            self._stream_failed(stream, error)
+            return
+        self._end_of_request(event.stream_id, trailers)
 
     def _end_of_request(self, stream_id: int, trailers: Headers) -> None:
         stream = self.streams.get(stream_id)
@@ -439,26 +475,32 @@ class H2Connection(asyncio.Protocol):
                     extra: tuple[tuple[bytes, bytes], ...] = (), detail: str = "") -> None:
         answer = own_response(status, extra_headers=extra, detail=detail,
                               policy=self.site.response_policy)
-        engine = self.engine
-        engine.send_headers(stream.stream_id, [
-            (b":status", b"%d" % status), *_h2_fields(answer.fields),
-            (b"content-length", b"%d" % len(answer.body))], False)
-        engine.send_data(stream.stream_id, answer.body, True)
         exchange = stream.exchange
+        self._send_answer(stream.stream_id, status, answer.fields, answer.body,
+                          head=exchange is not None and exchange.request.method == b"HEAD")
         if exchange is not None and not exchange.request_done:
             # RFC 9113 §8.1: the answer came before the request's end; stop the rest of it
-            engine.reset(stream.stream_id, NO_ERROR)
+            self.engine.reset(stream.stream_id, NO_ERROR)
         self.stream_done(stream)
 
-    def _answer_refused(self, stream_id: int, error: ProtocolError, ended: bool) -> None:
+    def _send_answer(self, stream_id: int, status: int, fields_: Headers, body: bytes, *,
+                     head: bool) -> None:
+        """One of offload's own answers; to a HEAD request without its body (RFC 9110 §9.3.2:
+        DATA there is a stream error for the client)."""
+        engine = self.engine
+        engine.send_headers(stream_id, [
+            (b":status", b"%d" % status), *_h2_fields(fields_),
+            (b"content-length", b"%d" % len(body))], head)
+        if not head:
+            engine.send_data(stream_id, body, True)
+
+    def _answer_refused(self, stream_id: int, error: ProtocolError, ended: bool, *,
+                        head: bool = False) -> None:
         """A request refused before it became an exchange (like a parse error in HTTP/1.1)."""
         self.site.counters.inc("http_rejected", self.site.name, error.reason)
         answer = own_response(error.status, policy=self.site.response_policy)
         engine = self.engine
-        engine.send_headers(stream_id, [
-            (b":status", b"%d" % error.status), *_h2_fields(answer.fields),
-            (b"content-length", b"%d" % len(answer.body))], False)
-        engine.send_data(stream_id, answer.body, True)
+        self._send_answer(stream_id, error.status, answer.fields, answer.body, head=head)
         if not ended:
             engine.reset(stream_id, NO_ERROR)
         self.requests_log.local(error.status, error.reason)
@@ -502,6 +544,7 @@ class H2Connection(asyncio.Protocol):
         if exchange is not None:
             self.requests_log.exchange(exchange)
         stream.pace = None
+        stream.give_back_window()
         self.flush()
         if self.engine.queued(stream.stream_id) == 0:
             self.streams.pop(stream.stream_id, None)
@@ -512,6 +555,7 @@ class H2Connection(asyncio.Protocol):
     def _stream_gone(self, stream: H2Stream, reason: str) -> None:
         """The client reset the stream, or it broke: the exchange (if running) is cancelled,
         and its backend connection dropped."""
+        stream.give_back_window()
         exchange = stream.exchange
         if exchange is not None and not exchange.finished:
             exchange.reason = reason

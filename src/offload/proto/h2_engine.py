@@ -204,6 +204,11 @@ class H2Engine(Protocol):
     def reset(self, stream_id: int, error_code: int) -> None:
         """Reset a stream (RST_STREAM); its queued data is dropped."""
 
+    def release(self) -> None:
+        """The connection is gone: free the response bodies still waiting for the client now
+        (the engine itself may live on until the collector finds it). Later calls about
+        streams do nothing."""
+
     def goaway(self, error_code: int, last_stream_id: int | None = None) -> None:
         """Queue GOAWAY. With NO_ERROR and ``last_stream_id`` None: a graceful shutdown — no
         new streams are accepted, open ones finish (the engine may announce 2^31-1 first and
@@ -218,6 +223,13 @@ class H2Engine(Protocol):
         """The highest stream the client opened that this engine took, answered or not: what a
         final GOAWAY names (one naming less would tell the client that a request it got an
         answer to was never processed, and may be retried)."""
+
+    @property
+    def final_stream_id(self) -> int:
+        """The last stream id a final GOAWAY (one that is not the shutdown notice) named, or
+        2^31-1 before one: a stream above it was told the client as not processed, and may
+        be sent again (RFC 9113 §6.8), so it must never reach a backend, even when it arrived
+        in the same read as the frame that made the GOAWAY go out."""
 
     @property
     def shutdown_pending(self) -> bool:

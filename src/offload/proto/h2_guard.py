@@ -62,7 +62,7 @@ class FrameGuard:
     """One client connection's budgets; :meth:`feed` every byte the client sends."""
 
     __slots__ = ("_continuations", "_empty", "_header", "_limits", "_need_preface", "_other",
-                 "_pings", "_priority", "_resets", "_settings", "_skip", "_window_updates",
+                 "_pings", "_priority", "_resets", "_sent", "_settings", "_skip", "_window_updates",
                  "_wu_allowance")
 
     def __init__(self, limits: FloodLimits) -> None:
@@ -78,11 +78,14 @@ class FrameGuard:
         self._other = TokenBucket(limits.other_frames.per_second, limits.other_frames.burst)
         self._resets = TokenBucket(limits.early_resets.per_second, limits.early_resets.burst)
         self._window_updates = 0
+        self._sent = 0
         self._wu_allowance = 100
 
     def sent_data(self, size: int) -> None:
-        """``size`` bytes of response body went to the client: it may open windows for them."""
-        self._wu_allowance += size >> 10
+        """``size`` bytes of response body went to the client: it may open windows for them
+        (counted in bytes, so that many small responses earn their allowance too)."""
+        self._sent += size
+        self._wu_allowance = 100 + (self._sent >> 10)
 
     def stream_reset(self, now: float) -> str | None:
         """A stream ended early (RST_STREAM from either side); the reason if over budget."""

@@ -206,6 +206,10 @@ class HyperH2Engine:
         except H2Error:
             pass  # already closed: nothing to reset
 
+    def release(self) -> None:
+        self._done = True
+        self._outgoing.clear()
+
     def goaway(self, error_code: int, last_stream_id: int | None = None) -> None:
         conn = self._conn
         if self._done:
@@ -220,9 +224,9 @@ class HyperH2Engine:
                     self._awaiting_ping_ack = False
             return
         last = self.last_stream_id if last_stream_id is None else last_stream_id
+        self._last_stream_id = min(self._last_stream_id, last)
         if error_code == NO_ERROR:
             self._write_goaway(NO_ERROR, last)
-            self._last_stream_id = min(self._last_stream_id, last)
         else:
             self._done = True
             conn.close_connection(error_code, last_stream_id=last)
@@ -234,6 +238,10 @@ class HyperH2Engine:
     @property
     def last_stream_id(self) -> int:
         return int(self._conn.highest_inbound_stream_id)
+
+    @property
+    def final_stream_id(self) -> int:
+        return self._last_stream_id
 
     @property
     def shutdown_pending(self) -> bool:

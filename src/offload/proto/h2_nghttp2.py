@@ -99,6 +99,7 @@ class NgHttp2Engine:
         """Something was queued since the last drain (else receive need not drain first)."""
         """Frames sent now were queued by nghttp2 while it parsed input: its own decisions."""
         self._own_goaways = 0
+        self._final_stream_id = 2**31 - 1
         self._shutdown_pinged = False
         self._awaiting_ping_ack = False
         self._done = False
@@ -198,6 +199,10 @@ class NgHttp2Engine:
         lib.offload_drop(self._context, stream_id)
         self._check(lib.nghttp2_submit_rst_stream(self._session, 0, stream_id, error_code))
 
+    def release(self) -> None:
+        self._done = True
+        lib.offload_drop_all(self._context)
+
     def goaway(self, error_code: int, last_stream_id: int | None = None) -> None:
         session = self._session
         if error_code == NO_ERROR and last_stream_id is None:
@@ -209,6 +214,7 @@ class NgHttp2Engine:
             return
         last = self.last_stream_id if last_stream_id is None else last_stream_id
         self._own_goaways += 1
+        self._final_stream_id = min(self._final_stream_id, last)
         if error_code == NO_ERROR:
             self._check(lib.nghttp2_submit_goaway(session, 0, last, NO_ERROR, ffi.NULL, 0))
         else:
@@ -222,6 +228,10 @@ class NgHttp2Engine:
     @property
     def last_stream_id(self) -> int:
         return int(lib.nghttp2_session_get_last_proc_stream_id(self._session))
+
+    @property
+    def final_stream_id(self) -> int:
+        return self._final_stream_id
 
     @property
     def shutdown_pending(self) -> bool:

@@ -105,6 +105,7 @@ int offload_push(offload_context *context, int32_t stream_id, const char *data, 
                  int end_stream);
 size_t offload_queued(offload_context *context, int32_t stream_id);
 void offload_drop(offload_context *context, int32_t stream_id);
+void offload_drop_all(offload_context *context);
 
 /* Python, called from C with the engine's handle */
 extern "Python" int offload_frame_recv(void *handle, uint8_t type, uint8_t flags,
@@ -132,6 +133,7 @@ SOURCE = r"""
    session goes are freed with it. */
 typedef struct offload_body {
     struct offload_body *previous, *next;
+    int32_t stream_id;
     uint8_t *data;
     size_t start, end, room;
     int ended, deferred;
@@ -340,6 +342,18 @@ static void offload_drop(offload_context *context, int32_t stream_id) {
     if (body == NULL) return;
     nghttp2_session_set_stream_user_data(context->session, stream_id, NULL);
     body_free(context, body);
+}
+
+/* The connection is gone: every body still waiting is freed now, not when the collector finds
+   the engine (it sits in reference cycles, and each body may hold tens of KiB). */
+static void offload_drop_all(offload_context *context) {
+    offload_body *body;
+    while ((body = context->bodies) != NULL) {
+        if (body_of(context, body->stream_id) == body) {
+            nghttp2_session_set_stream_user_data(context->session, body->stream_id, NULL);
+        }
+        body_free(context, body);
+    }
 }
 
 static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t error_code,
@@ -555,6 +569,7 @@ static int offload_submit(offload_context *context, int kind, int32_t stream_id,
     if (body_of(context, stream_id) != NULL) return NGHTTP2_ERR_DATA_EXIST;
     body = calloc(1, sizeof(offload_body));
     if (body == NULL) return NGHTTP2_ERR_NOMEM;
+    body->stream_id = stream_id;
     if (nghttp2_session_set_stream_user_data(context->session, stream_id, body) != 0) {
         free(body);
         return 0;  /* the stream is gone: nothing to answer */

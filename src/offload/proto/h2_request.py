@@ -20,6 +20,13 @@ HTTP/1.1 hop behind us):
 Translation (§8.3.1): ``:authority`` (else Host) becomes the one Host, ``:path`` the target,
 cookie crumbs are joined with ``"; "`` (§8.2.3). A body without Content-Length is forwarded
 chunked; Content-Length is checked against the DATA received by :class:`BodyCount`.
+
+Trailers (:func:`request_trailers`) go to the backend as the chunked body's trailer section, so
+they get the head's checks (a pseudo-header, a bad name or value, a connection-specific field:
+malformed, §8.1) and then the HTTP/1.1 parser's deny list: a trailer never stands in for a
+field that frames, routes or vouches for the request (RFC 9110 §6.5.1). The python-hyper
+engine runs without h2's own validation, so without these checks a CR LF in a trailer value
+would have started a request of the client's own on the pooled backend connection.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from dataclasses import dataclass
 
 from offload.errors import ProtocolError
 from offload.proto.h2_engine import Header
-from offload.proto.http1 import HttpLimits, valid_host
+from offload.proto.http1 import TRAILER_DENYLIST, HttpLimits, valid_host
 from offload.proto.http_types import Headers, Request
 
 CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection",
@@ -158,6 +165,29 @@ def request_from_headers(fields: list[Header], end_stream: bool, limits: HeadLim
     return Request(method=method, target=target, version=b"2", headers=headers, host=host,
                    content_length=length if has_body or length == 0 else None,
                    chunked=chunked, keep_alive=True, websocket=False, expect_continue=expect)
+
+
+def request_trailers(fields: list[Header], limits: HeadLimits) -> Headers:
+    """A request's trailer block as the HTTP/1.1 trailer section (module docstring); raises
+    :class:`MalformedRequest`, or :class:`ProtocolError` (431) for too many fields."""
+    trailers: Headers = []
+    for name, value in fields:
+        if name.startswith(b":"):
+            raise MalformedRequest("a pseudo-header in trailers")
+        if not name or _NAME_BAD.search(name):
+            raise MalformedRequest("a trailer name that is not a lower-case token")
+        if _VALUE_BAD.search(value) or (value and value[0] in b" \t") \
+                or (value and value[-1] in b" \t"):
+            raise MalformedRequest("a trailer value holds a control character or surrounding "
+                                   "whitespace")
+        if name in CONNECTION_SPECIFIC:
+            raise MalformedRequest(f"connection-specific field {name.decode()} in trailers")
+        if name in TRAILER_DENYLIST:
+            continue  # RFC 9110 §6.5.1: dropped, as the HTTP/1.1 parser drops it
+        trailers.append((name, value))
+    if len(trailers) > limits.max_header_count:
+        raise ProtocolError("too many trailer fields", 431, "headers_too_large")
+    return trailers
 
 
 def _target(path: bytes, method: bytes, limits: HeadLimits) -> bytes:
